@@ -1,0 +1,160 @@
+"""MessagePack codec for events and stored records, with upcasters for old event shapes.
+
+A record is stored as a MessagePack array (see `Recorded`) whose last element is the event,
+a tagged map. Records written by this release decode in one msgspec call; records from an
+older schema go through the upcasters (raw-dict edits, run in a loop up to the current
+version), and events whose tag this release does not know become `UnknownEvent`s that keep
+their bytes. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .model import TAGS, AnyEvent, Event, Recorded, UnknownEvent
+
+SCHEMA_VERSION = 2
+"""The event schema this release writes. Bump it with an upcaster when a shape breaks."""
+
+Upcaster = Callable[[str, dict[str, Any]], tuple[str, dict[str, Any]]]
+"""Edits one raw event (tag, fields) from schema N to N+1."""
+
+UPCASTERS: dict[int, Upcaster] = {}
+"""from-schema-version -> upcaster to the next version."""
+
+
+def upcaster(from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function that lifts raw events from `from_version` to the next version."""
+
+    def register(function: Upcaster) -> Upcaster:
+        if from_version in UPCASTERS:
+            raise ValueError(f"an upcaster from schema {from_version} is already registered")
+        UPCASTERS[from_version] = function
+        return function
+
+    return register
+
+
+@upcaster(from_version=1)
+def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Schema 1 named mode changes old/new and kept run duration in ms and cost as `cost`."""
+    if tag == "mode_switched":
+        fields["from_mode"] = fields.pop("old", fields.get("from_mode", "user"))
+        fields["to_mode"] = fields.pop("new", fields.get("to_mode", "user"))
+    elif tag == "response_received":
+        if "duration_ms" in fields:
+            fields["duration"] = fields.pop("duration_ms") / 1000.0
+        if "cost" in fields:
+            fields["cost_usd"] = fields.pop("cost")
+        if "session" in fields:
+            fields["agent_session_id"] = fields.pop("session")
+    return tag, fields
+
+
+class StoredEnvelope(msgspec.Struct, frozen=True, array_like=True):
+    """A record's stored shape with the event left encoded: used to write and to verify."""
+
+    position: int
+    session_id: str
+    version: int
+    recorded_at: datetime
+    schema_version: int
+    prev_session_hash: bytes
+    prev_log_hash: bytes
+    event: msgspec.Raw
+
+
+_event_encoder = msgspec.msgpack.Encoder()
+_event_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(AnyEvent)
+_record_decoder = msgspec.msgpack.Decoder(Recorded)
+_envelope_decoder = msgspec.msgpack.Decoder(StoredEnvelope)
+_raw_map_decoder: msgspec.msgpack.Decoder[dict[str, Any]] = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def encode_event(event: Event | UnknownEvent) -> bytes:
+    """Encode one event as a tagged MessagePack map (an UnknownEvent as its original bytes)."""
+    if isinstance(event, UnknownEvent):
+        return event.raw
+    if not isinstance(event, Event) or type(event) not in TAGS.values():
+        raise TypeError(f"not a chatledger event: {event!r}")
+    return _event_encoder.encode(event)
+
+
+def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | UnknownEvent:
+    """Decode one stored event, upcasting old shapes and keeping unknown tags verbatim."""
+    if schema_version == SCHEMA_VERSION:
+        try:
+            return _event_decoder.decode(data)  # type: ignore[no-any-return]
+        except msgspec.ValidationError:
+            pass  # an unknown tag, or a shape from a newer release: take the slow path
+    fields = _raw_map_decoder.decode(data)
+    tag = fields.pop("type", None)
+    if not isinstance(tag, str):
+        raise msgspec.DecodeError("stored event has no string 'type' tag")
+    version = schema_version
+    while version < SCHEMA_VERSION:
+        tag, fields = UPCASTERS[version](tag, fields)
+        version += 1
+    event_class = TAGS.get(tag)
+    if event_class is None:
+        return UnknownEvent(type=tag, fields=fields, raw=bytes(data))
+    try:
+        return msgspec.convert(fields, event_class)
+    except msgspec.ValidationError:
+        # A newer writer changed a known event beyond what we can read: keep it verbatim.
+        return UnknownEvent(type=tag, fields=fields, raw=bytes(data))
+
+
+def encode_record(envelope: StoredEnvelope) -> bytes:
+    """Encode a record for storage."""
+    return _event_encoder.encode(envelope)
+
+
+def decode_envelope(data: bytes) -> StoredEnvelope:
+    """Decode a record's envelope, leaving the event encoded (cheap: for verify and indexes)."""
+    return _envelope_decoder.decode(data)
+
+
+def decode_record(data: bytes) -> Recorded:
+    """Decode a stored record into a `Recorded`, on the fast path whenever possible."""
+    try:
+        recorded = _record_decoder.decode(data)
+        if recorded.schema_version == SCHEMA_VERSION:
+            return recorded
+    except msgspec.ValidationError:
+        pass  # an unknown tag or a newer shape
+    envelope = _envelope_decoder.decode(data)
+    event = decode_event(bytes(envelope.event), envelope.schema_version)
+    return Recorded(
+        position=envelope.position,
+        session_id=envelope.session_id,
+        version=envelope.version,
+        recorded_at=envelope.recorded_at,
+        schema_version=envelope.schema_version,
+        prev_session_hash=envelope.prev_session_hash,
+        prev_log_hash=envelope.prev_log_hash,
+        event=event,
+    )
+
+
+def event_to_builtins(event: Event | UnknownEvent) -> dict[str, Any]:
+    """The event as a JSON-ready dict with its `type` tag (for exports and `--json`)."""
+    if isinstance(event, UnknownEvent):
+        return {"type": event.type, **event.fields}
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+
+
+def event_from_builtins(data: dict[str, Any]) -> Event | UnknownEvent:
+    """Rebuild an event from `event_to_builtins` output (unknown tags kept verbatim)."""
+    fields = dict(data)
+    tag = fields.get("type")
+    event_class = TAGS.get(tag) if isinstance(tag, str) else None
+    if event_class is None:
+        fields.pop("type", None)
+        raw = _event_encoder.encode(data)
+        return UnknownEvent(type=str(tag), fields=fields, raw=raw)
+    return msgspec.convert(data, AnyEvent)  # type: ignore[no-any-return]

@@ -1,0 +1,194 @@
+"""The facts chatledger records: frozen msgspec Structs in one tagged union.
+
+Every event is a past-tense fact with an explicit, stable tag, so renaming a class never
+breaks a stored log. New fields get defaults and a field's type never changes; breaking
+changes go through the upcasters in `codec.py`. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+MODES = ("user", "power")
+"""The permission modes a session can be in."""
+
+FAILURE_REASONS = (
+    "timeout",
+    "not_found",
+    "exit_status",
+    "agent_error",
+    "interrupted",
+    "cancelled",
+    "output_too_large",
+    "spawn_failed",
+)
+"""Why an agent run can fail; `RunFailed.reason` holds one of these."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    """Base of every recorded fact; the `type` field carries the stable tag."""
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One tool the agent called: its tool_use joined with its tool_result."""
+
+    name: str
+    input: Any = None
+    output: Any = None
+    is_error: bool = False
+    tool_use_id: str = ""
+
+
+class SessionCreated(Event, tag="session_created"):
+    """A session was opened in a permission mode, optionally inside a study."""
+
+    mode: str = "user"
+    study_id: str | None = None
+
+
+class SessionResumed(Event, tag="session_resumed"):
+    """A known session was resumed (after a restart, or by a client asking for it by id)."""
+
+
+class StudyContextSet(Event, tag="study_context_set"):
+    """The study the session works on was set or cleared."""
+
+    study_id: str | None = None
+
+
+class ModeSwitched(Event, tag="mode_switched"):
+    """The session's permission mode changed."""
+
+    from_mode: str
+    to_mode: str
+
+
+class MessageSent(Event, tag="message_sent"):
+    """The user sent a message, with the canvas state as it was sent."""
+
+    turn: int
+    text: str
+    canvas_state: Any = None
+
+
+class RunStarted(Event, tag="run_started"):
+    """An agent run began for a turn; `argv` is exactly what was run (no environment)."""
+
+    turn: int
+    argv: tuple[str, ...] = ()
+    prompt_digest: str = ""
+    attempt: int = 1
+    template_version: int = 0
+    history_strategy: str = "prompt"
+    resume_agent_session_id: str | None = None
+
+
+class ResponseReceived(Event, tag="response_received"):
+    """The agent answered a turn: final text, tool calls, exit code, cost and usage."""
+
+    turn: int
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    exit_code: int = 0
+    duration: float = 0.0
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
+    agent_session_id: str | None = None
+
+
+class CanvasModified(Event, tag="canvas_modified"):
+    """The agent changed the canvas during a turn (from a tool result or its answer text)."""
+
+    turn: int
+    modification: Any = None
+
+
+class RunFailed(Event, tag="run_failed"):
+    """An agent run for a turn ended without an answer; `reason` is one of FAILURE_REASONS."""
+
+    turn: int
+    reason: str
+    message: str = ""
+    stderr_tail: str = ""
+    exit_code: int | None = None
+
+
+class AgentSessionLost(Event, tag="agent_session_lost"):
+    """The agent no longer had its own session to resume; the turn fell back to prompt history."""
+
+    turn: int
+    agent_session_id: str
+    message: str = ""
+
+
+class SessionExpired(Event, tag="session_expired"):
+    """The session was closed for good after being idle past the expiry age."""
+
+    reason: str = "idle"
+    idle_seconds: float = 0.0
+
+
+AnyEvent = (
+    SessionCreated
+    | SessionResumed
+    | StudyContextSet
+    | ModeSwitched
+    | MessageSent
+    | RunStarted
+    | ResponseReceived
+    | CanvasModified
+    | RunFailed
+    | AgentSessionLost
+    | SessionExpired
+)
+"""The tagged union of every event this release knows."""
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+TAGS: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls
+    for cls in EVENT_TYPES  # type: ignore[misc]
+}
+"""Stable tag -> event class."""
+
+
+def tag_of(event: Event | UnknownEvent) -> str:
+    """The stable tag an event is stored under."""
+    if isinstance(event, UnknownEvent):
+        return event.type
+    return str(event.__struct_config__.tag)
+
+
+class UnknownEvent(msgspec.Struct, frozen=True):
+    """An event whose tag this release does not know (written by a newer one), kept verbatim.
+
+    `raw` holds the exact stored bytes, so re-encoding it writes the same bytes back.
+    """
+
+    type: str
+    fields: dict[str, Any]
+    raw: bytes
+
+
+class Recorded(msgspec.Struct, frozen=True, array_like=True):
+    """An event as stored: its place in the log and in its session, time, schema and hash links.
+
+    Stored as a MessagePack array (the envelope shape is ours and versioned by
+    `schema_version`; the event inside stays a tagged map, which evolves additively).
+    """
+
+    position: int
+    session_id: str
+    version: int
+    recorded_at: datetime
+    schema_version: int
+    prev_session_hash: bytes
+    prev_log_hash: bytes
+    if TYPE_CHECKING:
+        event: AnyEvent | UnknownEvent
+    else:
+        # msgspec decodes the tagged union; the codec substitutes UnknownEvent itself.
+        event: AnyEvent

@@ -1,0 +1,199 @@
+"""Pure folds over recorded events: session info, conversation history, time travel.
+
+`evolve(state, recorded) -> state` is the one place state changes; it insists that each
+record's version is the next one. Nothing here does I/O or mutates its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .model import (
+    AgentSessionLost,
+    CanvasModified,
+    MessageSent,
+    ModeSwitched,
+    Recorded,
+    ResponseReceived,
+    RunFailed,
+    RunStarted,
+    SessionCreated,
+    SessionExpired,
+    SessionResumed,
+    StudyContextSet,
+    ToolCall,
+)
+
+STATUS_NEW = "new"
+STATUS_IDLE = "idle"
+STATUS_RUNNING = "running"
+STATUS_EXPIRED = "expired"
+
+
+class ProjectionError(ValueError):
+    """Records were folded out of order (a gap or a repeat in a session's versions)."""
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a session is now: mode, study, activity, counts, status, last error, cost."""
+
+    session_id: str
+    version: int = 0
+    last_position: int = 0
+    mode: str = "user"
+    study_id: str | None = None
+    created_at: datetime | None = None
+    last_active: datetime | None = None
+    message_count: int = 0
+    turn_count: int = 0
+    status: str = STATUS_NEW
+    last_error: str | None = None
+    total_cost_usd: float = 0.0
+    agent_session_id: str | None = None
+    open_turn: int | None = None
+    failure_count: int = 0
+
+
+def evolve(info: SessionInfo, recorded: Recorded) -> SessionInfo:
+    """Fold one record into a session's info; the record must be the next version."""
+    if recorded.version != info.version + 1:
+        raise ProjectionError(
+            f"session {info.session_id!r}: expected version {info.version + 1}, "
+            f"got {recorded.version}"
+        )
+    event = recorded.event
+    changes: dict[str, Any] = {
+        "version": recorded.version,
+        "last_position": recorded.position,
+        "last_active": recorded.recorded_at,
+    }
+    if isinstance(event, SessionCreated):
+        changes.update(
+            mode=event.mode,
+            study_id=event.study_id,
+            created_at=recorded.recorded_at,
+            status=STATUS_IDLE,
+        )
+    elif isinstance(event, SessionResumed):
+        if info.status == STATUS_NEW:
+            changes.update(created_at=recorded.recorded_at, status=STATUS_IDLE)
+    elif isinstance(event, StudyContextSet):
+        changes["study_id"] = event.study_id
+    elif isinstance(event, ModeSwitched):
+        changes["mode"] = event.to_mode
+    elif isinstance(event, MessageSent):
+        changes.update(
+            message_count=info.message_count + 1,
+            turn_count=max(info.turn_count, event.turn),
+        )
+    elif isinstance(event, RunStarted):
+        changes.update(status=STATUS_RUNNING, open_turn=event.turn)
+    elif isinstance(event, ResponseReceived):
+        changes.update(
+            status=STATUS_IDLE,
+            open_turn=None,
+            message_count=info.message_count + 1,
+            total_cost_usd=info.total_cost_usd + (event.cost_usd or 0.0),
+            agent_session_id=event.agent_session_id or info.agent_session_id,
+            last_error=None,
+        )
+    elif isinstance(event, RunFailed):
+        changes.update(
+            status=STATUS_IDLE,
+            open_turn=None,
+            last_error=f"{event.reason}: {event.message}" if event.message else event.reason,
+            failure_count=info.failure_count + 1,
+        )
+    elif isinstance(event, AgentSessionLost):
+        changes["agent_session_id"] = None
+    elif isinstance(event, SessionExpired):
+        changes.update(status=STATUS_EXPIRED, open_turn=None)
+    # CanvasModified and events from newer releases change nothing here.
+    return msgspec.structs.replace(info, **changes)
+
+
+def session_info(session_id: str, records: Iterable[Recorded]) -> SessionInfo:
+    """Fold a session's records (from version 1) into its info."""
+    info = SessionInfo(session_id=session_id)
+    for recorded in records:
+        info = evolve(info, recorded)
+    return info
+
+
+class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a conversation as a reader sees it."""
+
+    role: str  # "user" | "assistant" | "error"
+    content: str
+    timestamp: datetime
+    turn: int
+    tool_calls: tuple[ToolCall, ...] = ()
+    canvas_state: Any = None
+    canvas_modifications: tuple[Any, ...] = ()
+    mode: str = "user"
+
+
+def history(records: Iterable[Recorded]) -> list[HistoryMessage]:
+    """The conversation as messages: user messages, answers (with tool calls), failures."""
+    messages: list[HistoryMessage] = []
+    mode = "user"
+    pending_modifications: dict[int, list[Any]] = {}
+    for recorded in records:
+        event = recorded.event
+        if isinstance(event, SessionCreated):
+            mode = event.mode
+        elif isinstance(event, ModeSwitched):
+            mode = event.to_mode
+        elif isinstance(event, MessageSent):
+            messages.append(
+                HistoryMessage(
+                    role="user",
+                    content=event.text,
+                    timestamp=recorded.recorded_at,
+                    turn=event.turn,
+                    canvas_state=event.canvas_state,
+                    mode=mode,
+                )
+            )
+        elif isinstance(event, CanvasModified):
+            pending_modifications.setdefault(event.turn, []).append(event.modification)
+        elif isinstance(event, ResponseReceived):
+            messages.append(
+                HistoryMessage(
+                    role="assistant",
+                    content=event.text,
+                    timestamp=recorded.recorded_at,
+                    turn=event.turn,
+                    tool_calls=event.tool_calls,
+                    canvas_modifications=tuple(pending_modifications.pop(event.turn, ())),
+                    mode=mode,
+                )
+            )
+        elif isinstance(event, RunFailed):
+            pending_modifications.pop(event.turn, None)
+            messages.append(
+                HistoryMessage(
+                    role="error",
+                    content=f"{event.reason}: {event.message}" if event.message else event.reason,
+                    timestamp=recorded.recorded_at,
+                    turn=event.turn,
+                    mode=mode,
+                )
+            )
+    return messages
+
+
+def conversation(records: Iterable[Recorded]) -> list[HistoryMessage]:
+    """Only the user and assistant messages (what a prompt's history window draws from)."""
+    return [message for message in history(records) if message.role != "error"]
+
+
+def at_version(records: Iterable[Recorded], version: int) -> list[Recorded]:
+    """The records of a session up to and including `version` (time travel)."""
+    if version < 0:
+        raise ValueError("version must be >= 0")
+    return [recorded for recorded in records if recorded.version <= version]
