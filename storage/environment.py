@@ -1,0 +1,243 @@
+"""One LMDB environment per ledger directory per process, with map growth and a resize gate.
+
+LMDB forbids opening one file twice in a process and forbids using an environment after
+`fork()`; `open_environment` hands out shared, reference-counted environments and refuses
+inherited ones. The map starts small and grows in one place (`grow`), only while no
+transaction of this process is open. This module knows nothing of events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from ..errors import CorruptLedgerError, LedgerError, LedgerFullError
+
+DEFAULT_MAP_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+MAX_READERS = 512
+DATABASES = (b"log", b"streams", b"sessions", b"meta")
+
+
+class ResizeGate:
+    """Lets many read transactions run at once, and a map resize run with none open."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold while a transaction is open; waits while a resize runs."""
+        with self._condition:
+            while self._resizing:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def resizing(self) -> Iterator[None]:
+        """Hold while changing the map size: waits until no transaction is open."""
+        with self._condition:
+            while self._resizing:
+                self._condition.wait()
+            self._resizing = True
+            while self._readers:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._resizing = False
+                self._condition.notify_all()
+
+
+class SharedEnvironment:
+    """An open LMDB environment for one ledger directory, shared by every handle in a process."""
+
+    def __init__(
+        self, path: Path, *, map_size: int, max_map_size: int, readonly: bool
+    ) -> None:
+        self.path = path
+        self.max_map_size = max_map_size
+        self.readonly = readonly
+        self.pid = os.getpid()
+        self.gate = ResizeGate()
+        self.references = 0
+        self.owner: Any = None  # the LedgerStore built on this environment
+        self.env = _open_lmdb(path, map_size=map_size, readonly=readonly)
+        self.databases: dict[bytes, Any] = {}
+        try:
+            for name in DATABASES:
+                self.databases[name] = self.env.open_db(name, create=not readonly)
+        except lmdb.NotFoundError:
+            self.env.close()
+            raise LedgerError(
+                f"{path} is an LMDB environment but not a chatledger ledger"
+            ) from None
+        except lmdb.Error as error:
+            self.env.close()
+            raise CorruptLedgerError(f"cannot open the ledger at {path}: {error}") from None
+        _check_not_truncated(self.env, path)
+        if not readonly:
+            # Slots left behind by killed processes would otherwise fill the reader table.
+            self.env.reader_check()
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False, buffers: bool = False) -> Iterator[Any]:
+        """A transaction (short!), adopting a map grown by another process if need be."""
+        self.check_process()
+        for _ in range(3):
+            with self.gate.reading():
+                try:
+                    txn = self.env.begin(write=write, buffers=buffers)
+                except lmdb.MapResizedError:
+                    pass
+                else:
+                    with txn:
+                        yield txn
+                    return
+            self.adopt_map_size()
+        raise LedgerError(f"{self.path}: the map keeps being resized by another process")
+
+    def adopt_map_size(self) -> None:
+        """Take on a map size another process set (LMDB's MDB_MAP_RESIZED)."""
+        with self.gate.resizing():
+            self.env.set_mapsize(0)
+
+    def grow(self) -> None:
+        """Double the map size (called by the one writer after MapFullError, no txn open)."""
+        current = self.env.info()["map_size"]
+        if current >= self.max_map_size:
+            raise LedgerFullError(
+                f"the ledger at {self.path} reached its maximum size of {self.max_map_size} "
+                "bytes; raise max_map_size, compact it, or move it to a bigger disk"
+            )
+        with self.gate.resizing():
+            self.env.set_mapsize(min(current * 2, self.max_map_size))
+
+    def check_process(self) -> None:
+        """Refuse to use an environment inherited across fork()."""
+        if os.getpid() != self.pid:
+            raise LedgerError(
+                "this ledger was opened before fork(); open it again in the child process"
+            )
+
+    def close(self) -> None:
+        """Close the environment (callers make sure no transaction is open)."""
+        self.env.close()
+
+
+def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
+    """Open the LMDB files in `path`, turning LMDB's errors into clear ledger errors."""
+    data_file = path / "data.mdb"
+    if path.exists() and not path.is_dir():
+        raise LedgerError(f"{path} is a file, not a ledger directory")
+    if path.is_dir() and not data_file.exists() and any(path.iterdir()):
+        raise LedgerError(
+            f"{path} is not a chatledger ledger (it has files but no data.mdb); "
+            "give an empty or new directory"
+        )
+    if readonly and not data_file.exists():
+        raise LedgerError(f"there is no ledger at {path}")
+    if data_file.exists() and data_file.stat().st_size == 0:
+        raise CorruptLedgerError(f"{data_file} is empty: the ledger is damaged")
+    try:
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
+        return lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(DATABASES) + 2,
+            max_readers=MAX_READERS,
+            subdir=True,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            readonly=readonly,
+            lock=True,
+        )
+    except lmdb.InvalidError:
+        raise CorruptLedgerError(
+            f"{data_file} is not a valid LMDB file: the ledger is damaged or not a ledger"
+        ) from None
+    except lmdb.VersionMismatchError as error:
+        raise LedgerError(f"{path}: written by an incompatible LMDB version: {error}") from None
+    except PermissionError as error:
+        raise LedgerError(f"no permission to open the ledger at {path}: {error}") from None
+    except lmdb.Error as error:
+        raise CorruptLedgerError(f"cannot open the ledger at {path}: {error}") from None
+
+
+def _check_not_truncated(env: Any, path: Path) -> None:
+    """Refuse a data file shorter than its own last page: reading it would crash (SIGBUS)."""
+    page_size = env.stat()["psize"]
+    last_page = env.info()["last_pgno"]
+    size = (path / "data.mdb").stat().st_size
+    if size < (last_page + 1) * page_size:
+        env.close()
+        raise CorruptLedgerError(
+            f"{path / 'data.mdb'} is truncated ({size} bytes, needs "
+            f"{(last_page + 1) * page_size}): restore it from a copy"
+        )
+
+
+_registry: dict[Path, SharedEnvironment] = {}
+_registry_lock = threading.Lock()
+_inherited: list[SharedEnvironment] = []
+
+
+def open_environment(
+    path: str | os.PathLike[str],
+    *,
+    map_size: int = DEFAULT_MAP_SIZE,
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+    readonly: bool = False,
+) -> SharedEnvironment:
+    """The process's environment for `path`, opened on first use and shared afterwards."""
+    resolved = Path(path).expanduser().resolve()
+    with _registry_lock:
+        shared = _registry.get(resolved)
+        if shared is None:
+            shared = SharedEnvironment(
+                resolved, map_size=map_size, max_map_size=max_map_size, readonly=readonly
+            )
+            _registry[resolved] = shared
+        elif shared.readonly and not readonly:
+            raise LedgerError(f"{resolved} is already open read-only in this process")
+        shared.references += 1
+        return shared
+
+
+def release_environment(shared: SharedEnvironment) -> bool:
+    """Drop one reference; close and forget the environment at the last. True if closed."""
+    with _registry_lock:
+        shared.references -= 1
+        if shared.references > 0:
+            return False
+        _registry.pop(shared.path, None)
+    shared.close()
+    return True
+
+
+def _forget_after_fork() -> None:
+    # Environments must not be used (or closed) in a forked child: keep them referenced
+    # so their finalisers never run, and let the child open its own.
+    _inherited.extend(_registry.values())
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,562 @@
+"""EventLog: the embedded event store, an append-only, hash-chained log in one LMDB file.
+
+Layout (named databases in one environment):
+- `log`:      position (8-byte big-endian) -> record (MessagePack envelope + event)
+- `streams`:  session id, NUL, version (8-byte big-endian) -> position
+- `sessions`: session id -> index entry (the folded SessionInfo and the session's last hash)
+- `meta`:     format marker and the head (last position + its record's hash)
+
+Every append (through the group-commit writer) updates all four in one transaction, so the
+index can never disagree with the log unless someone edits the file, which `verify` reports.
+This module knows nothing of actors or agents.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from ..errors import ConcurrencyError, LedgerError, UnknownSessionError
+from ..events.codec import (
+    SCHEMA_VERSION,
+    StoredEnvelope,
+    decode_envelope,
+    decode_record,
+    encode_event,
+    encode_record,
+)
+from ..events.model import Event, Recorded, UnknownEvent
+from ..events.projections import ProjectionError, SessionInfo, evolve
+from .environment import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    SharedEnvironment,
+    open_environment,
+    release_environment,
+)
+from .hashing import GENESIS, Head, record_hash
+from .ids import validate_session_id
+from .subscription import Subscription
+from .verification import VerifyReport, verify_log
+from .writer import GroupCommitWriter
+
+FORMAT_MARKER = b"chatledger-lmdb"
+FORMAT_VERSION = 1
+READ_CHUNK = 4096
+
+_META_FORMAT = b"format"
+_META_HEAD = b"head"
+
+
+class IndexEntry(msgspec.Struct, frozen=True):
+    """A session's entry in the materialised index: its info and its last record's hash."""
+
+    info: SessionInfo
+    last_hash: bytes
+
+
+_index_encoder = msgspec.msgpack.Encoder()
+_index_decoder = msgspec.msgpack.Decoder(IndexEntry)
+_format_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def position_key(position: int) -> bytes:
+    """The `log` key of a position."""
+    return position.to_bytes(8, "big")
+
+
+def stream_key(session_id: str, version: int) -> bytes:
+    """The `streams` key of a session's version."""
+    return session_id.encode() + b"\x00" + version.to_bytes(8, "big")
+
+
+def decode_index_entry(data: bytes | memoryview) -> IndexEntry:
+    """Decode a `sessions` value."""
+    return _index_decoder.decode(data)
+
+
+def encode_index_entry(entry: IndexEntry) -> bytes:
+    """Encode a `sessions` value."""
+    return _index_encoder.encode(entry)
+
+
+def _encode_head(position: int, digest: bytes) -> bytes:
+    return position.to_bytes(8, "big") + digest
+
+
+def _decode_head(data: bytes | memoryview | None) -> Head:
+    if data is None:
+        return Head(0, GENESIS)
+    raw = bytes(data)
+    return Head(int.from_bytes(raw[:8], "big"), raw[8:])
+
+
+class _Append(msgspec.Struct):
+    session_id: str
+    events: Sequence[Event | UnknownEvent]
+    encoded: list[bytes]
+    expected_version: int
+
+
+class _Job(msgspec.Struct):
+    function: Callable[[Any], Any]
+
+
+class LedgerStore:
+    """The per-process state of one ledger: its environment, writer and live-append signal."""
+
+    def __init__(self, shared: SharedEnvironment) -> None:
+        self.shared = shared
+        self.log_db = shared.databases[b"log"]
+        self.streams_db = shared.databases[b"streams"]
+        self.sessions_db = shared.databases[b"sessions"]
+        self.meta_db = shared.databases[b"meta"]
+        self.appended = threading.Condition()
+        self.writer: GroupCommitWriter | None = None
+        if not shared.readonly:
+            self._initialise_format()
+            self.writer = GroupCommitWriter(shared, self._apply_batch, self._notify)
+        else:
+            self._check_format()
+
+    def _notify(self) -> None:
+        with self.appended:
+            self.appended.notify_all()
+
+    def _initialise_format(self) -> None:
+        with self.shared.transaction(write=True) as txn:
+            marker = txn.get(_META_FORMAT, db=self.meta_db)
+            if marker is None:
+                if txn.stat(self.log_db)["entries"]:
+                    raise LedgerError(f"{self.shared.path} holds a log without a format marker")
+                txn.put(
+                    _META_FORMAT,
+                    _index_encoder.encode({"marker": FORMAT_MARKER, "version": FORMAT_VERSION}),
+                    db=self.meta_db,
+                )
+            else:
+                self._check_marker(marker)
+
+    def _check_format(self) -> None:
+        with self.shared.transaction() as txn:
+            marker = txn.get(_META_FORMAT, db=self.meta_db)
+        if marker is None:
+            raise LedgerError(f"{self.shared.path} is not a chatledger ledger")
+        self._check_marker(marker)
+
+    def _check_marker(self, marker: bytes) -> None:
+        try:
+            fields = _format_decoder.decode(marker)
+        except msgspec.DecodeError:
+            raise LedgerError(f"{self.shared.path} is not a chatledger ledger") from None
+        if fields.get("marker") != FORMAT_MARKER:
+            raise LedgerError(f"{self.shared.path} is not a chatledger ledger")
+        if int(fields.get("version", 0)) > FORMAT_VERSION:
+            raise LedgerError(
+                f"{self.shared.path} was written by a newer chatledger (storage format "
+                f"{fields.get('version')}, this release reads {FORMAT_VERSION}): upgrade chatledger"
+            )
+
+    def _apply_batch(self, txn: Any, batch: list[Any]) -> list[Any]:
+        """Apply a batch of appends and jobs in the writer's transaction. Writer thread only."""
+        cursor = txn.cursor(db=self.log_db)
+        next_position = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+        head = _decode_head(txn.get(_META_HEAD, db=self.meta_db))
+        log_hash = head.hash
+        touched: dict[str, IndexEntry | None] = {}
+        results: list[Any] = []
+        for request in batch:
+            payload = request.payload
+            if isinstance(payload, _Job):
+                results.append(payload.function(txn))
+                # A job may rewrite anything: start the batch state afresh after it.
+                next_position = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+                head = _decode_head(txn.get(_META_HEAD, db=self.meta_db))
+                log_hash = head.hash
+                touched.clear()
+                continue
+            session_id = payload.session_id
+            if session_id in touched:
+                entry = touched[session_id]
+            else:
+                raw_entry = txn.get(session_id.encode(), db=self.sessions_db)
+                entry = decode_index_entry(raw_entry) if raw_entry is not None else None
+            version = entry.info.version if entry is not None else 0
+            if version != payload.expected_version:
+                results.append(ConcurrencyError(session_id, payload.expected_version, version))
+                continue
+            info = entry.info if entry is not None else SessionInfo(session_id=session_id)
+            session_hash = entry.last_hash if entry is not None else GENESIS
+            recorded_at = datetime.now(timezone.utc)
+            recorded_list: list[Recorded] = []
+            for event, encoded_event in zip(payload.events, payload.encoded, strict=True):
+                version += 1
+                envelope = StoredEnvelope(
+                    position=next_position,
+                    session_id=session_id,
+                    version=version,
+                    recorded_at=recorded_at,
+                    schema_version=SCHEMA_VERSION,
+                    prev_session_hash=session_hash,
+                    prev_log_hash=log_hash,
+                    event=msgspec.Raw(encoded_event),
+                )
+                record = encode_record(envelope)
+                txn.put(position_key(next_position), record, db=self.log_db, append=True)
+                txn.put(stream_key(session_id, version), position_key(next_position),
+                        db=self.streams_db)
+                recorded = Recorded(
+                    position=next_position,
+                    session_id=session_id,
+                    version=version,
+                    recorded_at=recorded_at,
+                    schema_version=SCHEMA_VERSION,
+                    prev_session_hash=session_hash,
+                    prev_log_hash=log_hash,
+                    event=event,
+                )
+                info = evolve(info, recorded)
+                digest = record_hash(record)
+                session_hash = digest
+                log_hash = digest
+                recorded_list.append(recorded)
+                next_position += 1
+            touched[session_id] = IndexEntry(info=info, last_hash=session_hash)
+            results.append(recorded_list)
+        for session_id, entry in touched.items():
+            if entry is not None:
+                txn.put(session_id.encode(), encode_index_entry(entry), db=self.sessions_db)
+        if next_position - 1 != head.position:
+            txn.put(_META_HEAD, _encode_head(next_position - 1, log_hash), db=self.meta_db)
+        return results
+
+    def close(self) -> None:
+        """Stop the writer (after what is queued) and close the environment if last."""
+        if self.writer is not None:
+            self.writer.close()
+        release_environment(self.shared)
+
+
+_stores_lock = threading.Lock()
+
+
+def _acquire_store(
+    path: str | os.PathLike[str], map_size: int, max_map_size: int, readonly: bool
+) -> LedgerStore:
+    """Open (or share) the environment for `path` and its store; one reference per handle."""
+    shared = open_environment(
+        path, map_size=map_size, max_map_size=max_map_size, readonly=readonly
+    )
+    with _stores_lock:
+        store: LedgerStore | None = shared.owner
+        if store is None:
+            try:
+                store = LedgerStore(shared)
+            except BaseException:
+                release_environment(shared)
+                raise
+            shared.owner = store
+        return store
+
+
+def _release_store(store: LedgerStore) -> None:
+    """Drop one handle's reference; the last one stops the writer and closes the file."""
+    with _stores_lock:
+        if store.shared.references > 1:
+            release_environment(store.shared)
+            return
+        store.shared.owner = None
+    store.close()
+
+
+class EventLog:
+    """An append-only, hash-chained event log in an LMDB directory (the embedded default store).
+
+    Opening the same directory twice in one process shares one environment and one writer;
+    several processes may open it at once (LMDB serialises their writers, and expected
+    versions keep their appends correct).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        readonly: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._store: LedgerStore | None = _acquire_store(path, map_size, max_map_size, readonly)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close this handle; the environment closes with the last handle in the process."""
+        store, self._store = self._store, None
+        if store is not None:
+            _release_store(store)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether this handle was closed."""
+        return self._store is None
+
+    @property
+    def store(self) -> LedgerStore:
+        """The shared per-process state (raises once this handle is closed)."""
+        if self._store is None:
+            from ..errors import LedgerClosedError
+
+            raise LedgerClosedError(f"the ledger at {self.path} is closed")
+        return self._store
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+    ) -> list[Recorded]:
+        """Append events to a session atomically; durable on return. Blocks the caller.
+
+        `expected_version` is the session's current version (0 for a new session); if the
+        session moved on, ConcurrencyError is raised and nothing is written.
+        """
+        validate_session_id(session_id)
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise TypeError("expected_version must be an int")
+        events = list(events)
+        if not events:
+            return []
+        encoded = [encode_event(event) for event in events]
+        writer = self.store.writer
+        if writer is None:
+            raise LedgerError(f"the ledger at {self.path} is open read-only")
+        result: list[Recorded] = writer.submit(
+            _Append(
+                session_id=session_id,
+                events=events,
+                encoded=encoded,
+                expected_version=expected_version,
+            )
+        )
+        return result
+
+    def run_in_writer(self, function: Callable[[Any], Any]) -> Any:
+        """Run `function(txn)` in the writer's transaction (maintenance: rebuild, import)."""
+        writer = self.store.writer
+        if writer is None:
+            raise LedgerError(f"the ledger at {self.path} is open read-only")
+        return writer.submit(_Job(function=function))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:
+        """The records of one session from `from_version` on (empty if it has none)."""
+        validate_session_id(session_id)
+        store = self.store
+        start = stream_key(session_id, max(from_version, 1))
+        prefix = session_id.encode() + b"\x00"
+        records: list[Recorded] = []
+        with store.shared.transaction(buffers=True) as txn:
+            cursor = txn.cursor(db=store.streams_db)
+            get = txn.get
+            log_db = store.log_db
+            if not cursor.set_range(start):
+                return records
+            for key, position in cursor:
+                if bytes(key[: len(prefix)]) != prefix:
+                    break
+                data = get(position, db=log_db)
+                if data is None:
+                    raise LedgerError(
+                        f"the stream index of {session_id!r} points at a missing record: "
+                        "run `chatledger verify`"
+                    )
+                records.append(decode_record(data))
+        return records
+
+    def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
+        """Every record from `from_position` on, in order (read in short transactions)."""
+        store = self.store
+        position = max(from_position, 1)
+        while True:
+            chunk: list[Recorded] = []
+            with store.shared.transaction(buffers=True) as txn:
+                cursor = txn.cursor(db=store.log_db)
+                if cursor.set_range(position_key(position)):
+                    for value in cursor.iternext(keys=False, values=True):
+                        chunk.append(decode_record(value))
+                        if len(chunk) >= READ_CHUNK:
+                            break
+            if to_position is not None:
+                chunk = [recorded for recorded in chunk if recorded.position <= to_position]
+            yield from chunk
+            if len(chunk) < READ_CHUNK:
+                return
+            position = chunk[-1].position + 1
+
+    def read_raw(self, from_position: int = 1) -> Iterator[tuple[int, bytes]]:
+        """Every stored record as (position, bytes), for verification and export."""
+        store = self.store
+        position = max(from_position, 1)
+        while True:
+            chunk: list[tuple[int, bytes]] = []
+            with store.shared.transaction() as txn:
+                cursor = txn.cursor(db=store.log_db)
+                if cursor.set_range(position_key(position)):
+                    for key, value in cursor:
+                        chunk.append((int.from_bytes(key, "big"), value))
+                        if len(chunk) >= READ_CHUNK:
+                            break
+            yield from chunk
+            if len(chunk) < READ_CHUNK:
+                return
+            position = chunk[-1][0] + 1
+
+    def head(self) -> Head:
+        """The last position and its record's hash (0 and the genesis hash when empty)."""
+        store = self.store
+        with store.shared.transaction() as txn:
+            return _decode_head(txn.get(_META_HEAD, db=store.meta_db))
+
+    def version(self, session_id: str) -> int:
+        """A session's current version (0 if it does not exist)."""
+        info = self.info(session_id)
+        return info.version if info is not None else 0
+
+    def info(self, session_id: str) -> SessionInfo | None:
+        """A session's info from the index (None if unknown)."""
+        validate_session_id(session_id)
+        store = self.store
+        with store.shared.transaction(buffers=True) as txn:
+            data = txn.get(session_id.encode(), db=store.sessions_db)
+            return decode_index_entry(data).info if data is not None else None
+
+    def require_info(self, session_id: str) -> SessionInfo:
+        """A session's info from the index; raises UnknownSessionError if unknown."""
+        info = self.info(session_id)
+        if info is None:
+            raise UnknownSessionError(f"Session not found: {session_id}")
+        return info
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session's info, from the index (no replay)."""
+        store = self.store
+        result: list[SessionInfo] = []
+        with store.shared.transaction(buffers=True) as txn:
+            for value in txn.cursor(db=store.sessions_db).iternext(keys=False, values=True):
+                result.append(decode_index_entry(value).info)
+        return result
+
+    def index_entries(self) -> dict[str, IndexEntry]:
+        """The whole session index as stored (for verify)."""
+        store = self.store
+        with store.shared.transaction(buffers=True) as txn:
+            return {
+                bytes(key).decode(): decode_index_entry(value)
+                for key, value in txn.cursor(db=store.sessions_db)
+            }
+
+    def stream_index(self) -> Iterator[tuple[bytes, int]]:
+        """Every (streams key, position) pair, in key order (for verify)."""
+        store = self.store
+        start = b""
+        while True:
+            chunk: list[tuple[bytes, int]] = []
+            with store.shared.transaction() as txn:
+                cursor = txn.cursor(db=store.streams_db)
+                if cursor.set_range(start) if start else cursor.first():
+                    for key, value in cursor:
+                        if key == start:
+                            continue
+                        chunk.append((key, int.from_bytes(value, "big")))
+                        if len(chunk) >= READ_CHUNK:
+                            break
+            yield from chunk
+            if len(chunk) < READ_CHUNK:
+                return
+            start = chunk[-1][0]
+
+    def subscribe(self, from_position: int = 1, poll_interval: float = 0.2) -> Subscription:
+        """Catch up from `from_position`, then follow live appends (of any process)."""
+        return Subscription(self, from_position, self.store.appended, poll_interval)
+
+    def count(self) -> int:
+        """How many records the log holds."""
+        store = self.store
+        with store.shared.transaction() as txn:
+            return int(txn.stat(store.log_db)["entries"])
+
+    def disk_size(self) -> int:
+        """Bytes the ledger's data file takes on disk."""
+        return os.path.getsize(os.path.join(self.store.shared.path, "data.mdb"))
+
+    def map_size(self) -> int:
+        """The current LMDB map size in bytes."""
+        return int(self.store.shared.env.info()["map_size"])
+
+    # -- integrity -----------------------------------------------------------------------
+
+    def verify(
+        self,
+        saved_head: Head | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Recompute both hash chains and the indexes; check a saved head if given."""
+        return verify_log(self, saved_head, progress=progress)
+
+    def rebuild_index(self) -> int:
+        """Recompute the session index from the log in one write; returns the session count."""
+
+        def rebuild(txn: Any) -> int:
+            store = self.store
+            entries: dict[str, IndexEntry] = {}
+            cursor = txn.cursor(db=store.log_db)
+            for value in cursor.iternext(keys=False, values=True):
+                recorded = decode_record(value)
+                entry = entries.get(recorded.session_id)
+                info = entry.info if entry else SessionInfo(session_id=recorded.session_id)
+                try:
+                    info = evolve(info, recorded)
+                except ProjectionError as error:
+                    raise LedgerError(f"cannot rebuild the index: {error}") from None
+                entries[recorded.session_id] = IndexEntry(info=info, last_hash=record_hash(value))
+            txn.drop(store.sessions_db, delete=False)
+            for session_id, entry in entries.items():
+                txn.put(session_id.encode(), encode_index_entry(entry), db=store.sessions_db)
+            return len(entries)
+
+        result: int = self.run_in_writer(rebuild)
+        return result
+
+    def wait_for_append(self, after_position: int, timeout: float) -> bool:
+        """Block until the head passes `after_position` (this process's appends wake it early)."""
+        deadline = time.monotonic() + timeout
+        condition = self.store.appended
+        while self.head().position <= after_position:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with condition:
+                condition.wait(min(remaining, 0.2))
+        return True
+
+
+def record_envelope(data: bytes) -> StoredEnvelope:
+    """Decode a stored record's envelope only (the event stays encoded)."""
+    return decode_envelope(data)

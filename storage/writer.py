@@ -1,0 +1,134 @@
+"""Group commit: one writer thread owns every LMDB write transaction of a ledger in a process.
+
+Callers hand in requests and wait; the writer takes whatever is waiting, applies it in one
+write transaction (one fsync for many events), commits, and answers each caller with its own
+result or its own error. A write transaction never spans anything slow: requests arrive
+encoded, and callers are woken only after the commit.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import lmdb
+
+from ..errors import LedgerClosedError, LedgerError, LedgerFullError
+from .environment import SharedEnvironment
+
+MAX_BATCH_REQUESTS = 512
+
+BatchApply = Callable[[Any, list["WriteRequest"]], list[Any]]
+"""Applies a batch inside one write txn; returns one result (or exception) per request."""
+
+
+class WriteRequest:
+    """One caller's unit of work for the writer, with the future it waits on."""
+
+    __slots__ = ("payload", "future")
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+        self.future: Future[Any] = Future()
+
+
+class GroupCommitWriter:
+    """The single writer thread of one ledger environment in this process."""
+
+    def __init__(
+        self,
+        shared: SharedEnvironment,
+        apply_batch: BatchApply,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._shared = shared
+        self._apply_batch = apply_batch
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[WriteRequest | None] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self.batches_committed = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"chatledger-writer:{shared.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, payload: Any, timeout: float | None = None) -> Any:
+        """Queue a request and block until the writer committed it (or failed it)."""
+        request = WriteRequest(payload)
+        with self._lock:
+            if self._closed:
+                raise LedgerClosedError("the ledger is closed")
+            self._queue.put(request)
+        return request.future.result(timeout)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer thread (blocks until it has)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        """The writer loop. Runs in the writer thread."""
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH_REQUESTS:
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    stopping = True
+                    break
+                batch.append(request)
+            self._commit(batch)
+
+    def _commit(self, batch: list[WriteRequest]) -> None:
+        """Apply and commit one batch, growing the map and retrying when it is full."""
+        try:
+            while True:
+                try:
+                    with self._shared.transaction(write=True) as txn:
+                        results = self._apply_batch(txn, batch)
+                    break
+                except lmdb.MapFullError:
+                    self._shared.grow()
+                except lmdb.MapResizedError:
+                    self._shared.adopt_map_size()
+        except LedgerFullError as error:
+            self._fail(batch, error)
+            return
+        except lmdb.DiskError as error:
+            self._fail(batch, LedgerFullError(f"the disk is full or failing: {error}"))
+            return
+        except OSError as error:
+            self._fail(batch, LedgerError(f"cannot write the ledger: {error}"))
+            return
+        except lmdb.Error as error:
+            self._fail(batch, LedgerError(f"cannot write the ledger: {error}"))
+            return
+        except BaseException as error:  # never leave a caller waiting forever
+            self._fail(batch, error)
+            return
+        self.batches_committed += 1
+        self._on_commit()
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[WriteRequest], error: BaseException) -> None:
+        for request in batch:
+            request.future.set_exception(error)
