@@ -42,31 +42,31 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tool_use_id: str = ""
 
 
-class SessionCreated(Event, tag="session_created"):
+class SessionCreated(Event, tag="session_created", kw_only=True):
     """A session was opened in a permission mode, optionally inside a study."""
 
     mode: str = "user"
     study_id: str | None = None
 
 
-class SessionResumed(Event, tag="session_resumed"):
+class SessionResumed(Event, tag="session_resumed", kw_only=True):
     """A known session was resumed (after a restart, or by a client asking for it by id)."""
 
 
-class StudyContextSet(Event, tag="study_context_set"):
+class StudyContextSet(Event, tag="study_context_set", kw_only=True):
     """The study the session works on was set or cleared."""
 
     study_id: str | None = None
 
 
-class ModeSwitched(Event, tag="mode_switched"):
+class ModeSwitched(Event, tag="mode_switched", kw_only=True):
     """The session's permission mode changed."""
 
     from_mode: str
     to_mode: str
 
 
-class MessageSent(Event, tag="message_sent"):
+class MessageSent(Event, tag="message_sent", kw_only=True):
     """The user sent a message, with the canvas state as it was sent."""
 
     turn: int
@@ -74,7 +74,7 @@ class MessageSent(Event, tag="message_sent"):
     canvas_state: Any = None
 
 
-class RunStarted(Event, tag="run_started"):
+class RunStarted(Event, tag="run_started", kw_only=True):
     """An agent run began for a turn; `argv` is exactly what was run (no environment)."""
 
     turn: int
@@ -86,7 +86,7 @@ class RunStarted(Event, tag="run_started"):
     resume_agent_session_id: str | None = None
 
 
-class ResponseReceived(Event, tag="response_received"):
+class ResponseReceived(Event, tag="response_received", kw_only=True):
     """The agent answered a turn: final text, tool calls, exit code, cost and usage."""
 
     turn: int
@@ -99,14 +99,14 @@ class ResponseReceived(Event, tag="response_received"):
     agent_session_id: str | None = None
 
 
-class CanvasModified(Event, tag="canvas_modified"):
+class CanvasModified(Event, tag="canvas_modified", kw_only=True):
     """The agent changed the canvas during a turn (from a tool result or its answer text)."""
 
     turn: int
     modification: Any = None
 
 
-class RunFailed(Event, tag="run_failed"):
+class RunFailed(Event, tag="run_failed", kw_only=True):
     """An agent run for a turn ended without an answer; `reason` is one of FAILURE_REASONS."""
 
     turn: int
@@ -116,7 +116,7 @@ class RunFailed(Event, tag="run_failed"):
     exit_code: int | None = None
 
 
-class AgentSessionLost(Event, tag="agent_session_lost"):
+class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True):
     """The agent no longer had its own session to resume; the turn fell back to prompt history."""
 
     turn: int
@@ -124,7 +124,7 @@ class AgentSessionLost(Event, tag="agent_session_lost"):
     message: str = ""
 
 
-class SessionExpired(Event, tag="session_expired"):
+class SessionExpired(Event, tag="session_expired", kw_only=True):
     """The session was closed for good after being idle past the expiry age."""
 
     reason: str = "idle"

@@ -80,6 +80,11 @@ class SharedEnvironment:
         self.owner: Any = None  # the LedgerStore built on this environment
         self.env = _open_lmdb(path, map_size=map_size, readonly=readonly)
         self.databases: dict[bytes, Any] = {}
+        with self.env.begin() as txn:
+            foreign = [key for key in txn.cursor().iternext(values=False) if key not in DATABASES]
+        if foreign:
+            self.env.close()
+            raise LedgerError(f"{path} is an LMDB environment of another program, not a ledger")
         try:
             for name in DATABASES:
                 self.databases[name] = self.env.open_db(name, create=not readonly)

@@ -1,7 +1,8 @@
 """EventLog: the embedded event store, an append-only, hash-chained log in one LMDB file.
 
 Layout (named databases in one environment):
-- `log`:      position (8-byte big-endian) -> record (MessagePack envelope + event)
+- `log`:      position (8-byte big-endian) -> the record's BLAKE2b-256 hash, then the record
+              (MessagePack envelope + event); the stored hash pins a flipped byte to its record
 - `streams`:  session id, NUL, version (8-byte big-endian) -> position
 - `sessions`: session id -> index entry (the folded SessionInfo and the session's last hash)
 - `meta`:     format marker and the head (last position + its record's hash)
@@ -40,7 +41,7 @@ from .environment import (
     open_environment,
     release_environment,
 )
-from .hashing import GENESIS, Head, record_hash
+from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 from .ids import validate_session_id
 from .subscription import Subscription
 from .verification import VerifyReport, verify_log
@@ -208,7 +209,8 @@ class LedgerStore:
                     event=msgspec.Raw(encoded_event),
                 )
                 record = encode_record(envelope)
-                txn.put(position_key(next_position), record, db=self.log_db, append=True)
+                digest = record_hash(record)
+                txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
                 txn.put(stream_key(session_id, version), position_key(next_position),
                         db=self.streams_db)
                 recorded = Recorded(
@@ -222,7 +224,6 @@ class LedgerStore:
                     event=event,
                 )
                 info = evolve(info, recorded)
-                digest = record_hash(record)
                 session_hash = digest
                 log_hash = digest
                 recorded_list.append(recorded)
@@ -386,7 +387,7 @@ class EventLog:
                         f"the stream index of {session_id!r} points at a missing record: "
                         "run `chatledger verify`"
                     )
-                records.append(decode_record(data))
+                records.append(decode_record(data[HASH_SIZE:]))
         return records
 
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
@@ -399,7 +400,7 @@ class EventLog:
                 cursor = txn.cursor(db=store.log_db)
                 if cursor.set_range(position_key(position)):
                     for value in cursor.iternext(keys=False, values=True):
-                        chunk.append(decode_record(value))
+                        chunk.append(decode_record(value[HASH_SIZE:]))
                         if len(chunk) >= READ_CHUNK:
                             break
             if to_position is not None:
@@ -410,7 +411,7 @@ class EventLog:
             position = chunk[-1].position + 1
 
     def read_raw(self, from_position: int = 1) -> Iterator[tuple[int, bytes]]:
-        """Every stored record as (position, bytes), for verification and export."""
+        """Every stored value as (position, stored hash + record bytes), for verify and export."""
         store = self.store
         position = max(from_position, 1)
         while True:
@@ -528,14 +529,14 @@ class EventLog:
             entries: dict[str, IndexEntry] = {}
             cursor = txn.cursor(db=store.log_db)
             for value in cursor.iternext(keys=False, values=True):
-                recorded = decode_record(value)
+                recorded = decode_record(value[HASH_SIZE:])
                 entry = entries.get(recorded.session_id)
                 info = entry.info if entry else SessionInfo(session_id=recorded.session_id)
                 try:
                     info = evolve(info, recorded)
                 except ProjectionError as error:
                     raise LedgerError(f"cannot rebuild the index: {error}") from None
-                entries[recorded.session_id] = IndexEntry(info=info, last_hash=record_hash(value))
+                entries[recorded.session_id] = IndexEntry(info=info, last_hash=record_hash(value[HASH_SIZE:]))
             txn.drop(store.sessions_db, delete=False)
             for session_id, entry in entries.items():
                 txn.put(session_id.encode(), encode_index_entry(entry), db=store.sessions_db)

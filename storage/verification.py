@@ -15,7 +15,7 @@ import msgspec
 
 from ..events.codec import decode_record
 from ..events.projections import ProjectionError, SessionInfo, evolve
-from .hashing import GENESIS, Head, record_hash
+from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 
 if TYPE_CHECKING:
     from .lmdb_log import EventLog
@@ -66,14 +66,17 @@ def verify_log(
     expected_position = 1
     previous_hash = GENESIS
     saved_hash_seen: bytes | None = None
-    for position, data in log.read_raw():
+    for position, value in log.read_raw():
         report.records_checked += 1
+        stored_hash, data = value[:HASH_SIZE], value[HASH_SIZE:]
         if progress is not None and report.records_checked % 10_000 == 0:
             progress(10_000)
         if position != expected_position:
             report.fail(position, f"gap in the log: expected position {expected_position}")
         expected_position = position + 1
         digest = record_hash(data)
+        if digest != stored_hash:
+            report.fail(position, "record bytes do not match their stored hash (altered)")
         try:
             recorded = decode_record(data)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
@@ -83,10 +86,7 @@ def verify_log(
         if recorded.position != position:
             report.fail(position, f"record says it is at position {recorded.position}")
         if recorded.prev_log_hash != previous_hash:
-            report.fail(
-                position - 1 if position > 1 else position,
-                "record does not match the hash its successor links to (log chain broken)",
-            )
+            report.fail(position, "link to the previous record of the log is broken")
         state = sessions.get(recorded.session_id)
         if state is None:
             state = sessions[recorded.session_id] = _SessionState(recorded.session_id)
