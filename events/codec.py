@@ -88,7 +88,7 @@ def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | U
     """Decode one stored event, upcasting old shapes and keeping unknown tags verbatim."""
     if schema_version == SCHEMA_VERSION:
         try:
-            return _event_decoder.decode(data)  # type: ignore[no-any-return]
+            return _event_decoder.decode(data)
         except msgspec.ValidationError:
             pass  # an unknown tag, or a shape from a newer release: take the slow path
     fields = _raw_map_decoder.decode(data)
@@ -145,7 +145,7 @@ def event_to_builtins(event: Event | UnknownEvent) -> dict[str, Any]:
     """The event as a JSON-ready dict with its `type` tag (for exports and `--json`)."""
     if isinstance(event, UnknownEvent):
         return {"type": event.type, **event.fields}
-    return msgspec.to_builtins(event)  # type: ignore[no-any-return]
+    return msgspec.to_builtins(event)
 
 
 def event_from_builtins(data: dict[str, Any]) -> Event | UnknownEvent:
@@ -157,4 +157,4 @@ def event_from_builtins(data: dict[str, Any]) -> Event | UnknownEvent:
         fields.pop("type", None)
         raw = _event_encoder.encode(data)
         return UnknownEvent(type=str(tag), fields=fields, raw=raw)
-    return msgspec.convert(data, AnyEvent)  # type: ignore[no-any-return]
+    return msgspec.convert(data, AnyEvent)

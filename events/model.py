@@ -42,31 +42,31 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tool_use_id: str = ""
 
 
-class SessionCreated(Event, tag="session_created", kw_only=True):
+class SessionCreated(Event, tag="session_created", kw_only=True, frozen=True):
     """A session was opened in a permission mode, optionally inside a study."""
 
     mode: str = "user"
     study_id: str | None = None
 
 
-class SessionResumed(Event, tag="session_resumed", kw_only=True):
+class SessionResumed(Event, tag="session_resumed", kw_only=True, frozen=True):
     """A known session was resumed (after a restart, or by a client asking for it by id)."""
 
 
-class StudyContextSet(Event, tag="study_context_set", kw_only=True):
+class StudyContextSet(Event, tag="study_context_set", kw_only=True, frozen=True):
     """The study the session works on was set or cleared."""
 
     study_id: str | None = None
 
 
-class ModeSwitched(Event, tag="mode_switched", kw_only=True):
+class ModeSwitched(Event, tag="mode_switched", kw_only=True, frozen=True):
     """The session's permission mode changed."""
 
     from_mode: str
     to_mode: str
 
 
-class MessageSent(Event, tag="message_sent", kw_only=True):
+class MessageSent(Event, tag="message_sent", kw_only=True, frozen=True):
     """The user sent a message, with the canvas state as it was sent."""
 
     turn: int
@@ -74,7 +74,7 @@ class MessageSent(Event, tag="message_sent", kw_only=True):
     canvas_state: Any = None
 
 
-class RunStarted(Event, tag="run_started", kw_only=True):
+class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
     """An agent run began for a turn; `argv` is exactly what was run (no environment)."""
 
     turn: int
@@ -86,7 +86,7 @@ class RunStarted(Event, tag="run_started", kw_only=True):
     resume_agent_session_id: str | None = None
 
 
-class ResponseReceived(Event, tag="response_received", kw_only=True):
+class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True):
     """The agent answered a turn: final text, tool calls, exit code, cost and usage."""
 
     turn: int
@@ -99,14 +99,14 @@ class ResponseReceived(Event, tag="response_received", kw_only=True):
     agent_session_id: str | None = None
 
 
-class CanvasModified(Event, tag="canvas_modified", kw_only=True):
+class CanvasModified(Event, tag="canvas_modified", kw_only=True, frozen=True):
     """The agent changed the canvas during a turn (from a tool result or its answer text)."""
 
     turn: int
     modification: Any = None
 
 
-class RunFailed(Event, tag="run_failed", kw_only=True):
+class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     """An agent run for a turn ended without an answer; `reason` is one of FAILURE_REASONS."""
 
     turn: int
@@ -116,7 +116,7 @@ class RunFailed(Event, tag="run_failed", kw_only=True):
     exit_code: int | None = None
 
 
-class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True):
+class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True, frozen=True):
     """The agent no longer had its own session to resume; the turn fell back to prompt history."""
 
     turn: int
@@ -124,7 +124,7 @@ class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True):
     message: str = ""
 
 
-class SessionExpired(Event, tag="session_expired", kw_only=True):
+class SessionExpired(Event, tag="session_expired", kw_only=True, frozen=True):
     """The session was closed for good after being idle past the expiry age."""
 
     reason: str = "idle"
@@ -146,12 +146,9 @@ AnyEvent = (
 )
 """The tagged union of every event this release knows."""
 
-EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
 
-TAGS: dict[str, type[Event]] = {
-    cls.__struct_config__.tag: cls
-    for cls in EVENT_TYPES  # type: ignore[misc]
-}
+TAGS: dict[str, type[Event]] = {str(cls.__struct_config__.tag): cls for cls in EVENT_TYPES}
 """Stable tag -> event class."""
 
 
@@ -187,8 +184,5 @@ class Recorded(msgspec.Struct, frozen=True, array_like=True):
     schema_version: int
     prev_session_hash: bytes
     prev_log_hash: bytes
-    if TYPE_CHECKING:
-        event: AnyEvent | UnknownEvent
-    else:
-        # msgspec decodes the tagged union; the codec substitutes UnknownEvent itself.
-        event: AnyEvent
+    # msgspec decodes the tagged union; the codec puts an UnknownEvent here itself.
+    event: AnyEvent | UnknownEvent if TYPE_CHECKING else AnyEvent  # type: ignore[valid-type]
