@@ -1,0 +1,113 @@
+"""The run pool: a bounded, FIFO pool of worker threads on which agent runs happen.
+
+Every session shares it, so at most `max_runs` agent processes are alive at once. A run
+reports its outcome with a callback (which tells an actor: nothing here waits on an actor).
+Queued runs can be cancelled before they start; running ones through their cancel switch,
+which the agent runner turns into SIGINT, SIGTERM, SIGKILL of the process tree.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ..agent import RunOutcome
+from .messages import RunTicket
+
+RunFunction = Callable[[threading.Event], RunOutcome]
+"""Runs one agent turn on a pool thread, watching the cancel switch it is given."""
+
+
+def cancelled_outcome(message: str = "Run cancelled before it started") -> RunOutcome:
+    """The outcome of a run that was cancelled while it still waited for a slot."""
+    return RunOutcome(ok=False, failure_reason="cancelled", message=message)
+
+
+class RunPool:
+    """Runs agent turns on at most `max_runs` threads, first come, first served."""
+
+    def __init__(self, max_runs: int) -> None:
+        self.max_runs = max_runs
+        self._executor = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="chatledger-run")
+        self._lock = threading.Lock()
+        self._tickets: dict[tuple[str, int], RunTicket] = {}
+        self._running = 0
+        self.peak_running = 0
+        self._closed = False
+
+    def submit(
+        self,
+        ticket: RunTicket,
+        run: RunFunction,
+        on_done: Callable[[RunTicket, RunOutcome], None],
+    ) -> None:
+        """Queue a run; `on_done(ticket, outcome)` is called on the pool thread when it ends."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the run pool is shut down")
+            self._tickets[(ticket.session_id, ticket.ticket)] = ticket
+        self._executor.submit(self._execute, ticket, run, on_done)
+
+    def _execute(
+        self,
+        ticket: RunTicket,
+        run: RunFunction,
+        on_done: Callable[[RunTicket, RunOutcome], None],
+    ) -> None:
+        """Run one turn. Runs on a pool thread."""
+        if ticket.cancel.is_set():
+            outcome = cancelled_outcome()
+        else:
+            with self._lock:
+                ticket.started = True
+                self._running += 1
+                self.peak_running = max(self.peak_running, self._running)
+            try:
+                outcome = run(ticket.cancel)
+            except BaseException as error:  # a bug must still end the turn, not hang it
+                outcome = RunOutcome(
+                    ok=False,
+                    failure_reason="spawn_failed",
+                    message=f"chatledger failed to run the agent: {type(error).__name__}: {error}",
+                )
+            finally:
+                with self._lock:
+                    self._running -= 1
+        with self._lock:
+            self._tickets.pop((ticket.session_id, ticket.ticket), None)
+        on_done(ticket, outcome)
+
+    def in_flight(self, session_id: str) -> list[RunTicket]:
+        """The session's runs that are queued or running in this process."""
+        with self._lock:
+            return [t for (sid, _), t in self._tickets.items() if sid == session_id]
+
+    def cancel(self, session_id: str, ticket: int) -> bool:
+        """Flip the cancel switch of one run; False if it is not queued or running."""
+        with self._lock:
+            found = self._tickets.get((session_id, ticket))
+        if found is None:
+            return False
+        found.cancel.set()
+        return True
+
+    def cancel_all(self) -> int:
+        """Flip every cancel switch (shutdown); returns how many runs were cancelled."""
+        with self._lock:
+            tickets = list(self._tickets.values())
+        for ticket in tickets:
+            ticket.cancel.set()
+        return len(tickets)
+
+    @property
+    def running(self) -> int:
+        """How many runs are running now."""
+        with self._lock:
+            return self._running
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Refuse new runs; with `wait`, block until every queued run has reported."""
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=wait)

@@ -1,0 +1,286 @@
+"""Runtime: wires one ledger's event log, run pool, supervisor and sweeper together.
+
+The sync `Ledger` and the async `SessionManager` are thin faces over it. It runs in the
+caller's threads: every call into an actor is an `ask()` with a timeout, made from a thread
+that is not an actor (never from inside one). `close()` stops only what it started, in
+reverse order: sweeper, runs (recorded as cancelled), session actors, supervisor, log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from ..agent import McpConfigFiles
+from ..config import Config
+from ..errors import ConfigError, LedgerClosedError
+from ..events import HistoryMessage, Recorded, SessionInfo, history
+from ..storage import EventLog, EventStore, validate_session_id
+from .messages import (
+    Activate,
+    CancelTurn,
+    CreateSession,
+    GetInfo,
+    LiveSessions,
+    Passivate,
+    ResumeSession,
+    RouteCompletion,
+    RunCompleted,
+    SendMessage,
+    SetStudy,
+    Sweep,
+    SwitchMode,
+    TurnSink,
+)
+from .runs import RunPool
+from .session import SessionServices
+from .supervisor import SessionRegistry, Supervisor
+
+logger = logging.getLogger(__name__)
+
+ASK_TIMEOUT = 60.0
+"""Seconds to wait for an actor to answer a command (appends are milliseconds)."""
+
+
+def load_mcp_servers(path: str | None) -> dict[str, Any] | None:
+    """Read the configured MCP servers file (claude's `{"mcpServers": {...}}` form)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"CHATLEDGER_MCP_CONFIG: cannot read {path}: {error}") from None
+    servers = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise ConfigError(f"CHATLEDGER_MCP_CONFIG: {path} has no \"mcpServers\" object")
+    return servers
+
+
+class Runtime:
+    """One ledger's live machinery: log, pool, supervisor, session actors and sweeper."""
+
+    def __init__(self, config: Config, log: EventStore | None = None) -> None:
+        self.config = config
+        self._owns_log = log is None
+        self.log: EventStore = log if log is not None else EventLog(config.path)
+        try:
+            self._servers = load_mcp_servers(config.mcp_config)
+        except BaseException:
+            if self._owns_log:
+                self.log.close()
+            raise
+        self.mcp_files = McpConfigFiles(Path(config.path) / "mcp")
+        self.pool = RunPool(config.max_runs)
+        self.registry = SessionRegistry()
+        self.closing = threading.Event()
+        self._tickets = itertools.count(1)
+        self._closed = False
+        services = SessionServices(
+            config=config,
+            log=self.log,
+            pool=self.pool,
+            route_completion=self._route_completion,
+            mcp_config_path=self._mcp_config_path,
+            touch=self.registry.touch,
+            forget=self.registry.forget,
+            remove_session_files=self.mcp_files.remove_session,
+            closing=self.closing,
+        )
+        self.supervisor = Supervisor.start(services, self.registry)
+        self._sweeper_stop = threading.Event()
+        self._sweeper = threading.Thread(
+            target=self._sweep_periodically, name="chatledger-sweeper", daemon=True
+        )
+        self._sweeper.start()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _mcp_config_path(self, session_id: str, mode: str) -> str | None:
+        if not self._servers:
+            return None
+        return self.mcp_files.path_for(session_id, mode, self._servers)
+
+    def _route_completion(self, completion: RunCompleted) -> None:
+        """Hand a run's outcome to its session's actor. Runs on a pool thread."""
+        ref = self.registry.get(completion.session_id)
+        if ref is not None:
+            try:
+                ref.tell(completion)
+                return
+            except pykka.ActorDeadError:
+                pass
+        self.supervisor.tell(RouteCompletion(completion))
+
+    def _sweep_periodically(self) -> None:
+        """Tell the supervisor to sweep every `sweep_interval` seconds. Sweeper thread."""
+        while not self._sweeper_stop.wait(self.config.sweep_interval):
+            try:
+                self.supervisor.tell(Sweep())
+            except pykka.ActorDeadError:
+                return
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerClosedError("this chatledger runtime is closed")
+
+    def actor(self, session_id: str, *, must_exist: bool = True) -> Any:
+        """The live actor of a session (activated from the log if need be). Blocks briefly."""
+        self._check_open()
+        validate_session_id(session_id)
+        return self.supervisor.ask(Activate(session_id, must_exist), timeout=ASK_TIMEOUT)
+
+    def ask(self, session_id: str, message: Any, *, must_exist: bool = True) -> Any:
+        """Ask a session's actor; if it was passivated in between, activate it again once."""
+        for attempt in range(2):
+            ref = self.actor(session_id, must_exist=must_exist)
+            try:
+                return ref.ask(message, timeout=ASK_TIMEOUT)
+            except pykka.ActorDeadError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def create_session(
+        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+    ) -> SessionInfo:
+        """Create a session (a new uuid4 id unless one is given)."""
+        session_id = session_id or str(uuid.uuid4())
+        result: SessionInfo = self.ask(
+            session_id, CreateSession(mode=mode, study_id=study_id), must_exist=False
+        )
+        return result
+
+    def resume_session(
+        self,
+        session_id: str,
+        *,
+        mode: str | None = None,
+        study_id: str | None = None,
+        change_study: bool = False,
+    ) -> SessionInfo:
+        """Resume a session, or create it with this id if it was never seen."""
+        result: SessionInfo = self.ask(
+            session_id,
+            ResumeSession(mode=mode, study_id=study_id, change_study=change_study),
+            must_exist=False,
+        )
+        return result
+
+    def switch_mode(self, session_id: str, mode: str) -> SessionInfo:
+        """Change a session's permission mode."""
+        result: SessionInfo = self.ask(session_id, SwitchMode(mode))
+        return result
+
+    def set_study(self, session_id: str, study_id: str | None) -> SessionInfo:
+        """Set or clear a session's study."""
+        result: SessionInfo = self.ask(session_id, SetStudy(study_id))
+        return result
+
+    def send(
+        self,
+        session_id: str,
+        text: str,
+        sink: TurnSink,
+        *,
+        canvas_state: Any = None,
+        stream_deltas: bool = False,
+    ) -> int:
+        """Queue a turn; updates go to `sink` (on other threads). Returns the turn's ticket."""
+        ticket = next(self._tickets)
+        self.ask(
+            session_id,
+            SendMessage(text=text, canvas_state=canvas_state, sink=sink, ticket=ticket,
+                        stream_deltas=stream_deltas),
+        )
+        return ticket
+
+    def cancel(self, session_id: str, ticket: int) -> bool:
+        """Cancel a queued or running turn (a running agent is stopped, and it is recorded)."""
+        ref = self.registry.get(session_id)
+        if ref is None:
+            return False
+        try:
+            result: bool = ref.ask(CancelTurn(ticket), timeout=ASK_TIMEOUT)
+        except pykka.ActorDeadError:
+            return False
+        return result
+
+    # -- queries (from the index and the log: no activation needed) -------------------------
+
+    def info(self, session_id: str) -> SessionInfo | None:
+        """A session's info, or None if unknown."""
+        self._check_open()
+        return self.log.info(session_id)
+
+    def live_info(self, session_id: str) -> SessionInfo:
+        """A session's info from its live actor (activating it)."""
+        result: SessionInfo = self.ask(session_id, GetInfo())
+        return result
+
+    def history(self, session_id: str) -> list[HistoryMessage]:
+        """A session's conversation as messages."""
+        self._check_open()
+        return history(self.log.read_session(session_id))
+
+    def events(self, session_id: str) -> list[Recorded]:
+        """A session's recorded events."""
+        self._check_open()
+        return self.log.read_session(session_id)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session's info."""
+        self._check_open()
+        return self.log.sessions()
+
+    def live_sessions(self) -> list[str]:
+        """Ids of the sessions with a live actor."""
+        result: list[str] = self.supervisor.ask(LiveSessions(), timeout=ASK_TIMEOUT)
+        return result
+
+    def passivate(self, session_id: str) -> bool:
+        """Stop a session's actor now if it is idle (it comes back on next use)."""
+        result: bool = self.supervisor.ask(Passivate(session_id), timeout=ASK_TIMEOUT)
+        return result
+
+    def sweep(self, now: float | None = None) -> dict[str, int]:
+        """Passivate idle sessions and expire old ones now (as the sweeper does)."""
+        result: dict[str, int] = self.supervisor.ask(Sweep(now), timeout=ASK_TIMEOUT)
+        return result
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel runs (recorded as cancelled), stop our actors in reverse order, close."""
+        if self._closed:
+            return
+        self._closed = True
+        self.closing.set()
+        self._sweeper_stop.set()
+        self._sweeper.join(timeout)
+        self.pool.cancel_all()
+        self.pool.shutdown(wait=True)
+        # Actors process what is in their mailboxes (run outcomes) before they stop.
+        for ref in self.registry.take_all():
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except pykka.Timeout:
+                logger.warning("a session actor did not stop within %s s", timeout)
+        try:
+            self.supervisor.stop(block=True, timeout=timeout)
+        except pykka.Timeout:
+            logger.warning("the supervisor did not stop within %s s", timeout)
+        # Completions routed through the supervisor may have started actors late.
+        for ref in self.registry.take_all():
+            ref.stop(block=True, timeout=timeout)
+        self.mcp_files.remove_all()
+        if self._owns_log:
+            self.log.close()

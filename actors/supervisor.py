@@ -1,0 +1,196 @@
+"""Supervisor: the registry of live session actors, their activation, passivation and expiry.
+
+Sessions are virtual actors (as in Orleans): a session's actor is started from the log on
+first use, stopped after `idle_timeout` without activity, and started again when next used.
+Sessions idle past `expiry_age` get `SessionExpired`. A session actor that crashed drops out
+of the registry and is started afresh from the log on next use, or at once when a run of its
+completes. The supervisor never asks a session actor anything: it tells, or stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from ..errors import UnknownSessionError
+from ..events import SessionExpired
+from ..events.projections import STATUS_EXPIRED
+from .messages import (
+    Activate,
+    ExpireSession,
+    LiveSessions,
+    Passivate,
+    RouteCompletion,
+    RunCompleted,
+    RunTicket,
+    Sweep,
+)
+from .session import SessionActor, SessionServices, idle_seconds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    ref: Any
+    last_used: float
+    busy: bool = False
+
+
+class SessionRegistry:
+    """Live session actors by id, with their activity; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+
+    def get(self, session_id: str) -> Any | None:
+        """The live actor ref of a session, or None."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+        if entry is None or not entry.ref.is_alive():
+            return None
+        return entry.ref
+
+    def put(self, session_id: str, ref: Any) -> None:
+        """Register a newly started actor."""
+        with self._lock:
+            self._entries[session_id] = _Entry(ref=ref, last_used=time.monotonic())
+
+    def touch(self, session_id: str, busy: bool) -> None:
+        """Note activity: busy while a turn is queued or running."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None:
+                entry.busy = busy
+                entry.last_used = time.monotonic()
+
+    def forget(self, session_id: str, ref: Any) -> None:
+        """Drop a session's entry if it still belongs to `ref`."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None and entry.ref == ref:
+                del self._entries[session_id]
+
+    def idle(self, older_than: float) -> list[tuple[str, Any]]:
+        """Sessions not busy and unused for `older_than` seconds."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            return [
+                (session_id, entry.ref)
+                for session_id, entry in self._entries.items()
+                if not entry.busy and entry.last_used <= cutoff
+            ]
+
+    def is_busy(self, session_id: str) -> bool:
+        """Whether the session's live actor has a turn queued or running."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            return entry is not None and entry.busy
+
+    def snapshot(self) -> list[str]:
+        """Ids of the sessions with a registered actor."""
+        with self._lock:
+            return list(self._entries)
+
+    def take_all(self) -> list[Any]:
+        """Remove and return every registered actor ref (shutdown)."""
+        with self._lock:
+            refs = [entry.ref for entry in self._entries.values()]
+            self._entries.clear()
+        return refs
+
+
+class Supervisor(pykka.ThreadingActor):
+    """Activates, passivates and expires session actors; routes run outcomes to them."""
+
+    def __init__(self, services: SessionServices, registry: SessionRegistry) -> None:
+        super().__init__()
+        self.services = services
+        self.registry = registry
+        self.passivated = 0
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle one supervisor message. Runs in the supervisor's own thread."""
+        if isinstance(message, Activate):
+            return self._activate(message.session_id, must_exist=message.must_exist)
+        if isinstance(message, RouteCompletion):
+            self._route(message.completion)
+            return None
+        if isinstance(message, Sweep):
+            return self._sweep(message.now)
+        if isinstance(message, Passivate):
+            return self._passivate(message.session_id)
+        if isinstance(message, LiveSessions):
+            return self.registry.snapshot()
+        raise TypeError(f"Supervisor cannot handle {message!r}")
+
+    def _activate(
+        self, session_id: str, *, must_exist: bool, adopt: RunTicket | None = None
+    ) -> Any:
+        ref = self.registry.get(session_id)
+        if ref is not None:
+            return ref
+        if must_exist and self.services.log.info(session_id) is None:
+            raise UnknownSessionError(f"Session not found: {session_id}")
+        ref = SessionActor.start(session_id, self.services, adopt)
+        self.registry.put(session_id, ref)
+        return ref
+
+    def _route(self, completion: RunCompleted) -> None:
+        ref = self.registry.get(completion.session_id)
+        if ref is None:
+            ref = self._activate(completion.session_id, must_exist=True, adopt=completion.ticket)
+        try:
+            ref.tell(completion)
+        except pykka.ActorDeadError:
+            self.registry.forget(completion.session_id, ref)
+            fresh = self._activate(
+                completion.session_id, must_exist=True, adopt=completion.ticket
+            )
+            fresh.tell(completion)
+
+    def _passivate(self, session_id: str) -> bool:
+        ref = self.registry.get(session_id)
+        if ref is None or self.registry.is_busy(session_id):
+            return False
+        self.registry.forget(session_id, ref)
+        ref.stop(block=False)
+        self.services.remove_session_files(session_id)
+        self.passivated += 1
+        return True
+
+    def _sweep(self, now: float | None) -> dict[str, int]:
+        """Passivate idle actors, then expire sessions idle past the expiry age."""
+        config = self.services.config
+        passivated = 0
+        for session_id, _ in self.registry.idle(config.idle_timeout):
+            passivated += self._passivate(session_id)
+        expired = 0
+        for info in self.services.log.sessions():
+            if info.status == STATUS_EXPIRED or info.version == 0:
+                continue
+            idle = idle_seconds(info, now)
+            if idle < config.expiry_age:
+                continue
+            ref = self.registry.get(info.session_id)
+            if ref is not None:
+                if not self.registry.is_busy(info.session_id):
+                    ref.tell(ExpireSession(reason="idle", idle_seconds=idle))
+                    expired += 1
+                continue
+            try:
+                self.services.log.append(
+                    info.session_id,
+                    [SessionExpired(reason="idle", idle_seconds=idle)],
+                    info.version,
+                )
+                expired += 1
+            except Exception as error:  # another process moved it on: next sweep decides
+                logger.info("did not expire %s: %s", info.session_id, error)
+        return {"passivated": passivated, "expired": expired}

@@ -1,0 +1,200 @@
+"""chatledger's settings: one msgspec Struct, read from keyword arguments, then environment
+variables, then an optional `chatledger.toml`, then defaults.
+
+Every bad value gets a ConfigError naming the setting (and where it came from). This module
+reads files and the environment only when `load_config` is called; it starts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+
+DEFAULT_ALLOWED_TOOLS = (
+    "Read",
+    "Write(**/STUDY_REPORT.md)",
+    "Write(**/3_results/*.md)",
+    "Bash(python:*)",
+    "mcp__atomizer-tools__*",
+)
+OUTPUT_FORMATS = ("stream-json", "text")
+HISTORY_STRATEGIES = ("prompt", "resume")
+
+
+def default_ledger_path() -> str:
+    """The platform's user data directory for chatledger's default ledger."""
+    import platformdirs
+
+    return str(Path(platformdirs.user_data_dir("chatledger", appauthor=False)) / "ledger")
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Every setting chatledger reads, with its default."""
+
+    path: str = ""
+    agent_command: tuple[str, ...] = ("claude",)
+    output_format: str = "stream-json"
+    timeout: float = 300.0
+    max_runs: int = 4
+    mcp_config: str | None = None
+    idle_timeout: float = 3600.0
+    expiry_age: float = 86400.0
+    sweep_interval: float = 300.0
+    history_window: int = 10
+    history_strategy: str = "prompt"
+    allowed_tools: tuple[str, ...] = DEFAULT_ALLOWED_TOOLS
+    allow_power_mode: bool = True
+    partial_messages: bool = True
+    max_output_bytes: int = 64 * 1024 * 1024
+    kill_grace: float = 2.0
+    agent_cwd: str | None = None
+    agent_env: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    "CHATLEDGER_PATH": "path",
+    "CHATLEDGER_AGENT_COMMAND": "agent_command",
+    "CHATLEDGER_OUTPUT_FORMAT": "output_format",
+    "CHATLEDGER_TIMEOUT": "timeout",
+    "CHATLEDGER_MAX_RUNS": "max_runs",
+    "CHATLEDGER_MCP_CONFIG": "mcp_config",
+    "CHATLEDGER_IDLE_TIMEOUT": "idle_timeout",
+    "CHATLEDGER_EXPIRY_AGE": "expiry_age",
+    "CHATLEDGER_SWEEP_INTERVAL": "sweep_interval",
+    "CHATLEDGER_HISTORY_WINDOW": "history_window",
+    "CHATLEDGER_HISTORY_STRATEGY": "history_strategy",
+    "CHATLEDGER_ALLOWED_TOOLS": "allowed_tools",
+    "CHATLEDGER_ALLOW_POWER_MODE": "allow_power_mode",
+    "CHATLEDGER_PARTIAL_MESSAGES": "partial_messages",
+    "CHATLEDGER_MAX_OUTPUT_BYTES": "max_output_bytes",
+    "CHATLEDGER_KILL_GRACE": "kill_grace",
+    "CHATLEDGER_AGENT_CWD": "agent_cwd",
+}
+"""Environment variable -> setting."""
+
+_SETTING_TO_VARIABLE = {setting: name for name, setting in ENVIRONMENT_VARIABLES.items()}
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, setting in ENVIRONMENT_VARIABLES.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        if setting in ("agent_command", "allowed_tools"):
+            try:
+                values[setting] = tuple(shlex.split(raw))
+            except ValueError as error:
+                raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
+        elif setting == "allow_power_mode" or setting == "partial_messages":
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")
+            values[setting] = lowered in ("1", "true", "yes", "on")
+        else:
+            values[setting] = raw
+    return values
+
+
+def _from_toml(file: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {file}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{file} is not valid TOML: {error}") from None
+    section = data.get("chatledger", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{file}: [chatledger] must be a table")
+    return {key.replace("-", "_"): value for key, value in section.items()}
+
+
+def _source(setting: str, origin: dict[str, str]) -> str:
+    where = origin.get(setting, "default")
+    variable = _SETTING_TO_VARIABLE.get(setting)
+    if where == "environment" and variable:
+        return f"{variable} (setting {setting!r})"
+    return f"setting {setting!r} (from {where})"
+
+
+def load_config(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the Config: keyword arguments win over environment variables, which win over
+    `chatledger.toml` (`config_file`, else $CHATLEDGER_CONFIG, else ./chatledger.toml)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    file = config_file or environ.get("CHATLEDGER_CONFIG")
+    toml_path = Path(file) if file else Path("chatledger.toml")
+    if file and not toml_path.is_file():
+        raise ConfigError(f"config file {toml_path} does not exist")
+    if toml_path.is_file():
+        for key, value in _from_toml(toml_path).items():
+            values[key] = value
+            origin[key] = str(toml_path)
+    for key, value in _from_environment(environ).items():
+        values[key] = value
+        origin[key] = "environment"
+    for key, value in overrides.items():
+        if value is None and key != "mcp_config" and key != "agent_cwd":
+            continue
+        if key in ("agent_command", "allowed_tools") and isinstance(value, str):
+            value = tuple(shlex.split(value))
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        values[key] = value
+        origin[key] = "keyword argument"
+    try:
+        config = msgspec.convert(values, Config, strict=False)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        setting = message.rsplit("$.", 1)[-1].rstrip("`").split("[")[0] if "$." in message else ""
+        if "unknown field" in message.lower():
+            raise ConfigError(f"unknown setting: {message}") from None
+        where = _source(setting, origin) if setting else "configuration"
+        raise ConfigError(f"{where}: {message}") from None
+    _check(config, origin)
+    if not config.path:
+        config = msgspec.structs.replace(config, path=default_ledger_path())
+    return config
+
+
+def _check(config: Config, origin: dict[str, str]) -> None:
+    """Range and choice checks msgspec's types cannot express."""
+
+    def fail(setting: str, problem: str) -> None:
+        raise ConfigError(f"{_source(setting, origin)}: {problem}")
+
+    if not config.agent_command:
+        fail("agent_command", "must name a command")
+    if config.output_format not in OUTPUT_FORMATS:
+        fail("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
+    if config.history_strategy not in HISTORY_STRATEGIES:
+        fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
+    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):
+        if not getattr(config, setting) > 0:
+            fail(setting, "must be a positive number of seconds")
+    if config.max_runs < 1:
+        fail("max_runs", "must be at least 1")
+    if config.history_window < 0:
+        fail("history_window", "must be 0 or more")
+    if config.max_output_bytes < 1024:
+        fail("max_output_bytes", "must be at least 1024")
+    if config.mcp_config is not None and not Path(config.mcp_config).is_file():
+        fail("mcp_config", f"{config.mcp_config} is not a file")

@@ -1,0 +1,172 @@
+"""Ledger: the synchronous API, for scripts, tests and the admin CLI.
+
+`send` blocks the calling thread until the turn ends (it must not be called from inside an
+actor). Everything else is a short call into the runtime or a read of the log.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .actors.runtime import Runtime
+from .config import Config, load_config
+from .errors import ChatledgerError
+from .events import HistoryMessage, Recorded, SessionInfo
+from .storage import EventStore, Head, VerifyReport
+
+TURN_WAIT_MARGIN = 60.0
+"""Seconds a blocking send waits beyond the run timeout (queueing, recording)."""
+
+
+class TurnOutcome(msgspec.Struct, kw_only=True):
+    """How a turn ended: its answer or error, tool calls, canvas changes, cost, updates."""
+
+    turn: int | None
+    ok: bool
+    text: str = ""
+    error: str | None = None
+    reason: str | None = None
+    tool_calls: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    canvas_modifications: list[Any] = msgspec.field(default_factory=list)
+    cost_usd: float | None = None
+    duration: float | None = None
+    updates: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class TurnTimeoutError(ChatledgerError):
+    """A blocking send did not hear back in time (the turn may still end and be recorded)."""
+
+
+class Ledger:
+    """A conversation ledger opened in this process, used synchronously."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        config: Config | None = None,
+        log: EventStore | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is None:
+            config = load_config(path=path, **settings)
+        self.config = config
+        self.runtime = Runtime(config, log)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def log(self) -> EventStore:
+        """The event log underneath."""
+        return self.runtime.log
+
+    def create_session(
+        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+    ) -> SessionInfo:
+        """Create a session; returns its info (a new uuid4 id unless one is given)."""
+        return self.runtime.create_session(session_id, mode=mode, study_id=study_id)
+
+    def resume_session(
+        self, session_id: str, *, mode: str | None = None, study_id: str | None = None
+    ) -> SessionInfo:
+        """Resume a session (created with this id if never seen), keeping mode and study
+        unless new ones are given."""
+        return self.runtime.resume_session(
+            session_id, mode=mode, study_id=study_id, change_study=study_id is not None
+        )
+
+    def send(
+        self,
+        session_id: str,
+        message: str,
+        *,
+        canvas_state: Any = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        stream_deltas: bool = False,
+        timeout: float | None = None,
+    ) -> TurnOutcome:
+        """Run one turn and block until it ends; `on_update` sees each update as it comes
+        (on another thread). Waits at most `timeout` (default: run timeout + a margin)."""
+        updates: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+
+        def sink(item: dict[str, Any]) -> None:
+            if on_update is not None:
+                on_update(item)
+            updates.put(item)
+
+        self.runtime.send(
+            session_id, message, sink, canvas_state=canvas_state, stream_deltas=stream_deltas
+        )
+        wait = self.config.timeout + TURN_WAIT_MARGIN if timeout is None else timeout
+        outcome = TurnOutcome(turn=None, ok=False)
+        while True:
+            try:
+                item = updates.get(timeout=wait)
+            except queue.Empty:
+                raise TurnTimeoutError(
+                    f"no answer from session {session_id} within {wait:.0f} s"
+                ) from None
+            outcome.updates.append(item)
+            kind = item.get("type")
+            if kind == "canvas_modification":
+                outcome.canvas_modifications.append(item["modification"])
+            elif kind == "text":
+                outcome.text = item["content"]
+            elif kind == "error":
+                outcome.error = item["message"]
+            elif kind == "done":
+                outcome.turn = item.get("turn")
+                outcome.ok = bool(item.get("ok"))
+                outcome.reason = item.get("reason")
+                outcome.tool_calls = list(item.get("tool_calls") or [])
+                outcome.cost_usd = item.get("cost_usd")
+                outcome.duration = item.get("duration")
+                return outcome
+
+    def switch_mode(self, session_id: str, mode: str) -> SessionInfo:
+        """Change a session's permission mode."""
+        return self.runtime.switch_mode(session_id, mode)
+
+    def set_study(self, session_id: str, study_id: str | None) -> SessionInfo:
+        """Set or clear a session's study."""
+        return self.runtime.set_study(session_id, study_id)
+
+    def info(self, session_id: str) -> SessionInfo | None:
+        """A session's info, or None if unknown."""
+        return self.runtime.info(session_id)
+
+    def history(self, session_id: str) -> list[HistoryMessage]:
+        """A session's conversation as messages."""
+        return self.runtime.history(session_id)
+
+    def events(self, session_id: str) -> list[Recorded]:
+        """A session's recorded events."""
+        return self.runtime.events(session_id)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every session's info, from the index."""
+        return self.runtime.sessions()
+
+    def verify(self, saved_head: Head | None = None) -> VerifyReport:
+        """Check the hash chains and indexes (and a saved head, if given)."""
+        return self.runtime.log.verify(saved_head)
+
+    def passivate(self, session_id: str) -> bool:
+        """Stop a session's actor now if idle (it is reactivated from the log on next use)."""
+        return self.runtime.passivate(session_id)
+
+    def sweep(self, now: float | None = None) -> dict[str, int]:
+        """Passivate idle sessions and expire old ones now."""
+        return self.runtime.sweep(now)
+
+    def close(self) -> None:
+        """Cancel running turns (recorded), stop chatledger's actors, close the log."""
+        self.runtime.close()
