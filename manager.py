@@ -1,0 +1,246 @@
+"""The async SessionManager: a drop-in for the old in-memory manager, backed by the ledger.
+
+Same method names, arguments, defaults, return types and yielded dict shapes as the manager
+it replaces (quoted at the end of DESIGN.md), plus persistence, ordering, audit and crash
+safety. The event loop is never blocked: calls into the runtime run on worker threads, and
+turn updates come back from pykka threads through `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .actors.runtime import Runtime
+from .config import Config, load_config
+from .errors import ChatledgerError, InvalidSessionIdError, UnknownSessionError
+from .events import SessionInfo
+from .events.projections import STATUS_EXPIRED
+
+SESSION_NOT_FOUND = "Session not found"
+
+
+class _DefaultMode(str):
+    """The default `mode` of create_session: equal to "user", but recognisably not given,
+    so resuming keeps the session's own mode unless the caller names one."""
+
+
+DEFAULT_MODE = _DefaultMode("user")
+
+
+@dataclass
+class ClaudeSession:
+    """A session as the old manager exposed it (a snapshot taken from the ledger)."""
+
+    session_id: str
+    mode: str
+    study_id: str | None
+    created_at: datetime
+    last_active: datetime
+    status: str = "idle"
+
+    def is_alive(self) -> bool:
+        """Whether the session can still take messages (not expired)."""
+        return self.status != STATUS_EXPIRED
+
+    @classmethod
+    def from_info(cls, info: SessionInfo) -> ClaudeSession:
+        """Build the snapshot from the ledger's session info."""
+        now = datetime.now(timezone.utc)
+        return cls(
+            session_id=info.session_id,
+            mode=info.mode,
+            study_id=info.study_id,
+            created_at=info.created_at or now,
+            last_active=info.last_active or now,
+            status=info.status,
+        )
+
+
+class SessionManager:
+    """Manages agent sessions for a backend; every call is recorded in the ledger.
+
+    `SessionManager()` reads its configuration (CHATLEDGER_* variables, chatledger.toml) at
+    construction; keyword arguments override it. `start()` is optional: the first call
+    starts it.
+    """
+
+    def __init__(self, config: Config | None = None, **settings: Any) -> None:
+        self.config = config if config is not None else load_config(**settings)
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _ensure_runtime(self) -> Runtime:
+        """The runtime, started on first use. Blocks briefly (opens the ledger)."""
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = Runtime(self.config)
+            return self._runtime
+
+    async def _runtime_async(self) -> Runtime:
+        if self._runtime is not None:
+            return self._runtime
+        return await asyncio.to_thread(self._ensure_runtime)
+
+    async def start(self) -> None:
+        """Open the ledger and start the supervisor (idle sweeps run every 5 minutes)."""
+        await self._runtime_async()
+
+    async def stop(self) -> None:
+        """Cancel running turns (recorded as cancelled), stop chatledger's actors, close."""
+        with self._lock:
+            runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            await asyncio.to_thread(runtime.close)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The live runtime (started on first use)."""
+        return self._ensure_runtime()
+
+    # -- the old interface ------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        mode: str = DEFAULT_MODE,
+        study_id: str | None = None,
+        resume_session_id: str | None = None,
+    ) -> ClaudeSession:
+        """Create a session, or resume one by id (its mode and study are kept unless new ones
+        are given; an id never seen creates a session with that id)."""
+        runtime = await self._runtime_async()
+        if resume_session_id is not None:
+            info = await asyncio.to_thread(
+                runtime.resume_session,
+                resume_session_id,
+                mode=None if isinstance(mode, _DefaultMode) else mode,
+                study_id=study_id,
+                change_study=study_id is not None,
+            )
+        else:
+            info = await asyncio.to_thread(
+                runtime.create_session, None, mode=str(mode), study_id=study_id
+            )
+        return ClaudeSession.from_info(info)
+
+    async def send_message(
+        self,
+        session_id: str,
+        message: str,
+        canvas_state: dict[str, Any] | None = None,
+        *,
+        stream_deltas: bool = False,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Run one turn and yield its updates as they happen: `canvas_modification`*,
+        `text`, `error` (if any), then `done` with the turn's tool calls. Errors are yielded,
+        never raised. With `stream_deltas`, `text_delta` items come as the agent writes. If the
+        consumer stops early, the run is cancelled and recorded as cancelled."""
+        try:
+            runtime = await self._runtime_async()
+        except ChatledgerError as error:
+            yield {"type": "error", "message": str(error)}
+            return
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def sink(item: dict[str, Any]) -> None:
+            """Receive an update on a pykka or pool thread; hand it to the event loop."""
+            try:
+                loop.call_soon_threadsafe(updates.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+        try:
+            ticket = await asyncio.to_thread(
+                runtime.send,
+                session_id,
+                message,
+                sink,
+                canvas_state=canvas_state,
+                stream_deltas=stream_deltas,
+            )
+        except (UnknownSessionError, InvalidSessionIdError):
+            yield {"type": "error", "message": SESSION_NOT_FOUND}
+            return
+        except ChatledgerError as error:
+            yield {"type": "error", "message": str(error)}
+            return
+        finished = False
+        try:
+            while True:
+                item = await updates.get()
+                kind = item["type"]
+                if kind == "done":
+                    finished = True
+                    yield {"type": "done", "tool_calls": item.get("tool_calls", [])}
+                    return
+                if kind == "text_delta" and not stream_deltas:
+                    continue
+                yield item
+        finally:
+            if not finished:
+                # The consumer went away (websocket closed): stop the agent; it is recorded.
+                await asyncio.shield(asyncio.to_thread(runtime.cancel, session_id, ticket))
+
+    async def switch_mode(self, session_id: str, new_mode: str) -> ClaudeSession:
+        """Switch a session's permission mode; ValueError for an unknown session or mode."""
+        runtime = await self._runtime_async()
+        try:
+            info = await asyncio.to_thread(runtime.switch_mode, session_id, new_mode)
+        except (UnknownSessionError, InvalidSessionIdError):
+            raise ValueError(f"Session {session_id} not found") from None
+        return ClaudeSession.from_info(info)
+
+    async def set_study_context(self, session_id: str, study_id: str | None) -> None:
+        """Set the study a session works on; ValueError for an unknown session."""
+        runtime = await self._runtime_async()
+        try:
+            await asyncio.to_thread(runtime.set_study, session_id, study_id)
+        except (UnknownSessionError, InvalidSessionIdError):
+            raise ValueError(f"Session {session_id} not found") from None
+
+    def get_session(self, session_id: str) -> ClaudeSession | None:
+        """The session, or None if unknown (a short index read)."""
+        info = self._info(session_id)
+        return ClaudeSession.from_info(info) if info is not None else None
+
+    def get_session_info(self, session_id: str) -> dict[str, Any] | None:
+        """The old manager's info dict, or None: id, mode, study, is_alive, ISO times, count."""
+        info = self._info(session_id)
+        if info is None:
+            return None
+        session = ClaudeSession.from_info(info)
+        return {
+            "session_id": info.session_id,
+            "mode": info.mode,
+            "study_id": info.study_id,
+            "is_alive": session.is_alive(),
+            "created_at": session.created_at.isoformat(),
+            "last_active": session.last_active.isoformat(),
+            "message_count": info.message_count,
+        }
+
+    def _info(self, session_id: str) -> SessionInfo | None:
+        try:
+            return self.runtime.info(session_id)
+        except InvalidSessionIdError:
+            return None
+
+
+_manager: SessionManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_session_manager() -> SessionManager:
+    """The process-wide SessionManager (configured from the environment on first call)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = SessionManager()
+        return _manager
