@@ -75,7 +75,11 @@ class MessageSent(Event, tag="message_sent", kw_only=True, frozen=True):
 
 
 class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
-    """An agent run began for a turn; `argv` is exactly what was run (no environment)."""
+    """An agent run began for a turn; `argv` is exactly what was run (no environment).
+
+    `host` and `pid` name the chatledger process that runs it, so another process that
+    activates the session can tell a run still in flight from one its owner never finished.
+    """
 
     turn: int
     argv: tuple[str, ...] = ()
@@ -84,6 +88,8 @@ class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
     template_version: int = 0
     history_strategy: str = "prompt"
     resume_agent_session_id: str | None = None
+    host: str = ""
+    pid: int = 0
 
 
 class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True):

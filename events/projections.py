@@ -81,6 +81,8 @@ def evolve(info: SessionInfo, recorded: Recorded) -> SessionInfo:
     elif isinstance(event, SessionResumed):
         if info.status == STATUS_NEW:
             changes.update(created_at=recorded.recorded_at, status=STATUS_IDLE)
+        elif info.status == STATUS_EXPIRED:
+            changes["status"] = STATUS_IDLE
     elif isinstance(event, StudyContextSet):
         changes["study_id"] = event.study_id
     elif isinstance(event, ModeSwitched):
