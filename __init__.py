@@ -2,9 +2,16 @@
 
 Embedded use: `SessionManager` (async, a drop-in for the old in-memory manager) or `Ledger`
 (sync). Admin use: the `chatledger` command. Audit: `Ledger.verify`, `chatledger verify`.
+
+The runtime-facing names load on first use, so `import chatledger.storage` (or the events)
+stays light and does not start importing actors and agent code.
 """
 
-from .config import Config, load_config
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ChatledgerError,
     ConcurrencyError,
@@ -16,10 +23,31 @@ from .errors import (
     LedgerFullError,
     UnknownSessionError,
 )
-from .ledger import Ledger, TurnOutcome
-from .manager import ClaudeSession, SessionManager, get_session_manager
+
+if TYPE_CHECKING:
+    from .config import Config, load_config
+    from .ledger import Ledger, TurnOutcome
+    from .manager import ClaudeSession, SessionManager, get_session_manager
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "config",
+    "load_config": "config",
+    "Ledger": "ledger",
+    "TurnOutcome": "ledger",
+    "ClaudeSession": "manager",
+    "SessionManager": "manager",
+    "get_session_manager": "manager",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chatledger' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "ChatledgerError",
