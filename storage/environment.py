@@ -184,6 +184,12 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
     except PermissionError as error:
         raise LedgerError(f"no permission to open the ledger at {path}: {error}") from None
     except lmdb.Error as error:
+        if "Read-only file system" in str(error) or "Permission denied" in str(error):
+            raise LedgerError(
+                f"the ledger at {path} is on a read-only file system or not writable: "
+                "open it read-only (readonly=True, or the CLI's reading commands) or fix "
+                "its permissions"
+            ) from None
         raise CorruptLedgerError(f"cannot open the ledger at {path}: {error}") from None
 
 
