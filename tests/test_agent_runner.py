@@ -1,0 +1,382 @@
+"""The subprocess runner, driving real processes (the stand-in agent and small scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatledger.agent import (
+    NOT_FOUND_MESSAGE,
+    AgentInit,
+    AgentResult,
+    RunOutcome,
+    TextDelta,
+    ToolCallCompleted,
+    agent_environment,
+    build_argv,
+    extract_modifications,
+    human_duration,
+    run_agent,
+)
+from chatledger.agent.runner import _LineSplitter
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+STANDIN = [sys.executable, "-m", "chatledger.agent.standin"]
+TOOLS = ["Read", "mcp__atomizer-tools__*"]
+
+
+def standin_argv(output_format: str = "stream-json", *, partial: bool = True,
+                 **options: Any) -> list[str]:
+    return build_argv(STANDIN, mode="user", output_format=output_format, allowed_tools=TOOLS,
+                      include_partial_messages=partial, **options)
+
+
+def run(message: str, output_format: str = "stream-json", *, partial: bool = True,
+        **options: Any) -> RunOutcome:
+    options.setdefault("timeout", 20.0)
+    return run_agent(standin_argv(output_format, partial=partial), f"## Message\n{message}\n",
+                     output_format=output_format, **options)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for a reaper that is not us counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def group_gone(pgid: int) -> bool:
+    """True once no live process is left in process group `pgid` (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return False
+    return True
+
+
+def script(tmp_path: Path, source: str) -> list[str]:
+    path = tmp_path / "agent.py"
+    path.write_text(textwrap.dedent(source))
+    return [sys.executable, str(path)]
+
+
+# -- answers ------------------------------------------------------------------------------
+
+
+def test_echo_answers_with_text_cost_and_session_id() -> None:
+    events: list[Any] = []
+    outcome = run("hello there", on_event=events.append)
+    assert outcome.ok, outcome
+    assert outcome.failure_reason is None and outcome.message == ""
+    assert outcome.text == "echo: hello there" and outcome.exit_code == 0
+    assert outcome.cost_usd is not None and outcome.cost_usd > 0
+    assert outcome.usage is not None and outcome.usage["output_tokens"] > 0
+    assert outcome.agent_session_id and outcome.num_turns == 1
+    assert outcome.pid is not None and process_gone(outcome.pid)
+    assert isinstance(events[0], AgentInit) and isinstance(events[-1], AgentResult)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == outcome.text
+
+
+def test_a_new_session_id_is_the_agent_session_id() -> None:
+    argv = standin_argv(new_session_id="11111111-2222-3333-4444-555555555555")
+    outcome = run_agent(argv, "## Message\nhi", timeout=20)
+    assert outcome.ok and outcome.agent_session_id == "11111111-2222-3333-4444-555555555555"
+
+
+def test_text_format_collects_plain_stdout_and_streams_it() -> None:
+    events: list[Any] = []
+    outcome = run("plain please", "text", on_event=events.append)
+    assert outcome.ok and outcome.text == "echo: plain please"
+    assert outcome.cost_usd is None and outcome.tool_calls == ()
+    assert "".join(e.text for e in events).strip() == outcome.text
+
+
+def test_canvas_tool_call_is_joined_and_modifications_are_extracted() -> None:
+    completed: list[Any] = []
+    outcome = run("[[canvas]]", on_event=lambda e: completed.append(e)
+                  if isinstance(e, ToolCallCompleted) else None)
+    assert outcome.ok, outcome
+    (call,) = outcome.tool_calls
+    assert call.name == "mcp__atomizer-tools__apply_canvas_change"
+    assert call.input["modification"]["action"] == "add_node"
+    assert call.output["success"] is True and not call.is_error
+    assert [e.tool_call for e in completed] == [call]
+    modifications = extract_modifications(outcome.text, outcome.tool_calls)
+    assert [m["action"] for m in modifications] == ["add_node", "add_edge"]
+
+
+def test_a_read_tool_call_keeps_its_string_result() -> None:
+    outcome = run("[[tool]]")
+    assert outcome.ok and outcome.tool_calls[0].name == "Read"
+    assert "stand-in file contents" in outcome.tool_calls[0].output
+
+
+def test_an_error_result_is_agent_error_even_though_its_subtype_is_success() -> None:
+    outcome = run("[[error]]")
+    assert not outcome.ok and outcome.failure_reason == "agent_error"
+    assert outcome.exit_code == 1 and outcome.api_error_status == 529
+    assert "529" in outcome.message and "Overloaded" in outcome.message
+
+
+def test_a_failing_agent_is_exit_status_with_its_stderr_tail() -> None:
+    outcome = run("[[fail]]")
+    assert not outcome.ok and outcome.failure_reason == "exit_status" and outcome.exit_code == 1
+    assert outcome.message.startswith("CLI error: ")
+    assert "failed on purpose" in outcome.stderr_tail and "failed on purpose" in outcome.message
+
+
+def test_a_missing_binary_is_not_found_with_the_install_hint() -> None:
+    outcome = run_agent(["no-such-claude-binary-here", "--print"], "hi", timeout=5)
+    assert not outcome.ok and outcome.failure_reason == "not_found"
+    assert outcome.message.startswith(
+        "Claude CLI not found in PATH. Install with: npm install -g @anthropic-ai/claude-code")
+    assert outcome.message.startswith(NOT_FOUND_MESSAGE) and outcome.pid is None
+
+
+def test_a_file_that_cannot_be_executed_is_spawn_failed(tmp_path: Path) -> None:
+    plain = tmp_path / "claude"
+    plain.write_text("not a program")
+    plain.chmod(0o644)
+    outcome = run_agent([str(plain)], "hi", timeout=5)
+    assert outcome.failure_reason == "spawn_failed" and "permission denied" in outcome.message
+    missing_cwd = run_agent(STANDIN, "hi", timeout=5, cwd=str(tmp_path / "nowhere"))
+    assert missing_cwd.failure_reason == "spawn_failed" and "does not exist" in missing_cwd.message
+
+
+def test_garbage_lines_are_survived_and_counted() -> None:
+    outcome = run("[[garbage]] still here")
+    assert outcome.ok and outcome.text == "echo: still here"
+    assert outcome.garbage_lines >= 4 and outcome.diagnostics
+
+
+def test_exit_zero_without_a_result_line_is_a_failure() -> None:
+    outcome = run("[[noresult]] hi")
+    assert not outcome.ok and outcome.failure_reason == "exit_status" and outcome.exit_code == 0
+    assert "agent exited without a result line" in outcome.message
+    assert outcome.text == "echo: hi"  # what it did say is kept
+
+
+def test_output_past_the_cap_stops_the_agent() -> None:
+    started = time.monotonic()
+    outcome = run("[[huge 50]]", max_output_bytes=1024 * 1024, kill_grace=1.0)
+    assert not outcome.ok and outcome.failure_reason == "output_too_large"
+    assert "1048576 bytes" in outcome.message
+    assert time.monotonic() - started < 5
+    assert outcome.pid is not None and wait_until(lambda: process_gone(outcome.pid or 0), 5)
+
+
+def test_a_single_three_megabyte_line_parses_under_a_larger_cap() -> None:
+    outcome = run("[[huge 3]]", max_output_bytes=16 * 1024 * 1024)
+    assert outcome.ok, outcome.message
+    assert len(outcome.text) == 3 * 1024 * 1024
+
+
+def test_the_child_environment_bounds_claude_retries(tmp_path: Path) -> None:
+    argv = script(tmp_path, """
+        import json, os
+        print(json.dumps({k: os.environ.get(k) for k in
+                          ("CLAUDE_CODE_MAX_RETRIES", "API_TIMEOUT_MS", "MINE")}))
+    """)
+    outcome = run_agent(argv, "", output_format="text", timeout=7.5, env={"MINE": "x",
+                        "PATH": os.environ.get("PATH", "")})
+    assert outcome.ok, outcome
+    assert json.loads(outcome.text) == {"CLAUDE_CODE_MAX_RETRIES": "2", "API_TIMEOUT_MS": "7500",
+                                        "MINE": "x"}
+    kept = agent_environment({"CLAUDE_CODE_MAX_RETRIES": "5", "API_TIMEOUT_MS": "1"}, 300)
+    assert kept["CLAUDE_CODE_MAX_RETRIES"] == "5" and kept["API_TIMEOUT_MS"] == "1"
+    assert agent_environment({}, 3600)["API_TIMEOUT_MS"] == "600000"
+
+
+def test_a_child_that_never_reads_a_large_prompt_does_not_deadlock(tmp_path: Path) -> None:
+    argv = script(tmp_path, "print('answered without reading')\n")
+    outcome = run_agent(argv, "x" * (8 * 1024 * 1024), output_format="text", timeout=10)
+    assert outcome.ok and outcome.text == "answered without reading"
+
+
+def test_a_large_prompt_reaches_stdin_whole() -> None:
+    prompt = "## Message\n[[prompt]] " + "p" * (2 * 1024 * 1024)
+    outcome = run_agent(standin_argv(), prompt, timeout=20)
+    assert outcome.ok and outcome.text == prompt
+
+
+def test_a_background_process_holding_stdout_does_not_hold_the_run(tmp_path: Path) -> None:
+    pid_file = tmp_path / "straggler.pid"
+    argv = script(tmp_path, f"""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print("done", flush=True)
+    """)
+    started = time.monotonic()
+    outcome = run_agent(argv, "", output_format="text", timeout=20)
+    assert outcome.ok and outcome.text == "done"
+    assert time.monotonic() - started < 5
+    assert wait_until(lambda: process_gone(int(pid_file.read_text())), 5)
+
+
+def test_an_agent_killed_by_someone_else_is_interrupted(tmp_path: Path) -> None:
+    argv = script(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    outcome = run_agent(argv, "", timeout=10)
+    assert outcome.failure_reason == "interrupted" and "SIGKILL" in outcome.message
+
+
+def test_a_callback_that_raises_does_not_break_the_run() -> None:
+    def broken(event: Any) -> None:
+        raise RuntimeError("consumer bug")
+
+    outcome = run("still answered", on_event=broken)
+    assert outcome.ok and outcome.text == "echo: still answered"
+
+
+# -- time limits and cancellation ---------------------------------------------------------
+
+
+def test_a_timeout_stops_the_agent_and_its_process_group() -> None:
+    started = time.monotonic()
+    outcome = run("[[slow 30]]", timeout=1.0, kill_grace=1.0)
+    elapsed = time.monotonic() - started
+    assert not outcome.ok and outcome.failure_reason == "timeout"
+    assert outcome.message == "Response timeout (1 second)"
+    assert 1.0 <= elapsed < 3.5
+    assert outcome.exit_code == 0  # SIGINT came first: the agent ended its own way
+    pid = outcome.pid
+    assert pid is not None
+    assert wait_until(lambda: process_gone(pid) and group_gone(pid), 5)
+
+
+def test_a_timeout_kills_the_children_the_agent_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("CHATLEDGER_STANDIN_CHILD_PID_FILE", str(pid_file))
+    outcome = run("[[spawn]]", timeout=1.5, kill_grace=0.5)
+    assert outcome.failure_reason == "timeout"
+    child = int(pid_file.read_text().split()[0])
+    assert f"started child process {child}" in outcome.stderr_tail
+    assert wait_until(lambda: process_gone(child), 5)
+    assert outcome.pid is not None and wait_until(lambda: group_gone(outcome.pid or 0), 5)
+
+
+def test_an_agent_ignoring_sigint_and_sigterm_is_killed_after_the_grace() -> None:
+    started = time.monotonic()
+    outcome = run("[[ignore-term 60]]", timeout=0.5, kill_grace=0.4)
+    elapsed = time.monotonic() - started
+    assert outcome.failure_reason == "timeout"
+    assert outcome.exit_code == -signal.SIGKILL
+    assert 0.5 + 2 * 0.4 <= elapsed < 4
+    assert outcome.pid is not None and process_gone(outcome.pid)
+
+
+def test_cancelling_mid_run_stops_the_agent_and_reports_cancelled() -> None:
+    cancel = threading.Event()
+    seen: list[Any] = []
+
+    def on_event(event: Any) -> None:
+        seen.append(event)
+        if isinstance(event, TextDelta):
+            cancel.set()
+
+    started = time.monotonic()
+    outcome = run("[[slow 30]] " + "word " * 100, on_event=on_event, cancel=cancel)
+    assert not outcome.ok and outcome.failure_reason == "cancelled"
+    assert time.monotonic() - started < 5
+    assert outcome.exit_code == 0  # SIGINT first: the stand-in printed claude's interrupted result
+    assert isinstance(seen[-1], AgentResult) and seen[-1].subtype == "error_during_execution"
+    assert outcome.text.startswith("echo: ")  # the partial answer it had given
+    assert outcome.pid is not None and process_gone(outcome.pid)
+
+
+def test_a_run_cancelled_before_it_starts_starts_nothing() -> None:
+    cancel = threading.Event()
+    cancel.set()
+    outcome = run("hi", cancel=cancel)
+    assert outcome.failure_reason == "cancelled" and outcome.pid is None
+
+
+def test_events_arrive_while_the_agent_is_still_running() -> None:
+    stamps: list[tuple[float, Any]] = []
+    outcome = run("[[slow 1.2]] a b c d e f",
+                  on_event=lambda e: stamps.append((time.monotonic(), e)))
+    finished = time.monotonic()
+    assert outcome.ok
+    deltas = [stamp for stamp, event in stamps if isinstance(event, TextDelta)]
+    assert len(deltas) >= 5
+    assert finished - deltas[0] > 0.6  # the first delta came long before the end
+    assert deltas == sorted(deltas)
+
+
+def test_without_partial_messages_text_arrives_per_block() -> None:
+    events: list[Any] = []
+    outcome = run("[[canvas]]", partial=False, on_event=events.append)
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert outcome.ok and len(deltas) == 2 and deltas[-1] == outcome.text
+
+
+# -- pieces -------------------------------------------------------------------------------
+
+
+def test_human_durations() -> None:
+    assert human_duration(300) == "5 minutes"
+    assert human_duration(60) == "1 minute"
+    assert human_duration(3600) == "1 hour"
+    assert human_duration(90) == "90 seconds"
+    assert human_duration(1.0) == "1 second"
+    assert human_duration(2.5) == "2.5 seconds"
+
+
+def test_the_line_splitter_handles_any_chunking() -> None:
+    lines = [b"a" * random.randint(0, 300_000) for _ in range(8)] + [b"", b"{}", b"x\r"]
+    data = b"\n".join(lines) + b"\ntail-without-newline"
+    for _ in range(5):
+        splitter = _LineSplitter()
+        got: list[bytes] = []
+        position = 0
+        while position < len(data):
+            size = random.choice([1, 7, 4096, 65536, 1_000_000])
+            got += splitter.feed(data[position : position + size])
+            position += size
+        assert got == lines and splitter.rest() == b"tail-without-newline"
+
+
+def test_bad_arguments_raise_value_error() -> None:
+    with pytest.raises(ValueError):
+        run_agent([], "hi")
+    with pytest.raises(ValueError, match="output format"):
+        run_agent(STANDIN, "hi", output_format="json")
+    with pytest.raises(ValueError, match="timeout"):
+        run_agent(STANDIN, "hi", timeout=0)
