@@ -192,9 +192,13 @@ class _StreamReader(threading.Thread):
 
 def _write_prompt(stream: IO[bytes], data: bytes) -> None:
     """Write the prompt and close stdin. Runs on its own thread; a closed pipe is fine."""
+    view = memoryview(data)
     try:
-        stream.write(data)
-        stream.flush()
+        while view:  # an unbuffered pipe may take only part of a large prompt per write
+            written = stream.write(view)
+            if not written:
+                break
+            view = view[written:]
     except (BrokenPipeError, OSError, ValueError):
         pass
     finally:
@@ -339,11 +343,9 @@ def _spawn(
     )
 
 
-def _failed_to_start(
-    reason: str, message: str, started: float, pid: int | None = None
-) -> RunOutcome:
+def _failed_to_start(reason: str, message: str, started: float) -> RunOutcome:
     return RunOutcome(ok=False, failure_reason=reason, message=message,
-                      duration=time.monotonic() - started, pid=pid)
+                      duration=time.monotonic() - started)
 
 
 def _start_failure(
@@ -374,7 +376,9 @@ def _start_failure(
 
 def _agent_error_message(errors: Sequence[str], text: str, status: int | None) -> str:
     """What an `is_error` result says went wrong: its errors, else its text, plus the status."""
-    parts = [part.strip() for part in errors if part.strip()] or ([text.strip()] if text.strip() else [])
+    parts = [part.strip() for part in errors if part.strip()]
+    if not parts and text.strip():
+        parts = [text.strip()]
     message = "; ".join(parts) or "the agent reported an error"
     if status is not None and str(status) not in message:
         message += f" (API status {status})"
@@ -524,8 +528,11 @@ class _Run:
                     return  # stdout is held open by something that left the group
             else:
                 self.stopper.advance(now)
-            if now >= self.hard_deadline:
-                return
+            killed_at = self.stopper.killed_at
+            if now >= self.hard_deadline or (
+                killed_at is not None and now - killed_at >= GIVE_UP_AFTER_KILL_SECONDS
+            ):
+                return  # not even SIGKILL ended it (a process stuck in the kernel)
             if end_of_output:
                 time.sleep(POLL_SECONDS / 5)
                 continue
