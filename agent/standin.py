@@ -617,9 +617,7 @@ def behave_spawn(agent: Agent, message: str, argument: str | None) -> int:
 
 
 def behave_ignore_term(agent: Agent, message: str, argument: str | None) -> int:
-    """Ignore SIGINT and SIGTERM, then sleep: only SIGKILL stops it early."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Sleep with SIGINT and SIGTERM ignored (set up in `run`): only SIGKILL stops it early."""
     agent.sleep(number_argument("ignore-term", argument, 300.0))
     agent.say(f"echo: {message}")
     agent.result(agent.last_text)
@@ -712,8 +710,12 @@ def run(args: Sequence[str]) -> int:
     else:
         session_id = str(uuid.uuid4())
     agent = Agent(options, prompt, session_id)
-    signal.signal(signal.SIGINT, agent.on_interrupt)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if behaviour == "ignore-term":  # before the init line, so a caller that saw it can rely on it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGINT, agent.on_interrupt)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     cleaned = without_markers(message)
     if behaviour != "fail":
         agent.init()
