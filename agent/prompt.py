@@ -78,7 +78,7 @@ def build_prompt(
     Raises ValueError for an unknown mode, a negative window, or a canvas state that is not
     JSON-serialisable.
     """
-    if mode not in MODE_PREAMBLES or mode not in MODES:
+    if mode not in MODE_PREAMBLES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     if window < 0:
         raise ValueError(f"window must be 0 or more, not {window}")

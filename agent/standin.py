@@ -353,12 +353,13 @@ class Agent:
             "uuid": str(uuid.uuid4()),
         })
 
-    def _envelope(self, kind: str, message: dict[str, Any]) -> dict[str, Any]:
+    def envelope(self, kind: str, message: dict[str, Any]) -> dict[str, Any]:
+        """An assistant/user line around `message`, with this session's id."""
         return {"type": kind, "message": message, "parent_tool_use_id": None,
                 "session_id": self.session_id, "uuid": str(uuid.uuid4())}
 
     def _assistant(self, message_id: str, block: dict[str, Any]) -> None:
-        self.line(self._envelope("assistant", {
+        self.line(self.envelope("assistant", {
             "id": message_id, "type": "message", "role": "assistant", "model": self.options.model,
             "content": [block], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 3, "output_tokens": 1},
@@ -419,7 +420,7 @@ class Agent:
                 f"Claude requested permissions to use {name}, but you haven't granted it yet."))
             self.denials.append({"tool_name": name, "tool_use_id": tool_use_id,
                                  "tool_input": tool_input})
-        self.line(self._envelope("user", {"role": "user", "content": [result]}))
+        self.line(self.envelope("user", {"role": "user", "content": [result]}))
         self.turns += 1
 
     def result(self, text: str, *, is_error: bool = False, subtype: str = "success",
@@ -458,7 +459,7 @@ class Agent:
         if self.partial_text:
             self._assistant(f"msg_{uuid.uuid4().hex[:24]}",
                             {"type": "text", "text": self.partial_text})
-        self.line(self._envelope("user", {"role": "user", "content": [
+        self.line(self.envelope("user", {"role": "user", "content": [
             {"type": "text", "text": "[Request interrupted by user]"}]}))
         self.result("", is_error=True, subtype="error_during_execution",
                     errors=["[Request interrupted by user]"])
@@ -524,7 +525,7 @@ def behave_error(agent: Agent, message: str, argument: str | None) -> int:
                     "error": "overloaded_error", "session_id": agent.session_id,
                     "uuid": str(uuid.uuid4())})
     text = f"API Error: 529 {error_body}"
-    agent.line({**agent._envelope("assistant", {
+    agent.line({**agent.envelope("assistant", {
         "id": str(uuid.uuid4()), "model": "<synthetic>", "role": "assistant",
         "stop_reason": "stop_sequence", "stop_sequence": "", "type": "message",
         "usage": {"input_tokens": 0, "output_tokens": 0},
@@ -545,7 +546,7 @@ def behave_huge(agent: Agent, message: str, argument: str | None) -> int:
             remaining -= len(block)
 
     if agent.stream:
-        envelope = agent._envelope("assistant", {
+        envelope = agent.envelope("assistant", {
             "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
             "model": agent.options.model, "content": [{"type": "text", "text": "@@"}],
             "stop_reason": None})
