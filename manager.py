@@ -9,6 +9,7 @@ turn updates come back from pykka threads through `loop.call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -151,10 +152,9 @@ class SessionManager:
 
         def sink(item: dict[str, Any]) -> None:
             """Receive an update on a pykka or pool thread; hand it to the event loop."""
-            try:
+            # RuntimeError: the loop is closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(updates.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
         try:
             ticket = await asyncio.to_thread(

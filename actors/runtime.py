@@ -93,7 +93,7 @@ class Runtime:
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
         )
-        self.supervisor = Supervisor.start(services, self.registry)
+        self.supervisor: Any = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
         self._sweeper = threading.Thread(
             target=self._sweep_periodically, name="chatledger-sweeper", daemon=True

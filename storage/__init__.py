@@ -14,7 +14,7 @@ from ..errors import (
 )
 from .hashing import GENESIS, Head, record_hash
 from .ids import MAX_SESSION_ID_CHARS, validate_session_id
-from .lmdb_log import EventLog, IndexEntry
+from .lmdb_log import EventLog, IndexEntry, SessionAppend
 from .port import EventStore
 from .subscription import Subscription
 from .verification import VerifyReport
@@ -32,6 +32,7 @@ __all__ = [
     "LedgerClosedError",
     "LedgerError",
     "LedgerFullError",
+    "SessionAppend",
     "Subscription",
     "VerifyReport",
     "record_hash",

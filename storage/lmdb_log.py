@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -103,6 +104,22 @@ class _Append(msgspec.Struct):
     events: Sequence[Event | UnknownEvent]
     encoded: list[bytes]
     expected_version: int
+    recorded_at: Sequence[datetime] | None = None
+
+
+class _AtomicAppends(msgspec.Struct):
+    """Appends to several sessions that commit together or not at all (import)."""
+
+    appends: list[_Append]
+
+
+class SessionAppend(msgspec.Struct, frozen=True):
+    """One session's part of an atomic multi-session append."""
+
+    session_id: str
+    events: Sequence[Event | UnknownEvent]
+    expected_version: int
+    recorded_at: Sequence[datetime] | None = None
 
 
 class _Job(msgspec.Struct):
@@ -175,6 +192,8 @@ class LedgerStore:
         for request in batch:
             payload = request.payload
             if isinstance(payload, _Job):
+                # Earlier appends of this batch must be in place before a job reads the file.
+                self._flush(txn, touched, head, next_position, log_hash)
                 results.append(payload.function(txn))
                 # A job may rewrite anything: start the batch state afresh after it.
                 next_position = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
@@ -182,60 +201,129 @@ class LedgerStore:
                 log_hash = head.hash
                 touched.clear()
                 continue
-            session_id = payload.session_id
-            if session_id in touched:
-                entry = touched[session_id]
-            else:
-                raw_entry = txn.get(session_id.encode(), db=self.sessions_db)
-                entry = decode_index_entry(raw_entry) if raw_entry is not None else None
-            version = entry.info.version if entry is not None else 0
-            if version != payload.expected_version:
-                results.append(ConcurrencyError(session_id, payload.expected_version, version))
+            if isinstance(payload, _AtomicAppends):
+                conflict = self._first_conflict(txn, payload.appends, touched)
+                if conflict is not None:
+                    results.append(conflict)
+                    continue
+                written = []
+                for append in payload.appends:
+                    recorded_list, next_position, log_hash = self._write_append(
+                        txn, append, touched, next_position, log_hash
+                    )
+                    written.append(recorded_list)
+                results.append(written)
                 continue
-            info = entry.info if entry is not None else SessionInfo(session_id=session_id)
-            session_hash = entry.last_hash if entry is not None else GENESIS
-            recorded_at = datetime.now(timezone.utc)
-            recorded_list: list[Recorded] = []
-            for event, encoded_event in zip(payload.events, payload.encoded, strict=True):
-                version += 1
-                envelope = StoredEnvelope(
-                    position=next_position,
-                    session_id=session_id,
-                    version=version,
-                    recorded_at=recorded_at,
-                    schema_version=SCHEMA_VERSION,
-                    prev_session_hash=session_hash,
-                    prev_log_hash=log_hash,
-                    event=msgspec.Raw(encoded_event),
+            current = self._current_version(txn, payload.session_id, touched)
+            if current != payload.expected_version:
+                results.append(
+                    ConcurrencyError(payload.session_id, payload.expected_version, current)
                 )
-                record = encode_record(envelope)
-                digest = record_hash(record)
-                txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
-                txn.put(stream_key(session_id, version), position_key(next_position),
-                        db=self.streams_db)
-                recorded = Recorded(
-                    position=next_position,
-                    session_id=session_id,
-                    version=version,
-                    recorded_at=recorded_at,
-                    schema_version=SCHEMA_VERSION,
-                    prev_session_hash=session_hash,
-                    prev_log_hash=log_hash,
-                    event=event,
-                )
-                info = evolve(info, recorded)
-                session_hash = digest
-                log_hash = digest
-                recorded_list.append(recorded)
-                next_position += 1
-            touched[session_id] = IndexEntry(info=info, last_hash=session_hash)
+                continue
+            recorded_list, next_position, log_hash = self._write_append(
+                txn, payload, touched, next_position, log_hash
+            )
             results.append(recorded_list)
+        self._flush(txn, touched, head, next_position, log_hash)
+        return results
+
+    def _flush(
+        self,
+        txn: Any,
+        touched: dict[str, IndexEntry | None],
+        head: Head,
+        next_position: int,
+        log_hash: bytes,
+    ) -> None:
+        """Write the batch's index entries and head so far. Writer thread only."""
         for session_id, entry in touched.items():
             if entry is not None:
                 txn.put(session_id.encode(), encode_index_entry(entry), db=self.sessions_db)
         if next_position - 1 != head.position:
             txn.put(_META_HEAD, _encode_head(next_position - 1, log_hash), db=self.meta_db)
-        return results
+
+    def _index_entry(
+        self, txn: Any, session_id: str, touched: dict[str, IndexEntry | None]
+    ) -> IndexEntry | None:
+        if session_id in touched:
+            return touched[session_id]
+        raw_entry = txn.get(session_id.encode(), db=self.sessions_db)
+        return decode_index_entry(raw_entry) if raw_entry is not None else None
+
+    def _current_version(
+        self, txn: Any, session_id: str, touched: dict[str, IndexEntry | None]
+    ) -> int:
+        entry = self._index_entry(txn, session_id, touched)
+        return entry.info.version if entry is not None else 0
+
+    def _first_conflict(
+        self, txn: Any, appends: list[_Append], touched: dict[str, IndexEntry | None]
+    ) -> ConcurrencyError | None:
+        expected: dict[str, int] = {}
+        for append in appends:
+            if append.session_id in expected:
+                return ConcurrencyError(append.session_id, append.expected_version,
+                                        expected[append.session_id])
+            current = self._current_version(txn, append.session_id, touched)
+            if current != append.expected_version:
+                return ConcurrencyError(append.session_id, append.expected_version, current)
+            expected[append.session_id] = current
+        return None
+
+    def _write_append(
+        self,
+        txn: Any,
+        payload: _Append,
+        touched: dict[str, IndexEntry | None],
+        next_position: int,
+        log_hash: bytes,
+    ) -> tuple[list[Recorded], int, bytes]:
+        """Write one session's events (its version already checked); returns the records,
+        the next free position and the new log hash. Writer thread only."""
+        session_id = payload.session_id
+        entry = self._index_entry(txn, session_id, touched)
+        version = entry.info.version if entry is not None else 0
+        info = entry.info if entry is not None else SessionInfo(session_id=session_id)
+        session_hash = entry.last_hash if entry is not None else GENESIS
+        now = datetime.now(timezone.utc)
+        times = payload.recorded_at or [now] * len(payload.events)
+        recorded_list: list[Recorded] = []
+        for event, encoded_event, recorded_at in zip(
+            payload.events, payload.encoded, times, strict=True
+        ):
+            version += 1
+            envelope = StoredEnvelope(
+                position=next_position,
+                session_id=session_id,
+                version=version,
+                recorded_at=recorded_at,
+                schema_version=SCHEMA_VERSION,
+                prev_session_hash=session_hash,
+                prev_log_hash=log_hash,
+                event=msgspec.Raw(encoded_event),
+            )
+            record = encode_record(envelope)
+            digest = record_hash(record)
+            txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
+            txn.put(stream_key(session_id, version), position_key(next_position),
+                    db=self.streams_db)
+            recorded = Recorded(
+                position=next_position,
+                session_id=session_id,
+                version=version,
+                recorded_at=recorded_at,
+                schema_version=SCHEMA_VERSION,
+                prev_session_hash=session_hash,
+                prev_log_hash=log_hash,
+                event=event,
+            )
+            info = evolve(info, recorded)
+            session_hash = digest
+            log_hash = digest
+            recorded_list.append(recorded)
+            next_position += 1
+        touched[session_id] = IndexEntry(info=info, last_hash=session_hash)
+        return recorded_list, next_position, log_hash
 
     def close(self) -> None:
         """Stop the writer (after what is queued) and close the environment if last."""
@@ -355,6 +443,41 @@ class EventLog:
             )
         )
         return result
+
+    def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
+        """Append to several sessions in one transaction: all commit, or (on a stale expected
+        version) none does. Original `recorded_at` times are kept when given (import)."""
+        payloads: list[_Append] = []
+        for append in appends:
+            validate_session_id(append.session_id)
+            events = list(append.events)
+            times = list(append.recorded_at) if append.recorded_at is not None else None
+            if times is not None and len(times) != len(events):
+                raise ValueError("recorded_at needs one time per event")
+            payloads.append(
+                _Append(
+                    session_id=append.session_id,
+                    events=events,
+                    encoded=[encode_event(event) for event in events],
+                    expected_version=append.expected_version,
+                    recorded_at=times,
+                )
+            )
+        writer = self.store.writer
+        if writer is None:
+            raise LedgerError(f"the ledger at {self.path} is open read-only")
+        result: list[list[Recorded]] = writer.submit(_AtomicAppends(appends=payloads))
+        return result
+
+    def copy_to(self, destination: str | os.PathLike[str], *, compact: bool = True) -> int:
+        """Write a consistent copy of the ledger to an empty directory (compacted: free pages
+        dropped, since LMDB files never shrink); returns the copy's size in bytes."""
+        target = Path(destination)
+        target.mkdir(parents=True, exist_ok=True)
+        if any(target.iterdir()):
+            raise LedgerError(f"{target} is not empty: compact writes into an empty directory")
+        self.store.shared.env.copy(os.fspath(target), compact=compact)
+        return sum(file.stat().st_size for file in target.iterdir())
 
     def run_in_writer(self, function: Callable[[Any], Any]) -> Any:
         """Run `function(txn)` in the writer's transaction (maintenance: rebuild, import)."""

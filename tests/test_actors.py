@@ -70,9 +70,9 @@ def standin_pids(marker: str) -> list[int]:
                 cmdline = handle.read()
         except OSError:
             continue
-        if b"chatledger.agent.standin" in cmdline and marker.encode() in environ:
-            if pid_alive(int(entry)):
-                pids.append(int(entry))
+        if (b"chatledger.agent.standin" in cmdline and marker.encode() in environ
+                and pid_alive(int(entry))):
+            pids.append(int(entry))
     return pids
 
 

@@ -1,0 +1,811 @@
+"""The `chatledger` admin CLI: operate, audit and replay a ledger from the terminal.
+
+Every reading command takes `--json` (one document, or one object per line for streams) and
+works while a backend process has the same ledger open. Long work shows a progress bar on a
+terminal and stays quiet when piped. User errors print one line on stderr and exit with a
+documented code (see EXIT_CODES); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+import msgspec
+
+from . import __version__
+from .audit.html import render_html
+from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl
+from .audit.session_check import verify_session
+from .audit.stats import ledger_stats
+from .config import load_config
+from .console import (
+    describe_event,
+    format_bytes,
+    format_time,
+    key_values,
+    parse_duration,
+    parse_moment,
+    progress,
+    table,
+    transcript,
+)
+from .errors import (
+    ChatledgerError,
+    ConcurrencyError,
+    ConfigError,
+    InvalidCommandError,
+    InvalidSessionIdError,
+    LedgerError,
+    UnknownSessionError,
+)
+from .events import SessionExpired, at_version, event_to_builtins, history, session_info
+from .events.model import Recorded
+from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
+from .storage import EventLog, Head, VerifyReport
+
+MODES = ("user", "power")
+STATUSES = ("new", "idle", "running", "expired")
+
+EXIT_CODES = {
+    0: "success (verify: the ledger is intact)",
+    1: "failed: verify found tampering, a turn failed, an import was rejected, a file unreadable",
+    2: "usage: a bad option, argument, mode, session id, duration or setting",
+    3: "unknown session",
+    4: "the ledger cannot be opened or written (missing, damaged, read-only, full)",
+    5: "conflict: the session changed under this command (another writer); run it again",
+}
+
+_to_builtins = msgspec.to_builtins
+
+
+class CliError(click.ClickException):
+    """A user-facing error with a documented exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fail(message: str, exit_code: int = 1) -> NoReturn:
+    raise CliError(message, exit_code)
+
+
+class LedgerGroup(click.Group):
+    """The command group: turns chatledger's errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, mapping known errors to EXIT_CODES."""
+        try:
+            return super().invoke(ctx)
+        except UnknownSessionError as error:
+            _fail(str(error.args[0]) if error.args else "unknown session", 3)
+        except (InvalidSessionIdError, InvalidCommandError, ConfigError) as error:
+            _fail(str(error), 2)
+        except ConcurrencyError as error:
+            _fail(f"{error}; run the command again", 5)
+        except ImportRejectedError as error:
+            _fail(f"import rejected, nothing imported: {error}", 1)
+        except LedgerError as error:
+            _fail(str(error), 4)
+        except ChatledgerError as error:
+            _fail(str(error), 1)
+        except BrokenPipeError:
+            sys.stderr.close()  # the reader went away (`| head`): not an error
+            ctx.exit(0)
+
+
+class State:
+    """What the group's options decided: the ledger path; opens logs and ledgers lazily."""
+
+    def __init__(self, ledger_path: str | None) -> None:
+        self.ledger_path = ledger_path
+
+    def config_path(self) -> str:
+        """The ledger directory: --ledger, else CHATLEDGER_PATH / chatledger.toml, else default."""
+        return load_config(path=self.ledger_path).path
+
+    @contextmanager
+    def log(self) -> Iterator[EventLog]:
+        """Open an existing ledger's log (read-only if the files cannot be written)."""
+        path = self.config_path()
+        if not (Path(path) / "data.mdb").exists():
+            _fail(f"there is no ledger at {path} (create one with `chatledger new`)", 4)
+        try:
+            log = EventLog(path)
+        except LedgerError as error:
+            if "read-only" not in str(error) and "permission" not in str(error).lower():
+                raise
+            log = EventLog(path, readonly=True)
+        try:
+            yield log
+        finally:
+            log.close()
+
+    @contextmanager
+    def ledger(self) -> Iterator[Any]:
+        """Open the ledger with its runtime (actors, agent runs), for commands that act."""
+        from .ledger import Ledger
+
+        with Ledger(self.ledger_path) as ledger:
+            yield ledger
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared `--json` flag."""
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(
+        function
+    )
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(_to_builtins(value), ensure_ascii=False, default=str))
+
+
+def _record_json(recorded: Recorded) -> dict[str, Any]:
+    return {
+        "position": recorded.position,
+        "session_id": recorded.session_id,
+        "version": recorded.version,
+        "recorded_at": recorded.recorded_at.isoformat(),
+        "schema_version": recorded.schema_version,
+        "event": event_to_builtins(recorded.event),
+    }
+
+
+def _history_json(message: HistoryMessage) -> dict[str, Any]:
+    data: dict[str, Any] = _to_builtins(message)
+    return data
+
+
+def _info_pairs(info: SessionInfo) -> list[tuple[str, Any]]:
+    return [
+        ("session", info.session_id),
+        ("mode", info.mode),
+        ("study", info.study_id),
+        ("status", info.status),
+        ("created", format_time(info.created_at)),
+        ("last active", format_time(info.last_active)),
+        ("messages", info.message_count),
+        ("turns", info.turn_count),
+        ("failures", info.failure_count),
+        ("last error", info.last_error),
+        ("cost", f"${info.total_cost_usd:.4f}"),
+        ("agent session", info.agent_session_id),
+        ("open turn", info.open_turn),
+        ("version", info.version),
+        ("last position", info.last_position),
+    ]
+
+
+def _timeline(records: list[Recorded]) -> str:
+    rows = [
+        (recorded.position, recorded.version, format_time(recorded.recorded_at),
+         describe_event(recorded.event))
+        for recorded in records
+    ]
+    return table(("pos", "ver", "recorded (UTC)", "event"), rows)
+
+
+def _print_verify(report: VerifyReport, as_json: bool) -> None:
+    if as_json:
+        data = _to_builtins(report)
+        data["head"] = str(report.head)
+        _emit_json(data)
+        return
+    if report.ok:
+        click.secho(
+            f"ok: {report.records_checked} records in {report.sessions_checked} "
+            "session(s) verified",
+            fg="green",
+        )
+    else:
+        click.secho(
+            f"TAMPERED or inconsistent: first bad position {report.first_bad_position}: "
+            f"{report.reason}",
+            fg="red",
+            err=True,
+        )
+        for problem in report.problems[1:]:
+            click.echo(f"  also: {problem}", err=True)
+    click.echo(f"head (keep it to check later with --head): {report.head}")
+
+
+# -- the group ----------------------------------------------------------------------------
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(file_okay=False),
+    help="Ledger directory (default: $CHATLEDGER_PATH, else the user data directory).",
+)
+@click.version_option(__version__, prog_name="chatledger")
+@click.pass_context
+def main(ctx: click.Context, ledger_path: str | None) -> None:
+    """chatledger: an event-sourced, verifiable ledger of conversations with an LLM agent CLI.
+
+    \b
+    Exit codes:
+      0  success
+      1  verify found tampering, a turn failed, an import was rejected
+      2  usage error (bad option, mode, session id, duration, setting)
+      3  unknown session
+      4  the ledger cannot be opened or written
+      5  the session changed under the command (another writer): run it again
+
+    Example: chatledger --ledger ./ledger sessions --status idle
+    """
+    ctx.obj = State(ledger_path)
+
+
+# -- acting on sessions -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--mode", type=click.Choice(MODES), default="user", show_default=True,
+              help="Permission mode of the agent.")
+@click.option("--study", "study_id", help="Study the session works on.")
+@click.option("--id", "session_id", help="Use this session id instead of a new uuid.")
+@json_option
+@pass_state
+def new(state: State, mode: str, study_id: str | None, session_id: str | None,
+        as_json: bool) -> None:
+    """Create a session and print its id.
+
+    Example: chatledger new --mode user --study beam-1
+    """
+    with state.ledger() as ledger:
+        info = ledger.create_session(session_id, mode=mode, study_id=study_id)
+    if as_json:
+        _emit_json({"session_id": info.session_id, "mode": info.mode, "study_id": info.study_id})
+    else:
+        click.echo(info.session_id)
+
+
+@main.command()
+@click.argument("session_id")
+@click.argument("message")
+@click.option("--canvas", "canvas_file", type=click.File("rb"),
+              help="A JSON file with the canvas state to send along.")
+@json_option
+@pass_state
+def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | None,
+         as_json: bool) -> None:
+    """Run one turn with the configured agent, streaming the answer as it arrives.
+
+    Exits 1 if the turn failed (the failure is recorded in the ledger).
+
+    Example: chatledger send 3f2a... "Add a thickness variable" --canvas canvas.json
+    """
+    canvas_state = None
+    if canvas_file is not None:
+        try:
+            canvas_state = json.loads(canvas_file.read())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise click.BadParameter(f"not JSON: {error}", param_hint="--canvas") from None
+    streamed = {"text": False}
+
+    def show(update: dict[str, Any]) -> None:
+        if as_json:
+            _emit_json(update)
+            return
+        kind = update.get("type")
+        if kind == "text_delta":
+            streamed["text"] = True
+            click.echo(update["content"], nl=False)
+        elif kind == "canvas_modification":
+            click.secho(f"[canvas] {json.dumps(update['modification'], ensure_ascii=False)}",
+                        fg="yellow", err=True)
+        elif kind == "text":
+            click.echo("" if streamed["text"] else update["content"])
+        elif kind == "done":
+            for call in update.get("tool_calls") or ():
+                click.secho(f"[tool] {call.get('name')}", dim=True, err=True)
+
+    with state.ledger() as ledger:
+        if ledger.info(session_id) is None:
+            raise UnknownSessionError(f"Session not found: {session_id}")
+        outcome = ledger.send(session_id, message, canvas_state=canvas_state,
+                              on_update=show, stream_deltas=not as_json)
+    if not outcome.ok:
+        _fail(f"the turn failed ({outcome.reason}): {outcome.error}", 1)
+
+
+@main.command()
+@click.argument("session_id")
+@click.argument("mode", type=click.Choice(MODES))
+@json_option
+@pass_state
+def mode(state: State, session_id: str, mode: str, as_json: bool) -> None:
+    """Switch a session's permission mode.
+
+    Example: chatledger mode 3f2a... power
+    """
+    with state.ledger() as ledger:
+        info = ledger.switch_mode(session_id, mode)
+    _emit_json(info) if as_json else click.echo(f"{info.session_id}: mode {info.mode}")
+
+
+@main.command()
+@click.argument("session_id")
+@click.argument("study_id")
+@json_option
+@pass_state
+def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
+    """Set the study a session works on (an empty string clears it).
+
+    Example: chatledger study 3f2a... beam-2
+    """
+    with state.ledger() as ledger:
+        info = ledger.set_study(session_id, study_id or None)
+    _emit_json(info) if as_json else click.echo(
+        f"{info.session_id}: study {info.study_id or '(none)'}"
+    )
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--mode", type=click.Choice(MODES), help="Only sessions in this mode.")
+@click.option("--study", "study_id", help="Only sessions of this study.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only sessions with this status.")
+@click.option("--since", help="Only sessions active since a time (ISO) or for a duration (2h).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions.")
+@json_option
+@pass_state
+def sessions(state: State, mode: str | None, study_id: str | None, status: str | None,
+             since: str | None, limit: int | None, as_json: bool) -> None:
+    """List sessions, newest activity first (from the index: no replay).
+
+    Example: chatledger sessions --status idle --since 24h --json
+    """
+    try:
+        since_moment = parse_moment(since) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    with state.log() as log:
+        infos = log.sessions()
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    selected = [
+        info for info in infos
+        if (mode is None or info.mode == mode)
+        and (study_id is None or info.study_id == study_id)
+        and (status is None or info.status == status)
+        and (since_moment is None or (info.last_active or epoch) >= since_moment)
+    ]
+    selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
+    if limit is not None:
+        selected = selected[:limit]
+    if as_json:
+        _emit_json(selected)
+        return
+    rows = [
+        (info.session_id, info.mode, info.study_id, info.status, info.message_count,
+         info.turn_count, f"{info.total_cost_usd:.4f}", format_time(info.last_active))
+        for info in selected
+    ]
+    click.echo(table(("session", "mode", "study", "status", "messages", "turns", "cost $",
+                      "last active (UTC)"), rows))
+
+
+@main.command()
+@click.argument("session_id")
+@json_option
+@pass_state
+def show(state: State, session_id: str, as_json: bool) -> None:
+    """Show a session's info.
+
+    Example: chatledger show 3f2a...
+    """
+    with state.log() as log:
+        info = log.require_info(session_id)
+    _emit_json(info) if as_json else click.echo(key_values(_info_pairs(info)))
+
+
+@main.command(name="history")
+@click.argument("session_id")
+@json_option
+@pass_state
+def history_command(state: State, session_id: str, as_json: bool) -> None:
+    """Print a session's conversation: messages, tool calls, canvas changes, failures.
+
+    Example: chatledger history 3f2a...
+    """
+    with state.log() as log:
+        log.require_info(session_id)
+        messages = history(log.read_session(session_id))
+    if as_json:
+        _emit_json([_history_json(message) for message in messages])
+    else:
+        click.echo(transcript(messages) or "(no messages yet)")
+
+
+@main.command()
+@click.argument("session_id", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
+@click.option("--from", "from_position", type=click.IntRange(min=1), default=1,
+              help="Start at this log position.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
+@json_option
+@pass_state
+def events(state: State, session_id: str | None, follow: bool, from_position: int,
+           limit: int | None, as_json: bool) -> None:
+    """Print the event log (all sessions, or one), like `tail -f` with --follow.
+
+    With --json, one object per line.
+
+    Example: chatledger events --follow --json | jq .event.type
+    """
+    printed = 0
+
+    def emit(recorded: Recorded) -> bool:
+        nonlocal printed
+        if session_id is not None and recorded.session_id != session_id:
+            return True
+        if as_json:
+            _emit_json(_record_json(recorded))
+        else:
+            click.echo(
+                f"{recorded.position:>7}  {format_time(recorded.recorded_at)}  "
+                f"{recorded.session_id[:36]:<36}  v{recorded.version:<4} "
+                f"{describe_event(recorded.event)}"
+            )
+        sys.stdout.flush()
+        printed += 1
+        return limit is None or printed < limit
+
+    with state.log() as log:
+        if session_id is not None:
+            log.require_info(session_id)
+        if not follow:
+            for recorded in log.read_all(from_position):
+                if not emit(recorded):
+                    return
+            return
+        with log.subscribe(from_position) as subscription:
+            try:
+                for recorded in subscription:
+                    if not emit(recorded):
+                        return
+            except KeyboardInterrupt:
+                return
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--at", "version", type=click.IntRange(min=0), required=True,
+              help="The session version to travel to.")
+@json_option
+@pass_state
+def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
+    """Show a session as it was at a version: its info, history and events then.
+
+    Example: chatledger replay 3f2a... --at 4
+    """
+    with state.log() as log:
+        current = log.require_info(session_id)
+        records = at_version(log.read_session(session_id), version)
+    if version > current.version:
+        _fail(f"session {session_id} has {current.version} versions, not {version}", 2)
+    info = session_info(session_id, records)
+    messages = history(records)
+    if as_json:
+        _emit_json({
+            "version": version,
+            "info": _to_builtins(info),
+            "history": [_history_json(message) for message in messages],
+            "events": [_record_json(recorded) for recorded in records],
+        })
+        return
+    click.secho(f"session {session_id} at version {version} of {current.version}", bold=True)
+    click.echo(key_values(_info_pairs(info)))
+    click.echo()
+    click.echo(transcript(messages) or "(no messages yet)")
+
+
+# -- integrity and maintenance ------------------------------------------------------------
+
+
+@main.command()
+@click.argument("session_id", required=False)
+@click.option("--head", "saved_head", help="A head printed earlier (POS:HASH): catches truncation.")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, session_id: str | None, saved_head: str | None,
+           as_json: bool) -> None:
+    """Recompute the hash chains and indexes; exit 0 when intact, 1 when not.
+
+    Prints the head to keep: `verify --head` with it later proves nothing was removed.
+
+    Example: chatledger verify --head 1042:9f3c...
+    """
+    state: State = ctx.obj
+    try:
+        head = Head.parse(saved_head) if saved_head else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--head") from None
+    with state.log() as log, progress("verifying", log.head().position) as advance:
+        if session_id is not None:
+            report = verify_session(log, session_id, advance)
+        else:
+            report = log.verify(head, progress=advance)
+    _print_verify(report, as_json)
+    ctx.exit(0 if report.ok else 1)
+
+
+@main.command()
+@json_option
+@pass_state
+def rebuild(state: State, as_json: bool) -> None:
+    """Recompute the session index from the log (after a verify that blames the index).
+
+    Example: chatledger rebuild
+    """
+    with state.log() as log:
+        count = log.rebuild_index()
+    _emit_json({"sessions": count}) if as_json else click.echo(
+        f"session index rebuilt: {count} sessions"
+    )
+
+
+@main.command()
+@click.option("-o", "--output", "destination", type=click.Path(file_okay=False), required=True,
+              help="An empty or new directory for the compacted copy.")
+@json_option
+@pass_state
+def compact(state: State, destination: str, as_json: bool) -> None:
+    """Write a compacted copy of the ledger (LMDB files never shrink on their own).
+
+    Stop writers, then swap the copy in for the original.
+
+    Example: chatledger compact -o ./ledger-compact
+    """
+    with state.log() as log:
+        before = log.disk_size()
+        after = log.copy_to(destination)
+    if as_json:
+        _emit_json({"destination": destination, "bytes_before": before, "bytes_after": after})
+    else:
+        click.echo(f"compacted copy in {destination}: {format_bytes(before)} -> "
+                   f"{format_bytes(after)}")
+
+
+@main.command(name="export")
+@click.argument("session_ids", nargs=-1)
+@click.option("--format", "export_format", type=click.Choice(("jsonl", "html")),
+              default="jsonl", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write here instead of standard output.")
+@pass_state
+def export_command(state: State, session_ids: tuple[str, ...], export_format: str,
+                   output: str | None) -> None:
+    """Export sessions (default: all) as JSONL that `import` takes back, or an HTML transcript.
+
+    Example: chatledger export 3f2a... --format html -o transcript.html
+    """
+    with state.log() as log:
+        for session_id in session_ids:
+            log.require_info(session_id)
+        if export_format == "html":
+            ids = list(session_ids) or [info.session_id for info in log.sessions()]
+            page = render_html(
+                ((log.require_info(sid), log.read_session(sid)) for sid in ids),
+                title="chatledger transcript", head=str(log.head()),
+            )
+            _write_output(output, page.encode())
+            return
+        total = log.head().position
+        with _output_stream(output) as out, progress("exporting", total) as advance:
+            count = export_jsonl(log, out, session_ids or None, advance)
+    if output:
+        click.echo(f"exported {count} records to {output}", err=True)
+
+
+def _write_output(output: str | None, data: bytes) -> None:
+    with _output_stream(output) as out:
+        out.write(data)
+
+
+@contextmanager
+def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
+    if output is None:
+        stream = click.get_binary_stream("stdout")
+        yield stream
+        stream.flush()
+        return
+    temporary = Path(output).with_name(f".{Path(output).name}.partial")
+    try:
+        with open(temporary, "wb") as file:
+            yield file
+        temporary.replace(output)
+    except OSError as error:
+        _fail(f"cannot write {output}: {error}", 1)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@main.command(name="import")
+@click.argument("source", type=click.File("rb"))
+@click.option("--dry-run", is_flag=True, help="Check the file and report, import nothing.")
+@json_option
+@pass_state
+def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool) -> None:
+    """Import a JSONL export: checks every hash chain, is atomic, skips events already present.
+
+    Example: chatledger --ledger ./copy import export.jsonl
+    """
+    path = state.config_path()
+    with _open_for_writing(path) as log:
+        report = import_jsonl(log, source, dry_run=dry_run)
+    if as_json:
+        _emit_json({**_to_builtins(report), "dry_run": dry_run})
+        return
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {report.events_imported} events into {report.sessions_imported} "
+               f"session(s); {report.events_already_present} already present")
+
+
+@contextmanager
+def _open_for_writing(path: str) -> Iterator[EventLog]:
+    log = EventLog(path)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@main.command()
+@click.option("--idle", help="Expire sessions idle at least this long (default: the expiry age).")
+@click.option("--dry-run", is_flag=True, help="List what would expire, change nothing.")
+@json_option
+@pass_state
+def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None:
+    """Expire idle sessions (records SessionExpired; resuming reopens them).
+
+    Example: chatledger expire --idle 7d --dry-run
+    """
+    try:
+        idle_seconds = parse_duration(idle) if idle else load_config(path=state.ledger_path).expiry_age
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--idle") from None
+    now = datetime.now(timezone.utc)
+    expired: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    with state.log() as log:
+        for info in log.sessions():
+            if info.status in (STATUS_EXPIRED, STATUS_RUNNING) or info.last_active is None:
+                continue
+            idle_for = (now - info.last_active).total_seconds()
+            if idle_for < idle_seconds:
+                continue
+            item = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
+            if not dry_run:
+                try:
+                    log.append(info.session_id,
+                               [SessionExpired(reason="idle", idle_seconds=idle_for)],
+                               info.version)
+                except ConcurrencyError:
+                    skipped.append(item)  # it was used meanwhile: not idle after all
+                    continue
+            expired.append(item)
+    if as_json:
+        _emit_json({"dry_run": dry_run, "expired": expired, "skipped_active": skipped})
+        return
+    verb = "would expire" if dry_run else "expired"
+    click.echo(f"{verb} {len(expired)} session(s) idle for {idle_seconds:.0f} s or more")
+    for item in expired:
+        click.echo(f"  {item['session_id']}  idle {item['idle_seconds']:.0f} s")
+    if skipped:
+        click.echo(f"{len(skipped)} became active meanwhile and were left alone")
+
+
+@main.command()
+@json_option
+@pass_state
+def stats(state: State, as_json: bool) -> None:
+    """Sessions by status, events, turns, failures by reason, cost, size, activity.
+
+    Example: chatledger stats --json
+    """
+    with state.log() as log, progress("counting", log.head().position) as advance:
+        figures = ledger_stats(log, advance)
+    if as_json:
+        _emit_json(figures)
+        return
+    by_status = ", ".join(f"{name} {count}" for name, count in sorted(figures.sessions_by_status.items()))
+    failures = ", ".join(f"{name} {count}" for name, count in figures.failures_by_reason.items())
+    click.echo(key_values([
+        ("ledger", figures.path),
+        ("sessions", f"{figures.sessions} ({by_status or 'none'})"),
+        ("events", figures.events),
+        ("turns", figures.turns),
+        ("messages", figures.messages),
+        ("failures", f"{figures.failures} ({failures or 'none'})"),
+        ("cost", f"${figures.total_cost_usd:.4f}"),
+        ("size on disk", format_bytes(figures.size_on_disk_bytes)),
+        ("oldest activity", format_time(figures.oldest_activity)),
+        ("newest activity", format_time(figures.newest_activity)),
+        ("head", figures.head),
+    ]))
+
+
+# -- the demo -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary ledger and print where it is.")
+@json_option
+@pass_state
+def demo(state: State, keep: bool, as_json: bool) -> None:
+    """Run a short scripted conversation with the stand-in agent and show what was recorded.
+
+    Works offline: a temporary ledger unless --ledger is given; a plain answer, a tool call,
+    canvas changes and a mode switch; then the transcript, the event timeline and verify.
+
+    Example: chatledger demo
+    """
+    from .demo import run_demo
+
+    temporary = None if state.ledger_path else tempfile.mkdtemp(prefix="chatledger-demo-")
+    path = state.ledger_path or str(Path(temporary or ".") / "ledger")
+
+    def narrate(kind: str, value: Any) -> None:
+        if as_json:
+            return
+        if kind == "created":
+            click.secho(f"session {value.session_id} ({value.mode} mode, study {value.study_id})",
+                        bold=True)
+        elif kind == "message":
+            click.secho(f"> {value}", fg="blue")
+        elif kind == "mode":
+            click.secho(f"~ mode switched to {value}", fg="magenta")
+        elif kind == "outcome":
+            status = click.style("ok" if value.ok else f"failed: {value.error}",
+                                 fg="green" if value.ok else "red")
+            click.echo(f"  [{status}, {len(value.tool_calls)} tool call(s), "
+                       f"{len(value.canvas_modifications)} canvas change(s)]")
+
+    try:
+        session_id, _ = run_demo(path, narrate)
+        with EventLog(path) as log:
+            records = log.read_session(session_id)
+            report = log.verify()
+        if as_json:
+            _emit_json({
+                "ledger": path,
+                "session_id": session_id,
+                "history": [_history_json(message) for message in history(records)],
+                "events": [_record_json(recorded) for recorded in records],
+                "verify": {**_to_builtins(report), "head": str(report.head)},
+            })
+        else:
+            click.echo()
+            click.secho("== transcript ==", bold=True)
+            click.echo(transcript(history(records)))
+            click.echo()
+            click.secho("== event timeline ==", bold=True)
+            click.echo(_timeline(records))
+            click.echo()
+            click.secho("== verify ==", bold=True)
+            _print_verify(report, False)
+        if not report.ok:
+            _fail("the demo ledger did not verify", 1)
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary and not as_json:
+            click.echo(f"ledger kept at {path}")
