@@ -226,7 +226,7 @@ def test_a_consumer_that_stops_early_cancels_the_run_and_it_is_recorded(
         manager = manager_for(ledger_path)
         session = await manager.create_session()
         turn = manager.send_message(session.session_id, "[[slow 30]]", stream_deltas=True)
-        first = await asyncio.wait_for(turn.__anext__(), 10)
+        first = await asyncio.wait_for(turn.__anext__(), 30)
         assert first["type"] == "text_delta"
         started = time.monotonic()
         await turn.aclose()
