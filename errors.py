@@ -25,6 +25,11 @@ class InvalidCommandError(ChatledgerError, ValueError):
     """A command was refused by the session's current state (bad mode, expired, ...)."""
 
 
+class InvalidEventError(ChatledgerError, ValueError):
+    """An event cannot be stored as given: a field of the wrong type, text that is not valid
+    Unicode, a number MessagePack cannot hold; nothing was written."""
+
+
 class ConcurrencyError(ChatledgerError):
     """The session moved on since it was read: `expected_version` is stale; nothing was written."""
 

@@ -29,12 +29,18 @@ from ..agent import (
     ToolCallCompleted,
     build_argv,
     build_prompt,
+    canonical_json,
     extract_from_tool_calls,
     extract_modifications,
     run_agent,
 )
 from ..config import Config
-from ..errors import ConcurrencyError, InvalidCommandError, UnknownSessionError
+from ..errors import (
+    ConcurrencyError,
+    InvalidCommandError,
+    InvalidEventError,
+    UnknownSessionError,
+)
 from ..events import (
     MODES,
     AgentSessionLost,
@@ -52,9 +58,12 @@ from ..events import (
     SessionResumed,
     StudyContextSet,
     conversation,
+    encode_event,
     evolve,
     history,
+    storable,
 )
+from ..events.codec import ENCODE_ERRORS
 from ..events.projections import STATUS_EXPIRED
 from ..storage import EventStore
 from .messages import (
@@ -95,14 +104,6 @@ class SessionServices:
     closing: threading.Event
 
 
-def canonical(value: Any) -> bytes:
-    """A stable byte form of a JSON-like value, for de-duplication."""
-    try:
-        return msgspec.json.encode(value, order="sorted")
-    except (TypeError, msgspec.EncodeError):
-        return repr(value).encode()
-
-
 def safe_emit(sink: TurnSink, item: dict[str, Any]) -> None:
     """Hand one update to a caller's sink; a broken consumer must not break the turn."""
     try:
@@ -112,14 +113,45 @@ def safe_emit(sink: TurnSink, item: dict[str, Any]) -> None:
 
 
 def check_canvas_state(canvas_state: Any) -> None:
-    """Refuse a canvas state that is not JSON-serialisable, before anything is recorded."""
+    """Refuse a canvas state that is not JSON-serialisable (or that the ledger could not
+    store: a cycle, a lone surrogate, an integer beyond 64 bits), before anything is recorded."""
     try:
         msgspec.json.encode(canvas_state)
-    except (TypeError, msgspec.EncodeError, OverflowError) as error:
+        msgspec.msgpack.encode(canvas_state)
+    except ENCODE_ERRORS as error:
+        if isinstance(error, RecursionError):
+            error = ValueError("it is nested too deeply or refers to itself")
         raise InvalidCommandError(
             f"canvas_state must be JSON-serialisable (dicts, lists, strings, numbers, "
-            f"booleans, null): {error}"
+            f"booleans, null) and storable: {error}"
         ) from None
+
+
+def check_text(what: str, value: Any, *, optional: bool = False) -> None:
+    """Refuse a value that is not a string of valid Unicode (None too, if `optional`)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        allowed = "a string or None" if optional else "a string"
+        raise InvalidCommandError(f"{what} must be {allowed}, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidCommandError(
+            f"{what} is not valid Unicode (a lone surrogate at index {error.start}); "
+            "decode it with errors='replace' first"
+        ) from None
+
+
+def storable_event(event: Event) -> Event:
+    """`event` with what the agent printed made storable (huge integers, lone surrogates):
+    an agent's output must never stop a turn from being recorded."""
+    try:
+        encode_event(event)
+        return event
+    except InvalidEventError:
+        data = storable(msgspec.to_builtins(event))
+        return msgspec.convert(data, type(event))
 
 
 def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
@@ -264,6 +296,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
+        check_text("study_id", command.study_id, optional=True)
         if self.info.version:
             raise InvalidCommandError(f"session {self.session_id} already exists")
         self._append([SessionCreated(mode=command.mode, study_id=command.study_id)])
@@ -272,6 +305,7 @@ class SessionActor(pykka.ThreadingActor):
     def _resume(self, command: ResumeSession) -> SessionInfo:
         if command.mode is not None:
             self._check_mode(command.mode)
+        check_text("study_id", command.study_id, optional=True)
         if self.info.version == 0:
             mode = command.mode or "user"
             self._append([SessionCreated(mode=mode, study_id=command.study_id)])
@@ -293,8 +327,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _set_study(self, study_id: str | None) -> SessionInfo:
         self._require_open()
-        if study_id is not None and not isinstance(study_id, str):
-            raise InvalidCommandError("study_id must be a string or None")
+        check_text("study_id", study_id, optional=True)
         if study_id != self.info.study_id:
             self._append([StudyContextSet(study_id=study_id)])
         return self.info
@@ -309,8 +342,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _send(self, command: SendMessage) -> int:
         self._require_open()
-        if not isinstance(command.text, str):
-            raise InvalidCommandError("message must be a string")
+        check_text("message", command.text)
         check_canvas_state(command.canvas_state)
         self.queue.append(command)
         self.services.touch(self.session_id, True)
@@ -415,7 +447,7 @@ class SessionActor(pykka.ThreadingActor):
                     safe_emit(command.sink, {"type": "text_delta", "content": event.text})
             elif isinstance(event, ToolCallCompleted):
                 for modification in extract_from_tool_calls([event.tool_call]):
-                    key = canonical(modification)
+                    key = canonical_json(modification)
                     if key not in seen:
                         seen.add(key)
                         streamed.append(modification)
@@ -511,10 +543,10 @@ class SessionActor(pykka.ThreadingActor):
                     exit_code=outcome.exit_code,
                 )
             )
-        self._append(events)
-        already = {canonical(m) for m in message.streamed_modifications}
+        self._append([storable_event(event) for event in events])
+        already = {canonical_json(m) for m in message.streamed_modifications}
         for modification in modifications:
-            if canonical(modification) not in already:
+            if canonical_json(modification) not in already:
                 safe_emit(sink, {"type": "canvas_modification", "modification": modification})
         if outcome.ok:
             safe_emit(sink, {"type": "text", "content": outcome.text})

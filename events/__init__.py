@@ -11,6 +11,7 @@ from .codec import (
     encode_event,
     event_from_builtins,
     event_to_builtins,
+    storable,
     upcaster,
 )
 from .model import (
@@ -78,6 +79,7 @@ __all__ = [
     "decode_event",
     "decode_record",
     "encode_event",
+    "storable",
     "event_from_builtins",
     "event_to_builtins",
     "evolve",

@@ -9,12 +9,14 @@ their bytes. This module does no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from ..errors import InvalidEventError
 from .model import TAGS, AnyEvent, Event, Recorded, UnknownEvent
 
 SCHEMA_VERSION = 2
@@ -75,13 +77,66 @@ _envelope_decoder = msgspec.msgpack.Decoder(StoredEnvelope)
 _raw_map_decoder: msgspec.msgpack.Decoder[dict[str, Any]] = msgspec.msgpack.Decoder(dict[str, Any])
 
 
+ENCODE_ERRORS = (
+    TypeError, ValueError, OverflowError, RecursionError, UnicodeError, msgspec.EncodeError
+)
+"""What msgspec raises for a value it cannot encode (wrong type, lone surrogate, huge int,
+a cycle)."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MIN_STORABLE_INT = -(2**63)
+MAX_STORABLE_INT = 2**64 - 1
+
+
 def encode_event(event: Event | UnknownEvent) -> bytes:
-    """Encode one event as a tagged MessagePack map (an UnknownEvent as its original bytes)."""
+    """Encode one event as a tagged MessagePack map (an UnknownEvent as its original bytes).
+
+    The bytes are decoded again before they are handed out, so the log never stores an event
+    it cannot read back: a field of the wrong type (msgspec does not check types when a
+    Struct is built), a lone surrogate or an integer MessagePack cannot hold raises
+    InvalidEventError.
+    """
     if isinstance(event, UnknownEvent):
         return event.raw
     if not isinstance(event, Event) or type(event) not in TAGS.values():
         raise TypeError(f"not a chatledger event: {event!r}")
-    return _event_encoder.encode(event)
+    name = type(event).__name__
+    try:
+        data = _event_encoder.encode(event)
+    except ENCODE_ERRORS as error:
+        raise InvalidEventError(f"{name} cannot be stored: {error}") from None
+    try:
+        _event_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise InvalidEventError(f"{name} cannot be stored: {error}") from None
+    return data
+
+
+def storable(value: Any, depth: int = 0) -> Any:
+    """A JSON-like value the codec can always store, for what an agent printed: integers
+    outside MessagePack's range become strings, lone surrogates U+FFFD, other keys strings,
+    and anything else that is not plain data its repr. Plain data comes back unchanged."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if MIN_STORABLE_INT <= value <= MAX_STORABLE_INT else str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATE.sub("\ufffd", value)
+        return value
+    if depth > 200:
+        return repr(value)[:1000]
+    if isinstance(value, dict):
+        return {
+            storable(key if isinstance(key, str) else str(key), depth + 1):
+            storable(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [storable(item, depth + 1) for item in value]
+    return storable(repr(value), depth + 1)
 
 
 def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | UnknownEvent:
