@@ -8,7 +8,9 @@ documented code (see EXIT_CODES); tracebacks are for bugs only.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -649,8 +651,18 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
     Example: chatledger --ledger ./copy import export.jsonl
     """
     path = state.config_path()
-    with _open_for_writing(path) as log:
-        report = import_jsonl(log, source, dry_run=dry_run)
+    try:
+        total = os.fstat(source.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        total = 0  # a pipe: no size to show progress against
+    with _open_for_writing(path) as log, progress("checking", total) as advance:
+
+        def lines() -> Iterator[bytes]:
+            for line in source:
+                advance(len(line))
+                yield line
+
+        report = import_jsonl(log, lines(), dry_run=dry_run)
     if as_json:
         _emit_json({**_to_builtins(report), "dry_run": dry_run})
         return
