@@ -93,6 +93,11 @@ def only(events: list[Event], kind: type[Any]) -> Any:
     return found[0]
 
 
+def events_of_type(events: list[Event], kind: type[Any]) -> list[Any]:
+    """The events of one kind."""
+    return [event for event in events if isinstance(event, kind)]
+
+
 def prompt_of(request: ReceivedRequest) -> str:
     """chatledger's prompt as the API received it: the last user text block."""
     return request.user_texts()[-1]
@@ -428,17 +433,27 @@ def test_non_ascii_goes_through_unchanged_both_ways(claude: ClaudeHarness, tmp_p
     assert only(events, ResponseReceived).text == answer
 
 
-def test_a_one_megabyte_answer_is_recorded_whole(claude: ClaudeHarness, tmp_path: Path) -> None:
-    answer = "".join(f"line {i:06d}: Knotenverschiebung ✓ {'x' * 40}\n" for i in range(16_000))
-    answer = answer.strip()
-    assert len(answer.encode()) > 1_000_000
-    claude.fake.script(text(answer, chunk_chars=64 * 1024))
+def test_one_megabyte_answers_are_recorded_whole_and_go_back_in_the_prompt(
+    claude: ClaudeHarness, tmp_path: Path
+) -> None:
+    # Three turns, because the loss this guards against (claude exiting before a full stdout
+    # pipe drained, fixed by a 1 MiB pipe) struck about every second 1 MB answer.
+    answers = [
+        "".join(f"turn {turn} line {i:06d}: Knotenverschiebung ✓ {'x' * 40}\n"
+                for i in range(15_000)).strip()
+        for turn in (1, 2, 3)
+    ]
+    assert all(len(answer.encode()) > 1_000_000 for answer in answers)
+    claude.fake.script(*(text(answer, chunk_chars=64 * 1024) for answer in answers))
     with Ledger(config=claude.config(tmp_path / "ledger")) as ledger:
         session_id = ledger.create_session().session_id
-        outcome = ledger.send(session_id, "Print the displacement table")
-        response = only(events_of(ledger, session_id), ResponseReceived)
-    assert outcome.ok, outcome.error
-    assert outcome.text == answer and response.text == answer
+        outcomes = [ledger.send(session_id, f"Print table {turn}") for turn in (1, 2, 3)]
+        recorded = events_of_type(events_of(ledger, session_id), ResponseReceived)
+    assert [o.ok for o in outcomes] == [True] * 3, [o.error for o in outcomes]
+    assert [o.text for o in outcomes] == answers == [r.text for r in recorded]
+    # The next prompts carried the earlier megabytes to claude on stdin, and on to the API.
+    third_prompt = prompt_of(claude.fake.model_calls()[2])
+    assert answers[0] in third_prompt and answers[1] in third_prompt
 
 
 # -- continuity through claude's own sessions ----------------------------------------------------
@@ -513,11 +528,6 @@ def test_a_lost_agent_session_falls_back_to_prompt_history_and_says_so(
     new_session = only(events[5:], ResponseReceived).agent_session_id
     assert new_session not in (None, lost)
     assert info is not None and info.agent_session_id == new_session and info.turn_count == 2
-
-
-def events_of_type(events: list[Event], kind: type[Any]) -> list[Any]:
-    """The events of one kind."""
-    return [event for event in events if isinstance(event, kind)]
 
 
 def test_resumed_sessions_survive_reopening_the_ledger(claude: ClaudeHarness, tmp_path: Path) -> None:
