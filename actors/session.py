@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -86,6 +87,9 @@ from .runs import RunPool
 logger = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+"""What an agent session id must look like to be passed back to the agent with `--resume`
+(it comes from the agent's output, so it must never be able to pose as a flag)."""
 NO_CONVERSATION = "No conversation found with session ID"
 
 
@@ -284,6 +288,15 @@ class SessionActor(pykka.ThreadingActor):
                 f"session {self.session_id} expired; resume it to go on"
             )
 
+    def _check_mode_allowed(self) -> None:
+        """Refuse a turn in power mode when this deployment does not allow power mode (the
+        session may have been switched to it by a process, or a release, that did)."""
+        if self.info.mode == "power" and not self.services.config.allow_power_mode:
+            raise InvalidCommandError(
+                f"session {self.session_id} is in power mode, which this deployment does not "
+                "allow (CHATLEDGER_ALLOW_POWER_MODE): switch it to user mode to go on"
+            )
+
     def _check_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise InvalidCommandError(
@@ -343,6 +356,7 @@ class SessionActor(pykka.ThreadingActor):
     def _send(self, command: SendMessage) -> int:
         self._require_open()
         check_text("message", command.text)
+        self._check_mode_allowed()
         check_canvas_state(command.canvas_state)
         self.queue.append(command)
         self.services.touch(self.session_id, True)
@@ -393,9 +407,12 @@ class SessionActor(pykka.ThreadingActor):
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         config = self.services.config
+        self._check_mode_allowed()
         turn = self.info.turn_count + (1 if attempt == 1 else 0)
         if resume is None:
-            resume = config.history_strategy == "resume" and bool(self.info.agent_session_id)
+            resume = config.history_strategy == "resume" and bool(
+                RESUMABLE_AGENT_SESSION_ID.fullmatch(self.info.agent_session_id or "")
+            )
         resume_id = self.info.agent_session_id if resume else None
         past = conversation(self.records)
         prompt = build_prompt(

@@ -28,6 +28,15 @@ def _check_words(what: str, words: Sequence[str]) -> None:
             raise ValueError(f"{what} must not hold line breaks or NUL characters: {word!r}")
 
 
+def _check_session_id(what: str, session_id: str) -> None:
+    """Refuse an agent session id that claude could read as a flag: `--resume` takes an
+    optional value, so `--resume --dangerously-skip-permissions` would switch permissions off."""
+    _check_words(what, [session_id])
+    if session_id.startswith("-"):
+        raise ValueError(f"{what} must not start with '-' (it would be read as a flag): "
+                         f"{session_id!r}")
+
+
 def build_argv(
     command: Sequence[str],
     *,
@@ -74,9 +83,9 @@ def build_argv(
     else:
         argv.append("--dangerously-skip-permissions")
     if resume_session_id is not None:
-        _check_words("resume_session_id", [resume_session_id])
+        _check_session_id("resume_session_id", resume_session_id)
         argv += ["--resume", resume_session_id]
     if new_session_id is not None:
-        _check_words("new_session_id", [new_session_id])
+        _check_session_id("new_session_id", new_session_id)
         argv += ["--session-id", new_session_id]
     return argv
