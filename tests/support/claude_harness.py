@@ -105,7 +105,13 @@ def require_claude(skip: Callable[[str], Any], fail: Callable[[str], Any]) -> st
     global _REQUIRED
     if _REQUIRED is None:
         found = find_claude()
-        _REQUIRED = (found, "") if found else install_claude()
+        configured = os.environ.get("CHATLEDGER_CLAUDE_BIN")
+        if found:
+            _REQUIRED = (found, "")
+        elif configured:  # asked for a particular binary: never install another one
+            _REQUIRED = (None, f"CHATLEDGER_CLAUDE_BIN={configured} is not an executable file")
+        else:
+            _REQUIRED = install_claude()
     binary, why = _REQUIRED
     if binary is not None:
         return binary
