@@ -87,6 +87,8 @@ from .runs import RunPool
 logger = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+MAX_APPEND_ATTEMPTS = 8
+"""How often an actor reloads and retries an append that another process raced."""
 RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 """What an agent session id must look like to be passed back to the agent with `--resume`
 (it comes from the agent's output, so it must never be able to pose as a flag)."""
@@ -227,13 +229,15 @@ class SessionActor(pykka.ThreadingActor):
         if started is not None and _owner_is_elsewhere_and_alive(started):
             return
         self._append(
-            [
+            lambda: [
                 RunFailed(
                     turn=self.info.open_turn,
                     reason="interrupted",
                     message="the process running this turn stopped before the agent answered",
                 )
             ]
+            if self.info.open_turn is not None
+            else []
         )
 
     # -- message dispatch (run in the actor's own thread) -----------------------------------
@@ -267,18 +271,29 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _append(self, events: list[Event]) -> list[Recorded]:
-        """Append at the known version; on a conflict (another process wrote) reload and retry
-        once. Appending is a short, blocking call: the writer batches it with others."""
-        try:
-            recorded = self.services.log.append(self.session_id, events, self.info.version)
-        except ConcurrencyError:
-            self._reload()
-            recorded = self.services.log.append(self.session_id, events, self.info.version)
-        for item in recorded:
-            self.info = evolve(self.info, item)
-        self.records.extend(recorded)
-        return recorded
+    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> list[Recorded]:
+        """Append at the known version. On a conflict (another process wrote to this session)
+        reload the stream and try again, up to MAX_APPEND_ATTEMPTS times. `events` may be a
+        function that decides the events from the (reloaded) state, raising if the command
+        no longer applies, so nothing is recorded twice or from a stale state. Appending is
+        a short, blocking call: the writer batches it with others."""
+        decide = events if callable(events) else (lambda: events)
+        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+            batch = decide()
+            if not batch:
+                return []
+            try:
+                recorded = self.services.log.append(self.session_id, batch, self.info.version)
+            except ConcurrencyError:
+                if attempt == MAX_APPEND_ATTEMPTS:
+                    raise
+                self._reload()
+                continue
+            for item in recorded:
+                self.info = evolve(self.info, item)
+            self.records.extend(recorded)
+            return recorded
+        raise AssertionError("unreachable")
 
     def _require_open(self) -> None:
         if self.info.version == 0:
@@ -310,39 +325,55 @@ class SessionActor(pykka.ThreadingActor):
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
         check_text("study_id", command.study_id, optional=True)
-        if self.info.version:
-            raise InvalidCommandError(f"session {self.session_id} already exists")
-        self._append([SessionCreated(mode=command.mode, study_id=command.study_id)])
+
+        def decide() -> list[Event]:
+            if self.info.version:
+                raise InvalidCommandError(f"session {self.session_id} already exists")
+            return [SessionCreated(mode=command.mode, study_id=command.study_id)]
+
+        self._append(decide)
         return self.info
 
     def _resume(self, command: ResumeSession) -> SessionInfo:
         if command.mode is not None:
             self._check_mode(command.mode)
         check_text("study_id", command.study_id, optional=True)
-        if self.info.version == 0:
-            mode = command.mode or "user"
-            self._append([SessionCreated(mode=mode, study_id=command.study_id)])
-            return self.info
-        events: list[Event] = [SessionResumed()]
-        if command.mode is not None and command.mode != self.info.mode:
-            events.append(ModeSwitched(from_mode=self.info.mode, to_mode=command.mode))
-        if command.change_study and command.study_id != self.info.study_id:
-            events.append(StudyContextSet(study_id=command.study_id))
-        self._append(events)
+
+        def decide() -> list[Event]:
+            if self.info.version == 0:
+                return [SessionCreated(mode=command.mode or "user", study_id=command.study_id)]
+            events: list[Event] = [SessionResumed()]
+            if command.mode is not None and command.mode != self.info.mode:
+                events.append(ModeSwitched(from_mode=self.info.mode, to_mode=command.mode))
+            if command.change_study and command.study_id != self.info.study_id:
+                events.append(StudyContextSet(study_id=command.study_id))
+            return events
+
+        self._append(decide)
         return self.info
 
     def _switch_mode(self, mode: str) -> SessionInfo:
         self._require_open()
         self._check_mode(mode)
-        if mode != self.info.mode:
-            self._append([ModeSwitched(from_mode=self.info.mode, to_mode=mode)])
+
+        def decide() -> list[Event]:
+            self._require_open()
+            if mode == self.info.mode:
+                return []
+            return [ModeSwitched(from_mode=self.info.mode, to_mode=mode)]
+
+        self._append(decide)
         return self.info
 
     def _set_study(self, study_id: str | None) -> SessionInfo:
         self._require_open()
         check_text("study_id", study_id, optional=True)
-        if study_id != self.info.study_id:
-            self._append([StudyContextSet(study_id=study_id)])
+
+        def decide() -> list[Event]:
+            self._require_open()
+            return [StudyContextSet(study_id=study_id)] if study_id != self.info.study_id else []
+
+        self._append(decide)
         return self.info
 
     def _expire(self, command: ExpireSession) -> bool:
@@ -350,8 +381,13 @@ class SessionActor(pykka.ThreadingActor):
             return False
         if self.current is not None or self.queue:
             return False
-        self._append([SessionExpired(reason=command.reason, idle_seconds=command.idle_seconds)])
-        return True
+
+        def decide() -> list[Event]:
+            if self.info.status == STATUS_EXPIRED:
+                return []
+            return [SessionExpired(reason=command.reason, idle_seconds=command.idle_seconds)]
+
+        return bool(self._append(decide))
 
     def _send(self, command: SendMessage) -> int:
         self._require_open()
@@ -407,49 +443,59 @@ class SessionActor(pykka.ThreadingActor):
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         config = self.services.config
-        self._check_mode_allowed()
-        turn = self.info.turn_count + (1 if attempt == 1 else 0)
-        if resume is None:
-            resume = config.history_strategy == "resume" and bool(
-                RESUMABLE_AGENT_SESSION_ID.fullmatch(self.info.agent_session_id or "")
+        decided: dict[str, Any] = {}
+
+        def decide() -> list[Event]:
+            """The turn's events from the session as it is now (again after a reload)."""
+            self._check_mode_allowed()
+            turn = self.info.turn_count + (1 if attempt == 1 else 0)
+            use_resume = resume
+            if use_resume is None:
+                use_resume = config.history_strategy == "resume" and bool(
+                    RESUMABLE_AGENT_SESSION_ID.fullmatch(self.info.agent_session_id or "")
+                )
+            resume_id = self.info.agent_session_id if use_resume else None
+            prompt = build_prompt(
+                mode=self.info.mode,
+                study_id=self.info.study_id,
+                history=[] if resume_id else conversation(self.records),
+                canvas_state=command.canvas_state,
+                message=command.text,
+                window=config.history_window,
             )
-        resume_id = self.info.agent_session_id if resume else None
-        past = conversation(self.records)
-        prompt = build_prompt(
-            mode=self.info.mode,
-            study_id=self.info.study_id,
-            history=[] if resume_id else past,
-            canvas_state=command.canvas_state,
-            message=command.text,
-            window=config.history_window,
-        )
-        argv = build_argv(
-            config.agent_command,
-            mode=self.info.mode,
-            output_format=config.output_format,
-            allowed_tools=config.allowed_tools,
-            mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
-            include_partial_messages=config.partial_messages,
-            resume_session_id=resume_id,
-        )
-        events: list[Event] = []
-        if attempt == 1:
-            events.append(MessageSent(turn=turn, text=command.text,
-                                      canvas_state=command.canvas_state))
-        events.append(
-            RunStarted(
-                turn=turn,
-                argv=tuple(argv),
-                prompt_digest=prompt.digest,
-                attempt=attempt,
-                template_version=prompt.template_version,
-                history_strategy="resume" if resume_id else "prompt",
-                resume_agent_session_id=resume_id,
-                host=HOST,
-                pid=os.getpid(),
+            argv = build_argv(
+                config.agent_command,
+                mode=self.info.mode,
+                output_format=config.output_format,
+                allowed_tools=config.allowed_tools,
+                mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
+                include_partial_messages=config.partial_messages,
+                resume_session_id=resume_id,
             )
-        )
-        self._append(events)
+            decided.update(turn=turn, prompt=prompt, argv=argv)
+            events: list[Event] = []
+            if attempt == 1:
+                events.append(MessageSent(turn=turn, text=command.text,
+                                          canvas_state=command.canvas_state))
+            events.append(
+                RunStarted(
+                    turn=turn,
+                    argv=tuple(argv),
+                    prompt_digest=prompt.digest,
+                    attempt=attempt,
+                    template_version=prompt.template_version,
+                    history_strategy="resume" if resume_id else "prompt",
+                    resume_agent_session_id=resume_id,
+                    host=HOST,
+                    pid=os.getpid(),
+                )
+            )
+            return events
+
+        self._append(decide)
+        turn: int = decided["turn"]
+        prompt = decided["prompt"]
+        argv: list[str] = decided["argv"]
         ticket = RunTicket(
             session_id=self.session_id, ticket=command.ticket, turn=turn, command=command
         )

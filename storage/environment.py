@@ -97,9 +97,7 @@ class SharedEnvironment:
             self.env.close()
             raise CorruptLedgerError(f"cannot open the ledger at {path}: {error}") from None
         _check_not_truncated(self.env, path)
-        if not readonly:
-            # Slots left behind by killed processes would otherwise fill the reader table.
-            self.env.reader_check()
+        self.clear_stale_readers()
 
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False, buffers: bool = False) -> Iterator[Any]:
@@ -108,7 +106,7 @@ class SharedEnvironment:
         for _ in range(3):
             with self.gate.reading():
                 try:
-                    txn = self.env.begin(write=write, buffers=buffers)
+                    txn = self._begin(write=write, buffers=buffers)
                 except lmdb.MapResizedError:
                     pass
                 else:
@@ -118,13 +116,39 @@ class SharedEnvironment:
             self.adopt_map_size()
         raise LedgerError(f"{self.path}: the map keeps being resized by another process")
 
+    def _begin(self, *, write: bool, buffers: bool) -> Any:
+        """Begin a transaction; if the reader table is full, free the slots of dead
+        processes and try once more."""
+        for attempt in range(2):
+            try:
+                return self.env.begin(write=write, buffers=buffers)
+            except lmdb.ReadersFullError:
+                if attempt or not self.clear_stale_readers():
+                    raise LedgerError(
+                        f"{self.path}: all {self.env.max_readers()} LMDB reader slots are "
+                        "taken by live processes and threads: close some of them"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots of processes that died holding one (a SIGKILLed CLI or
+        backend): they would fill the reader table and pin old pages, so the file would
+        grow. Returns how many were freed. Safe at any time, in any process."""
+        try:
+            return int(self.env.reader_check())
+        except lmdb.Error:  # no lock file to clean (a read-only file system)
+            return 0
+
     def adopt_map_size(self) -> None:
         """Take on a map size another process set (LMDB's MDB_MAP_RESIZED)."""
         with self.gate.resizing():
             self.env.set_mapsize(0)
 
     def grow(self) -> None:
-        """Double the map size (called by the one writer after MapFullError, no txn open)."""
+        """Double the map size (called by the one writer after MapFullError, no txn open);
+        first free what readers that died pinned, which may be room enough."""
+        if self.clear_stale_readers():
+            return
         current = self.env.info()["map_size"]
         if current >= self.max_map_size:
             raise LedgerFullError(
