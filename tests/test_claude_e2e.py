@@ -401,7 +401,7 @@ def test_cancelling_mid_stream_records_cancelled_and_leaves_no_process(
             await manager.stop()
 
     session_id, running, items = run(scenario())
-    assert items[-1] == {"type": "text_delta", "content": "slow wor"}
+    assert items[-1]["type"] == "text_delta" and items[-1]["content"].startswith("slow")
     assert len(running) >= 2  # claude and its MCP server were running mid-stream
     with Ledger(config=claude.config(tmp_path / "ledger")) as ledger:
         events = events_of(ledger, session_id)
