@@ -25,7 +25,13 @@ from chatledger.errors import (
     LedgerError,
     LedgerFullError,
 )
-from chatledger.events import SCHEMA_VERSION, MessageSent, SessionCreated, UnknownEvent
+from chatledger.events import (
+    SCHEMA_VERSION,
+    MessageSent,
+    RunFailed,
+    SessionCreated,
+    UnknownEvent,
+)
 from chatledger.ledger import Ledger
 from chatledger.storage import EventLog, lmdb_log
 
@@ -360,3 +366,49 @@ def test_events_from_a_newer_schema_are_kept_and_the_session_goes_on(
     with EventLog(ledger_path) as log:
         stored = log.read_session("s")[1].event
         assert isinstance(stored, UnknownEvent) and stored.raw == raw
+
+
+# -- agent output that never ends -------------------------------------------------------------
+
+ENDLESS_AGENTS = {
+    "one-endless-line": "while True:\n    out.write(b'x' * 65536)\n",
+    "endless-deltas": (
+        "line = b'{\"type\":\"stream_event\",\"event\":{\"type\":\"content_block_delta\","
+        "\"delta\":{\"type\":\"text_delta\",\"text\":\"more \"}}}\\n'\n"
+        "while True:\n    out.write(line * 500)\n"
+    ),
+    "endless-empty-lines": "while True:\n    out.write(b'\\n' * 65536)\n",
+}
+
+
+@pytest.mark.parametrize("body", list(ENDLESS_AGENTS.values()), ids=list(ENDLESS_AGENTS))
+def test_never_ending_agent_output_is_cut_off_and_recorded(
+    ledger_path: Path, tmp_path: Path, body: str
+) -> None:
+    agent = tmp_path / "endless.py"
+    agent.write_text("import sys\nsys.stdin.read()\nout = sys.stdout.buffer\n" + body)
+    with open_ledger(ledger_path, agent_command=(sys.executable, str(agent)),
+                     max_output_bytes=2 * 1024 * 1024, timeout=60) as ledger:
+        session_id = ledger.create_session().session_id
+        outcome = ledger.send(session_id, "hi", stream_deltas=True)
+        assert not outcome.ok and outcome.reason == "output_too_large"
+        info = ledger.info(session_id)
+        assert info is not None and info.open_turn is None
+        assert ledger.send(session_id, "again").turn == 2  # the session goes on
+        assert ledger.verify().ok
+
+
+def test_an_agent_that_floods_stderr_and_never_exits_times_out_with_a_bounded_tail(
+    ledger_path: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "chatty.py"
+    agent.write_text("import sys\nsys.stdin.read()\n"
+                     "while True:\n    sys.stderr.write('noise ' * 10000 + '\\n')\n")
+    with open_ledger(ledger_path, agent_command=(sys.executable, str(agent)),
+                     timeout=2) as ledger:
+        session_id = ledger.create_session().session_id
+        outcome = ledger.send(session_id, "hi")
+        assert not outcome.ok and outcome.reason == "timeout"
+        failed = ledger.events(session_id)[-1].event
+        assert isinstance(failed, RunFailed) and 0 < len(failed.stderr_tail) <= 8 * 1024
+        assert ledger.verify().ok
