@@ -3,6 +3,11 @@
 Every event is a past-tense fact with an explicit, stable tag, so renaming a class never
 breaks a stored log. New fields get defaults and a field's type never changes; breaking
 changes go through the upcasters in `codec.py`. This module does no I/O.
+
+The structs are declared `gc=False`: a replay decodes millions of them, and keeping them out
+of the cycle collector makes decoding (and holding a long session) several times cheaper. They
+are frozen and hold JSON-like data (ledger input is checked to be serialisable, which rules
+out cycles), so they can never be part of a reference cycle the collector would need to break.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ FAILURE_REASONS = (
 """Why an agent run can fail; `RunFailed.reason` holds one of these."""
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True, gc=False
+):
     """Base of every recorded fact; the `type` field carries the stable tag."""
 
 
-class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One tool the agent called: its tool_use joined with its tool_result."""
 
     name: str
@@ -165,7 +172,7 @@ def tag_of(event: Event | UnknownEvent) -> str:
     return str(event.__struct_config__.tag)
 
 
-class UnknownEvent(msgspec.Struct, frozen=True):
+class UnknownEvent(msgspec.Struct, frozen=True, gc=False):
     """An event whose tag this release does not know (written by a newer one), kept verbatim.
 
     `raw` holds the exact stored bytes, so re-encoding it writes the same bytes back.
@@ -176,7 +183,7 @@ class UnknownEvent(msgspec.Struct, frozen=True):
     raw: bytes
 
 
-class Recorded(msgspec.Struct, frozen=True, array_like=True):
+class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An event as stored: its place in the log and in its session, time, schema and hash links.
 
     Stored as a MessagePack array (the envelope shape is ours and versioned by

@@ -38,7 +38,7 @@ class ProjectionError(ValueError):
     """Records were folded out of order (a gap or a repeat in a session's versions)."""
 
 
-class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a session is now: mode, study, activity, counts, status, last error, cost."""
 
     session_id: str
@@ -126,7 +126,7 @@ def session_info(session_id: str, records: Iterable[Recorded]) -> SessionInfo:
     return info
 
 
-class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True):
+class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One message of a conversation as a reader sees it."""
 
     role: str  # "user" | "assistant" | "error"

@@ -56,7 +56,7 @@ _META_FORMAT = b"format"
 _META_HEAD = b"head"
 
 
-class IndexEntry(msgspec.Struct, frozen=True):
+class IndexEntry(msgspec.Struct, frozen=True, gc=False):
     """A session's entry in the materialised index: its info and its last record's hash."""
 
     info: SessionInfo

@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import lmdb
@@ -26,13 +25,40 @@ BatchApply = Callable[[Any, list["WriteRequest"]], list[Any]]
 
 
 class WriteRequest:
-    """One caller's unit of work for the writer, with the future it waits on."""
+    """One caller's unit of work for the writer, and the latch its caller waits on.
 
-    __slots__ = ("payload", "future")
+    The latch is a bare lock, held from creation until the writer answers: the cheapest
+    one-shot wake-up CPython has (a `concurrent.futures.Future` costs a Condition, its lock
+    and a waiter lock per request, which shows in group-commit profiles).
+    """
+
+    __slots__ = ("payload", "_latch", "_result", "_error")
 
     def __init__(self, payload: Any) -> None:
         self.payload = payload
-        self.future: Future[Any] = Future()
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def set_result(self, result: Any) -> None:
+        """Answer the caller with a result. Writer thread, once."""
+        self._result = result
+        self._latch.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Answer the caller with an error. Writer thread, once."""
+        self._error = error
+        self._latch.release()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until answered; return the result or raise the error (TimeoutError if late)."""
+        if not self._latch.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("the ledger writer did not answer in time")
+        self._latch.release()  # answered for good: later calls return at once
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 class GroupCommitWriter:
@@ -63,7 +89,7 @@ class GroupCommitWriter:
             if self._closed:
                 raise LedgerClosedError("the ledger is closed")
             self._queue.put(request)
-        return request.future.result(timeout)
+        return request.result(timeout)
 
     def close(self) -> None:
         """Finish what is queued, then stop the writer thread (blocks until it has)."""
@@ -124,11 +150,11 @@ class GroupCommitWriter:
         self._on_commit()
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
-                request.future.set_exception(result)
+                request.set_exception(result)
             else:
-                request.future.set_result(result)
+                request.set_result(result)
 
     @staticmethod
     def _fail(batch: list[WriteRequest], error: BaseException) -> None:
         for request in batch:
-            request.future.set_exception(error)
+            request.set_exception(error)
