@@ -8,6 +8,7 @@ reverse order: sweeper, runs (recorded as cancelled), session actors, supervisor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -77,6 +78,8 @@ class Runtime:
                 self.log.close()
             raise
         self.mcp_files = McpConfigFiles(Path(config.path) / "mcp")
+        with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
+            self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
         self.registry = SessionRegistry()
         self.closing = threading.Event()

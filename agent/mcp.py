@@ -3,8 +3,11 @@
 The files hold server commands and environments (often secrets), so they live in a private
 directory (0700) as files with mode 0600, created exclusively (O_CREAT | O_EXCL) and renamed
 into place, so the agent never reads a half-written file. They are never written into the
-working directory. The directory is created on first use, not when this object is made, so a
-read-only ledger can still be opened. This module starts no processes.
+working directory. Each file names the process that wrote it, so a process removes only its
+own files (a CLI closing beside a backend never deletes a file the backend's agent is about
+to read) and those of processes that died without cleaning up (a SIGKILLed backend must not
+leave secrets behind). The directory is created on first use, not when this object is made,
+so a read-only ledger can still be opened. This module starts no processes.
 """
 
 from __future__ import annotations
@@ -71,6 +74,28 @@ def validate_servers(servers: Any) -> dict[str, dict[str, Any]]:
     return checked
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this host)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # PermissionError: it exists, it is someone else's
+        return True
+    return True
+
+
+def _writer_pid(path: Path) -> int | None:
+    """The pid in a config file's name (`key.mode.PID.json`, or a temporary file beside it:
+    `.key.mode.PID.json.PID.THREAD.tmp`); None for any other name."""
+    parts = path.name.lstrip(".").split(".")
+    if len(parts) >= 4 and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
 def _session_key(session_id: str) -> str:
     """A file-name-safe, fixed-length key for any session id (ids may hold path characters)."""
     return hashlib.sha256(session_id.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
@@ -108,7 +133,7 @@ class McpConfigFiles:
             raise McpConfigError(f"mode must be a plain word, not {mode!r}")
         document = json.dumps({"mcpServers": validate_servers(servers)}, indent=2, sort_keys=True)
         content = (document + "\n").encode("utf-8")
-        path = self.directory / f"{_session_key(session_id)}.{mode}.json"
+        path = self.directory / f"{_session_key(session_id)}.{mode}.{os.getpid()}.json"
         with self._lock:
             self._ensure_directory()
             try:
@@ -139,18 +164,29 @@ class McpConfigFiles:
             raise
 
     def remove_session(self, session_id: str) -> None:
-        """Remove every config file of one session (all modes); missing files are fine."""
+        """Remove this process's config files of one session (all modes), and any a dead
+        process left; missing files are fine."""
         prefix = f"{_session_key(session_id)}."
         with self._lock:
-            for path in self._files():
-                if path.name.startswith(prefix):
+            for path in self._removable():
+                if path.name.lstrip(".").startswith(prefix):
                     path.unlink(missing_ok=True)
 
     def remove_all(self) -> None:
-        """Remove every config file this directory holds (the directory itself stays)."""
+        """Remove every config file of this process and of processes that died (the
+        directory itself stays; files of other live processes stay too)."""
         with self._lock:
-            for path in self._files():
+            for path in self._removable():
                 path.unlink(missing_ok=True)
+
+    def _removable(self) -> list[Path]:
+        """Files written by this process or by one that is no longer alive."""
+        removable = []
+        for path in self._files():
+            pid = _writer_pid(path)
+            if pid is None or pid == os.getpid() or not _process_alive(pid):
+                removable.append(path)
+        return removable
 
     def _files(self) -> list[Path]:
         try:

@@ -342,3 +342,48 @@ def test_a_safe_agent_session_id_is_still_resumed(
         agent_session = ledger.info(session_id).agent_session_id  # type: ignore[union-attr]
     assert agent_session and "--resume" not in started[0].argv
     assert started[1].argv[-2:] == ("--resume", agent_session)
+
+
+KEEP_A_FILE_AND_DIE = r"""
+import sys, time
+from chatledger.agent import McpConfigFiles
+files = McpConfigFiles(sys.argv[1])
+print(files.path_for(sys.argv[2], "user", {"s": {"command": "x", "env": {"T": sys.argv[3]}}}),
+      flush=True)
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def test_mcp_files_of_a_killed_process_are_removed_and_a_live_ones_are_kept(
+    ledger_path: Path, mcp_servers_file: tuple[Path, str],
+) -> None:
+    import signal
+    import subprocess
+
+    servers, _ = mcp_servers_file
+    EventLog(ledger_path).close()
+    directory = ledger_path / "mcp"
+
+    def holder(session_id: str, seconds: str) -> tuple[subprocess.Popen[str], Path]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", KEEP_A_FILE_AND_DIE, str(directory), session_id,
+             f"secret-{session_id}", seconds], stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        return process, Path(process.stdout.readline().strip())
+
+    killed, killed_file = holder("crashed-backend", "60")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    live, live_file = holder("other-backend", "60")
+    try:
+        assert killed_file.exists() and live_file.exists()
+        with open_ledger(ledger_path, mcp_config=str(servers)) as ledger:
+            assert not killed_file.exists()  # a dead process's secrets do not linger
+            session_id = ledger.create_session().session_id
+            assert ledger.send(session_id, "hi").ok
+            assert live_file.exists()
+        assert live_file.exists()  # closing never deletes a live process's file
+        assert [p for p in directory.iterdir()] == [live_file]
+    finally:
+        live.kill()
+        live.wait(10)
