@@ -47,6 +47,7 @@ from ..events import (
     AgentSessionLost,
     CanvasModified,
     Event,
+    HistoryMessage,
     MessageSent,
     ModeSwitched,
     Recorded,
@@ -183,7 +184,14 @@ class SessionActor(pykka.ThreadingActor):
         self.session_id = session_id
         self.services = services
         self.adopt = adopt
-        self.records: list[Recorded] = []
+        # A live session keeps only what its next turn needs, never its whole stream: the
+        # folded info, the last `history_window` conversation messages (all a prompt uses)
+        # and its last RunStarted. A backend holds thousands of live sessions; full records
+        # cost tens of KiB each. Readers of the full history read the log.
+        self.recent: collections.deque[HistoryMessage] = collections.deque(
+            maxlen=max(services.config.history_window, 0)
+        )
+        self.last_run_started: RunStarted | None = None
         self.info = SessionInfo(session_id=session_id)
         self.queue: collections.deque[SendMessage] = collections.deque()
         self.current: RunTicket | None = None
@@ -207,11 +215,23 @@ class SessionActor(pykka.ThreadingActor):
         self._fail_queue(f"the session actor crashed: {exception_value}")
 
     def _reload(self) -> None:
-        self.records = self.services.log.read_session(self.session_id)
+        records = self.services.log.read_session(self.session_id)
         info = SessionInfo(session_id=self.session_id)
-        for recorded in self.records:
+        for recorded in records:
             info = evolve(info, recorded)
         self.info = info
+        self.recent.clear()
+        self.last_run_started = None
+        self._remember(records)
+
+    def _remember(self, records: list[Recorded]) -> None:
+        """Keep the conversation tail and the last RunStarted of newly known records."""
+        if self.recent.maxlen:
+            self.recent.extend(conversation(records)[-self.recent.maxlen:])
+        for recorded in reversed(records):
+            if isinstance(recorded.event, RunStarted):
+                self.last_run_started = recorded.event
+                break
 
     def _adopt_or_close_open_turn(self) -> None:
         if self.info.open_turn is None:
@@ -223,9 +243,7 @@ class SessionActor(pykka.ThreadingActor):
             self.current = self.adopt or in_flight[0]
             self.services.touch(self.session_id, True)
             return
-        started = next(
-            (r.event for r in reversed(self.records) if isinstance(r.event, RunStarted)), None
-        )
+        started = self.last_run_started
         if started is not None and _owner_is_elsewhere_and_alive(started):
             return
         self._append(
@@ -250,7 +268,7 @@ class SessionActor(pykka.ThreadingActor):
         if isinstance(message, GetInfo):
             return self.info
         if isinstance(message, GetHistory):
-            return history(self.records)
+            return history(self.services.log.read_session(self.session_id))
         if isinstance(message, GetStatus):
             return self.current is not None or bool(self.queue)
         if isinstance(message, CreateSession):
@@ -291,7 +309,7 @@ class SessionActor(pykka.ThreadingActor):
                 continue
             for item in recorded:
                 self.info = evolve(self.info, item)
-            self.records.extend(recorded)
+            self._remember(recorded)
             return recorded
         raise AssertionError("unreachable")
 
@@ -458,7 +476,7 @@ class SessionActor(pykka.ThreadingActor):
             prompt = build_prompt(
                 mode=self.info.mode,
                 study_id=self.info.study_id,
-                history=[] if resume_id else conversation(self.records),
+                history=[] if resume_id else list(self.recent),
                 canvas_state=command.canvas_state,
                 message=command.text,
                 window=config.history_window,
@@ -567,9 +585,7 @@ class SessionActor(pykka.ThreadingActor):
         self._start_next_turn()
 
     def _resumed_session_was_lost(self, outcome: RunOutcome) -> bool:
-        started = next(
-            (r.event for r in reversed(self.records) if isinstance(r.event, RunStarted)), None
-        )
+        started = self.last_run_started
         if started is None or not started.resume_agent_session_id:
             return False
         text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])

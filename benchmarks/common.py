@@ -185,14 +185,23 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def rss_bytes() -> int:
     """This process's resident set size now (Linux /proc; peak RSS elsewhere)."""
+    return memory_status().get("VmRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def memory_status() -> dict[str, int]:
+    """VmRSS and its parts from /proc/self/status, in bytes: RssAnon (private memory),
+    RssFile (file pages mapped in: for chatledger, pages of the LMDB map that were read,
+    shared page cache the kernel may drop at any time) and RssShmem. Empty off Linux."""
+    fields: dict[str, int] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    fields[name] = int(rest.split()[0]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return fields
 
 
 def disk_bytes(*paths: str) -> int:

@@ -16,12 +16,13 @@ import time
 
 from chatledger.storage import EventLog
 
-from .common import rss_bytes
+from .common import memory_status
 from .runtime_bench import open_ledger
 
 
 def main(path: str, count: int) -> dict[str, float]:
-    """Measure and return the RSS figures (bytes, and bytes per session)."""
+    """Measure and return the memory figures (bytes, and bytes per session): total RSS,
+    its anonymous (private) part and its file-backed part (LMDB pages read)."""
     with EventLog(path) as log:
         session_ids = [info.session_id for info in log.sessions() if info.version][:count]
     if len(session_ids) < count:
@@ -31,13 +32,13 @@ def main(path: str, count: int) -> dict[str, float]:
     threads_before = threading.active_count()
     gc.collect()
     time.sleep(0.2)
-    baseline = rss_bytes()
+    baseline = memory_status()
     start = time.perf_counter()
     for session_id in session_ids:
         runtime.live_info(session_id)
     activation_seconds = time.perf_counter() - start
     gc.collect()
-    live = rss_bytes()
+    live = memory_status()
     threads_live = threading.active_count()
     for session_id in session_ids:
         runtime.passivate(session_id)
@@ -45,20 +46,23 @@ def main(path: str, count: int) -> dict[str, float]:
     while threading.active_count() > threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
     gc.collect()
-    passivated = rss_bytes()
+    passivated = memory_status()
     ledger.close()
-    return {
+    report: dict[str, float] = {
         "sessions": count,
-        "rss_baseline": baseline,
-        "rss_live": live,
-        "rss_passivated": passivated,
-        "bytes_per_live_session": (live - baseline) / count,
-        "bytes_per_passivated_session": max(0, passivated - baseline) / count,
         "threads_before": threads_before,
         "threads_live": threads_live,
         "threads_after_passivation": threading.active_count(),
         "activation_seconds": activation_seconds,
     }
+    for name, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
+        report[f"{name}_baseline"] = baseline.get(key, 0)
+        report[f"{name}_live"] = live.get(key, 0)
+        report[f"{name}_passivated"] = passivated.get(key, 0)
+        report[f"{name}_per_live_session"] = (live.get(key, 0) - baseline.get(key, 0)) / count
+        report[f"{name}_per_passivated_session"] = max(
+            0, passivated.get(key, 0) - baseline.get(key, 0)) / count
+    return report
 
 
 if __name__ == "__main__":
