@@ -174,7 +174,7 @@ def decode_envelope(data: bytes) -> StoredEnvelope:
     return _envelope_decoder.decode(data)
 
 
-def decode_record(data: bytes) -> Recorded:
+def decode_record(data: bytes | memoryview) -> Recorded:
     """Decode a stored record into a `Recorded`, on the fast path whenever possible."""
     try:
         recorded = _record_decoder.decode(data)

@@ -68,7 +68,8 @@ def verify_log(
     saved_hash_seen: bytes | None = None
     for position, value in log.read_raw():
         report.records_checked += 1
-        stored_hash, data = value[:HASH_SIZE], value[HASH_SIZE:]
+        view = memoryview(value)  # slices of a view copy nothing
+        stored_hash, data = view[:HASH_SIZE], view[HASH_SIZE:]
         if progress is not None and report.records_checked % 10_000 == 0:
             progress(10_000)
         if position != expected_position:
@@ -134,21 +135,29 @@ def _check_stream_index(
     """Every (session, version) maps to the right position, and nothing else is indexed."""
     expected_total = sum(len(state.positions) for state in sessions.values())
     seen = 0
+    # Keys come sorted by session: decode each session id once, not once per record.
+    current: bytes | None = None
+    session_id = ""
+    positions: list[int] = []
     for key, position in log.stream_index():
         seen += 1
-        session_bytes, version_bytes = key[:-9], key[-8:]
-        try:
-            session_id = session_bytes.decode()
-        except UnicodeDecodeError:
+        session_bytes = key[:-9]
+        if session_bytes != current:
+            current = session_bytes
+            try:
+                session_id = session_bytes.decode()
+            except UnicodeDecodeError:
+                session_id = ""
+                positions = []
+                report.fail(position, "stream index holds an undecodable session id")
+                continue
+            state = sessions.get(session_id)
+            positions = state.positions if state is not None else []
+        elif not session_id:
             report.fail(position, "stream index holds an undecodable session id")
             continue
-        version = int.from_bytes(version_bytes, "big")
-        state = sessions.get(session_id)
-        actual = (
-            state.positions[version - 1]
-            if state is not None and 0 < version <= len(state.positions)
-            else None
-        )
+        version = int.from_bytes(key[-8:], "big")
+        actual = positions[version - 1] if 0 < version <= len(positions) else None
         if actual != position:
             report.fail(
                 position,
