@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from chatledger.errors import (
     LedgerFullError,
 )
 from chatledger.events import MessageSent, Recorded, SessionCreated
-from chatledger.storage import EventLog
+from chatledger.storage import EventLog, SessionAppend
 
 
 def created(log: EventLog, session_id: str = "s") -> list[Recorded]:
@@ -133,6 +135,55 @@ def test_each_caller_in_a_batch_gets_its_own_error(log: EventLog) -> None:
     winners = [o for o in outcomes if isinstance(o, list)]
     assert len(winners) == 1 and len(outcomes) == 10
     assert log.version("a") == 2
+
+
+def test_an_atomic_append_to_several_sessions_writes_all_or_nothing(log: EventLog) -> None:
+    created(log, "a")
+    stale = [
+        SessionAppend("new", [SessionCreated()], 0),
+        SessionAppend("a", [MessageSent(turn=1, text="x")], 0),  # "a" is at version 1
+    ]
+    with pytest.raises(ConcurrencyError):
+        log.append_atomically(stale)
+    assert log.info("new") is None and log.head().position == 1
+    moment = datetime(2020, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    written = log.append_atomically([
+        SessionAppend("new", [SessionCreated(), MessageSent(turn=1, text="y")], 0,
+                      recorded_at=[moment, moment]),
+        SessionAppend("a", [MessageSent(turn=1, text="x")], 1),
+    ])
+    assert [len(records) for records in written] == [2, 1]
+    assert [r.recorded_at for r in log.read_session("new")] == [moment, moment]
+    assert log.version("a") == 2 and log.verify().ok
+
+
+def test_one_session_twice_in_an_atomic_append_is_refused(log: EventLog) -> None:
+    with pytest.raises(ConcurrencyError):
+        log.append_atomically([SessionAppend("s", [SessionCreated()], 0),
+                               SessionAppend("s", [MessageSent(turn=1, text="x")], 1)])
+    assert log.head().position == 0
+
+
+def test_appends_batched_around_a_maintenance_job_stay_consistent(log: EventLog) -> None:
+    created(log, "a")
+    release = threading.Event()
+    holding = threading.Thread(target=log.run_in_writer, args=(lambda txn: release.wait(10),))
+    holding.start()
+    time.sleep(0.2)  # the writer is now inside the holding job; the next ones queue up
+    queued = [
+        threading.Thread(target=log.append, args=("b", [SessionCreated()], 0)),
+        threading.Thread(target=log.run_in_writer, args=(lambda txn: None,)),
+        threading.Thread(target=log.append, args=("c", [SessionCreated()], 0)),
+    ]
+    for thread in queued:
+        thread.start()
+        time.sleep(0.1)  # keep the queue in this order: append, job, append
+    release.set()
+    for thread in [holding, *queued]:
+        thread.join(30)
+    assert {info.session_id for info in log.sessions()} == {"a", "b", "c"}
+    report = log.verify()
+    assert report.ok, report.problems
 
 
 WRITER_SCRIPT = textwrap.dedent(
