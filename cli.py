@@ -25,7 +25,7 @@ import msgspec
 
 from . import __version__
 from .audit.html import render_html
-from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl
+from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
 from .audit.session_check import verify_session
 from .audit.stats import ledger_stats
 from .config import load_config
@@ -49,7 +49,7 @@ from .errors import (
     LedgerError,
     UnknownSessionError,
 )
-from .events import SessionExpired, at_version, event_to_builtins, history, session_info
+from .events import SessionExpired, at_version, history, session_info
 from .events.model import Recorded
 from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
 from .storage import EventLog, Head, VerifyReport
@@ -153,17 +153,6 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _emit_json(value: Any) -> None:
     click.echo(json.dumps(_to_builtins(value), ensure_ascii=False, default=str))
-
-
-def _record_json(recorded: Recorded) -> dict[str, Any]:
-    return {
-        "position": recorded.position,
-        "session_id": recorded.session_id,
-        "version": recorded.version,
-        "recorded_at": recorded.recorded_at.isoformat(),
-        "schema_version": recorded.schema_version,
-        "event": event_to_builtins(recorded.event),
-    }
 
 
 def _history_json(message: HistoryMessage) -> dict[str, Any]:
@@ -459,7 +448,7 @@ def events(state: State, session_id: str | None, follow: bool, from_position: in
         if session_id is not None and recorded.session_id != session_id:
             return True
         if as_json:
-            _emit_json(_record_json(recorded))
+            _emit_json(record_to_json(recorded))
         else:
             click.echo(
                 f"{recorded.position:>7}  {format_time(recorded.recorded_at)}  "
@@ -510,7 +499,7 @@ def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
             "version": version,
             "info": _to_builtins(info),
             "history": [_history_json(message) for message in messages],
-            "events": [_record_json(recorded) for recorded in records],
+            "events": [record_to_json(recorded) for recorded in records],
         })
         return
     click.secho(f"session {session_id} at version {version} of {current.version}", bold=True)
@@ -801,7 +790,7 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
                 "ledger": path,
                 "session_id": session_id,
                 "history": [_history_json(message) for message in history(records)],
-                "events": [_record_json(recorded) for recorded in records],
+                "events": [record_to_json(recorded) for recorded in records],
                 "verify": {**_to_builtins(report), "head": str(report.head)},
             })
         else:

@@ -38,18 +38,25 @@ class ImportReport(msgspec.Struct, kw_only=True):
     sessions_imported: int = 0
 
 
-def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
-    """One export line: the readable record plus its stored bytes and hash."""
+def record_to_json(recorded: Recorded) -> dict[str, Any]:
+    """A record as a JSON-ready dict (for `--json` output and export lines)."""
     return {
         "position": recorded.position,
         "session_id": recorded.session_id,
         "version": recorded.version,
         "recorded_at": recorded.recorded_at.isoformat(),
         "schema_version": recorded.schema_version,
+        "event": event_to_builtins(recorded.event),
+    }
+
+
+def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
+    """One export line: the readable record plus its hash links, stored bytes and hash."""
+    return {
+        **record_to_json(recorded),
         "prev_session_hash": recorded.prev_session_hash.hex(),
         "prev_log_hash": recorded.prev_log_hash.hex(),
         "hash": stored[:HASH_SIZE].hex(),
-        "event": event_to_builtins(recorded.event),
         "record": base64.b64encode(stored[HASH_SIZE:]).decode("ascii"),
     }
 
