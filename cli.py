@@ -74,7 +74,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click declares exit_code on the class; an instance value picks the documented code.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
 
 
 def _fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -614,7 +615,9 @@ def _write_output(output: str | None, data: bytes) -> None:
 @contextmanager
 def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
     if output is None:
-        stream = click.get_binary_stream("stdout")
+        stdout = sys.stdout
+        stdout.flush()
+        stream = stdout.buffer
         yield stream
         stream.flush()
         return
