@@ -4,10 +4,17 @@
 previous record of the log and of the session, the versions, the stream index and the session
 index (by folding every event), and the stored head; a saved head catches truncation. It reads
 only, in short transactions.
+
+A large log is checked by two processes, session by session (see `verify_helper`), and only
+a clean result is taken from them: anything found sends the check back to the sequential
+walk, which reports every problem in log order.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -16,11 +23,21 @@ import msgspec
 from ..events.codec import decode_record
 from ..events.projections import ProjectionError, SessionInfo, evolve
 from .hashing import GENESIS, HASH_SIZE, Head, record_hash
+from .verify_helper import RangeReport, check_sessions
 
 if TYPE_CHECKING:
     from .lmdb_log import EventLog
 
 MAX_PROBLEMS = 20
+PARALLEL_MIN_RECORDS = 100_000
+"""Below this many records a helper process costs more than it saves."""
+HELPER_TIMEOUT = 60.0
+"""Seconds the helper may take beyond 50 us per record before it is given up on."""
+
+_helper_decoder = msgspec.msgpack.Decoder(RangeReport)
+_HELPER_MAIN = (
+    f"import sys; from {__package__}.verify_helper import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -59,8 +76,41 @@ def verify_log(
     saved_head: Head | None = None,
     *,
     progress: Callable[[int], None] | None = None,
+    parallel: bool | None = None,
 ) -> VerifyReport:
-    """Check the whole ledger behind `log`; see the module docstring for what is checked."""
+    """Check the whole ledger behind `log`; see the module docstring for what is checked.
+
+    With `parallel` (the default for logs of PARALLEL_MIN_RECORDS records or more on a
+    machine with several cores) this thread checks the first half of the sessions and a
+    helper process the second (`verify_helper`); if either finds anything wrong, or the
+    helper fails, the sequential check runs and its report is returned, so the verdict and
+    the problems listed never depend on the path taken. Blocks the calling thread
+    throughout.
+    """
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) > 1 and log.count() >= PARALLEL_MIN_RECORDS
+    if parallel:
+        advanced = [0]
+
+        def counted(records: int) -> None:
+            advanced[0] += records
+            if progress is not None:
+                progress(records)
+
+        report = _verify_with_helper(log, saved_head, counted)
+        if report is not None:
+            return report
+        if advanced[0]:
+            progress = None  # the progress shown already covers the log
+    return _verify_sequentially(log, saved_head, progress)
+
+
+def _verify_sequentially(
+    log: EventLog,
+    saved_head: Head | None,
+    progress: Callable[[int], None] | None,
+) -> VerifyReport:
+    """The one-thread check: every problem is found and reported in log order."""
     report = VerifyReport()
     sessions: dict[str, _SessionState] = {}
     expected_position = 1
@@ -127,6 +177,115 @@ def verify_log(
     _check_session_index(log, sessions, report)
     report.sessions_checked = len(sessions)
     return report
+
+
+def _start_helper(path: str, start: bytes) -> subprocess.Popen[bytes] | None:
+    """Start `verify_helper` on the sessions from `start` on, or None if it cannot start."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _HELPER_MAIN, path, start.hex()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def _helper_report(helper: subprocess.Popen[bytes], records: int) -> RangeReport | None:
+    """Wait for the helper's report (None if it failed or took far too long)."""
+    try:
+        output, _ = helper.communicate(timeout=HELPER_TIMEOUT + records / 20_000)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.communicate()
+        return None
+    if helper.returncode != 0:
+        return None
+    try:
+        return _helper_decoder.decode(output)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _middle_session(log: EventLog) -> bytes | None:
+    """The id (bytes) of the session in the middle of the session index, if it has two."""
+    store = log.store
+    with store.shared.transaction() as txn:
+        count = int(txn.stat(store.sessions_db)["entries"])
+        if count < 2:
+            return None
+        cursor = txn.cursor(db=store.sessions_db)
+        for index, key in enumerate(cursor.iternext(keys=True, values=False)):
+            if index == count // 2:
+                return bytes(key)
+    return None
+
+
+def _stored_hash(log: EventLog, position: int) -> bytes | None:
+    """The hash stored with the record at `position` (GENESIS at 0, None if missing)."""
+    if position == 0:
+        return GENESIS
+    store = log.store
+    with store.shared.transaction() as txn:
+        value = txn.get(position.to_bytes(8, "big"), db=store.log_db)
+        return None if value is None else bytes(value[:HASH_SIZE])
+
+
+def _verify_with_helper(
+    log: EventLog,
+    saved_head: Head | None,
+    progress: Callable[[int], None] | None,
+) -> VerifyReport | None:
+    """The two-process check: a clean report, or None when the sequential check must decide.
+
+    This thread checks the first half of the sessions, a helper process the second
+    (`verify_helper.check_sessions`: hashes, both chain links, versions, the fold, the
+    stream and session index entries of each session); then the totals must add up: every
+    record of the log reached once through the stream index, every session indexed once,
+    positions 1..N without a gap, and the stored and saved heads.
+    """
+    middle = _middle_session(log)
+    helper = _start_helper(log.path, middle) if middle is not None else None
+    if middle is not None and helper is None:
+        return None
+    try:
+        mine = check_sessions(log, b"", middle, progress)
+        theirs = RangeReport()
+        if helper is not None:
+            helper_report = _helper_report(helper, mine.records * 2)
+            if helper_report is None:
+                return None
+            theirs = helper_report
+    finally:
+        if helper is not None and helper.poll() is None:  # interrupted: stop the helper
+            helper.kill()
+            helper.communicate()
+    if not (mine.ok and theirs.ok):
+        return None
+    records = mine.records + theirs.records
+    sessions = mine.sessions + theirs.sessions
+    store = log.store
+    with store.shared.transaction() as txn:
+        log_count = int(txn.stat(store.log_db)["entries"])
+        sessions_count = int(txn.stat(store.sessions_db)["entries"])
+        cursor = txn.cursor(db=store.log_db)
+        last_key = bytes(cursor.key()) if cursor.last() else bytes(8)
+    head = log.head()
+    if (
+        records != log_count
+        or sessions != sessions_count
+        or len(last_key) != 8
+        or int.from_bytes(last_key, "big") != records
+        or head.position != records
+        or _stored_hash(log, records) != head.hash
+    ):
+        return None
+    if saved_head is not None and saved_head.position > 0 and (
+        saved_head.position > records or _stored_hash(log, saved_head.position) != saved_head.hash
+    ):
+        return None
+    if progress is not None and theirs.records:
+        progress(theirs.records)
+    return VerifyReport(records_checked=records, sessions_checked=sessions, head=head)
 
 
 def _check_stream_index(

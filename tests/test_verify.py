@@ -4,11 +4,16 @@ is reported by `verify` with its position; a clean ledger verifies."""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from chatledger.events import MessageSent, ResponseReceived, SessionCreated
-from chatledger.storage import EventLog, Head
-from chatledger.storage.lmdb_log import position_key, stream_key
+from chatledger.storage import EventLog, Head, verification
+from chatledger.storage.lmdb_log import encode_index_entry, position_key, stream_key
+from chatledger.storage.verification import VerifyReport, verify_log
 
 
 def fill(path: Path, sessions: int = 3, turns: int = 6) -> list[tuple[int, bytes]]:
@@ -153,3 +158,100 @@ def test_head_text_round_trips_and_bad_text_is_refused() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+# -- the two-process verify (a helper hashes and reads the stream index) -------------------
+
+
+def verify_both_ways(log: EventLog, saved_head: Head | None = None) -> VerifyReport:
+    """Verify with the helper and without it; the reports must be identical."""
+    parallel = verify_log(log, saved_head, parallel=True)
+    sequential = verify_log(log, saved_head, parallel=False)
+    assert parallel == sequential
+    return parallel
+
+
+def test_the_helper_path_verifies_a_clean_ledger_on_its_own(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = fill(ledger_path)
+    with EventLog(ledger_path) as log:
+        sequential_report = verify_log(log, parallel=False)
+
+    def no_fallback(*args: object) -> VerifyReport:
+        raise AssertionError("the helper path fell back to the sequential check")
+
+    monkeypatch.setattr(verification, "_verify_sequentially", no_fallback)
+    advanced: list[int] = []
+    with EventLog(ledger_path) as log:
+        report = verify_log(log, log.head(), progress=advanced.append, parallel=True)
+    assert report == sequential_report
+    assert report.ok and report.records_checked == len(values) == sum(advanced)
+
+
+def test_flipped_bytes_give_the_same_report_with_and_without_the_helper(
+    ledger_path: Path,
+) -> None:
+    values = fill(ledger_path)
+    original = (ledger_path / "data.mdb").read_bytes()
+    for position, value in (values[0], values[len(values) // 2], values[-1]):
+        for offset in (0, 32, len(value) - 1):
+            flip_byte(ledger_path, value, offset)
+            with EventLog(ledger_path) as log:
+                report = verify_both_ways(log)
+            assert not report.ok and report.first_bad_position == position
+            (ledger_path / "data.mdb").write_bytes(original)
+
+
+def test_damaged_indexes_give_the_same_report_with_and_without_the_helper(
+    ledger_path: Path,
+) -> None:
+    fill(ledger_path)
+    with EventLog(ledger_path) as log:
+        store = log.store
+        clean = verify_both_ways(log, log.head())
+        assert clean.ok
+        forged_head = Head(log.head().position - 1, log.head().hash)
+        assert not verify_both_ways(log, forged_head).ok
+        entry = log.index_entries()["s1"]
+        forged = msgspec.structs.replace(
+            entry, info=msgspec.structs.replace(entry.info, mode="power")
+        )
+        log.run_in_writer(
+            lambda txn: txn.put(b"s1", encode_index_entry(forged), db=store.sessions_db)
+        )
+        assert not verify_both_ways(log).ok
+        log.rebuild_index()
+        log.run_in_writer(
+            lambda txn: txn.put(stream_key("s0", 2), position_key(5), db=store.streams_db)
+        )
+        assert not verify_both_ways(log).ok
+        log.run_in_writer(
+            lambda txn: txn.put(stream_key("s0", 99), position_key(5), db=store.streams_db)
+        )
+        assert not verify_both_ways(log).ok
+
+
+def test_a_helper_that_cannot_start_leaves_the_sequential_check(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(ledger_path)
+    monkeypatch.setattr(verification, "_start_helper", lambda path, start: None)
+    with EventLog(ledger_path) as log:
+        assert verify_both_ways(log).ok
+
+
+def test_the_helper_path_verifies_the_old_schema_fixture_ledger_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "ledger-v1"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "ledger-v1", copy)
+    with EventLog(copy) as log:
+        sequential = verify_log(log, parallel=False)
+        assert sequential.ok
+
+        def no_fallback(*args: object) -> VerifyReport:
+            raise AssertionError("the helper path fell back to the sequential check")
+
+        monkeypatch.setattr(verification, "_verify_sequentially", no_fallback)
+        assert verify_log(log, parallel=True) == sequential
