@@ -494,24 +494,23 @@ class EventLog:
         store = self.store
         start = stream_key(session_id, max(from_version, 1))
         prefix = session_id.encode() + b"\x00"
-        records: list[Recorded] = []
-        with store.shared.transaction(buffers=True) as txn:
+        positions: list[bytes] = []  # the stream index's values are the log's keys
+        with store.shared.transaction() as txn:
             cursor = txn.cursor(db=store.streams_db)
-            get = txn.get
-            log_db = store.log_db
-            if not cursor.set_range(start):
-                return records
-            for key, position in cursor:
-                if bytes(key[: len(prefix)]) != prefix:
-                    break
-                data = get(position, db=log_db)
-                if data is None:
-                    raise LedgerError(
-                        f"the stream index of {session_id!r} points at a missing record: "
-                        "run `chatledger verify`"
-                    )
-                records.append(decode_record(data[HASH_SIZE:]))
-        return records
+            if cursor.set_range(start):
+                for key, position in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    positions.append(position)
+            # One C call fetches every record (in this order); decoding waits for the end
+            # of the transaction.
+            found = txn.cursor(db=store.log_db).getmulti(positions) if positions else []
+        if len(found) != len(positions):
+            raise LedgerError(
+                f"the stream index of {session_id!r} points at a missing record: "
+                "run `chatledger verify`"
+            )
+        return [decode_record(memoryview(value)[HASH_SIZE:]) for _, value in found]
 
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
         """Every record from `from_position` on, in order (read in short transactions)."""
