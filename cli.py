@@ -530,11 +530,16 @@ def verify(ctx: click.Context, session_id: str | None, saved_head: str | None,
         head = Head.parse(saved_head) if saved_head else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--head") from None
-    with state.log() as log, progress("verifying", log.head().position) as advance:
+    with state.log() as log:
         if session_id is not None:
-            report = verify_session(log, session_id, advance)
+            total = log.require_info(session_id).version
         else:
-            report = log.verify(head, progress=advance)
+            total = log.head().position
+        with progress("verifying", total) as advance:
+            if session_id is not None:
+                report = verify_session(log, session_id, advance)
+            else:
+                report = log.verify(head, progress=advance)
     _print_verify(report, as_json)
     ctx.exit(0 if report.ok else 1)
 
@@ -647,7 +652,7 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
         total = os.fstat(source.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
         total = 0  # a pipe: no size to show progress against
-    with _open_for_writing(path) as log, progress("checking", total) as advance:
+    with EventLog(path) as log, progress("checking", total) as advance:
 
         def lines() -> Iterator[bytes]:
             for line in source:
@@ -661,15 +666,6 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
     verb = "would import" if dry_run else "imported"
     click.echo(f"{verb} {report.events_imported} events into {report.sessions_imported} "
                f"session(s); {report.events_already_present} already present")
-
-
-@contextmanager
-def _open_for_writing(path: str) -> Iterator[EventLog]:
-    log = EventLog(path)
-    try:
-        yield log
-    finally:
-        log.close()
 
 
 @main.command()

@@ -122,6 +122,25 @@ class SessionAppend(msgspec.Struct, frozen=True):
     recorded_at: Sequence[datetime] | None = None
 
 
+def _encoded_append(append: SessionAppend) -> _Append:
+    """Validate and encode one session's append before it reaches the writer thread."""
+    validate_session_id(append.session_id)
+    expected_version = append.expected_version
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise TypeError("expected_version must be an int")
+    events = list(append.events)
+    times = list(append.recorded_at) if append.recorded_at is not None else None
+    if times is not None and len(times) != len(events):
+        raise ValueError("recorded_at needs one time per event")
+    return _Append(
+        session_id=append.session_id,
+        events=events,
+        encoded=[encode_event(event) for event in events],
+        expected_version=expected_version,
+        recorded_at=times,
+    )
+
+
 class _Job(msgspec.Struct):
     function: Callable[[Any], Any]
 
@@ -201,29 +220,10 @@ class LedgerStore:
                 log_hash = head.hash
                 touched.clear()
                 continue
-            if isinstance(payload, _AtomicAppends):
-                conflict = self._first_conflict(txn, payload.appends, touched)
-                if conflict is not None:
-                    results.append(conflict)
-                    continue
-                written = []
-                for append in payload.appends:
-                    recorded_list, next_position, log_hash = self._write_append(
-                        txn, append, touched, next_position, log_hash
-                    )
-                    written.append(recorded_list)
-                results.append(written)
-                continue
-            current = self._current_version(txn, payload.session_id, touched)
-            if current != payload.expected_version:
-                results.append(
-                    ConcurrencyError(payload.session_id, payload.expected_version, current)
-                )
-                continue
-            recorded_list, next_position, log_hash = self._write_append(
-                txn, payload, touched, next_position, log_hash
+            result, next_position, log_hash = self._apply_appends(
+                txn, payload.appends, touched, next_position, log_hash
             )
-            results.append(recorded_list)
+            results.append(result)
         self._flush(txn, touched, head, next_position, log_hash)
         return results
 
@@ -250,38 +250,44 @@ class LedgerStore:
         raw_entry = txn.get(session_id.encode(), db=self.sessions_db)
         return decode_index_entry(raw_entry) if raw_entry is not None else None
 
-    def _current_version(
-        self, txn: Any, session_id: str, touched: dict[str, IndexEntry | None]
-    ) -> int:
-        entry = self._index_entry(txn, session_id, touched)
-        return entry.info.version if entry is not None else 0
-
-    def _first_conflict(
-        self, txn: Any, appends: list[_Append], touched: dict[str, IndexEntry | None]
-    ) -> ConcurrencyError | None:
-        expected: dict[str, int] = {}
+    def _apply_appends(
+        self,
+        txn: Any,
+        appends: list[_Append],
+        touched: dict[str, IndexEntry | None],
+        next_position: int,
+        log_hash: bytes,
+    ) -> tuple[list[list[Recorded]] | ConcurrencyError, int, bytes]:
+        """Check every expected version, then write all the appends (or none, returning the
+        conflict); returns the result, the next free position and the log hash."""
+        entries: dict[str, IndexEntry | None] = {}
         for append in appends:
-            if append.session_id in expected:
-                return ConcurrencyError(append.session_id, append.expected_version,
-                                        expected[append.session_id])
-            current = self._current_version(txn, append.session_id, touched)
+            entry = self._index_entry(txn, append.session_id, touched)
+            current = entry.info.version if entry is not None else 0
             if current != append.expected_version:
-                return ConcurrencyError(append.session_id, append.expected_version, current)
-            expected[append.session_id] = current
-        return None
+                return (ConcurrencyError(append.session_id, append.expected_version, current),
+                        next_position, log_hash)
+            entries[append.session_id] = entry
+        written: list[list[Recorded]] = []
+        for append in appends:
+            recorded_list, next_position, log_hash = self._write_append(
+                txn, append, entries[append.session_id], touched, next_position, log_hash
+            )
+            written.append(recorded_list)
+        return written, next_position, log_hash
 
     def _write_append(
         self,
         txn: Any,
         payload: _Append,
+        entry: IndexEntry | None,
         touched: dict[str, IndexEntry | None],
         next_position: int,
         log_hash: bytes,
     ) -> tuple[list[Recorded], int, bytes]:
-        """Write one session's events (its version already checked); returns the records,
-        the next free position and the new log hash. Writer thread only."""
+        """Write one session's events after its index `entry` (version already checked);
+        returns the records, the next free position and the new log hash. Writer thread only."""
         session_id = payload.session_id
-        entry = self._index_entry(txn, session_id, touched)
         version = entry.info.version if entry is not None else 0
         info = entry.info if entry is not None else SessionInfo(session_id=session_id)
         session_hash = entry.last_hash if entry is not None else GENESIS
@@ -424,45 +430,23 @@ class EventLog:
         `expected_version` is the session's current version (0 for a new session); if the
         session moved on, ConcurrencyError is raised and nothing is written.
         """
-        validate_session_id(session_id)
-        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
-            raise TypeError("expected_version must be an int")
-        events = list(events)
-        if not events:
+        append = _encoded_append(SessionAppend(session_id, list(events), expected_version))
+        if not append.events:
             return []
-        encoded = [encode_event(event) for event in events]
-        writer = self.store.writer
-        if writer is None:
-            raise LedgerError(f"the ledger at {self.path} is open read-only")
-        result: list[Recorded] = writer.submit(
-            _Append(
-                session_id=session_id,
-                events=events,
-                encoded=encoded,
-                expected_version=expected_version,
-            )
-        )
-        return result
+        return self._submit([append])[0]
 
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction: all commit, or (on a stale expected
-        version) none does. Original `recorded_at` times are kept when given (import)."""
-        payloads: list[_Append] = []
-        for append in appends:
-            validate_session_id(append.session_id)
-            events = list(append.events)
-            times = list(append.recorded_at) if append.recorded_at is not None else None
-            if times is not None and len(times) != len(events):
-                raise ValueError("recorded_at needs one time per event")
-            payloads.append(
-                _Append(
-                    session_id=append.session_id,
-                    events=events,
-                    encoded=[encode_event(event) for event in events],
-                    expected_version=append.expected_version,
-                    recorded_at=times,
-                )
-            )
+        version) none does. Original `recorded_at` times are kept
+        when given (import)."""
+        payloads = [_encoded_append(append) for append in appends]
+        session_ids = [payload.session_id for payload in payloads]
+        if len(set(session_ids)) != len(session_ids):
+            raise ValueError("an atomic append names a session twice: join its events instead")
+        return self._submit(payloads)
+
+    def _submit(self, payloads: list[_Append]) -> list[list[Recorded]]:
+        """Hand encoded appends to the writer as one all-or-nothing request; wait for it."""
         writer = self.store.writer
         if writer is None:
             raise LedgerError(f"the ledger at {self.path} is open read-only")
@@ -490,6 +474,13 @@ class EventLog:
 
     def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:
         """The records of one session from `from_version` on (empty if it has none)."""
+        return [
+            decode_record(memoryview(value)[HASH_SIZE:])
+            for _, value in self.read_session_raw(session_id, from_version)
+        ]
+
+    def read_session_raw(self, session_id: str, from_version: int = 1) -> list[tuple[int, bytes]]:
+        """One session's stored values (hash + record) with their positions, via the index."""
         validate_session_id(session_id)
         store = self.store
         start = stream_key(session_id, max(from_version, 1))
@@ -510,7 +501,7 @@ class EventLog:
                 f"the stream index of {session_id!r} points at a missing record: "
                 "run `chatledger verify`"
             )
-        return [decode_record(memoryview(value)[HASH_SIZE:]) for _, value in found]
+        return [(int.from_bytes(key, "big"), value) for key, value in found]
 
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
         """Every record from `from_position` on, in order (read in short transactions)."""
@@ -563,11 +554,16 @@ class EventLog:
 
     def info(self, session_id: str) -> SessionInfo | None:
         """A session's info from the index (None if unknown)."""
+        entry = self.index_entry(session_id)
+        return entry.info if entry is not None else None
+
+    def index_entry(self, session_id: str) -> IndexEntry | None:
+        """A session's index entry as stored: its info and last hash (None if unknown)."""
         validate_session_id(session_id)
         store = self.store
         with store.shared.transaction(buffers=True) as txn:
             data = txn.get(session_id.encode(), db=store.sessions_db)
-            return decode_index_entry(data).info if data is not None else None
+            return decode_index_entry(data) if data is not None else None
 
     def require_info(self, session_id: str) -> SessionInfo:
         """A session's info from the index; raises UnknownSessionError if unknown."""

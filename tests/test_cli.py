@@ -408,6 +408,22 @@ def test_progress_bars_stay_quiet_when_piped(run: Any, session: str) -> None:
     assert "verifying" not in result.output
 
 
+def test_progress_bars_show_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from chatledger.console import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress("verifying", 10) as advance:
+        advance(10)
+    assert "verifying" in terminal.getvalue()
+
+
 def test_click_usage_errors_keep_click_exit_code_2() -> None:
     result = CliRunner().invoke(main, ["no-such-command"])
     assert result.exit_code == 2

@@ -158,7 +158,7 @@ def test_an_atomic_append_to_several_sessions_writes_all_or_nothing(log: EventLo
 
 
 def test_one_session_twice_in_an_atomic_append_is_refused(log: EventLog) -> None:
-    with pytest.raises(ConcurrencyError):
+    with pytest.raises(ValueError, match="names a session twice"):
         log.append_atomically([SessionAppend("s", [SessionCreated()], 0),
                                SessionAppend("s", [MessageSent(turn=1, text="x")], 1)])
     assert log.head().position == 0
