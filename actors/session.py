@@ -40,6 +40,7 @@ from ..errors import (
     ConcurrencyError,
     InvalidCommandError,
     InvalidEventError,
+    LedgerError,
     UnknownSessionError,
 )
 from ..events import (
@@ -174,6 +175,45 @@ def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
     return True
 
 
+def load_recent(log: EventStore, session_id: str, window: int) -> tuple[SessionInfo, list[Recorded]]:
+    """A session's info and the tail of its stream a live session keeps: whole turns holding
+    its last `window` conversation messages and its last RunStarted.
+
+    The info comes from the session index, which the writer updates in the same transaction
+    as the stream, so a long session comes back to life in time proportional to the window,
+    not to its length. The tail is read again, four times longer, until it is enough.
+    """
+    count = 4 * window + 8
+    while True:
+        info, records = log.latest(session_id, count)
+        if info is None:
+            return SessionInfo(session_id=session_id), []
+        if not records or records[-1].version != info.version:
+            raise LedgerError(
+                f"the index of session {session_id!r} disagrees with its stream: "
+                "run `chatledger verify`, then `chatledger rebuild`"
+            )
+        if records[0].version == 1:
+            return info, records
+        starts = [index for index, recorded in enumerate(records)
+                  if isinstance(recorded.event, MessageSent)]
+        if starts:
+            tail = records[starts[0]:]
+            if len(conversation(tail)) >= window and any(
+                isinstance(recorded.event, RunStarted) for recorded in tail
+            ):
+                return info, tail
+        count *= 4
+
+
+def mode_before(records: list[Recorded], mode_now: str) -> str:
+    """The session's mode before `records`, given its mode after them."""
+    for recorded in records:
+        if isinstance(recorded.event, ModeSwitched):
+            return recorded.event.from_mode
+    return mode_now
+
+
 class SessionActor(pykka.ThreadingActor):
     """Owns one live session: its state, its queue of turns, and its appends."""
 
@@ -215,19 +255,20 @@ class SessionActor(pykka.ThreadingActor):
         self._fail_queue(f"the session actor crashed: {exception_value}")
 
     def _reload(self) -> None:
-        records = self.services.log.read_session(self.session_id)
-        info = SessionInfo(session_id=self.session_id)
-        for recorded in records:
-            info = evolve(info, recorded)
+        """Come back to the session as it is in the log: its indexed info and a tail."""
+        info, tail = load_recent(self.services.log, self.session_id,
+                                 self.recent.maxlen or 0)
         self.info = info
         self.recent.clear()
         self.last_run_started = None
-        self._remember(records)
+        self._remember(tail)
 
     def _remember(self, records: list[Recorded]) -> None:
-        """Keep the conversation tail and the last RunStarted of newly known records."""
+        """Keep the conversation tail and the last RunStarted of records just folded into
+        the info."""
         if self.recent.maxlen:
-            self.recent.extend(conversation(records)[-self.recent.maxlen:])
+            before = mode_before(records, self.info.mode)
+            self.recent.extend(conversation(records, before)[-self.recent.maxlen:])
         for recorded in reversed(records):
             if isinstance(recorded.event, RunStarted):
                 self.last_run_started = recorded.event

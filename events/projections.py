@@ -178,10 +178,12 @@ class HistoryMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     mode: str = "user"
 
 
-def history(records: Iterable[Recorded]) -> list[HistoryMessage]:
-    """The conversation as messages: user messages, answers (with tool calls), failures."""
+def history(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMessage]:
+    """The conversation as messages: user messages, answers (with tool calls), failures.
+
+    `mode` is the session's mode before the first record (for a tail of a stream).
+    """
     messages: list[HistoryMessage] = []
-    mode = "user"
     pending_modifications: dict[int, list[Any]] = {}
     for recorded in records:
         event = recorded.event
@@ -228,9 +230,9 @@ def history(records: Iterable[Recorded]) -> list[HistoryMessage]:
     return messages
 
 
-def conversation(records: Iterable[Recorded]) -> list[HistoryMessage]:
+def conversation(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMessage]:
     """Only the user and assistant messages (what a prompt's history window draws from)."""
-    return [message for message in history(records) if message.role != "error"]
+    return [message for message in history(records, mode) if message.role != "error"]
 
 
 def at_version(records: Iterable[Recorded], version: int) -> list[Recorded]:

@@ -29,6 +29,10 @@ class EventStore(Protocol):
         """One session's records from a version on."""
         ...
 
+    def latest(self, session_id: str, count: int) -> tuple[SessionInfo | None, list[Recorded]]:
+        """A session's current info and its last `count` records, as of one moment."""
+        ...
+
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
         """Every record from a position on, in log order."""
         ...
