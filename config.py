@@ -46,6 +46,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     max_runs: int = 4
     mcp_config: str | None = None
     idle_timeout: float = 3600.0
+    max_live_sessions: int = 1000
     expiry_age: float = 86400.0
     sweep_interval: float = 300.0
     history_window: int = 10
@@ -67,6 +68,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_MAX_RUNS": "max_runs",
     "CHATLEDGER_MCP_CONFIG": "mcp_config",
     "CHATLEDGER_IDLE_TIMEOUT": "idle_timeout",
+    "CHATLEDGER_MAX_LIVE_SESSIONS": "max_live_sessions",
     "CHATLEDGER_EXPIRY_AGE": "expiry_age",
     "CHATLEDGER_SWEEP_INTERVAL": "sweep_interval",
     "CHATLEDGER_HISTORY_WINDOW": "history_window",
@@ -192,6 +194,8 @@ def _check(config: Config, origin: dict[str, str]) -> None:
             fail(setting, "must be a positive number of seconds")
     if config.max_runs < 1:
         fail("max_runs", "must be at least 1")
+    if config.max_live_sessions < 1:
+        fail("max_live_sessions", "must be at least 1")
     if config.history_window < 0:
         fail("history_window", "must be 0 or more")
     if config.max_output_bytes < 1024:

@@ -2,6 +2,8 @@
 
 Sessions are virtual actors (as in Orleans): a session's actor is started from the log on
 first use, stopped after `idle_timeout` without activity, and started again when next used.
+At most `max_live_sessions` actors live at once: activating one more passivates the least
+recently used idle ones, so a backend's memory does not grow with the sessions it holds.
 Sessions idle past `expiry_age` get `SessionExpired`. A session actor that crashed drops out
 of the registry and is started afresh from the log on next use, or at once when a run of its
 completes. The supervisor never asks a session actor anything: it tells, or stops them.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +46,11 @@ class _Entry:
 
 
 class SessionRegistry:
-    """Live session actors by id, with their activity; safe to use from any thread."""
+    """Live session actors by id, least recently used first; safe to use from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     def get(self, session_id: str) -> Any | None:
         """The live actor ref of a session, or None."""
@@ -61,6 +64,7 @@ class SessionRegistry:
         """Register a newly started actor."""
         with self._lock:
             self._entries[session_id] = _Entry(ref=ref, last_used=time.monotonic())
+            self._entries.move_to_end(session_id)
 
     def touch(self, session_id: str, busy: bool) -> None:
         """Note activity: busy while a turn is queued or running."""
@@ -69,6 +73,7 @@ class SessionRegistry:
             if entry is not None:
                 entry.busy = busy
                 entry.last_used = time.monotonic()
+                self._entries.move_to_end(session_id)
 
     def forget(self, session_id: str, ref: Any) -> None:
         """Drop a session's entry if it still belongs to `ref`."""
@@ -86,6 +91,21 @@ class SessionRegistry:
                 for session_id, entry in self._entries.items()
                 if not entry.busy and entry.last_used <= cutoff
             ]
+
+    def least_recently_used(self, count: int, keep: str) -> list[str]:
+        """Up to `count` idle sessions, least recently used first, never `keep`."""
+        chosen: list[str] = []
+        with self._lock:
+            for session_id, entry in self._entries.items():
+                if len(chosen) >= count:
+                    break
+                if not entry.busy and session_id != keep:
+                    chosen.append(session_id)
+        return chosen
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def is_busy(self, session_id: str) -> bool:
         """Whether the session's live actor has a turn queued or running."""
@@ -140,6 +160,10 @@ class Supervisor(pykka.ThreadingActor):
             raise UnknownSessionError(f"Session not found: {session_id}")
         ref = SessionActor.start(session_id, self.services, adopt)
         self.registry.put(session_id, ref)
+        excess = len(self.registry) - self.services.config.max_live_sessions
+        if excess > 0:
+            for idle_id in self.registry.least_recently_used(excess, keep=session_id):
+                self._passivate(idle_id)
         return ref
 
     def _route(self, completion: RunCompleted) -> None:

