@@ -40,7 +40,6 @@ from ..errors import (
     ConcurrencyError,
     InvalidCommandError,
     InvalidEventError,
-    LedgerError,
     UnknownSessionError,
 )
 from ..events import (
@@ -188,11 +187,6 @@ def load_recent(log: EventStore, session_id: str, window: int) -> tuple[SessionI
         info, records = log.latest(session_id, count)
         if info is None:
             return SessionInfo(session_id=session_id), []
-        if not records or records[-1].version != info.version:
-            raise LedgerError(
-                f"the index of session {session_id!r} disagrees with its stream: "
-                "run `chatledger verify`, then `chatledger rebuild`"
-            )
         if records[0].version == 1:
             return info, records
         starts = [index for index, recorded in enumerate(records)

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,6 @@ def stream_key(session_id: str, version: int) -> bytes:
 def decode_index_entry(data: bytes | memoryview) -> IndexEntry:
     """Decode a `sessions` value."""
     return _index_decoder.decode(data)
-
-
-def _decoded(values: list[tuple[int, bytes]]) -> list[Recorded]:
-    """Decode stored values (hash + record)."""
-    return [decode_record(memoryview(value)[HASH_SIZE:]) for _, value in values]
 
 
 def encode_index_entry(entry: IndexEntry) -> bytes:
@@ -479,50 +475,81 @@ class EventLog:
 
     def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:
         """The records of one session from `from_version` on (empty if it has none)."""
-        return _decoded(self.read_session_raw(session_id, from_version))
+        validate_session_id(session_id)
+        with self.store.shared.transaction(buffers=True) as txn:
+            entry = self._entry_in(txn, session_id)
+            if entry is None:
+                return []
+            values = self._session_values(txn, session_id, from_version, entry.info.version)
+            # Decoded straight from the map, inside the transaction: no copy of the bytes.
+            return [decode_record(value[HASH_SIZE:]) for _, value in values]
 
     def read_session_raw(self, session_id: str, from_version: int = 1) -> list[tuple[int, bytes]]:
-        """One session's stored values (hash + record) with their positions, via the index."""
+        """One session's stored values (hash + record) with their positions, for audits: it
+        follows the stream index alone, trusting no session index entry."""
         validate_session_id(session_id)
-        with self.store.shared.transaction() as txn:
-            return self._session_values(txn, session_id, from_version)
-
-    def latest(self, session_id: str, count: int) -> tuple[SessionInfo | None, list[Recorded]]:
-        """A session's info as indexed and its last `count` records, read in one transaction
-        (what an actor needs to come back to life without folding the whole stream)."""
-        validate_session_id(session_id)
-        store = self.store
-        with store.shared.transaction() as txn:
-            data = txn.get(session_id.encode(), db=store.sessions_db)
-            if data is None:
-                return None, []
-            info = decode_index_entry(data).info
-            from_version = max(1, info.version - max(count, 1) + 1)
-            values = self._session_values(txn, session_id, from_version)
-        return info, _decoded(values)
-
-    def _session_values(
-        self, txn: Any, session_id: str, from_version: int
-    ) -> list[tuple[int, bytes]]:
         store = self.store
         start = stream_key(session_id, max(from_version, 1))
         prefix = session_id.encode() + b"\x00"
-        positions: list[bytes] = []  # the stream index's values are the log's keys
-        cursor = txn.cursor(db=store.streams_db)
-        if cursor.set_range(start):
-            for key, position in cursor:
-                if not key.startswith(prefix):
-                    break
-                positions.append(position)
-        # One C call fetches every record (in this order); decoding waits for the end of
-        # the transaction.
-        found = txn.cursor(db=store.log_db).getmulti(positions) if positions else []
+        positions: list[bytes] = []
+        with store.shared.transaction() as txn:
+            cursor = txn.cursor(db=store.streams_db)
+            if cursor.set_range(start):
+                for key, position in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    positions.append(position)
+            found = txn.cursor(db=store.log_db).getmulti(positions) if positions else []
         if len(found) != len(positions):
             raise LedgerError(
                 f"the stream index of {session_id!r} points at a missing record: "
                 "run `chatledger verify`"
             )
         return [(int.from_bytes(key, "big"), value) for key, value in found]
+
+    def latest(self, session_id: str, count: int) -> tuple[SessionInfo | None, list[Recorded]]:
+        """A session's info as indexed and its last `count` records, read in one transaction
+        (what an actor needs to come back to life without folding the whole stream)."""
+        validate_session_id(session_id)
+        with self.store.shared.transaction(buffers=True) as txn:
+            entry = self._entry_in(txn, session_id)
+            if entry is None:
+                return None, []
+            info = entry.info
+            from_version = max(1, info.version - max(count, 1) + 1)
+            values = self._session_values(txn, session_id, from_version, info.version)
+            return info, [decode_record(value[HASH_SIZE:]) for _, value in values]
+
+    def _entry_in(self, txn: Any, session_id: str) -> IndexEntry | None:
+        data = txn.get(session_id.encode(), db=self.store.sessions_db)
+        return decode_index_entry(data) if data is not None else None
+
+    def _session_values(
+        self, txn: Any, session_id: str, from_version: int, last_version: int
+    ) -> list[tuple[Any, Any]]:
+        """(log key, stored value) of versions `from_version`..`last_version` of a session,
+        found through the stream index, whose keys for a session are contiguous: exactly
+        that many entries are read from the first one on, and the last one is checked."""
+        store = self.store
+        from_version = max(from_version, 1)
+        count = last_version - from_version + 1
+        if count <= 0:
+            return []
+        cursor = txn.cursor(db=store.streams_db)
+        positions: list[bytes] = []  # the stream index's values are the log's keys
+        if cursor.set_key(stream_key(session_id, from_version)):
+            positions = [
+                bytes(position)
+                for position in islice(cursor.iternext(keys=False, values=True), count)
+            ]
+        found = (txn.cursor(db=store.log_db).getmulti(positions)
+                 if len(positions) == count else [])
+        if len(found) != count or bytes(cursor.key()) != stream_key(session_id, last_version):
+            raise LedgerError(
+                f"the stream index of {session_id!r} does not match its index entry "
+                f"(versions {from_version}..{last_version}): run `chatledger verify`"
+            )
+        return found
 
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
         """Every record from `from_position` on (to `to_position`), in order.

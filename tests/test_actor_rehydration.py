@@ -96,7 +96,7 @@ def test_an_unknown_session_has_no_state(log: EventLog) -> None:
     assert info.version == 0 and tail == []
 
 
-def test_an_index_that_disagrees_with_the_stream_is_reported(log: EventLog) -> None:
+def test_a_stream_index_that_disagrees_with_the_session_index_is_reported(log: EventLog) -> None:
     session_id = write(log, random_session(random.Random(2), turns=30))
     store = log.store
     prefix = session_id.encode() + b"\x00"
@@ -109,5 +109,9 @@ def test_an_index_that_disagrees_with_the_stream_is_reported(log: EventLog) -> N
         cursor.delete()
 
     log.run_in_writer(drop_last_stream_key)
-    with pytest.raises(LedgerError, match="disagrees with its stream"):
+    with pytest.raises(LedgerError, match="does not match its index entry"):
         load_recent(log, session_id, window=3)
+    with pytest.raises(LedgerError, match="does not match its index entry"):
+        log.read_session(session_id)
+    # An audit follows the stream index alone, and so sees what is there.
+    assert len(log.read_session_raw(session_id)) == log.version(session_id) - 1
