@@ -5,10 +5,14 @@ This module must not touch storage; it only says whether an id is acceptable.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidSessionIdError
 
 MAX_SESSION_ID_CHARS = 128
 MAX_SESSION_ID_BYTES = 256
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters (C0, DEL, C1) and lone surrogates."""
 
 
 def validate_session_id(session_id: object) -> str:
@@ -29,13 +33,12 @@ def validate_session_id(session_id: object) -> str:
             f"session id {session_id[:40]!r} looks like a path; '/', '\\\\', '.' and '..' "
             "are not allowed"
         )
-    for character in session_id:
-        code = ord(character)
-        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code <= 0xDFFF:
-            raise InvalidSessionIdError(
-                f"session id holds a control or undecodable character (U+{code:04X}); "
-                "use printable characters only"
-            )
+    unprintable = _UNPRINTABLE.search(session_id)
+    if unprintable is not None:
+        raise InvalidSessionIdError(
+            f"session id holds a control or undecodable character "
+            f"(U+{ord(unprintable.group()):04X}); use printable characters only"
+        )
     if len(session_id.encode("utf-8")) > MAX_SESSION_ID_BYTES:
         raise InvalidSessionIdError(
             f"session id is longer than {MAX_SESSION_ID_BYTES} bytes in UTF-8"
