@@ -23,6 +23,7 @@ import msgspec
 
 from chatledger.events import AnyEvent, Event, Recorded, SessionCreated, SessionInfo, evolve
 from chatledger.storage import EventLog
+from chatledger.storage.hashing import HASH_SIZE
 
 from .common import disk_bytes
 
@@ -77,6 +78,18 @@ class ChatledgerStore:
         count = 0
         for _ in self.log.read_all():
             count += 1
+        return count
+
+    def raw_scan_and_decode(self) -> int:
+        """The ceiling of a replay: one LMDB read transaction over the whole log, each value
+        decoded by msgspec and dropped (no chunks, no checks); returns how many."""
+        store = self.log.store
+        decode = msgspec.msgpack.Decoder(Recorded).decode
+        count = 0
+        with store.shared.transaction(buffers=True) as txn:
+            for value in txn.cursor(db=store.log_db).iternext(keys=False, values=True):
+                decode(value[HASH_SIZE:])
+                count += 1
         return count
 
     def rehydrate(self, session_id: str) -> SessionInfo:

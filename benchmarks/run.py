@@ -196,6 +196,11 @@ def run_dataset(results: Results, sizes: Sizes, work: str) -> tuple[str, list[st
                 results.add("sessions", f"list {sizes.sessions + 1:,} sessions", name,
                             Figure("ms", listing, False))
             if isinstance(store, ChatledgerStore):
+                log_line("dataset: the decode ceiling (raw LMDB scan + msgspec, no chatledger)")
+                ceiling = repeat(lambda store=store: total / timed(store.raw_scan_and_decode),
+                                 sizes.repetitions, sizes.warmups)
+                results.add("replay_ceiling", "  ceiling: raw LMDB scan + msgspec decode",
+                            name, Figure("events/s", ceiling, True))
                 log_line("dataset: chatledger verify")
                 verify = repeat(lambda store=store: total / timed(store.verify),
                                 max(5, sizes.repetitions), 0 if sizes.name == "full" else 1)
