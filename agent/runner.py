@@ -2,14 +2,17 @@
 
 `run_agent` BLOCKS its calling thread (a run-pool worker, never an actor or an event loop)
 until the agent has exited or been stopped. It starts the agent in a process group of its
-own, writes the prompt to stdin from a helper thread (a child that never reads stdin cannot
-deadlock us), reads stdout in chunks with its own line splitting (lines of many megabytes are
-fine), parses stream-json as it arrives and hands each event to `on_event` on the calling
-thread. Everything is bounded: total output (`max_output_bytes`), the stderr tail, and time.
-On timeout or cancellation the WHOLE process tree is stopped: SIGINT to the group (claude then
-prints a parseable interrupted result), SIGTERM after a grace, then SIGKILL; after the agent
-exits, whatever is left in its group is killed too. On Windows the group is a
-CREATE_NEW_PROCESS_GROUP, interrupted with CTRL_BREAK and killed with `taskkill /T /F`.
+own and, on POSIX, serves all three pipes from one `selectors` loop on the calling thread,
+with no helper threads: the prompt is written to stdin as the pipe takes it (a child that
+never reads stdin cannot block us), stdout is read in chunks with its own line splitting
+(lines of many megabytes are fine), parsed as stream-json as it arrives, and each event is
+handed to `on_event` on the calling thread. Everything is bounded: total output
+(`max_output_bytes`), the stderr tail, and time. On timeout or cancellation the WHOLE process
+tree is stopped: SIGINT to the group (claude then prints a parseable interrupted result),
+SIGTERM after a grace, then SIGKILL; after the agent exits, whatever is left in its group is
+killed too. On Windows, where selectors cannot wait on pipes, helper threads write stdin and
+read stdout and stderr instead; the group is a CREATE_NEW_PROCESS_GROUP, interrupted with
+CTRL_BREAK and killed with `taskkill /T /F`.
 
 It never raises for anything the agent does: every failure is a `RunOutcome` with a reason
 from `events.FAILURE_REASONS`. Only this package starts processes.
@@ -20,8 +23,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
+import math
 import os
 import queue
+import selectors
 import shutil
 import signal
 import subprocess
@@ -29,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgspec
 
@@ -50,10 +55,21 @@ READ_CHUNK_BYTES = 256 * 1024
 PIPE_BYTES = 1024 * 1024
 """The stdout pipe buffer asked for on Linux (capped by /proc/sys/fs/pipe-max-size)."""
 QUEUED_CHUNKS = 64
-"""At most this many unread stdout chunks wait for the parser (backpressure on the agent)."""
+"""Windows: at most this many unread stdout chunks wait for the parser (backpressure)."""
+
+PIPES_SELECTABLE = sys.platform != "win32"
+"""Whether `selectors` can wait on pipes; where it cannot (Windows), helper threads serve them."""
 
 POLL_SECONDS = 0.05
-"""How often the run loop looks at the clock, the cancel switch and the process."""
+"""The longest the run loop waits before it looks at the clock, the cancel switch and the
+process again."""
+
+EXIT_POLL_SECONDS = POLL_SECONDS / 5
+"""How often the run loop looks for the agent's exit once stdout has ended, when nothing
+(a Linux pidfd) wakes it at the exit."""
+
+STDERR_LAST_READS = 8
+"""At most this many reads collect what stderr still holds once the agent is gone."""
 
 DRAIN_AFTER_EXIT_SECONDS = 1.0
 """How long stdout may stay open after the agent exited (a straggler escaped its group)."""
@@ -140,72 +156,6 @@ class _LineSplitter:
         self._buffer.clear()
         self._scanned = 0
         return rest
-
-
-class _StreamReader(threading.Thread):
-    """Reads a pipe in chunks on its own thread; the pipe is closed by this thread alone.
-
-    stdout chunks go to a bounded queue (None marks the end); stderr keeps only a tail.
-    Once `abandon()` is called the reader drains and discards, so the writer never blocks.
-    """
-
-    def __init__(self, stream: IO[bytes], name: str, tail_bytes: int | None = None) -> None:
-        super().__init__(name=name, daemon=True)
-        self._stream = stream
-        self._tail_bytes = tail_bytes
-        self.tail = bytearray()
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
-        self._abandoned = threading.Event()
-
-    def abandon(self) -> None:
-        """Stop handing chunks on: drain and discard what is left. Thread-safe."""
-        self._abandoned.set()
-
-    def run(self) -> None:
-        try:
-            descriptor = self._stream.fileno()
-            while True:
-                try:
-                    chunk = os.read(descriptor, READ_CHUNK_BYTES)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                if self._tail_bytes is not None:
-                    self.tail += chunk
-                    if len(self.tail) > self._tail_bytes:
-                        del self.tail[: len(self.tail) - self._tail_bytes]
-                else:
-                    self._hand_on(chunk)
-        finally:
-            with contextlib.suppress(OSError):
-                self._stream.close()
-            if self._tail_bytes is None:
-                self._hand_on(None)
-
-    def _hand_on(self, chunk: bytes | None) -> None:
-        while not self._abandoned.is_set():
-            try:
-                self.chunks.put(chunk, timeout=POLL_SECONDS)
-                return
-            except queue.Full:
-                continue
-
-
-def _write_prompt(stream: IO[bytes], data: bytes) -> None:
-    """Write the prompt and close stdin. Runs on its own thread; a closed pipe is fine."""
-    view = memoryview(data)
-    try:
-        while view:  # an unbuffered pipe may take only part of a large prompt per write
-            written = stream.write(view)
-            if not written:
-                break
-            view = view[written:]
-    except (BrokenPipeError, OSError, ValueError):
-        pass
-    finally:
-        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            stream.close()
 
 
 class _ProcessTree:
@@ -309,10 +259,15 @@ class _Stopper:
         self._pending += [self._tree.terminate, self._kill]
         self._take_next()
 
+    def next_step_at(self) -> float:
+        """When the next step is due; infinity before stopping began or after the last step."""
+        if self.started_at is None or not self._pending:
+            return math.inf
+        return self.started_at + self._taken * self._grace
+
     def advance(self, now: float) -> None:
         """Take the next step once the grace of the current one is over."""
-        due = self.started_at is not None and now - self.started_at >= self._taken * self._grace
-        if due and self._pending:
+        if now >= self.next_step_at():
             self._take_next()
 
     def _take_next(self) -> None:
@@ -323,6 +278,305 @@ class _Stopper:
     def _kill(self) -> None:
         self.killed_at = time.monotonic()
         self._tree.kill()
+
+
+class _Pipes(Protocol):
+    """What the run loop needs from the agent's three pipes, however they are served.
+
+    Every method is called on the run's calling thread.
+    """
+
+    @property
+    def end_of_output(self) -> bool:
+        """Whether stdout has ended (the agent and everything it started closed it)."""
+
+    @property
+    def exit_wakes_us(self) -> bool:
+        """Whether the agent's exit ends a `wait` early (else the loop polls for it)."""
+
+    def start(self) -> None:
+        """Begin serving the pipes: the prompt starts flowing to stdin."""
+
+    def wait(self, timeout: float) -> list[bytes]:
+        """Serve the pipes for at most `timeout` seconds; the stdout chunks read meanwhile."""
+
+    def stderr_tail(self) -> bytes:
+        """The last bytes the agent printed on stderr, once it is gone."""
+
+    def close(self) -> None:
+        """Stop serving the pipes and let go of every resource. Safe to call more than once."""
+
+
+class _SelectorPipes:
+    """The agent's pipes, served by one selector on the calling thread (POSIX, no threads).
+
+    All three are non-blocking: the prompt goes to stdin as fast as the child takes it (stdin
+    is closed once it is all written, or when the child closed its end), stdout chunks are
+    returned by `wait`, stderr keeps a bounded tail. On Linux a pidfd wakes `wait` when the
+    agent exits. Every descriptor is unregistered and closed exactly once.
+    """
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int
+    ) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
+        self._pid = process.pid
+        self._stdin: IO[bytes] | None = process.stdin
+        self._stdout: IO[bytes] | None = process.stdout
+        self._stderr: IO[bytes] | None = process.stderr
+        self._prompt = memoryview(prompt)
+        self._tail_bytes = stderr_tail_bytes
+        self._tail = bytearray()
+        self._pidfd: int | None = None
+        self._selector: selectors.BaseSelector | None = None
+
+    @property
+    def end_of_output(self) -> bool:
+        """Whether stdout has ended (it is closed then)."""
+        return self._stdout is None
+
+    @property
+    def exit_wakes_us(self) -> bool:
+        """Whether a pidfd still waits for the agent's exit."""
+        return self._pidfd is not None
+
+    def start(self) -> None:
+        """Make the pipes non-blocking, write what stdin takes now, and register the rest."""
+        assert self._stdin is not None and self._stdout is not None
+        assert self._stderr is not None
+        self._selector = selectors.DefaultSelector()
+        for stream in (self._stdin, self._stdout, self._stderr):
+            os.set_blocking(stream.fileno(), False)
+        self._selector.register(self._stdout, selectors.EVENT_READ, "stdout")
+        self._selector.register(self._stderr, selectors.EVENT_READ, "stderr")
+        self._write_prompt()  # most prompts fit in the pipe at once
+        if self._stdin is not None:
+            self._selector.register(self._stdin, selectors.EVENT_WRITE, "stdin")
+        self._pidfd = _open_pidfd(self._pid)
+        if self._pidfd is not None:
+            self._selector.register(self._pidfd, selectors.EVENT_READ, "exit")
+
+    def wait(self, timeout: float) -> list[bytes]:
+        """Wait up to `timeout` seconds, serve the pipes that are ready, return stdout's chunks."""
+        assert self._selector is not None
+        if not self._selector.get_map():
+            time.sleep(timeout)
+            return []
+        chunks: list[bytes] = []
+        for key, _ in self._selector.select(timeout):
+            if key.data == "stdout":
+                chunk = self._read_stdout()
+                if chunk:
+                    chunks.append(chunk)
+            elif key.data == "stderr":
+                self._read_stderr()
+            elif key.data == "stdin":
+                self._write_prompt()
+            else:
+                self._close_pidfd()  # the agent exited; the pidfd would stay ready
+        return chunks
+
+    def stderr_tail(self) -> bytes:
+        """The stderr tail, after reading what the pipe still holds (never waits)."""
+        for _ in range(STDERR_LAST_READS):
+            if self._stderr is None or not self._read_stderr():
+                break
+        return bytes(self._tail)
+
+    def close(self) -> None:
+        """Unregister and close the pipes and the pidfd still open, then the selector."""
+        for stream in (self._stdin, self._stdout, self._stderr):
+            self._forget(stream)
+        self._stdin = self._stdout = self._stderr = None
+        self._close_pidfd()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+
+    def _write_prompt(self) -> None:
+        assert self._stdin is not None
+        try:
+            self._prompt = self._prompt[os.write(self._stdin.fileno(), self._prompt):]
+        except BlockingIOError:
+            return  # the pipe is full: the selector says when it takes more
+        except OSError:  # EPIPE: the child closed stdin, it will not read the rest
+            self._prompt = self._prompt[:0]
+        if not self._prompt:
+            self._forget(self._stdin)
+            self._stdin = None
+
+    def _read_stdout(self) -> bytes:
+        assert self._stdout is not None
+        chunk = _read_some(self._stdout)
+        if chunk == b"":
+            self._forget(self._stdout)
+            self._stdout = None
+        return chunk or b""
+
+    def _read_stderr(self) -> bool:
+        """Add what stderr has now to the tail; whether there was anything."""
+        assert self._stderr is not None
+        chunk = _read_some(self._stderr)
+        if chunk == b"":
+            self._forget(self._stderr)
+            self._stderr = None
+        if not chunk:
+            return False
+        self._tail += chunk
+        if len(self._tail) > self._tail_bytes:
+            del self._tail[: len(self._tail) - self._tail_bytes]
+        return True
+
+    def _forget(self, stream: IO[bytes] | None) -> None:
+        """Unregister a stream and close it (its holder then keeps None instead)."""
+        if stream is not None:
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(stream)
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def _read_some(stream: IO[bytes]) -> bytes | None:
+    """A chunk from a non-blocking pipe: None if it has nothing now, b"" once it has ended."""
+    try:
+        return os.read(stream.fileno(), READ_CHUNK_BYTES)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process `pid` exits (Linux 5.3+), else None."""
+    if sys.platform.startswith("linux") and hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            return os.pidfd_open(pid)
+    return None
+
+
+class _StreamReader(threading.Thread):
+    """Windows: reads a pipe in chunks on its own thread, which alone closes the pipe.
+
+    stdout chunks go to a bounded queue (None marks the end); stderr keeps only a tail.
+    Once `abandon()` is called the reader drains and discards, so the writer never blocks.
+    """
+
+    def __init__(self, stream: IO[bytes], name: str, tail_bytes: int | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._stream = stream
+        self._tail_bytes = tail_bytes
+        self.tail = bytearray()
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """Stop handing chunks on: drain and discard what is left. Thread-safe."""
+        self._abandoned.set()
+
+    def run(self) -> None:
+        try:
+            descriptor = self._stream.fileno()
+            while True:
+                try:
+                    chunk = os.read(descriptor, READ_CHUNK_BYTES)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                if self._tail_bytes is not None:
+                    self.tail += chunk
+                    if len(self.tail) > self._tail_bytes:
+                        del self.tail[: len(self.tail) - self._tail_bytes]
+                else:
+                    self._hand_on(chunk)
+        finally:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            if self._tail_bytes is None:
+                self._hand_on(None)
+
+    def _hand_on(self, chunk: bytes | None) -> None:
+        while not self._abandoned.is_set():
+            try:
+                self.chunks.put(chunk, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+
+def _write_prompt(stream: IO[bytes], data: bytes) -> None:
+    """Windows: write the prompt and close stdin, on its own thread; a closed pipe is fine."""
+    view = memoryview(data)
+    try:
+        while view:  # an unbuffered pipe may take only part of a large prompt per write
+            written = stream.write(view)
+            if not written:
+                break
+            view = view[written:]
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            stream.close()
+
+
+class _ThreadedPipes:
+    """The agent's pipes, served by three helper threads (Windows, where selectors cannot
+    wait on pipes): a stdin writer, a stdout reader handing chunks through a bounded queue
+    and a stderr reader keeping a tail. Each thread closes its own pipe."""
+
+    exit_wakes_us = False
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int
+    ) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stderr is not None
+        self.end_of_output = False
+        self._stdout = _StreamReader(process.stdout, f"agent-{process.pid}-stdout")
+        self._stderr = _StreamReader(process.stderr, f"agent-{process.pid}-stderr",
+                                     tail_bytes=stderr_tail_bytes)
+        self._stdin = threading.Thread(target=_write_prompt, args=(process.stdin, prompt),
+                                       name=f"agent-{process.pid}-stdin", daemon=True)
+
+    def start(self) -> None:
+        """Start the three threads."""
+        self._stdin.start()
+        self._stdout.start()
+        self._stderr.start()
+
+    def wait(self, timeout: float) -> list[bytes]:
+        """The next stdout chunk, if one comes within `timeout` seconds."""
+        if self.end_of_output:
+            time.sleep(timeout)
+            return []
+        try:
+            chunk = self._stdout.chunks.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        if chunk is None:
+            self.end_of_output = True
+            return []
+        return [chunk]
+
+    def stderr_tail(self) -> bytes:
+        """The stderr tail, once its reader has finished (waiting for it at most 0.5 s)."""
+        self._stderr.join(0.5)
+        return bytes(self._stderr.tail)
+
+    def close(self) -> None:
+        """Let the stdout reader discard what is left; the threads close the pipes."""
+        self._stdout.abandon()
 
 
 def _enlarge_pipe(stream: IO[bytes]) -> None:
@@ -475,12 +729,9 @@ class _Run:
         cancel: threading.Event | None, max_output_bytes: int, stderr_tail_bytes: int,
         kill_grace: float,
     ) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        assert process.stderr is not None
         self.process = process
         self.tree = _ProcessTree(process)
         self.stopper = _Stopper(self.tree, kill_grace)
-        self.output_format = output_format
         self.started = started
         self.timeout = timeout
         self.deadline = started + timeout
@@ -495,28 +746,24 @@ class _Run:
         self.output_bytes = 0
         self.discarding = False
         self.stop_reason: str | None = None
-        self.stdout = _StreamReader(process.stdout, f"agent-{process.pid}-stdout")
-        self.stderr = _StreamReader(process.stderr, f"agent-{process.pid}-stderr",
-                                    tail_bytes=stderr_tail_bytes)
-        self.stdin = threading.Thread(
-            target=_write_prompt,
-            args=(process.stdin, prompt.encode("utf-8", errors="replace")),
-            name=f"agent-{process.pid}-stdin", daemon=True,
-        )
+        pipes = _SelectorPipes if PIPES_SELECTABLE else _ThreadedPipes
+        self.pipes: _Pipes = pipes(process, prompt.encode("utf-8", errors="replace"),
+                                   stderr_tail_bytes)
 
     def wait(self) -> RunOutcome:
         """Follow the process until it ends or is stopped; kill it if anything goes wrong."""
-        self.stdin.start()
-        self.stdout.start()
-        self.stderr.start()
         try:
+            self.pipes.start()
             self._follow()
+            exit_code = self._end_process()
+            stderr_tail = self.pipes.stderr_tail()
         except BaseException:
             self.tree.kill()
-            self.stdout.abandon()
             self.tree.reap(1.0)
             raise
-        return self._outcome()
+        finally:
+            self.pipes.close()
+        return self._outcome(exit_code, stderr_tail)
 
     def _emit(self, events: Sequence[AgentEvent]) -> None:
         if self.on_event is None:
@@ -533,44 +780,52 @@ class _Run:
         # A flood of output gets no polite SIGINT: we would discard the answer anyway.
         self.stopper.start(now, politely=reason != "output_too_large")
 
+    def _check_limits(self, now: float) -> None:
+        """Begin stopping the agent if the run was cancelled or its time is up."""
+        if self.stop_reason is None:
+            if self.cancel is not None and self.cancel.is_set():
+                self._stop("cancelled", now)
+            elif now >= self.deadline:
+                self._stop("timeout", now)
+
+    def _give_up_at(self) -> float:
+        """When to return even though the process has not exited (stuck in the kernel)."""
+        killed_at = self.stopper.killed_at
+        if killed_at is None:
+            return self.hard_deadline
+        return min(self.hard_deadline, killed_at + GIVE_UP_AFTER_KILL_SECONDS)
+
     def _follow(self) -> None:
+        """Serve the pipes until the agent exited and stdout ended, or it is time to give up."""
         exited_at: float | None = None
         last_output_at = self.started
-        end_of_output = False
         while True:
             now = time.monotonic()
-            if self.stop_reason is None:
-                if self.cancel is not None and self.cancel.is_set():
-                    self._stop("cancelled", now)
-                elif now >= self.deadline:
-                    self._stop("timeout", now)
+            self._check_limits(now)
             if self.tree.has_exited():
                 if exited_at is None:
                     exited_at = now
                     self.tree.kill_stragglers()
-                if end_of_output:
+                if self.pipes.end_of_output:
                     return
-                if now - max(exited_at, last_output_at) >= DRAIN_AFTER_EXIT_SECONDS:
+                next_check_at = max(exited_at, last_output_at) + DRAIN_AFTER_EXIT_SECONDS
+                if now >= next_check_at:
                     return  # stdout is held open by something that left the group
             else:
                 self.stopper.advance(now)
-            killed_at = self.stopper.killed_at
-            if now >= self.hard_deadline or (
-                killed_at is not None and now - killed_at >= GIVE_UP_AFTER_KILL_SECONDS
-            ):
+                next_check_at = (self.stopper.next_step_at() if self.stopper.stopping
+                                 else self.deadline)
+            give_up_at = self._give_up_at()
+            if now >= give_up_at:
                 return  # not even SIGKILL ended it (a process stuck in the kernel)
-            if end_of_output:
-                time.sleep(POLL_SECONDS / 5)
-                continue
-            try:
-                chunk = self.stdout.chunks.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if chunk is None:
-                end_of_output = True
-                continue
-            last_output_at = time.monotonic()
-            self._consume(chunk)
+            wake_at = min(next_check_at, give_up_at, now + POLL_SECONDS)
+            if self.pipes.end_of_output and not self.pipes.exit_wakes_us:
+                wake_at = min(wake_at, now + EXIT_POLL_SECONDS)
+            chunks = self.pipes.wait(max(0.0, wake_at - now))
+            if chunks:
+                last_output_at = time.monotonic()
+            for chunk in chunks:
+                self._consume(chunk)
 
     def _consume(self, chunk: bytes) -> None:
         if self.discarding:
@@ -589,6 +844,12 @@ class _Run:
         for line in self.splitter.feed(chunk):
             self._emit(self.parser.feed_line(line))
 
+    def _end_process(self) -> int | None:
+        """Kill the tree if the agent still runs; its exit code (None if it would not die)."""
+        if not self.tree.has_exited():
+            self.tree.kill()
+        return self.tree.reap(GIVE_UP_AFTER_KILL_SECONDS)
+
     def _finish_output(self) -> None:
         """Parse what is left: a last line without a newline, tool uses that got no result."""
         if self.discarding:
@@ -601,14 +862,9 @@ class _Run:
             self._emit(self.parser.feed_line(rest))
         self._emit(self.parser.unfinished_tool_calls())
 
-    def _outcome(self) -> RunOutcome:
-        self.stdout.abandon()
-        if not self.tree.has_exited():
-            self.tree.kill()
-        exit_code = self.tree.reap(GIVE_UP_AFTER_KILL_SECONDS)
-        self.stderr.join(0.5)
+    def _outcome(self, exit_code: int | None, stderr_bytes: bytes) -> RunOutcome:
         self._finish_output()
-        stderr_tail = bytes(self.stderr.tail).decode("utf-8", errors="replace").strip()
+        stderr_tail = stderr_bytes.decode("utf-8", errors="replace").strip()
         fields: dict[str, Any] = {
             "exit_code": exit_code,
             "duration": time.monotonic() - self.started,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from chatledger.agent import (
     extract_modifications,
     human_duration,
     run_agent,
+    runner,
 )
 from chatledger.agent.runner import _LineSplitter
 
@@ -261,6 +263,136 @@ def test_a_callback_that_raises_does_not_break_the_run() -> None:
 
     outcome = run("still answered", on_event=broken)
     assert outcome.ok and outcome.text == "echo: still answered"
+
+
+
+def test_a_prompt_much_larger_than_the_pipe_reaches_a_slow_reader_whole(tmp_path: Path) -> None:
+    argv = script(tmp_path, """
+        import hashlib, sys, time
+        digest, size = hashlib.sha256(), 0
+        while chunk := sys.stdin.buffer.read1(65536):
+            digest.update(chunk)
+            size += len(chunk)
+            time.sleep(0.002)
+        print(size, digest.hexdigest())
+    """)
+    prompt = "".join(random.choice("abcdefgh\n") for _ in range(6 * 1024 * 1024))
+    outcome = run_agent(argv, prompt, output_format="text", timeout=30)
+    expected = hashlib.sha256(prompt.encode()).hexdigest()
+    assert outcome.ok, outcome
+    assert outcome.text == f"{len(prompt)} {expected}"
+
+
+def test_an_agent_that_never_reads_stdin_is_heard_while_it_runs(tmp_path: Path) -> None:
+    argv = script(tmp_path, """
+        import time
+        print("answered without reading", flush=True)
+        time.sleep(0.8)
+    """)
+    stamps: list[float] = []
+    outcome = run_agent(argv, "x" * (8 * 1024 * 1024), output_format="text", timeout=10,
+                        on_event=lambda event: stamps.append(time.monotonic()))
+    finished = time.monotonic()
+    assert outcome.ok and outcome.text == "answered without reading"
+    assert stamps and finished - stamps[0] > 0.5  # heard long before it exited
+
+
+def test_an_agent_that_closes_stdout_but_keeps_running_times_out(tmp_path: Path) -> None:
+    argv = script(tmp_path, """
+        import os, sys, time
+        print("partial", flush=True)
+        os.close(1)
+        time.sleep(30)
+    """)
+    started = time.monotonic()
+    outcome = run_agent(argv, "", output_format="text", timeout=1.0, kill_grace=0.5)
+    assert outcome.failure_reason == "timeout" and outcome.text == "partial"
+    assert 1.0 <= time.monotonic() - started < 4
+    assert outcome.pid is not None and wait_until(lambda: group_gone(outcome.pid or 0), 5)
+
+
+def test_a_large_stderr_never_blocks_the_agent_and_only_its_tail_is_kept(
+    tmp_path: Path,
+) -> None:
+    argv = script(tmp_path, """
+        import sys
+        sys.stderr.write("noise " * 200_000 + "last words")
+        sys.stderr.flush()
+        print("still answered", flush=True)
+        sys.exit(1)
+    """)
+    outcome = run_agent(argv, "", output_format="text", timeout=10, stderr_tail_bytes=100)
+    assert outcome.failure_reason == "exit_status" and outcome.text == "still answered"
+    assert outcome.stderr_tail.endswith("last words") and len(outcome.stderr_tail) <= 100
+
+
+def open_descriptors() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_runs_leave_no_file_descriptor_open(tmp_path: Path) -> None:
+    before = open_descriptors()
+    assert run("hello").ok
+    assert run("[[slow 30]]", timeout=0.5, kill_grace=0.2).failure_reason == "timeout"
+    assert run("[[huge 3]]", max_output_bytes=1024 * 1024).failure_reason == "output_too_large"
+    never_reads = script(tmp_path, "print('done')\n")
+    assert run_agent(never_reads, "x" * (4 * 1024 * 1024), output_format="text",
+                     timeout=10).ok
+    assert open_descriptors() == before
+
+
+class Escaped(BaseException):
+    """Not an Exception: `on_event` errors of this kind end the run."""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_an_exception_escaping_the_run_kills_the_agent_and_closes_its_pipes(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "agent.pid"
+    argv = script(tmp_path, f"""
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        print("started", flush=True)
+        time.sleep(60)
+    """)
+
+    def on_event(event: Any) -> None:
+        raise Escaped
+
+    before = open_descriptors()
+    started = time.monotonic()
+    with pytest.raises(Escaped):
+        run_agent(argv, "", output_format="text", timeout=20, on_event=on_event)
+    assert time.monotonic() - started < 5
+    assert open_descriptors() == before
+    assert wait_until(lambda: process_gone(int(pid_file.read_text())), 5)
+
+
+def test_a_run_starts_no_threads() -> None:
+    before = threading.active_count()
+    during: list[int] = []
+    outcome = run("[[slow 0.6]] a b c d", on_event=lambda e: during.append(
+        threading.active_count()))
+    assert outcome.ok and during
+    assert max(during) <= before
+
+
+def test_the_thread_based_pipes_used_where_selectors_cannot_wait_on_pipes_still_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(runner, "PIPES_SELECTABLE", False)
+    before = threading.active_count()
+    during: list[int] = []
+    assert run("hello", on_event=lambda e: during.append(threading.active_count())).ok
+    assert max(during) > before  # the helper threads did serve the pipes
+    prompt = "## Message\n[[prompt]] " + "p" * (2 * 1024 * 1024)
+    assert run_agent(standin_argv(), prompt, timeout=20).text == prompt
+    assert run("[[slow 30]]", timeout=0.5, kill_grace=0.2).failure_reason == "timeout"
+    assert "failed on purpose" in run("[[fail]]").stderr_tail
 
 
 # -- time limits and cancellation ---------------------------------------------------------
