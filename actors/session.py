@@ -60,7 +60,6 @@ from ..events import (
     SessionResumed,
     StudyContextSet,
     conversation,
-    encode_event,
     evolve,
     history,
     storable,
@@ -153,12 +152,8 @@ def check_text(what: str, value: Any, *, optional: bool = False) -> None:
 def storable_event(event: Event) -> Event:
     """`event` with what the agent printed made storable (huge integers, lone surrogates):
     an agent's output must never stop a turn from being recorded."""
-    try:
-        encode_event(event)
-        return event
-    except InvalidEventError:
-        data = storable(msgspec.to_builtins(event))
-        return msgspec.convert(data, type(event))
+    data = storable(msgspec.to_builtins(event))
+    return msgspec.convert(data, type(event))
 
 
 def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
@@ -657,7 +652,10 @@ class SessionActor(pykka.ThreadingActor):
                     exit_code=outcome.exit_code,
                 )
             )
-        self._append([storable_event(event) for event in events])
+        try:
+            self._append(events)
+        except InvalidEventError:  # refused before anything was written
+            self._append([storable_event(event) for event in events])
         already = {canonical_json(m) for m in message.streamed_modifications}
         for modification in modifications:
             if canonical_json(modification) not in already:

@@ -163,6 +163,29 @@ def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _decode_line(line: bytes) -> tuple[Any, str | None]:
+    """(the JSON value, None), or (None, why the line is not JSON).
+
+    msgspec reads nearly every line; the standard library takes what it refuses but a
+    JavaScript program may print: escapes of lone surrogates (node's JSON.stringify writes
+    them) and NaN/Infinity. The codec makes such values storable later.
+    """
+    try:
+        return msgspec.json.decode(line), None
+    except UnicodeDecodeError as error:
+        return None, f"invalid UTF-8 at byte {error.start}"
+    except (msgspec.DecodeError, ValueError, RecursionError) as error:
+        refused = error
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as bad_bytes:
+        return None, f"invalid UTF-8 at byte {bad_bytes.start}"
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError):
+        return None, f"not JSON ({refused})"
+
+
 class StreamJsonParser:
     """Turns stream-json lines into agent events as they arrive, and a result at the end.
 
@@ -192,18 +215,9 @@ class StreamJsonParser:
         stripped = line.strip()
         if not stripped:
             return []
-        try:
-            message = msgspec.json.decode(stripped)
-        except UnicodeDecodeError as error:
-            self._garbage(f"invalid UTF-8 at byte {error.start}", stripped)
-            return []
-        except (msgspec.DecodeError, ValueError, RecursionError) as error:
-            try:
-                stripped.decode("utf-8")
-            except UnicodeDecodeError as bad_bytes:
-                self._garbage(f"invalid UTF-8 at byte {bad_bytes.start}", stripped)
-            else:
-                self._garbage(f"not JSON ({error})", stripped)
+        message, problem = _decode_line(stripped)
+        if problem is not None:
+            self._garbage(problem, stripped)
             return []
         if not isinstance(message, dict):
             self._garbage(f"JSON {type(message).__name__}, not an object", stripped)

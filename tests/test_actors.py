@@ -432,3 +432,36 @@ def test_kill_9_of_the_process_hosting_a_run_then_reopen_closes_the_turn_interru
         assert isinstance(failed, RunFailed) and failed.reason == "interrupted"
         assert ledger.verify().ok
         assert ledger.send(session_id, "after the crash").ok
+
+
+UNSTORABLE_AGENT = textwrap.dedent(
+    r"""
+    import json, sys
+    sys.stdin.read()
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "Calc",
+            "input": {"n": 10**30, "text": "x"}}
+    print(json.dumps({"type": "assistant", "message": {"content": [tool]}}))
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "big " + str(10**30)}
+    print(json.dumps({"type": "user", "message": {"content": [result]}}))
+    print('{"type": "result", "subtype": "success", "is_error": false, '
+          '"result": "answer with a lone \\udcff surrogate and ' + str(-(10**25)) + '", '
+          '"session_id": "s-1", "usage": {"input_tokens": ' + str(10**22) + '}}')
+    """
+)
+
+
+def test_an_answer_holding_values_msgpack_cannot_store_is_recorded_in_storable_form(
+    ledger_path: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "unstorable_agent.py"
+    script.write_text(UNSTORABLE_AGENT)
+    with open_ledger(ledger_path, agent_command=(sys.executable, str(script))) as ledger:
+        session_id = ledger.create_session().session_id
+        outcome = ledger.send(session_id, "compute")
+        assert outcome.ok, outcome
+        answer = ledger.events(session_id)[-1].event
+        assert isinstance(answer, ResponseReceived)
+        assert "\ufffd" in answer.text or "surrogate" in answer.text
+        assert answer.tool_calls[0].input == {"n": str(10**30), "text": "x"}
+        assert answer.usage == {"input_tokens": str(10**22)}
+        assert ledger.verify().ok

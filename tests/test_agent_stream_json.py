@@ -237,3 +237,15 @@ def test_no_input_makes_the_parser_raise(lines: list[bytes]) -> None:
     for raw in lines:
         parser.feed_line(raw)
     parser.finish()
+
+
+def test_lines_node_prints_but_msgspec_refuses_are_still_read() -> None:
+    parser = StreamJsonParser()
+    parser.feed_line(b'{"type": "result", "subtype": "success", "is_error": false, '
+                     b'"result": "a lone \\udcff surrogate", "total_cost_usd": NaN}')
+    parsed = parser.finish()
+    assert parsed.saw_result and parsed.garbage_lines == 0
+    assert parsed.text == "a lone \udcff surrogate"
+    parser = StreamJsonParser()
+    parser.feed_line(b'{"type": "result", "result": "cut')
+    assert parser.finish().garbage_lines == 1
