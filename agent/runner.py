@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -591,13 +592,18 @@ def _enlarge_pipe(stream: IO[bytes]) -> None:
     import fcntl
 
     set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stream.fileno(), set_size, min(_pipe_max_size(), PIPE_BYTES))
+
+
+@functools.cache
+def _pipe_max_size() -> int:
+    """The largest pipe buffer an unprivileged process may ask for (read once)."""
     try:
         with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as handle:
-            size = int(handle.read().strip())
+            return int(handle.read().strip())
     except (OSError, ValueError):
-        size = PIPE_BYTES
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(stream.fileno(), set_size, min(size, PIPE_BYTES))
+        return PIPE_BYTES
 
 
 def _spawn(
