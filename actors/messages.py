@@ -129,10 +129,12 @@ class SessionCrashed:
 
 @dataclass(frozen=True)
 class Activate:
-    """Return the live actor of a session, starting it from the log if need be."""
+    """Return the live actor of a session, starting it from the log if need be; `pin` keeps
+    it from being passivated until the caller unpins it in the registry."""
 
     session_id: str
     must_exist: bool = True
+    pin: bool = False
 
 
 @dataclass(frozen=True)

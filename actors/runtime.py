@@ -135,19 +135,25 @@ class Runtime:
 
     def actor(self, session_id: str, *, must_exist: bool = True) -> Any:
         """The live actor of a session (activated from the log if need be). Blocks briefly."""
+        return self._activate(session_id, must_exist=must_exist, pin=False)
+
+    def _activate(self, session_id: str, *, must_exist: bool, pin: bool) -> Any:
         self._check_open()
         validate_session_id(session_id)
-        return self.supervisor.ask(Activate(session_id, must_exist), timeout=ASK_TIMEOUT)
+        return self.supervisor.ask(Activate(session_id, must_exist, pin), timeout=ASK_TIMEOUT)
 
     def ask(self, session_id: str, message: Any, *, must_exist: bool = True) -> Any:
-        """Ask a session's actor; if it was passivated in between, activate it again once."""
+        """Ask a session's actor, pinned meanwhile so that it is not passivated between its
+        activation and the answer; if it died in between (a crash), activate it again once."""
         for attempt in range(2):
-            ref = self.actor(session_id, must_exist=must_exist)
+            ref = self._activate(session_id, must_exist=must_exist, pin=True)
             try:
                 return ref.ask(message, timeout=ASK_TIMEOUT)
             except pykka.ActorDeadError:
                 if attempt:
                     raise
+            finally:
+                self.registry.unpin(session_id, ref)
         raise AssertionError("unreachable")
 
     # -- commands ---------------------------------------------------------------------------

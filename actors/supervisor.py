@@ -43,6 +43,11 @@ class _Entry:
     ref: Any
     last_used: float
     busy: bool = False
+    pins: int = 0  # callers between activation and the end of their ask
+
+    @property
+    def in_use(self) -> bool:
+        return self.busy or self.pins > 0
 
 
 class SessionRegistry:
@@ -59,6 +64,24 @@ class SessionRegistry:
         if entry is None or not entry.ref.is_alive():
             return None
         return entry.ref
+
+    def pin(self, session_id: str) -> Any | None:
+        """The live actor ref of a session (or None), pinned: it is not passivated until
+        `unpin`, and it becomes the most recently used."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None or not entry.ref.is_alive():
+                return None
+            entry.pins += 1
+            self._entries.move_to_end(session_id)
+            return entry.ref
+
+    def unpin(self, session_id: str, ref: Any) -> None:
+        """Release a pin taken on `ref` (a no-op if the session has another actor since)."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None and entry.ref == ref and entry.pins > 0:
+                entry.pins -= 1
 
     def put(self, session_id: str, ref: Any) -> None:
         """Register a newly started actor."""
@@ -89,7 +112,7 @@ class SessionRegistry:
             return [
                 (session_id, entry.ref)
                 for session_id, entry in self._entries.items()
-                if not entry.busy and entry.last_used <= cutoff
+                if not entry.in_use and entry.last_used <= cutoff
             ]
 
     def least_recently_used(self, count: int, keep: str) -> list[str]:
@@ -99,7 +122,7 @@ class SessionRegistry:
             for session_id, entry in self._entries.items():
                 if len(chosen) >= count:
                     break
-                if not entry.busy and session_id != keep:
+                if not entry.in_use and session_id != keep:
                     chosen.append(session_id)
         return chosen
 
@@ -107,11 +130,11 @@ class SessionRegistry:
         with self._lock:
             return len(self._entries)
 
-    def is_busy(self, session_id: str) -> bool:
-        """Whether the session's live actor has a turn queued or running."""
+    def in_use(self, session_id: str) -> bool:
+        """Whether the session's live actor has a turn queued or running, or a caller."""
         with self._lock:
             entry = self._entries.get(session_id)
-            return entry is not None and entry.busy
+            return entry is not None and entry.in_use
 
     def snapshot(self) -> list[str]:
         """Ids of the sessions with a registered actor."""
@@ -138,7 +161,8 @@ class Supervisor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         """Handle one supervisor message. Runs in the supervisor's own thread."""
         if isinstance(message, Activate):
-            return self._activate(message.session_id, must_exist=message.must_exist)
+            return self._activate(message.session_id, must_exist=message.must_exist,
+                                  pin=message.pin)
         if isinstance(message, RouteCompletion):
             self._route(message.completion)
             return None
@@ -151,19 +175,22 @@ class Supervisor(pykka.ThreadingActor):
         raise TypeError(f"Supervisor cannot handle {message!r}")
 
     def _activate(
-        self, session_id: str, *, must_exist: bool, adopt: RunTicket | None = None
+        self, session_id: str, *, must_exist: bool, adopt: RunTicket | None = None,
+        pin: bool = False,
     ) -> Any:
-        ref = self.registry.get(session_id)
-        if ref is not None:
-            return ref
-        if must_exist and self.services.log.info(session_id) is None:
-            raise UnknownSessionError(f"Session not found: {session_id}")
-        ref = SessionActor.start(session_id, self.services, adopt)
-        self.registry.put(session_id, ref)
-        excess = len(self.registry) - self.services.config.max_live_sessions
-        if excess > 0:
-            for idle_id in self.registry.least_recently_used(excess, keep=session_id):
-                self._passivate(idle_id)
+        ref = self.registry.pin(session_id)
+        if ref is None:
+            if must_exist and self.services.log.info(session_id) is None:
+                raise UnknownSessionError(f"Session not found: {session_id}")
+            ref = SessionActor.start(session_id, self.services, adopt)
+            self.registry.put(session_id, ref)
+            self.registry.pin(session_id)
+            excess = len(self.registry) - self.services.config.max_live_sessions
+            if excess > 0:
+                for idle_id in self.registry.least_recently_used(excess, keep=session_id):
+                    self._passivate(idle_id)
+        if not pin:
+            self.registry.unpin(session_id, ref)
         return ref
 
     def _route(self, completion: RunCompleted) -> None:
@@ -181,7 +208,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _passivate(self, session_id: str) -> bool:
         ref = self.registry.get(session_id)
-        if ref is None or self.registry.is_busy(session_id):
+        if ref is None or self.registry.in_use(session_id):
             return False
         self.registry.forget(session_id, ref)
         ref.stop(block=False)
@@ -204,7 +231,7 @@ class Supervisor(pykka.ThreadingActor):
                 continue
             ref = self.registry.get(info.session_id)
             if ref is not None:
-                if not self.registry.is_busy(info.session_id):
+                if not self.registry.in_use(info.session_id):
                     ref.tell(ExpireSession(reason="idle", idle_seconds=idle))
                     expired += 1
                 continue

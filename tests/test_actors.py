@@ -283,7 +283,7 @@ def test_live_actors_are_capped_and_the_least_recently_used_idle_ones_passivated
         outcome: list[Any] = []
         sender = threading.Thread(target=lambda: outcome.append(ledger.send(busy, "[[slow 1.5]]")))
         sender.start()
-        assert wait_until(lambda: ledger.runtime.registry.is_busy(busy), 10)
+        assert wait_until(lambda: ledger.runtime.registry.in_use(busy), 10)
         others = [ledger.create_session(study_id=f"s{n}").session_id for n in range(8)]
         live = ledger.runtime.live_sessions()
         # The busy session is never passivated, whatever its age: its run is in flight.
@@ -296,6 +296,35 @@ def test_live_actors_are_capped_and_the_least_recently_used_idle_ones_passivated
         assert ledger.info(others[0]).study_id == "s0"  # type: ignore[union-attr]
         assert ledger.send(others[0], "back again").ok
         assert len(ledger.runtime.live_sessions()) <= 3
+
+
+def test_turns_sent_to_many_sessions_under_a_tight_cap_all_complete(ledger_path: Path) -> None:
+    with open_ledger(ledger_path, max_live_sessions=2, max_runs=3) as ledger:
+        sessions = [ledger.create_session().session_id for _ in range(6)]
+        outcomes: list[Any] = []
+        lock = threading.Lock()
+
+        def client(offset: int) -> None:
+            for round_ in range(4):
+                session_id = sessions[(offset + round_) % len(sessions)]
+                try:
+                    outcome: Any = ledger.send(session_id, f"client {offset} round {round_}")
+                except Exception as error:  # reported by the assertion below
+                    outcome = error
+                with lock:
+                    outcomes.append(outcome)
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+        assert len(outcomes) == 24
+        failed = [o if isinstance(o, Exception) else o.error
+                  for o in outcomes if isinstance(o, Exception) or not o.ok]
+        assert not failed
+        assert sum(ledger.info(s).turn_count for s in sessions) == 24  # type: ignore[union-attr]
+        assert ledger.verify().ok
 
 
 def test_idle_sessions_are_passivated_and_old_ones_expire(ledger_path: Path) -> None:
