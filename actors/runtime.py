@@ -140,6 +140,10 @@ class Runtime:
     def _activate(self, session_id: str, *, must_exist: bool, pin: bool) -> Any:
         self._check_open()
         validate_session_id(session_id)
+        if pin:  # a live actor is found without a round trip through the supervisor
+            ref = self.registry.pin(session_id)
+            if ref is not None:
+                return ref
         return self.supervisor.ask(Activate(session_id, must_exist, pin), timeout=ASK_TIMEOUT)
 
     def ask(self, session_id: str, message: Any, *, must_exist: bool = True) -> Any:

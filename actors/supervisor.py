@@ -98,6 +98,16 @@ class SessionRegistry:
                 entry.last_used = time.monotonic()
                 self._entries.move_to_end(session_id)
 
+    def take_if_idle(self, session_id: str) -> Any | None:
+        """Remove and return a session's actor if it is alive and nobody uses it, in one
+        step (so that no caller can pin it in between), else None."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is None or entry.in_use or not entry.ref.is_alive():
+                return None
+            del self._entries[session_id]
+            return entry.ref
+
     def forget(self, session_id: str, ref: Any) -> None:
         """Drop a session's entry if it still belongs to `ref`."""
         with self._lock:
@@ -207,10 +217,9 @@ class Supervisor(pykka.ThreadingActor):
             fresh.tell(completion)
 
     def _passivate(self, session_id: str) -> bool:
-        ref = self.registry.get(session_id)
-        if ref is None or self.registry.in_use(session_id):
+        ref = self.registry.take_if_idle(session_id)
+        if ref is None:
             return False
-        self.registry.forget(session_id, ref)
         ref.stop(block=False)
         self.services.remove_session_files(session_id)
         self.passivated += 1
