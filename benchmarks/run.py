@@ -188,7 +188,7 @@ def run_dataset(results: Results, sizes: Sizes, work: str) -> tuple[str, list[st
                 lambda store=store: _per_call_ms(lambda: store.rehydrate(big_id), 20),
                 sizes.repetitions, sizes.warmups,
             )
-            results.add("rehydrate", f"rehydrate a {sizes.big_session_events}-event session",
+            results.add("rehydrate", f"rehydrate a {sizes.big_session_events:,}-event session",
                         name, Figure("ms", rehydrate, False))
             if not isinstance(store, EventsourcingStore):
                 listing = repeat(lambda store=store: timed(store.list_sessions) * 1000,

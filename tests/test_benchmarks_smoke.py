@@ -25,8 +25,9 @@ def test_tiny_benchmark_run_reports_every_figure(tmp_path: Path, monkeypatch: py
 
     stored = json.loads(output.read_text())
     assert stored["size"] == "tiny"
-    for name in ("append_1", "append_p99_1", "replay", "rehydrate", "sessions", "verify",
-                 "bytes_per_event", "activation", "cpu_per_turn", "memory_live", "rss_live"):
+    for name in ("append_1", "append_p99_1", "replay", "replay_ceiling", "rehydrate",
+                 "sessions", "verify", "bytes_per_event", "activation", "activation_big",
+                 "cpu_per_turn", "memory_live", "rss_live", "rss_held"):
         assert name in stored["figures"], name
     for contender in ("chatledger", "sqlite", "eventsourcing"):
         assert stored["figures"]["replay"][contender]["samples"]
@@ -34,3 +35,17 @@ def test_tiny_benchmark_run_reports_every_figure(tmp_path: Path, monkeypatch: py
     assert "sqlite" in stored["ratios"]["replay"]
     assert report["targets"]
     assert sys.modules["benchmarks.run"].__file__.startswith(str(ROOT))
+
+
+@pytest.mark.timeout(120)
+def test_the_per_thread_cpu_breakdown_runs(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/task")
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.turn_cpu import main, wakeup_cost
+
+    main(3)
+    printed = capsys.readouterr().out
+    assert "3 turns:" in printed and "SessionActor" in printed and "chatledger-run" in printed
+    assert wakeup_cost() > 0
