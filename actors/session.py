@@ -182,7 +182,7 @@ def load_recent(log: EventStore, session_id: str, window: int) -> tuple[SessionI
         info, records = log.latest(session_id, count)
         if info is None:
             return SessionInfo(session_id=session_id), []
-        if records[0].version == 1:
+        if not records or records[0].version == 1:  # the whole stream
             return info, records
         starts = [index for index, recorded in enumerate(records)
                   if isinstance(recorded.event, MessageSent)]
