@@ -243,13 +243,17 @@ class LedgerStore:
         if next_position - 1 != head.position:
             txn.put(_META_HEAD, _encode_head(next_position - 1, log_hash), db=self.meta_db)
 
+    def index_entry_in(self, txn: Any, session_id: str) -> IndexEntry | None:
+        """A session's index entry as `txn` sees it (None if the session is unknown)."""
+        data = txn.get(session_id.encode(), db=self.sessions_db)
+        return decode_index_entry(data) if data is not None else None
+
     def _index_entry(
         self, txn: Any, session_id: str, touched: dict[str, IndexEntry | None]
     ) -> IndexEntry | None:
         if session_id in touched:
             return touched[session_id]
-        raw_entry = txn.get(session_id.encode(), db=self.sessions_db)
-        return decode_index_entry(raw_entry) if raw_entry is not None else None
+        return self.index_entry_in(txn, session_id)
 
     def _apply_appends(
         self,
@@ -477,7 +481,7 @@ class EventLog:
         """The records of one session from `from_version` on (empty if it has none)."""
         validate_session_id(session_id)
         with self.store.shared.transaction(buffers=True) as txn:
-            entry = self._entry_in(txn, session_id)
+            entry = self.store.index_entry_in(txn, session_id)
             if entry is None:
                 return []
             values = self._session_values(txn, session_id, from_version, entry.info.version)
@@ -512,17 +516,13 @@ class EventLog:
         (what an actor needs to come back to life without folding the whole stream)."""
         validate_session_id(session_id)
         with self.store.shared.transaction(buffers=True) as txn:
-            entry = self._entry_in(txn, session_id)
+            entry = self.store.index_entry_in(txn, session_id)
             if entry is None:
                 return None, []
             info = entry.info
             from_version = max(1, info.version - max(count, 1) + 1)
             values = self._session_values(txn, session_id, from_version, info.version)
             return info, [decode_record(value[HASH_SIZE:]) for _, value in values]
-
-    def _entry_in(self, txn: Any, session_id: str) -> IndexEntry | None:
-        data = txn.get(session_id.encode(), db=self.store.sessions_db)
-        return decode_index_entry(data) if data is not None else None
 
     def _session_values(
         self, txn: Any, session_id: str, from_version: int, last_version: int
@@ -628,10 +628,8 @@ class EventLog:
     def index_entry(self, session_id: str) -> IndexEntry | None:
         """A session's index entry as stored: its info and last hash (None if unknown)."""
         validate_session_id(session_id)
-        store = self.store
-        with store.shared.transaction(buffers=True) as txn:
-            data = txn.get(session_id.encode(), db=store.sessions_db)
-            return decode_index_entry(data) if data is not None else None
+        with self.store.shared.transaction(buffers=True) as txn:
+            return self.store.index_entry_in(txn, session_id)
 
     def require_info(self, session_id: str) -> SessionInfo:
         """A session's info from the index; raises UnknownSessionError if unknown."""
