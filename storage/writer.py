@@ -75,7 +75,7 @@ def _wake(request: WriteRequest) -> None:
         if request._answered:
             return
         request._answered = True
-        request._latch.release()
+    request._latch.release()  # outside the lock, which the woken caller takes next
 
 
 def answer(batch: list[WriteRequest], outcomes: list[Any]) -> None:
@@ -118,9 +118,11 @@ class _Inbox:
         """Add a request (None: stop), ringing the writer if it waits for this many."""
         with self._lock:
             self._items.append(item)
-            if self._wanted and (len(self._items) >= self._wanted or item is None):
+            ring = bool(self._wanted) and (len(self._items) >= self._wanted or item is None)
+            if ring:
                 self._wanted = 0
-                self._bell.release()
+        if ring:  # outside the lock, which the writer takes as it wakes
+            self._bell.release()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -133,13 +135,14 @@ class _Inbox:
                 self._wanted = wanted
                 self._lock.release()
                 try:
-                    self._bell.acquire(timeout=-1 if timeout is None else timeout)
+                    rung = self._bell.acquire(timeout=-1 if timeout is None else timeout)
                 finally:
                     self._lock.acquire()
-                if self._wanted:  # timed out before anyone rang
-                    self._wanted = 0
-                else:  # rung, perhaps just after the timeout: take the ring back
-                    self._bell.acquire(blocking=False)
+                if not rung:
+                    if self._wanted:  # nobody rang
+                        self._wanted = 0
+                    else:  # rung just after the timeout: the ring is on its way, take it
+                        self._bell.acquire()
             items, self._items = self._items[:limit], self._items[limit:]
             return items
 
