@@ -678,11 +678,12 @@ class SessionActor(pykka.ThreadingActor):
         )
 
 
-def _agent_environment(config: Config) -> dict[str, str]:
-    """The agent's environment: ours plus the configured extras (never recorded)."""
-    environment = dict(os.environ)
-    environment.update(config.agent_env)
-    return environment
+def _agent_environment(config: Config) -> dict[str, str] | None:
+    """The agent's environment: ours plus the configured extras (never recorded); None
+    when there are none (the runner copies ours: one copy per turn, not two)."""
+    if not config.agent_env:
+        return None
+    return {**os.environ, **config.agent_env}
 
 
 def idle_seconds(info: SessionInfo, now: float | None = None) -> float:
