@@ -6,12 +6,11 @@ acts: these are plain frozen dataclasses.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..agent import RunOutcome
+from ..agent import CancelSwitch, RunOutcome
 
 TurnSink = Callable[[dict[str, Any]], None]
 """Receives a turn's updates, in the old manager's dict shapes, on a worker or actor thread:
@@ -172,5 +171,5 @@ class RunTicket:
     ticket: int
     turn: int
     command: SendMessage
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelSwitch = field(default_factory=CancelSwitch)
     started: bool = False

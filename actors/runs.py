@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..agent import RunOutcome
+from ..agent import CancelSwitch, RunOutcome
 from .messages import RunTicket
 
-RunFunction = Callable[[threading.Event], RunOutcome]
+RunFunction = Callable[[CancelSwitch], RunOutcome]
 """Runs one agent turn on a pool thread, watching the cancel switch it is given."""
 
 

@@ -25,6 +25,7 @@ import msgspec
 import pykka
 
 from ..agent import (
+    CancelSwitch,
     RunOutcome,
     TextDelta,
     ToolCallCompleted,
@@ -565,7 +566,7 @@ class SessionActor(pykka.ThreadingActor):
                         safe_emit(command.sink,
                                   {"type": "canvas_modification", "modification": modification})
 
-        def run(cancel: threading.Event) -> RunOutcome:
+        def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
             return run_agent(
                 argv,

@@ -16,7 +16,14 @@ from .canvas import (
 )
 from .mcp import McpConfigError, McpConfigFiles, validate_servers
 from .prompt import MESSAGE_HEADER, TEMPLATE_VERSION, Prompt, build_prompt, prompt_digest
-from .runner import NOT_FOUND_MESSAGE, RunOutcome, agent_environment, human_duration, run_agent
+from .runner import (
+    NOT_FOUND_MESSAGE,
+    CancelSwitch,
+    RunOutcome,
+    agent_environment,
+    human_duration,
+    run_agent,
+)
 from .stream_json import (
     AgentEvent,
     AgentInit,
@@ -39,6 +46,7 @@ __all__ = [
     "AgentInit",
     "AgentResult",
     "ApiRetried",
+    "CancelSwitch",
     "McpConfigError",
     "McpConfigFiles",
     "ParsedResult",

@@ -63,7 +63,12 @@ PIPES_SELECTABLE = sys.platform != "win32"
 
 POLL_SECONDS = 0.05
 """The longest the run loop waits before it looks at the clock, the cancel switch and the
-process again."""
+process again, when they cannot wake it (a plain threading.Event as the cancel switch, no
+pidfd, or Windows)."""
+
+WOKEN_POLL_SECONDS = 5.0
+"""The longest the run loop sleeps when a CancelSwitch and a pidfd wake it (a safety net):
+a silent agent then costs one wake-up per five seconds instead of twenty per second."""
 
 EXIT_POLL_SECONDS = POLL_SECONDS / 5
 """How often the run loop looks for the agent's exit once stdout has ended, when nothing
@@ -126,6 +131,39 @@ def agent_environment(base: Mapping[str, str] | None, timeout: float) -> dict[st
     api_timeout_ms = max(1000, min(MAX_API_TIMEOUT_MS, int(timeout * 1000)))
     environment.setdefault("API_TIMEOUT_MS", str(api_timeout_ms))
     return environment
+
+
+class CancelSwitch(threading.Event):
+    """A cancel switch that also wakes the run loop waiting on it, so the loop need not poll.
+
+    It is a threading.Event (`set`, `is_set`, `wait`); `set` also calls every waker a run
+    registered with `add_waker`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakers: list[Callable[[], None]] = []
+        self._wakers_lock = threading.Lock()
+
+    def set(self) -> None:
+        """Flip the switch and wake every run waiting on it."""
+        super().set()
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when the switch is flipped (at once if it already is)."""
+        with self._wakers_lock:
+            self._wakers.append(wake)
+        if self.is_set():
+            wake()
+
+    def remove_waker(self, wake: Callable[[], None]) -> None:
+        """Stop calling `wake`."""
+        with self._wakers_lock, contextlib.suppress(ValueError):
+            self._wakers.remove(wake)
 
 
 class _LineSplitter:
@@ -295,6 +333,10 @@ class _Pipes(Protocol):
     def exit_wakes_us(self) -> bool:
         """Whether the agent's exit ends a `wait` early (else the loop polls for it)."""
 
+    @property
+    def cancel_wakes_us(self) -> bool:
+        """Whether flipping the cancel switch ends a `wait` early (else the loop polls it)."""
+
     def start(self) -> None:
         """Begin serving the pipes: the prompt starts flowing to stdin."""
 
@@ -318,11 +360,14 @@ class _SelectorPipes:
     """
 
     def __init__(
-        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int
+        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int,
+        cancel: threading.Event | None,
     ) -> None:
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
         self._pid = process.pid
+        self._cancel = cancel if isinstance(cancel, CancelSwitch) else None
+        self._bell: _Bell | None = None
         self._stdin: IO[bytes] | None = process.stdin
         self._stdout: IO[bytes] | None = process.stdout
         self._stderr: IO[bytes] | None = process.stderr
@@ -342,6 +387,11 @@ class _SelectorPipes:
         """Whether a pidfd still waits for the agent's exit."""
         return self._pidfd is not None
 
+    @property
+    def cancel_wakes_us(self) -> bool:
+        """Whether the cancel switch rings a bell this selector waits on."""
+        return self._bell is not None
+
     def start(self) -> None:
         """Make the pipes non-blocking, write what stdin takes now, and register the rest."""
         assert self._stdin is not None and self._stdout is not None
@@ -357,6 +407,10 @@ class _SelectorPipes:
         self._pidfd = _open_pidfd(self._pid)
         if self._pidfd is not None:
             self._selector.register(self._pidfd, selectors.EVENT_READ, "exit")
+        if self._cancel is not None:
+            self._bell = _Bell()
+            self._selector.register(self._bell.read_fd, selectors.EVENT_READ, "cancel")
+            self._cancel.add_waker(self._bell.ring)
 
     def wait(self, timeout: float) -> list[bytes]:
         """Wait up to `timeout` seconds, serve the pipes that are ready, return stdout's chunks."""
@@ -374,6 +428,9 @@ class _SelectorPipes:
                 self._read_stderr()
             elif key.data == "stdin":
                 self._write_prompt()
+            elif key.data == "cancel":
+                assert self._bell is not None
+                self._bell.silence()  # the run loop looks at the switch next
             else:
                 self._close_pidfd()  # the agent exited; the pidfd would stay ready
         return chunks
@@ -391,6 +448,14 @@ class _SelectorPipes:
             self._forget(stream)
         self._stdin = self._stdout = self._stderr = None
         self._close_pidfd()
+        if self._bell is not None:
+            assert self._cancel is not None
+            self._cancel.remove_waker(self._bell.ring)
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(self._bell.read_fd)
+            self._bell.close()
+            self._bell = None
         if self._selector is not None:
             self._selector.close()
             self._selector = None
@@ -445,6 +510,42 @@ class _SelectorPipes:
                     self._selector.unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+class _Bell:
+    """A non-blocking pipe another thread rings to wake a selector (a cancel switch).
+
+    Ringing and closing share a lock, so a late ring never writes to a closed descriptor
+    (whose number may already belong to another file).
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(write_fd, False)
+        self._write_fd: int | None = write_fd
+        self._lock = threading.Lock()
+
+    def ring(self) -> None:
+        """Wake the selector (any thread; a bell already ringing stays ringing)."""
+        with self._lock:
+            if self._write_fd is not None:
+                with contextlib.suppress(OSError):  # full: it rings already
+                    os.write(self._write_fd, b"\0")
+
+    def silence(self) -> None:
+        """Take back every ring (the selector's thread)."""
+        with contextlib.suppress(OSError):
+            while os.read(self.read_fd, 4096):
+                pass
+
+    def close(self) -> None:
+        """Close both ends; later rings do nothing."""
+        with self._lock:
+            if self._write_fd is not None:
+                os.close(self._write_fd)
+                self._write_fd = None
+                os.close(self.read_fd)
 
 
 def _read_some(stream: IO[bytes]) -> bytes | None:
@@ -537,9 +638,11 @@ class _ThreadedPipes:
     and a stderr reader keeping a tail. Each thread closes its own pipe."""
 
     exit_wakes_us = False
+    cancel_wakes_us = False
 
     def __init__(
-        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int
+        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int,
+        cancel: threading.Event | None,
     ) -> None:
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
@@ -697,7 +800,9 @@ def run_agent(
     `on_event` is called on this (the calling) thread as events arrive (text deltas, tool
     calls, init, retries, the result); an exception it raises is logged and ignored. The run
     takes at most about `timeout + 2 * kill_grace` seconds (plus a few seconds if the agent
-    will not even die of SIGKILL). Setting `cancel` stops the agent like a timeout does.
+    will not even die of SIGKILL). Setting `cancel` stops the agent like a timeout does: a
+    CancelSwitch wakes the run at once, a plain threading.Event is looked at every
+    POLL_SECONDS.
     Raises ValueError only for bad arguments; everything the agent does becomes the outcome.
     """
     if not argv or not all(isinstance(word, str) for word in argv):
@@ -754,7 +859,7 @@ class _Run:
         self.stop_reason: str | None = None
         pipes = _SelectorPipes if PIPES_SELECTABLE else _ThreadedPipes
         self.pipes: _Pipes = pipes(process, prompt.encode("utf-8", errors="replace"),
-                                   stderr_tail_bytes)
+                                   stderr_tail_bytes, cancel)
 
     def wait(self) -> RunOutcome:
         """Follow the process until it ends or is stopped; kill it if anything goes wrong."""
@@ -824,7 +929,10 @@ class _Run:
             give_up_at = self._give_up_at()
             if now >= give_up_at:
                 return  # not even SIGKILL ended it (a process stuck in the kernel)
-            wake_at = min(next_check_at, give_up_at, now + POLL_SECONDS)
+            poll = (WOKEN_POLL_SECONDS
+                    if self.pipes.cancel_wakes_us and self.pipes.exit_wakes_us
+                    else POLL_SECONDS)
+            wake_at = min(next_check_at, give_up_at, now + poll)
             if self.pipes.end_of_output and not self.pipes.exit_wakes_us:
                 wake_at = min(wake_at, now + EXIT_POLL_SECONDS)
             chunks = self.pipes.wait(max(0.0, wake_at - now))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import selectors
 import signal
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from chatledger.agent import (
     NOT_FOUND_MESSAGE,
     AgentInit,
     AgentResult,
+    CancelSwitch,
     RunOutcome,
     TextDelta,
     ToolCallCompleted,
@@ -465,6 +467,54 @@ def test_a_run_cancelled_before_it_starts_starts_nothing() -> None:
     cancel.set()
     outcome = run("hi", cancel=cancel)
     assert outcome.failure_reason == "cancelled" and outcome.pid is None
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the exit wakes the loop via a pidfd")
+def test_with_a_cancel_switch_a_silent_agent_costs_no_polling(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    waits: list[float | None] = []
+
+    class CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: float | None = None) -> Any:
+            waits.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", CountingSelector)
+    argv = script(tmp_path, "import time\ntime.sleep(1.5)\nprint('done')\n")
+    outcome = run_agent(argv, "", output_format="text", timeout=20, cancel=CancelSwitch())
+    assert outcome.ok and outcome.text == "done"
+    assert len(waits) <= 6  # the output, the exit and end of output wake it; nothing else
+    waits.clear()  # a plain Event cannot wake the loop: it looks every POLL_SECONDS
+    assert run_agent(argv, "", output_format="text", timeout=20,
+                     cancel=threading.Event()).ok
+    assert len(waits) >= 1.5 / runner.POLL_SECONDS / 2
+
+
+def test_a_cancel_switch_flipped_by_another_thread_stops_a_silent_agent_at_once(
+    tmp_path: Path,
+) -> None:
+    argv = script(tmp_path, "import time\ntime.sleep(60)\n")
+    switch = CancelSwitch()
+    threading.Timer(0.5, switch.set).start()
+    started = time.monotonic()
+    outcome = run_agent(argv, "", output_format="text", timeout=30, cancel=switch,
+                        kill_grace=0.5)
+    assert outcome.failure_reason == "cancelled"
+    assert time.monotonic() - started < 3  # not after the loop's 5-second safety sleep
+    assert outcome.pid is not None and wait_until(lambda: process_gone(outcome.pid or 0), 5)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_cancel_switch_outlives_its_runs_without_holding_anything() -> None:
+    switch = CancelSwitch()
+    before = open_descriptors()
+    for _ in range(3):
+        assert run("hello", cancel=switch).ok
+    assert open_descriptors() == before
+    switch.set()  # rings no bell of a finished run
+    assert run("hello", cancel=switch).failure_reason == "cancelled"
+    assert open_descriptors() == before
 
 
 def test_events_arrive_while_the_agent_is_still_running() -> None:
