@@ -249,3 +249,48 @@ def test_lines_node_prints_but_msgspec_refuses_are_still_read() -> None:
     parser = StreamJsonParser()
     parser.feed_line(b'{"type": "result", "result": "cut')
     assert parser.finish().garbage_lines == 1
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+_stream_events = st.fixed_dictionaries(
+    {"event": st.one_of(
+         _json_values,
+         st.fixed_dictionaries(
+             {"type": st.sampled_from(["message_start", "content_block_delta",
+                                       "message_stop"]) | _json_values},
+             optional={
+                 "message": st.fixed_dictionaries({}, optional={"id": _json_values})
+                 | _json_values,
+                 "delta": st.fixed_dictionaries(
+                     {"type": st.sampled_from(["text_delta", "input_json_delta"])},
+                     optional={"text": st.text(max_size=10) | _json_values},
+                 ) | _json_values,
+                 "index": st.integers(0, 3),
+             },
+         ),
+     )},
+    optional={"parent_tool_use_id": st.none() | st.text(max_size=5),
+              "session_id": st.text(max_size=5)},
+).map(lambda fields: {"type": "stream_event", **fields})  # claude prints "type" first
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_stream_events, max_size=6))
+def test_stream_events_as_claude_prints_them_parse_like_any_other_spelling(
+    messages: list[dict[str, Any]],
+) -> None:
+    # claude prints compact JSON with "type" first: the parser's fast path. The same
+    # lines with spaces take the general path; both must give the same events and result.
+    compact = [json.dumps(m, ensure_ascii=False, separators=(",", ":")).encode()
+               for m in messages]
+    spaced = [json.dumps(m, ensure_ascii=False).encode() for m in messages]
+    assert all(raw.startswith(b'{"type":"stream_event"') for raw in compact)
+    fast, general = StreamJsonParser(), StreamJsonParser()
+    tail = [assistant({"type": "text", "text": "the answer"}, message_id="m1"), result()]
+    assert feed(fast, *compact, *tail) == feed(general, *spaced, *tail)
+    assert fast.finish() == general.finish()
