@@ -226,6 +226,33 @@ def test_the_child_environment_bounds_claude_retries(tmp_path: Path) -> None:
     assert agent_environment({}, 3600)["API_TIMEOUT_MS"] == "600000"
 
 
+def test_an_agent_inheriting_our_environment_sees_every_change_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The inherited environment is built once and reused while os.environ is unchanged.
+    argv = script(tmp_path, """
+        import json, os
+        print(json.dumps({k: os.environ.get(k) for k in
+                          ("CHATLEDGER_TEST_VALUE", "API_TIMEOUT_MS")}))
+    """)
+
+    def seen(timeout: float = 20.0) -> dict[str, Any]:
+        outcome = run_agent(argv, "", output_format="text", timeout=timeout)
+        assert outcome.ok, outcome
+        return dict(json.loads(outcome.text))
+
+    monkeypatch.delenv("CHATLEDGER_TEST_VALUE", raising=False)
+    monkeypatch.delenv("API_TIMEOUT_MS", raising=False)
+    assert seen() == {"CHATLEDGER_TEST_VALUE": None, "API_TIMEOUT_MS": "20000"}
+    monkeypatch.setenv("CHATLEDGER_TEST_VALUE", "first")
+    assert seen()["CHATLEDGER_TEST_VALUE"] == "first"
+    monkeypatch.setenv("CHATLEDGER_TEST_VALUE", "second")
+    assert seen()["CHATLEDGER_TEST_VALUE"] == "second"
+    assert seen(timeout=9.0)["API_TIMEOUT_MS"] == "9000"
+    monkeypatch.delenv("CHATLEDGER_TEST_VALUE")
+    assert seen()["CHATLEDGER_TEST_VALUE"] is None
+
+
 def test_a_child_that_never_reads_a_large_prompt_does_not_deadlock(tmp_path: Path) -> None:
     argv = script(tmp_path, "print('answered without reading')\n")
     outcome = run_agent(argv, "x" * (8 * 1024 * 1024), output_format="text", timeout=10)
