@@ -8,6 +8,7 @@ encoded, and callers are woken only after the commit.
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,7 @@ from .environment import SharedEnvironment
 MAX_BATCH_REQUESTS = 512
 COMMIT_LINGER = 0.0005
 """Seconds the writer may wait for callers of the previous batch to come back (see _run)."""
-IDLE_CHECK_SECONDS = 0.1
+IDLE_SECONDS = 0.1
 """After this long without requests the writer wakes any caller a broken chain left asleep."""
 
 BatchApply = Callable[[Any, list["WriteRequest"]], list[Any]]
@@ -93,9 +94,12 @@ def answer(batch: list[WriteRequest], outcomes: list[Any]) -> None:
     _wake(batch[0])
 
 
-def wake_all(batch: list[WriteRequest]) -> None:
-    """Wake every caller of an answered batch that is still asleep: a chain is broken only
-    when a signal interrupted a caller between its wake-up and passing it on."""
+def wake_stragglers(batch: list[WriteRequest]) -> None:
+    """Wake every caller of an answered batch that is still asleep (a chain is broken only
+    when a signal interrupted a caller between its wake-up and passing it on). The chain
+    wakes callers in order, so once its last caller is awake there is nothing to do."""
+    if batch[-1]._answered:
+        return
     for request in batch:
         _wake(request)
 
@@ -197,29 +201,33 @@ class GroupCommitWriter:
         when the previous batch served several callers, they are likely to come back at
         once, so the writer waits up to COMMIT_LINGER seconds for as many requests as the
         previous batch held before it commits. A lone caller never waits, and a linger can
-        never exceed COMMIT_LINGER, which is small beside the commit's own fsyncs. When no
-        request came for IDLE_CHECK_SECONDS, or when it stops, the writer wakes whoever of
-        its last batch a broken chain of wake-ups left asleep.
+        never exceed COMMIT_LINGER, which is small beside the commit's own fsyncs.
+
+        A batch's callers wake each other in a chain, which takes microseconds. Whoever of a
+        batch is still asleep two batches later, or after IDLE_SECONDS without requests (a
+        signal interrupted a caller between its wake-up and passing it on), is woken by the
+        writer, and everyone is woken before it stops.
         """
         inbox = self._inbox
         previous = 1
-        answered: list[WriteRequest] = []
+        recent: collections.deque[list[WriteRequest]] = collections.deque()
         while True:
-            items = inbox.take(1, IDLE_CHECK_SECONDS, MAX_BATCH_REQUESTS)
-            if not items:  # idle: every caller of the last batch must be awake by now
-                wake_all(answered)
-                items = inbox.take(1, None, MAX_BATCH_REQUESTS)
+            items = inbox.take(1, IDLE_SECONDS if recent else None, MAX_BATCH_REQUESTS)
+            while recent and (not items or len(recent) > 1):
+                wake_stragglers(recent.popleft())
+            if not items:
+                continue
             if len(items) < previous and None not in items:
                 items += inbox.take(previous - len(items), COMMIT_LINGER,
                                     MAX_BATCH_REQUESTS - len(items))
-            stopping = None in items
             batch = [item for item in items if item is not None]
             if batch:
                 previous = len(batch)
                 self._commit(batch)
-                answered = batch
-            if stopping:
-                wake_all(answered)
+                recent.append(batch)
+            if None in items:
+                while recent:
+                    wake_stragglers(recent.popleft())
                 return
 
     def _commit(self, batch: list[WriteRequest]) -> None:

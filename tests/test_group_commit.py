@@ -109,9 +109,21 @@ class Interrupted(Exception):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGALRM")
-def test_a_caller_interrupted_while_waiting_strands_nobody(log: EventLog) -> None:
+@pytest.mark.parametrize("busy", [False, True], ids=["idle writer", "busy writer"])
+def test_a_caller_interrupted_while_waiting_strands_nobody(log: EventLog, busy: bool) -> None:
     outcomes = Outcomes()
     release = hold_writer(log)
+    done = threading.Event()
+
+    def keep_the_writer_busy() -> None:
+        # From just after the held batch committed on, so the writer is never idle for long.
+        while log.version("main") != 1 and not done.is_set():
+            time.sleep(0.001)
+        version = 0
+        while not done.is_set():
+            log.append("busy", [SessionCreated() if version == 0 else
+                                MessageSent(turn=version, text="x")], version)
+            version += 1
 
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted
@@ -123,6 +135,9 @@ def test_a_caller_interrupted_while_waiting_strands_nobody(log: EventLog) -> Non
         # wakes it, but it has left, so the chain of wake-ups starts nowhere.
         threading.Timer(0.3, lambda: threads.extend(
             outcomes.appender(log, f"t{index}", 0) for index in range(8))).start()
+        if busy:
+            threading.Timer(0.6, threading.Thread(target=keep_the_writer_busy,
+                                                  daemon=True).start).start()
         threading.Timer(1.5, release).start()
         signal.setitimer(signal.ITIMER_REAL, 1.0)
         with pytest.raises(Interrupted):
@@ -130,13 +145,16 @@ def test_a_caller_interrupted_while_waiting_strands_nobody(log: EventLog) -> Non
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    started = time.monotonic()
-    while len(threads) < 8:
-        assert time.monotonic() - started < 10
-        time.sleep(0.01)
-    for thread in threads:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads), "callers left asleep"
+    try:
+        started = time.monotonic()
+        while len(threads) < 8:
+            assert time.monotonic() - started < 10
+            time.sleep(0.01)
+        for thread in threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in threads), "callers left asleep"
+    finally:
+        done.set()
     assert sorted(outcomes.results) == [f"t{index}" for index in range(8)]
     # the interrupted append was queued, so it was committed all the same
     assert log.version("main") == 1
