@@ -136,7 +136,7 @@ def agent_environment(base: Mapping[str, str] | None, timeout: float) -> dict[st
 class _InheritedEnvironment:
     """The agent's environment when it inherits ours, built once and reused until ours changes.
 
-    Copying os.environ and encoding it again for every run took about 900 Python calls, 5-7%
+    Copying os.environ and encoding it again for every run took about 900 Python calls, ~5%
     of chatledger's CPU per turn. CPython keeps the encoded environment in `os.environ._data`
     (every change to os.environ goes through it), so one C-level comparison with the copy
     taken at the last build tells whether to build again; where that dict does not exist, the
