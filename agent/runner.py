@@ -158,12 +158,14 @@ class _InheritedEnvironment:
             return environment, environment
         with self._lock:
             if self._built is None or self._timeout != timeout or self._source != source:
+                # The copy comes first: a change made meanwhile by another thread then
+                # differs from it next time, rather than hiding behind a stale build.
+                self._source, self._timeout = dict(source), timeout
                 environment = agent_environment(None, timeout)
                 spawned: Mapping[Any, Any] = environment
                 if os.supports_bytes_environ:
                     spawned = {os.fsencode(key): os.fsencode(value)
                                for key, value in environment.items()}
-                self._source, self._timeout = dict(source), timeout
                 self._built = (environment, spawned)
             return self._built
 
