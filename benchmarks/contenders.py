@@ -86,7 +86,7 @@ class ChatledgerStore:
         store = self.log.store
         decode = msgspec.msgpack.Decoder(Recorded).decode
         count = 0
-        with store.shared.transaction(buffers=True) as txn:
+        with store.shared.transaction() as txn:
             for value in txn.cursor(db=store.log_db).iternext(keys=False, values=True):
                 decode(value[HASH_SIZE:])
                 count += 1

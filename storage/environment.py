@@ -100,13 +100,13 @@ class SharedEnvironment:
         self.clear_stale_readers()
 
     @contextlib.contextmanager
-    def transaction(self, *, write: bool = False, buffers: bool = False) -> Iterator[Any]:
+    def transaction(self, *, write: bool = False) -> Iterator[Any]:
         """A transaction (short!), adopting a map grown by another process if need be."""
         self.check_process()
         for _ in range(3):
             with self.gate.reading():
                 try:
-                    txn = self._begin(write=write, buffers=buffers)
+                    txn = self._begin(write=write)
                 except lmdb.MapResizedError:
                     pass
                 else:
@@ -116,12 +116,12 @@ class SharedEnvironment:
             self.adopt_map_size()
         raise LedgerError(f"{self.path}: the map keeps being resized by another process")
 
-    def _begin(self, *, write: bool, buffers: bool) -> Any:
+    def _begin(self, *, write: bool) -> Any:
         """Begin a transaction; if the reader table is full, free the slots of dead
         processes and try once more."""
         for attempt in range(2):
             try:
-                return self.env.begin(write=write, buffers=buffers)
+                return self.env.begin(write=write)
             except lmdb.ReadersFullError:
                 if attempt or not self.clear_stale_readers():
                     raise LedgerError(

@@ -480,12 +480,11 @@ class EventLog:
     def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:
         """The records of one session from `from_version` on (empty if it has none)."""
         validate_session_id(session_id)
-        with self.store.shared.transaction(buffers=True) as txn:
+        with self.store.shared.transaction() as txn:
             entry = self.store.index_entry_in(txn, session_id)
             if entry is None:
                 return []
             values = self._session_values(txn, session_id, from_version, entry.info.version)
-            # Decoded straight from the map, inside the transaction: no copy of the bytes.
             return [decode_record(value[HASH_SIZE:]) for _, value in values]
 
     def read_session_raw(self, session_id: str, from_version: int = 1) -> list[tuple[int, bytes]]:
@@ -515,7 +514,7 @@ class EventLog:
         """A session's info as indexed and its last `count` records, read in one transaction
         (what an actor needs to come back to life without folding the whole stream)."""
         validate_session_id(session_id)
-        with self.store.shared.transaction(buffers=True) as txn:
+        with self.store.shared.transaction() as txn:
             entry = self.store.index_entry_in(txn, session_id)
             if entry is None:
                 return None, []
@@ -538,13 +537,10 @@ class EventLog:
         cursor = txn.cursor(db=store.streams_db)
         positions: list[bytes] = []  # the stream index's values are the log's keys
         if cursor.set_key(stream_key(session_id, from_version)):
-            positions = [
-                bytes(position)
-                for position in islice(cursor.iternext(keys=False, values=True), count)
-            ]
+            positions = list(islice(cursor.iternext(keys=False, values=True), count))
         found = (txn.cursor(db=store.log_db).getmulti(positions)
                  if len(positions) == count else [])
-        if len(found) != count or bytes(cursor.key()) != stream_key(session_id, last_version):
+        if len(found) != count or cursor.key() != stream_key(session_id, last_version):
             raise LedgerError(
                 f"the stream index of {session_id!r} does not match its index entry "
                 f"(versions {from_version}..{last_version}): run `chatledger verify`"
@@ -562,7 +558,7 @@ class EventLog:
         while to_position is None or position <= to_position:
             values, position = self._read_values(position, to_position)
             for value in values:
-                yield decode_record(memoryview(value)[HASH_SIZE:])
+                yield decode_record(value[HASH_SIZE:])
             if len(values) < READ_CHUNK:
                 return
 
@@ -628,7 +624,7 @@ class EventLog:
     def index_entry(self, session_id: str) -> IndexEntry | None:
         """A session's index entry as stored: its info and last hash (None if unknown)."""
         validate_session_id(session_id)
-        with self.store.shared.transaction(buffers=True) as txn:
+        with self.store.shared.transaction() as txn:
             return self.store.index_entry_in(txn, session_id)
 
     def require_info(self, session_id: str) -> SessionInfo:
@@ -642,7 +638,7 @@ class EventLog:
         """Every session's info, from the index (no replay)."""
         store = self.store
         result: list[SessionInfo] = []
-        with store.shared.transaction(buffers=True) as txn:
+        with store.shared.transaction() as txn:
             for value in txn.cursor(db=store.sessions_db).iternext(keys=False, values=True):
                 result.append(decode_index_entry(value).info)
         return result
@@ -650,9 +646,9 @@ class EventLog:
     def index_entries(self) -> dict[str, IndexEntry]:
         """The whole session index as stored (for verify)."""
         store = self.store
-        with store.shared.transaction(buffers=True) as txn:
+        with store.shared.transaction() as txn:
             return {
-                bytes(key).decode(): decode_index_entry(value)
+                key.decode(): decode_index_entry(value)
                 for key, value in txn.cursor(db=store.sessions_db)
             }
 

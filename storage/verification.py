@@ -118,8 +118,8 @@ def _verify_sequentially(
     saved_hash_seen: bytes | None = None
     for position, value in log.read_raw():
         report.records_checked += 1
-        view = memoryview(value)  # slices of a view copy nothing
-        stored_hash, data = view[:HASH_SIZE], view[HASH_SIZE:]
+        # Byte slices, not memoryview slices: msgspec and blake2b read bytes faster.
+        stored_hash, data = value[:HASH_SIZE], value[HASH_SIZE:]
         if progress is not None and report.records_checked % 10_000 == 0:
             progress(10_000)
         if position != expected_position:

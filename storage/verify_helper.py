@@ -71,7 +71,7 @@ def check_sessions(
         if stored is None:
             raise _RangeBroken
         expected = IndexEntry(info=info, last_hash=last_hash)
-        if bytes(stored) != encode_index_entry(expected) and (
+        if stored != encode_index_entry(expected) and (
             decode_index_entry(stored) != expected
         ):
             raise _RangeBroken
@@ -81,12 +81,11 @@ def check_sessions(
         while True:
             read = 0
             done = True
-            with store.shared.transaction(buffers=True) as txn:
+            with store.shared.transaction() as txn:
                 get = txn.get
                 cursor = txn.cursor(db=streams_db)
                 if cursor.set_range(resume) if resume else cursor.first():
-                    for raw_key, raw_position in cursor:
-                        key = bytes(raw_key)
+                    for key, raw_position in cursor:
                         if key == resume and read == 0 and resume != start:
                             continue  # the last key of the previous chunk
                         if stop is not None and key >= stop:
@@ -105,7 +104,7 @@ def check_sessions(
                         position = int.from_bytes(raw_position, "big")
                         if data is None:
                             raise _RangeBroken
-                        stored_hash = bytes(data[:HASH_SIZE])
+                        stored_hash = data[:HASH_SIZE]
                         body = data[HASH_SIZE:]
                         if blake2b(body, digest_size=HASH_SIZE).digest() != stored_hash:
                             raise _RangeBroken
@@ -130,7 +129,7 @@ def check_sessions(
                             previous = get((position - 1).to_bytes(8, "big"), db=log_db)
                             if previous is None:
                                 raise _RangeBroken
-                            previous_hash = bytes(previous[:HASH_SIZE])
+                            previous_hash = previous[:HASH_SIZE]
                         if recorded.prev_log_hash != previous_hash:
                             raise _RangeBroken
                         info = evolve(info, recorded)
