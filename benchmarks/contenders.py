@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -91,6 +92,10 @@ class ChatledgerStore:
                 decode(value[HASH_SIZE:])
                 count += 1
         return count
+
+    def stored_records(self, count: int) -> list[bytes]:
+        """The first `count` records as stored (without their hash), held in memory."""
+        return [value[HASH_SIZE:] for _, value in islice(self.log.read_raw(1), count)]
 
     def rehydrate(self, session_id: str) -> SessionInfo:
         """Read one session's stream and fold it into its state (what an actor does)."""

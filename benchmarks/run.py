@@ -24,7 +24,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 from chatledger.config import Config
+from chatledger.events import Recorded
 
 from .common import (
     SIZES,
@@ -41,6 +44,8 @@ from .contenders import ChatledgerStore, EventsourcingStore, SqliteStore, Store
 from .runtime_bench import activation, cpu_per_turn, memory
 
 CONTENDERS = ("chatledger", "sqlite", "eventsourcing")
+DECODE_SAMPLE = 200_000
+"""Records decoded in memory for the decode-only figure (enough to leave the CPU caches)."""
 
 
 class Results:
@@ -201,6 +206,11 @@ def run_dataset(results: Results, sizes: Sizes, work: str) -> tuple[str, list[st
                                  sizes.repetitions, sizes.warmups)
                 results.add("replay_ceiling", "  ceiling: raw LMDB scan + msgspec decode",
                             name, Figure("events/s", ceiling, True))
+                records = store.stored_records(min(total, DECODE_SAMPLE))
+                decode = repeat(lambda records=records: len(records) / timed(
+                    lambda: _decode_all(records)), sizes.repetitions, sizes.warmups)
+                results.add("decode_only", "  msgspec decode alone (records in memory)",
+                            name, Figure("events/s", decode, True))
                 log_line("dataset: chatledger verify")
                 verify = repeat(lambda store=store: total / timed(store.verify),
                                 max(5, sizes.repetitions), 0 if sizes.name == "full" else 1)
@@ -217,6 +227,13 @@ def run_dataset(results: Results, sizes: Sizes, work: str) -> tuple[str, list[st
     )
     results.notes["verify"] = "only chatledger keeps hash chains; the baselines have nothing to verify"
     return chatledger_path, ids
+
+
+def _decode_all(records: list[bytes]) -> None:
+    """Decode every record with msgspec alone: what this machine's CPU allows a replay."""
+    decode = msgspec.msgpack.Decoder(Recorded).decode
+    for record in records:
+        decode(record)
 
 
 def _per_call_ms(function: Callable[[], Any], calls: int) -> float:
