@@ -427,6 +427,34 @@ def environment_description() -> dict[str, Any]:
     }
 
 
+def machine_counters() -> dict[str, int]:
+    """Counters that tell how undisturbed the machine was: CPU time stolen by the host and
+    ticks in all (Linux /proc/stat), and major page faults (pages read back from disk)."""
+    import resource
+
+    counters = {"major_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_majflt}
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            ticks = [int(value) for value in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return counters
+    counters["cpu_ticks"] = sum(ticks[:8])  # user .. steal; guest time is inside user
+    counters["steal_ticks"] = ticks[7] if len(ticks) > 7 else 0
+    return counters
+
+
+def machine_conditions(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """What the machine did during the run, from two `machine_counters` readings."""
+    conditions: dict[str, float] = {
+        "major_page_faults": after["major_page_faults"] - before["major_page_faults"]}
+    ticks = after.get("cpu_ticks", 0) - before.get("cpu_ticks", 0)
+    if ticks > 0:
+        stolen = after["steal_ticks"] - before["steal_ticks"]
+        conditions["cpu_steal_pct"] = stolen / ticks * 100
+    return conditions
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks; print the table; write the JSON report; return it."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
@@ -461,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"eventsourcing={synchronous['eventsourcing']}; 2 = FULL)")
     print(flush=True)
     started = time.perf_counter()
+    counters = machine_counters()
     try:
         if "appends" not in args.skip:
             run_appends(results, sizes, work)
@@ -471,12 +500,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    conditions = machine_conditions(counters, machine_counters())
     checks = targets(results, sizes)
     print(render_table(results, checks))
+    steal = conditions.get("cpu_steal_pct")
+    print(f"\nmachine during the run: {conditions['major_page_faults']:,.0f} major page faults "
+          "(pages read back from disk)"
+          + (f", {steal:.1f}% of CPU time stolen by the host" if steal is not None else ""))
     report = {
         "size": sizes.name,
         "sizes": sizes.__dict__,
         "environment": environment_description(),
+        "machine_conditions": conditions,
         "durability": durability,
         "sqlite_synchronous": synchronous,
         "seconds": time.perf_counter() - started,
