@@ -79,7 +79,7 @@ def stream_key(session_id: str, version: int) -> bytes:
     return session_id.encode() + b"\x00" + version.to_bytes(8, "big")
 
 
-def decode_index_entry(data: bytes | memoryview) -> IndexEntry:
+def decode_index_entry(data: bytes) -> IndexEntry:
     """Decode a `sessions` value."""
     return _index_decoder.decode(data)
 
@@ -93,11 +93,10 @@ def _encode_head(position: int, digest: bytes) -> bytes:
     return position.to_bytes(8, "big") + digest
 
 
-def _decode_head(data: bytes | memoryview | None) -> Head:
+def _decode_head(data: bytes | None) -> Head:
     if data is None:
         return Head(0, GENESIS)
-    raw = bytes(data)
-    return Head(int.from_bytes(raw[:8], "big"), raw[8:])
+    return Head(int.from_bytes(data[:8], "big"), data[8:])
 
 
 class _Append(msgspec.Struct):
