@@ -428,31 +428,49 @@ def environment_description() -> dict[str, Any]:
 
 
 def machine_counters() -> dict[str, int]:
-    """Counters that tell how undisturbed the machine was: CPU time stolen by the host and
-    ticks in all (Linux /proc/stat), and major page faults (pages read back from disk)."""
-    import resource
-
-    counters = {"major_page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_majflt
-                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_majflt}
+    """Counters that tell how undisturbed the machine was, where the system has them: major
+    page faults (pages read back from disk), and CPU ticks in all and stolen by the host
+    (Linux /proc/stat)."""
+    counters: dict[str, int] = {}
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        pass
+    else:
+        counters["major_page_faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+                                         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_majflt)
     try:
         with open("/proc/stat", encoding="ascii") as handle:
             ticks = [int(value) for value in handle.readline().split()[1:]]
     except (OSError, ValueError):
         return counters
-    counters["cpu_ticks"] = sum(ticks[:8])  # user .. steal; guest time is inside user
-    counters["steal_ticks"] = ticks[7] if len(ticks) > 7 else 0
+    if len(ticks) >= 8:
+        counters["cpu_ticks"] = sum(ticks[:8])  # user .. steal; guest time is inside user
+        counters["steal_ticks"] = ticks[7]
     return counters
 
 
 def machine_conditions(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
     """What the machine did during the run, from two `machine_counters` readings."""
-    conditions: dict[str, float] = {
-        "major_page_faults": after["major_page_faults"] - before["major_page_faults"]}
+    conditions: dict[str, float] = {}
+    if "major_page_faults" in after:
+        conditions["major_page_faults"] = (after["major_page_faults"]
+                                           - before["major_page_faults"])
     ticks = after.get("cpu_ticks", 0) - before.get("cpu_ticks", 0)
     if ticks > 0:
-        stolen = after["steal_ticks"] - before["steal_ticks"]
-        conditions["cpu_steal_pct"] = stolen / ticks * 100
+        conditions["cpu_steal_pct"] = (after["steal_ticks"] - before["steal_ticks"]) / ticks * 100
     return conditions
+
+
+def describe_conditions(conditions: dict[str, float]) -> str:
+    """One line on the machine's conditions during the run."""
+    parts = []
+    if "major_page_faults" in conditions:
+        parts.append(f"{conditions['major_page_faults']:,.0f} major page faults (pages read "
+                     "back from disk)")
+    if "cpu_steal_pct" in conditions:
+        parts.append(f"{conditions['cpu_steal_pct']:.1f}% of CPU time stolen by the host")
+    return "machine during the run: " + (", ".join(parts) if parts else "no counters here")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -503,10 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     conditions = machine_conditions(counters, machine_counters())
     checks = targets(results, sizes)
     print(render_table(results, checks))
-    steal = conditions.get("cpu_steal_pct")
-    print(f"\nmachine during the run: {conditions['major_page_faults']:,.0f} major page faults "
-          "(pages read back from disk)"
-          + (f", {steal:.1f}% of CPU time stolen by the host" if steal is not None else ""))
+    print("\n" + describe_conditions(conditions))
     report = {
         "size": sizes.name,
         "sizes": sizes.__dict__,
