@@ -10,7 +10,8 @@ handed to `on_event` on the calling thread. Everything is bounded: total output
 (`max_output_bytes`), the stderr tail, and time. On timeout or cancellation the WHOLE process
 tree is stopped: SIGINT to the group (claude then prints a parseable interrupted result),
 SIGTERM after a grace, then SIGKILL; after the agent exits, whatever is left in its group is
-killed too. On Windows, where selectors cannot wait on pipes, helper threads write stdin and
+killed too; and if this process is killed outright mid-run, its orphan guard stops the group
+(`orphan_guard`). On Windows, where selectors cannot wait on pipes, helper threads write stdin and
 read stdout and stderr instead; the group is a CREATE_NEW_PROCESS_GROUP, interrupted with
 CTRL_BREAK and killed with `taskkill /T /F`.
 
@@ -41,6 +42,7 @@ import msgspec
 
 from ..events import ToolCall
 from .argv import OUTPUT_FORMATS
+from .orphan_guard import OrphanGuard
 from .stream_json import AgentEvent, StreamJsonParser, TextDelta
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,9 @@ class _InheritedEnvironment:
 
 
 _INHERITED_ENVIRONMENT = _InheritedEnvironment()
+
+ORPHAN_GUARD = OrphanGuard()
+"""Stops this process's agents if it dies without stopping them (see orphan_guard)."""
 
 
 class CancelSwitch(threading.Event):
@@ -867,6 +872,7 @@ def run_agent(
         process = _spawn(argv, spawned_environment, cwd)
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         return _start_failure(error, argv, environment, cwd, started)
+    ORPHAN_GUARD.watch(process.pid)  # the agent leads its own process group
     return _Run(
         process, prompt, output_format=output_format, started=started, timeout=timeout,
         on_event=on_event, cancel=cancel, max_output_bytes=max_output_bytes,
@@ -917,6 +923,7 @@ class _Run:
             raise
         finally:
             self.pipes.close()
+            ORPHAN_GUARD.release(self.process.pid)
         return self._outcome(exit_code, stderr_tail)
 
     def _emit(self, events: Sequence[AgentEvent]) -> None:

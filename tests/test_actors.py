@@ -420,7 +420,7 @@ CRASH_SCRIPT = textwrap.dedent(
     from chatledger.events import RunStarted
     path, session_id = sys.argv[1], sys.argv[2]
     ledger = Ledger(path, agent_command=(sys.executable, "-m", "chatledger.agent.standin"))
-    threading.Thread(target=ledger.send, args=(session_id, "[[slow 30]]"), daemon=True).start()
+    threading.Thread(target=ledger.send, args=(session_id, "[[slow 60]]"), daemon=True).start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if isinstance(ledger.events(session_id)[-1].event, RunStarted):
@@ -446,12 +446,18 @@ def test_kill_9_of_the_process_hosting_a_run_then_reopen_closes_the_turn_interru
     try:
         assert host.stdout is not None
         assert host.stdout.readline().strip() == "running"
+        # Let the agent start and print its first lines; it then stays silent for 20 s.
+        assert wait_until(lambda: standin_pids(marker), 10)
+        time.sleep(1.0)
     finally:
         host.send_signal(signal.SIGKILL)
         host.wait(10)
-    # The orphaned agent is not ours to keep; clean it up like an operator would.
-    for pid in standin_pids(marker):
-        os.kill(pid, signal.SIGKILL)
+    # A silent agent would run on until its next write; the orphan guard stops it now.
+    try:
+        assert wait_until(lambda: not standin_pids(marker), 8), "the orphaned agent runs on"
+    finally:
+        for pid in standin_pids(marker):
+            os.kill(pid, signal.SIGKILL)
     with open_ledger(ledger_path) as ledger:
         ledger.runtime.actor(session_id)  # activation closes the open turn
         assert wait_until(

@@ -1,0 +1,98 @@
+"""The orphan guard: what it stops when its backend dies, and how (real process groups).
+
+The end-to-end case (a backend killed with SIGKILL mid-run, its silent agent stopped) is
+`test_actors.py::test_kill_9_of_the_process_hosting_a_run_then_reopen_closes_the_turn_interrupted`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chatledger.agent.orphan_guard import serve, stop_groups
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+SLEEPER = "import signal, sys, time\n{setup}\nprint('ready', flush=True)\ntime.sleep(60)\n"
+
+
+def start_group(*, ignore_term: bool = False) -> subprocess.Popen[str]:
+    """A process leading its own group, ready once it has printed 'ready'."""
+    setup = "signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignore_term else ""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLEEPER.format(setup=setup)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+def ended(process: subprocess.Popen[str], timeout: float) -> bool:
+    """Whether the process exits within `timeout` seconds."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def test_at_end_of_file_only_the_groups_still_announced_are_stopped() -> None:
+    kept, withdrawn = start_group(), start_group()
+    try:
+        announcements = io.BytesIO(
+            b"+%d\n+%d\nnot an announcement\n-%d\n" % (kept.pid, withdrawn.pid, withdrawn.pid)
+        )
+        serve(announcements, grace=1.0)
+        assert ended(kept, 5) and kept.returncode == -15  # SIGTERM
+        assert not ended(withdrawn, 0.3)
+    finally:
+        for process in (kept, withdrawn):
+            process.kill()
+            process.wait(5)
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace() -> None:
+    stubborn = start_group(ignore_term=True)
+    try:
+        started = time.monotonic()
+        stop_groups({stubborn.pid}, grace=0.5)
+        assert ended(stubborn, 5) and stubborn.returncode == -9  # SIGKILL
+        assert time.monotonic() - started >= 0.5
+    finally:
+        stubborn.kill()
+        stubborn.wait(5)
+
+
+def test_groups_that_are_gone_are_skipped_quietly() -> None:
+    gone = start_group()
+    gone.kill()
+    gone.wait(5)
+    started = time.monotonic()
+    stop_groups({gone.pid}, grace=5.0)
+    assert time.monotonic() - started < 1.0  # nothing left to wait for
+
+
+def test_the_guard_process_itself_stops_its_groups_when_its_pipe_closes() -> None:
+    agent = start_group()
+    guard = subprocess.Popen(
+        [sys.executable, "-I", "-S", os.path.join(os.path.dirname(serve.__code__.co_filename),
+                                                   "orphan_guard.py")],
+        stdin=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        assert guard.stdin is not None
+        guard.stdin.write(b"+%d\n" % agent.pid)
+        guard.stdin.flush()
+        assert not ended(agent, 0.3)  # the guard does nothing while its backend lives
+        guard.stdin.close()  # as when the backend dies
+        assert ended(agent, 5) and agent.returncode == -15
+        assert ended(guard, 5) and guard.returncode == 0
+    finally:
+        for process in (agent, guard):
+            process.kill()
+            process.wait(5)
