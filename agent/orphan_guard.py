@@ -40,6 +40,7 @@ class OrphanGuard:
         self._pipe: int | None = None
         self._guard_pid: int | None = None
         self._unavailable = sys.platform == "win32" or not hasattr(os, "posix_spawn")
+        self._warned_full = False
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._leave_to_parent)
 
@@ -57,7 +58,11 @@ class OrphanGuard:
             if pipe is None:
                 return
             try:
-                os.write(pipe, message)  # a few bytes: atomic, and the guard keeps reading
+                os.write(pipe, message)  # a few bytes: written whole or not at all
+            except BlockingIOError:  # the guard stopped reading: never block a run for it
+                if not self._warned_full:
+                    self._warned_full = True
+                    logger.warning("the orphan guard is not reading; runs go unannounced")
             except OSError as error:
                 logger.warning("the orphan guard went away (%s); starting another", error)
                 self._close()
@@ -68,13 +73,19 @@ class OrphanGuard:
             return None
         self._reap_previous()
         read_end, write_end = os.pipe()  # both close-on-exec: agents never inherit them
+        os.set_blocking(write_end, False)
         try:
             self._guard_pid = os.posix_spawn(
                 sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__)],
-                dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)],
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    # Not the backend's stdout: a reader of it waits for everyone holding it.
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                ],
                 setsid=True,  # a Ctrl-C or hang-up aimed at the backend must not stop it
             )
-        except OSError as error:
+        except (OSError, NotImplementedError) as error:
             logger.warning("cannot start the orphan guard (%s): agents of a backend that is "
                            "killed outright will run on until their turn ends", error)
             self._unavailable = True
@@ -83,6 +94,7 @@ class OrphanGuard:
         finally:
             os.close(read_end)
         self._pipe = write_end
+        self._warned_full = False
         return write_end
 
     def _reap_previous(self) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from chatledger.agent.orphan_guard import serve, stop_groups
+from chatledger.agent.orphan_guard import OrphanGuard, serve, stop_groups
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -96,3 +97,21 @@ def test_the_guard_process_itself_stops_its_groups_when_its_pipe_closes() -> Non
         for process in (agent, guard):
             process.kill()
             process.wait(5)
+
+
+def test_a_guard_that_stops_reading_never_blocks_a_run(caplog: pytest.LogCaptureFixture) -> None:
+    guard = OrphanGuard()
+    guard.release(4_999_999)  # starts the guard process
+    guard_pid = guard._guard_pid
+    assert guard_pid is not None
+    os.kill(guard_pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for offset in range(20_000):  # far more than a pipe holds (64 KiB)
+            guard.watch(5_000_000 + offset)  # beyond pid_max: no such group
+        assert time.monotonic() - started < 10
+        assert caplog.text.count("not reading") == 1  # said once, not per run
+    finally:
+        os.kill(guard_pid, signal.SIGCONT)
+        guard._close()  # as at the backend's exit: the guard finds no live group and ends
+        os.waitpid(guard_pid, 0)
