@@ -132,16 +132,16 @@ def serve(announcements: BinaryIO, grace: float = GRACE_SECONDS) -> None:
 
 def stop_groups(groups: set[int], grace: float) -> None:
     """SIGTERM every group, then SIGKILL those still alive after `grace` seconds."""
-    alive = {group for group in groups if _signal_group(group, signal.SIGTERM)}
+    alive = {group for group in groups if signal_group(group, signal.SIGTERM)}
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = {group for group in alive if _signal_group(group, 0)}
+        alive = {group for group in alive if signal_group(group, 0)}
     for group in alive:
-        _signal_group(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
 
 
-def _signal_group(group: int, signal_number: int) -> bool:
+def signal_group(group: int, signal_number: int) -> bool:
     """Send a signal to a process group; False if the group no longer exists."""
     try:
         os.killpg(group, signal_number)

@@ -11,8 +11,8 @@ handed to `on_event` on the calling thread. Everything is bounded: total output
 tree is stopped: SIGINT to the group (claude then prints a parseable interrupted result),
 SIGTERM after a grace, then SIGKILL; after the agent exits, whatever is left in its group is
 killed too; and if this process is killed outright mid-run, its orphan guard stops the group
-(`orphan_guard`). On Windows, where selectors cannot wait on pipes, helper threads write stdin and
-read stdout and stderr instead; the group is a CREATE_NEW_PROCESS_GROUP, interrupted with
+(`orphan_guard`). On Windows, where selectors cannot wait on pipes, helper threads write stdin
+and read stdout and stderr instead; the group is a CREATE_NEW_PROCESS_GROUP, interrupted with
 CTRL_BREAK and killed with `taskkill /T /F`.
 
 It never raises for anything the agent does: every failure is a `RunOutcome` with a reason
@@ -42,7 +42,7 @@ import msgspec
 
 from ..events import ToolCall
 from .argv import OUTPUT_FORMATS
-from .orphan_guard import OrphanGuard
+from .orphan_guard import OrphanGuard, signal_group
 from .stream_json import AgentEvent, StreamJsonParser, TextDelta
 
 logger = logging.getLogger(__name__)
@@ -295,8 +295,7 @@ class _ProcessTree:
 
     def _signal_group(self, signal_number: int) -> None:
         if sys.platform != "win32":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal_number)
+            signal_group(self.process.pid, signal_number)
 
     def _windows_signal(self, signal_number: int) -> None:
         with contextlib.suppress(OSError):

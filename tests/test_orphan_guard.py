@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from chatledger.agent import orphan_guard
 from chatledger.agent.orphan_guard import OrphanGuard, serve, stop_groups
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
@@ -80,11 +81,8 @@ def test_groups_that_are_gone_are_skipped_quietly() -> None:
 
 def test_the_guard_process_itself_stops_its_groups_when_its_pipe_closes() -> None:
     agent = start_group()
-    guard = subprocess.Popen(
-        [sys.executable, "-I", "-S", os.path.join(os.path.dirname(serve.__code__.co_filename),
-                                                   "orphan_guard.py")],
-        stdin=subprocess.PIPE, start_new_session=True,
-    )
+    guard = subprocess.Popen([sys.executable, "-I", "-S", orphan_guard.__file__],
+                             stdin=subprocess.PIPE, start_new_session=True)
     try:
         assert guard.stdin is not None
         guard.stdin.write(b"+%d\n" % agent.pid)
@@ -115,3 +113,20 @@ def test_a_guard_that_stops_reading_never_blocks_a_run(caplog: pytest.LogCapture
         os.kill(guard_pid, signal.SIGCONT)
         guard._close()  # as at the backend's exit: the guard finds no live group and ends
         os.waitpid(guard_pid, 0)
+
+
+def test_a_forked_child_leaves_the_parents_guard_alone() -> None:
+    guard = OrphanGuard()
+    guard.release(4_999_999)  # starts the parent's guard
+    parent_guard = guard._guard_pid
+    assert parent_guard is not None
+    try:
+        child = os.fork()
+        if child == 0:  # the child must not announce its agents to the parent's guard
+            os._exit(0 if guard._pipe is None and guard._guard_pid is None else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert guard._guard_pid == parent_guard and guard._pipe is not None
+    finally:
+        guard._close()
+        os.waitpid(parent_guard, 0)
