@@ -47,12 +47,13 @@ from .errors import (
     InvalidCommandError,
     InvalidSessionIdError,
     LedgerError,
+    LedgerMissingError,
     UnknownSessionError,
 )
 from .events import SessionExpired, at_version, history, session_info
 from .events.model import Recorded
 from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
-from .storage import EventLog, Head, VerifyReport
+from .storage import AuditStore, Head, VerifyReport, open_store
 
 MODES = ("user", "power")
 STATUSES = ("new", "idle", "running", "expired")
@@ -117,17 +118,17 @@ class State:
         return load_config(path=self.ledger_path).path
 
     @contextmanager
-    def log(self) -> Iterator[EventLog]:
+    def log(self) -> Iterator[AuditStore]:
         """Open an existing ledger's log (read-only if the files cannot be written)."""
         path = self.config_path()
-        if not (Path(path) / "data.mdb").exists():
-            _fail(f"there is no ledger at {path} (create one with `chatledger new`)", 4)
         try:
-            log = EventLog(path)
+            log = open_store(path, create=False)
+        except LedgerMissingError:
+            _fail(f"there is no ledger at {path} (create one with `chatledger new`)", 4)
         except LedgerError as error:
             if "read-only" not in str(error) and "permission" not in str(error).lower():
                 raise
-            log = EventLog(path, readonly=True)
+            log = open_store(path, create=False, readonly=True)
         try:
             yield log
         finally:
@@ -652,7 +653,7 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
         total = os.fstat(source.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
         total = 0  # a pipe: no size to show progress against
-    with EventLog(path) as log, progress("checking", total) as advance:
+    with open_store(path) as log, progress("checking", total) as advance:
 
         def lines() -> Iterator[bytes]:
             for line in source:
@@ -781,7 +782,7 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
 
     try:
         session_id, _ = run_demo(path, narrate)
-        with EventLog(path) as log:
+        with open_store(path) as log:
             records = log.read_session(session_id)
             report = log.verify()
         if as_json:

@@ -59,5 +59,9 @@ class LedgerClosedError(LedgerError):
     """The ledger was closed; open it again to go on."""
 
 
+class LedgerMissingError(LedgerError):
+    """There is no ledger where one was to be opened without creating it."""
+
+
 class ConfigError(ChatledgerError, ValueError):
     """A configuration setting has a bad value; the message names the setting."""

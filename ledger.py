@@ -16,7 +16,7 @@ from .actors.runtime import Runtime
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
-from .storage import EventStore, Head, VerifyReport
+from .storage import AuditStore, Head, VerifyReport
 
 TURN_WAIT_MARGIN = 60.0
 """Seconds a blocking send waits beyond the run timeout (queueing, recording)."""
@@ -49,7 +49,7 @@ class Ledger:
         path: str | None = None,
         *,
         config: Config | None = None,
-        log: EventStore | None = None,
+        log: AuditStore | None = None,
         **settings: Any,
     ) -> None:
         if config is None:
@@ -64,7 +64,7 @@ class Ledger:
         self.close()
 
     @property
-    def log(self) -> EventStore:
+    def log(self) -> AuditStore:
         """The event log underneath."""
         return self.runtime.log
 

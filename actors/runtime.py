@@ -12,6 +12,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -23,7 +25,7 @@ from ..agent import McpConfigFiles
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
-from ..storage import EventLog, EventStore, validate_session_id
+from ..storage import AuditStore, local_directory, open_store, validate_session_id
 from .messages import (
     Activate,
     CancelTurn,
@@ -64,20 +66,28 @@ def load_mcp_servers(path: str | None) -> dict[str, Any] | None:
     return servers
 
 
+def _mcp_directory(location: str) -> Path:
+    """Where MCP config files go: beside a ledger directory, else a private temporary one."""
+    directory = local_directory(location)
+    if directory is not None:
+        return directory / "mcp"
+    return Path(tempfile.gettempdir()) / f"chatledger-mcp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
 class Runtime:
     """One ledger's live machinery: log, pool, supervisor, session actors and sweeper."""
 
-    def __init__(self, config: Config, log: EventStore | None = None) -> None:
+    def __init__(self, config: Config, log: AuditStore | None = None) -> None:
         self.config = config
         self._owns_log = log is None
-        self.log: EventStore = log if log is not None else EventLog(config.path)
+        self.log: AuditStore = log if log is not None else open_store(config.path)
         try:
             self._servers = load_mcp_servers(config.mcp_config)
         except BaseException:
             if self._owns_log:
                 self.log.close()
             raise
-        self.mcp_files = McpConfigFiles(Path(config.path) / "mcp")
+        self.mcp_files = McpConfigFiles(_mcp_directory(config.path))
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)

@@ -18,7 +18,7 @@ import msgspec
 from ..errors import ChatledgerError
 from ..events.codec import decode_record, event_to_builtins
 from ..events.model import Recorded
-from ..storage import GENESIS, EventLog, SessionAppend, record_hash
+from ..storage import GENESIS, AuditStore, SessionAppend, record_hash
 from ..storage.hashing import HASH_SIZE
 
 _json_encoder = msgspec.json.Encoder()
@@ -61,7 +61,7 @@ def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
     }
 
 
-def iter_export(log: EventLog, session_ids: Iterable[str] | None = None) -> Iterator[bytes]:
+def iter_export(log: AuditStore, session_ids: Iterable[str] | None = None) -> Iterator[bytes]:
     """Encoded JSONL lines (with newline) for the whole log, or for some sessions in log order."""
     wanted = set(session_ids) if session_ids is not None else None
     if wanted is not None:
@@ -75,7 +75,7 @@ def iter_export(log: EventLog, session_ids: Iterable[str] | None = None) -> Iter
 
 
 def export_jsonl(
-    log: EventLog,
+    log: AuditStore,
     out: IO[bytes],
     session_ids: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
@@ -150,7 +150,7 @@ def _same_event(left: Recorded, right: Recorded) -> bool:
     )
 
 
-def import_jsonl(log: EventLog, lines: Iterable[bytes], *, dry_run: bool = False) -> ImportReport:
+def import_jsonl(log: AuditStore, lines: Iterable[bytes], *, dry_run: bool = False) -> ImportReport:
     """Check an export and append what the ledger lacks, atomically (see the module doc)."""
     sessions = read_export(lines)
     report = ImportReport(events_read=sum(len(stream) for stream in sessions.values()))

@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from ..events.model import RunFailed
-from ..storage import EventLog
+from ..storage import AuditStore
 
 
 class LedgerStats(msgspec.Struct, kw_only=True):
@@ -36,7 +36,7 @@ class LedgerStats(msgspec.Struct, kw_only=True):
     newest_activity: datetime | None
 
 
-def ledger_stats(log: EventLog, progress: Callable[[int], None] | None = None) -> LedgerStats:
+def ledger_stats(log: AuditStore, progress: Callable[[int], None] | None = None) -> LedgerStats:
     """Compute the statistics of a ledger (one pass over the log for failure reasons)."""
     infos = log.sessions()
     head = log.head()
@@ -49,7 +49,7 @@ def ledger_stats(log: EventLog, progress: Callable[[int], None] | None = None) -
     created = [info.created_at for info in infos if info.created_at is not None]
     active = [info.last_active for info in infos if info.last_active is not None]
     return LedgerStats(
-        path=log.path,
+        path=log.location,
         sessions=len(infos),
         sessions_by_status=dict(Counter(info.status for info in infos)),
         sessions_by_mode=dict(Counter(info.mode for info in infos)),

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from ..errors import InvalidEventError
-from .model import TAGS, AnyEvent, Event, Recorded, UnknownEvent
+from .model import TAGS, AnyEvent, Envelope, Event, Recorded, UnknownEvent
 
 SCHEMA_VERSION = 2
 """The event schema this release writes. Bump it with an upcaster when a shape breaks."""
@@ -57,17 +56,8 @@ def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]
     return tag, fields
 
 
-class StoredEnvelope(msgspec.Struct, frozen=True, array_like=True):
-    """A record's stored shape with the event left encoded: used to write and to verify."""
-
-    position: int
-    session_id: str
-    version: int
-    recorded_at: datetime
-    schema_version: int
-    prev_session_hash: bytes
-    prev_log_hash: bytes
-    event: msgspec.Raw
+StoredEnvelope = Envelope[msgspec.Raw]
+"""A record's stored shape with the event left encoded: used to write and to check."""
 
 
 _event_encoder = msgspec.msgpack.Encoder()
@@ -164,14 +154,9 @@ def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | U
         return UnknownEvent(type=tag, fields=fields, raw=bytes(data))
 
 
-def encode_record(envelope: StoredEnvelope) -> bytes:
-    """Encode a record for storage."""
+def encode_record(envelope: Envelope[Any]) -> bytes:
+    """Encode a record for storage (its event as a struct or as `msgspec.Raw` bytes)."""
     return _event_encoder.encode(envelope)
-
-
-def decode_envelope(data: bytes) -> StoredEnvelope:
-    """Decode a record's envelope, leaving the event encoded (cheap: for verify and indexes)."""
-    return _envelope_decoder.decode(data)
 
 
 def decode_record(data: bytes | memoryview) -> Recorded:

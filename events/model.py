@@ -13,7 +13,7 @@ out cycles), so they can never be part of a reference cycle the collector would 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
@@ -183,10 +183,15 @@ class UnknownEvent(msgspec.Struct, frozen=True, gc=False):
     raw: bytes
 
 
-class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """An event as stored: its place in the log and in its session, time, schema and hash links.
+EventT = TypeVar("EventT")
 
-    Stored as a MessagePack array (the envelope shape is ours and versioned by
+
+class Envelope(msgspec.Struct, Generic[EventT], frozen=True, array_like=True, gc=False):
+    """A record as stored: its place in the log and in its session, time, schema and hash links.
+
+    Declared once for both shapes of a record: `Recorded` (the event decoded) and
+    `StoredEnvelope` (`Envelope[msgspec.Raw]`: the event left encoded, to write and to
+    check). Stored as a MessagePack array (the envelope shape is ours and versioned by
     `schema_version`; the event inside stays a tagged map, which evolves additively).
     """
 
@@ -197,5 +202,14 @@ class Recorded(msgspec.Struct, frozen=True, array_like=True, gc=False):
     schema_version: int
     prev_session_hash: bytes
     prev_log_hash: bytes
-    # msgspec decodes the tagged union; the codec puts an UnknownEvent here itself.
-    event: AnyEvent | UnknownEvent if TYPE_CHECKING else AnyEvent  # type: ignore[valid-type]
+    event: EventT
+
+
+if TYPE_CHECKING:  # an event of the union, or an UnknownEvent (typed loosely, as before)
+    _DecodedEnvelope = Envelope[Any]
+else:  # msgspec decodes the tagged union; the codec puts an UnknownEvent there itself
+    _DecodedEnvelope = Envelope[AnyEvent]
+
+
+class Recorded(_DecodedEnvelope, frozen=True, array_like=True, gc=False):
+    """An event as stored, decoded: the envelope's fields with the event as a struct."""

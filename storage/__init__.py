@@ -1,8 +1,15 @@
-"""Where it is kept: the event log port, its LMDB implementation, the hash chain, verification.
+"""Where it is kept: the store port, `open_store`, the stores, the hash chain, verification.
 
-`storage/` knows nothing of actors or agents; everything above it uses the port's names
-(`append`, `read_session`, `read_all`, `subscribe`, `head`, `verify`), never LMDB itself.
+`storage/` knows nothing of actors or agents; everything above it opens its store with
+`open_store(location)` and uses only the port (`EventStore`, `AuditStore`), never a store
+implementation. Importing this package does not load `lmdb`: the LMDB store (`storage.lmdb`)
+is imported when a directory is opened. `EventLog` is still importable from here, lazily,
+for compatibility; new code asks `open_store`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ConcurrencyError,
@@ -11,17 +18,33 @@ from ..errors import (
     LedgerClosedError,
     LedgerError,
     LedgerFullError,
+    LedgerMissingError,
 )
+from .factory import local_directory, open_store, store_kind
 from .hashing import GENESIS, Head, record_hash
 from .ids import MAX_SESSION_ID_CHARS, validate_session_id
-from .lmdb_log import EventLog, IndexEntry, SessionAppend
-from .port import EventStore
+from .memory import MemoryStore, forget_memory_store
+from .port import AuditStore, EventStore
+from .records import IndexEntry, SessionAppend, StoredValue
 from .subscription import Subscription
 from .verification import VerifyReport
+
+if TYPE_CHECKING:
+    from .lmdb import EventLog
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EventLog":  # a compatibility alias: loads the LMDB store on first use
+        from .lmdb import EventLog
+
+        return EventLog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GENESIS",
     "MAX_SESSION_ID_CHARS",
+    "AuditStore",
     "ConcurrencyError",
     "CorruptLedgerError",
     "EventLog",
@@ -32,9 +55,16 @@ __all__ = [
     "LedgerClosedError",
     "LedgerError",
     "LedgerFullError",
+    "LedgerMissingError",
+    "MemoryStore",
     "SessionAppend",
+    "StoredValue",
     "Subscription",
     "VerifyReport",
+    "forget_memory_store",
+    "local_directory",
+    "open_store",
     "record_hash",
+    "store_kind",
     "validate_session_id",
 ]

@@ -1,23 +1,34 @@
-"""The event store port: what actors, the manager and the CLI may ask of any store.
+"""The store port: what the layers above `storage/` may ask of any store, split by who asks.
 
-LMDB (`EventLog`) is the embedded default; a shared PostgreSQL store will implement the same
-protocol, and the contract tests run against every implementation.
+`EventStore` is what actors, the runtime and the session commands need: append with an
+expected version, read, follow, and the session index. `AuditStore` adds what audits and
+maintenance need: records with their stored bytes and hashes, the atomic multi-session append
+of an import, verify, rebuild, a compacted copy and sizes. Every store implements both
+(`open_store` returns an `AuditStore`); the contract tests in tests/test_store_contract.py
+run against each. This module must not import any store implementation (nor `lmdb`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import SessionInfo
 from .hashing import Head
+from .records import IndexEntry, SessionAppend, StoredValue
 from .subscription import Subscription
 from .verification import VerifyReport
 
 
 class EventStore(Protocol):
     """An append-only, hash-chained store of session event streams."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, as given to `open_store`."""
+        ...
 
     def append(
         self, session_id: str, events: Iterable[Event | UnknownEvent], expected_version: int
@@ -26,7 +37,7 @@ class EventStore(Protocol):
         ...
 
     def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:
-        """One session's records from a version on."""
+        """One session's records from a version on (empty if it has none)."""
         ...
 
     def latest(self, session_id: str, count: int) -> tuple[SessionInfo | None, list[Recorded]]:
@@ -34,7 +45,7 @@ class EventStore(Protocol):
         ...
 
     def read_all(self, from_position: int = 1, to_position: int | None = None) -> Iterator[Recorded]:
-        """Every record from a position on, in log order."""
+        """Every record from a position on (to `to_position`), in log order."""
         ...
 
     def subscribe(self, from_position: int = 1, poll_interval: float = 0.2) -> Subscription:
@@ -42,27 +53,75 @@ class EventStore(Protocol):
         ...
 
     def head(self) -> Head:
-        """The last position and its hash."""
+        """The last position and its hash (0 and the genesis hash when empty)."""
         ...
 
     def info(self, session_id: str) -> SessionInfo | None:
         """A session's info from the index, or None."""
         ...
 
+    def require_info(self, session_id: str) -> SessionInfo:
+        """A session's info from the index; raise UnknownSessionError if unknown."""
+        ...
+
     def sessions(self) -> list[SessionInfo]:
         """Every session's info from the index."""
+        ...
+
+    def close(self) -> None:
+        """Release this handle (later calls raise LedgerClosedError)."""
+        ...
+
+    def __enter__(self) -> EventStore:
+        """Use the store in a `with` block; it is closed at the end."""
+        ...
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the store."""
+        ...
+
+
+class AuditStore(EventStore, Protocol):
+    """A store with its audit and maintenance surface: what `open_store` returns."""
+
+    def __enter__(self) -> AuditStore:
+        """Use the store in a `with` block; it is closed at the end."""
+        ...
+
+    def read_raw(self, from_position: int = 1) -> Iterator[StoredValue]:
+        """Every record as stored (position, hash + record bytes), in log order."""
+        ...
+
+    def read_session_raw(self, session_id: str, from_version: int = 1) -> list[StoredValue]:
+        """One session's records as stored, found through its stream index alone."""
+        ...
+
+    def index_entry(self, session_id: str) -> IndexEntry | None:
+        """A session's index entry as stored (its info and last hash), or None."""
+        ...
+
+    def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
+        """Append to several sessions at once: all commit, or (a stale version) none does."""
         ...
 
     def verify(
         self, saved_head: Head | None = None, *, progress: Callable[[int], None] | None = None
     ) -> VerifyReport:
-        """Recompute the hash chains and indexes."""
+        """Recompute both hash chains and the indexes of one snapshot; check a saved head."""
         ...
 
     def rebuild_index(self) -> int:
-        """Recompute the session index from the log."""
+        """Recompute the session index from the log; returns the session count."""
         ...
 
-    def close(self) -> None:
-        """Release the store."""
+    def copy_to(self, destination: str | os.PathLike[str], *, compact: bool = True) -> int:
+        """Write a consistent (compacted) copy into an empty directory; returns its bytes."""
+        ...
+
+    def disk_size(self) -> int:
+        """Bytes the store's data takes."""
+        ...
+
+    def map_size(self) -> int:
+        """Bytes the store has reserved for its data (LMDB's map; else its data size)."""
         ...

@@ -1,7 +1,8 @@
-"""A catch-up-then-live subscription to an event log.
+"""A catch-up-then-live subscription to a store, the same for every store.
 
-It reads in short transactions (never one held across the consumer's code), wakes at once on
-this process's appends, and polls for other processes' appends.
+It reads through the store's `read_all` in chunks (never holding a read across the
+consumer's code), wakes at once on this process's appends (the store's condition), and polls
+for other processes' appends.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from ..events.model import Recorded
 
-if TYPE_CHECKING:
-    from .lmdb_log import EventLog
+ReadAll = Callable[[int], Iterator[Recorded]]
+"""A store's `read_all(from_position)`."""
 
 
 class Subscription:
@@ -22,12 +23,12 @@ class Subscription:
 
     def __init__(
         self,
-        log: EventLog,
+        read_all: ReadAll,
         from_position: int,
         appended: threading.Condition,
         poll_interval: float,
     ) -> None:
-        self._log = log
+        self._read_all = read_all
         self._next_position = max(from_position, 1)
         self._appended = appended
         self._poll_interval = poll_interval
@@ -59,7 +60,7 @@ class Subscription:
         return None
 
     def _fill(self) -> None:
-        for recorded in self._log.read_all(self._next_position):
+        for recorded in self._read_all(self._next_position):
             self._buffer.append(recorded)
             if len(self._buffer) >= 4096:
                 break

@@ -33,7 +33,8 @@ from chatledger.events import (
     UnknownEvent,
 )
 from chatledger.ledger import Ledger
-from chatledger.storage import EventLog, lmdb_log
+from chatledger.storage import EventLog
+from chatledger.storage.lmdb import store as lmdb_store
 
 
 @contextlib.contextmanager
@@ -350,7 +351,7 @@ def test_events_from_a_newer_schema_are_kept_and_the_session_goes_on(
     raw = msgspec.msgpack.encode({"type": "reaction_added", "emoji": "+1", "turn": 1})
     newer = UnknownEvent(type="reaction_added", fields={"emoji": "+1", "turn": 1}, raw=raw)
     with monkeypatch.context() as patch:  # as a release with schema 3 would write
-        patch.setattr(lmdb_log, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+        patch.setattr(lmdb_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
         with EventLog(ledger_path) as log:
             log.append("s", [SessionCreated(study_id="x"), newer], 0)
     with open_ledger(ledger_path) as ledger:

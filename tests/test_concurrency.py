@@ -34,7 +34,8 @@ from chatledger.events import (
     StudyContextSet,
 )
 from chatledger.ledger import Ledger
-from chatledger.storage import EventLog, environment
+from chatledger.storage import EventLog
+from chatledger.storage.lmdb import environment
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and /proc")
 

@@ -11,9 +11,11 @@ import msgspec
 import pytest
 
 from chatledger.events import MessageSent, ResponseReceived, SessionCreated
-from chatledger.storage import EventLog, Head, verification
-from chatledger.storage.lmdb_log import encode_index_entry, position_key, stream_key
-from chatledger.storage.verification import VerifyReport, verify_log
+from chatledger.storage import EventLog, Head
+from chatledger.storage.lmdb import verify as verification
+from chatledger.storage.lmdb.layout import encode_index_entry, position_key, stream_key
+from chatledger.storage.lmdb.verify import verify_log
+from chatledger.storage.verification import VerifyReport
 
 
 def fill(path: Path, sessions: int = 3, turns: int = 6) -> list[tuple[int, bytes]]:
@@ -77,11 +79,8 @@ def test_a_damaged_session_index_is_reported(ledger_path: Path) -> None:
     fill(ledger_path)
     with EventLog(ledger_path) as log:
         store = log.store
-        entry = log.index_entries()["s1"]
-        import msgspec
-
-        from chatledger.storage.lmdb_log import encode_index_entry
-
+        entry = log.index_entry("s1")
+        assert entry is not None
         forged = msgspec.structs.replace(
             entry, info=msgspec.structs.replace(entry.info, mode="power")
         )
@@ -120,7 +119,7 @@ def test_a_truncated_log_fails_against_a_saved_head(ledger_path: Path) -> None:
             for position in range(last - 2, last + 1):
                 txn.delete(position_key(position), db=store.log_db)  # type: ignore[attr-defined]
             from chatledger.events import decode_record
-            from chatledger.storage.lmdb_log import _META_HEAD, _encode_head
+            from chatledger.storage.lmdb.layout import META_HEAD, encode_head
 
             for position in range(last - 2, last + 1):
                 recorded = decode_record(raw[position][32:])
@@ -128,7 +127,7 @@ def test_a_truncated_log_fails_against_a_saved_head(ledger_path: Path) -> None:
                     stream_key(recorded.session_id, recorded.version), db=store.streams_db
                 )
             txn.put(  # type: ignore[attr-defined]
-                _META_HEAD, _encode_head(last - 3, raw[last - 3][:32]), db=store.meta_db
+                META_HEAD, encode_head(last - 3, raw[last - 3][:32]), db=store.meta_db
             )
 
         log.run_in_writer(truncate)
@@ -165,8 +164,8 @@ def test_head_text_round_trips_and_bad_text_is_refused() -> None:
 
 def verify_both_ways(log: EventLog, saved_head: Head | None = None) -> VerifyReport:
     """Verify with the helper and without it; the reports must be identical."""
-    parallel = verify_log(log, saved_head, parallel=True)
-    sequential = verify_log(log, saved_head, parallel=False)
+    parallel = verify_log(log.store, saved_head, parallel=True)
+    sequential = verify_log(log.store, saved_head, parallel=False)
     assert parallel == sequential
     return parallel
 
@@ -176,15 +175,15 @@ def test_the_helper_path_verifies_a_clean_ledger_on_its_own(
 ) -> None:
     values = fill(ledger_path)
     with EventLog(ledger_path) as log:
-        sequential_report = verify_log(log, parallel=False)
+        sequential_report = verify_log(log.store, parallel=False)
 
     def no_fallback(*args: object) -> VerifyReport:
         raise AssertionError("the helper path fell back to the sequential check")
 
-    monkeypatch.setattr(verification, "_verify_sequentially", no_fallback)
+    monkeypatch.setattr(verification, "verify_snapshot", no_fallback)
     advanced: list[int] = []
     with EventLog(ledger_path) as log:
-        report = verify_log(log, log.head(), progress=advanced.append, parallel=True)
+        report = verify_log(log.store, log.head(), progress=advanced.append, parallel=True)
     assert report == sequential_report
     assert report.ok and report.records_checked == len(values) == sum(advanced)
 
@@ -213,7 +212,7 @@ def test_damaged_indexes_give_the_same_report_with_and_without_the_helper(
         assert clean.ok
         forged_head = Head(log.head().position - 1, log.head().hash)
         assert not verify_both_ways(log, forged_head).ok
-        entry = log.index_entries()["s1"]
+        entry = log.index_entry("s1")
         forged = msgspec.structs.replace(
             entry, info=msgspec.structs.replace(entry.info, mode="power")
         )
@@ -247,11 +246,11 @@ def test_the_helper_path_verifies_the_old_schema_fixture_ledger_on_its_own(
     copy = tmp_path / "ledger-v1"
     shutil.copytree(Path(__file__).parent / "fixtures" / "ledger-v1", copy)
     with EventLog(copy) as log:
-        sequential = verify_log(log, parallel=False)
+        sequential = verify_log(log.store, parallel=False)
         assert sequential.ok
 
         def no_fallback(*args: object) -> VerifyReport:
             raise AssertionError("the helper path fell back to the sequential check")
 
-        monkeypatch.setattr(verification, "_verify_sequentially", no_fallback)
-        assert verify_log(log, parallel=True) == sequential
+        monkeypatch.setattr(verification, "verify_snapshot", no_fallback)
+        assert verify_log(log.store, parallel=True) == sequential

@@ -17,12 +17,12 @@ from typing import Any
 
 import lmdb
 
-from ..errors import CorruptLedgerError, LedgerError, LedgerFullError
+from ...errors import CorruptLedgerError, LedgerError, LedgerFullError
+from .layout import DATABASES
 
 DEFAULT_MAP_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 MAX_READERS = 512
-DATABASES = (b"log", b"streams", b"sessions", b"meta")
 
 
 class ResizeGate:

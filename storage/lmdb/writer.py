@@ -15,7 +15,7 @@ from typing import Any
 
 import lmdb
 
-from ..errors import LedgerClosedError, LedgerError, LedgerFullError
+from ...errors import LedgerClosedError, LedgerError, LedgerFullError
 from .environment import SharedEnvironment
 
 MAX_BATCH_REQUESTS = 512

@@ -1,0 +1,111 @@
+"""The LMDB ledger's on-disk layout, defined once: databases, keys, and the codecs of values.
+
+Named databases in one environment:
+- `log`:      position (8-byte big-endian) -> the record's BLAKE2b-256 hash, then the record
+              (MessagePack envelope + event); the stored hash pins a flipped byte to its record
+- `streams`:  session id (UTF-8), NUL, version (8-byte big-endian) -> position (a `log` key)
+- `sessions`: session id (UTF-8) -> index entry (the folded SessionInfo and the last hash)
+- `meta`:     `format` -> the format marker; `head` -> last position (8 bytes) + its hash
+
+Every module of the LMDB store (and the test fixtures that forge damage) builds keys and
+values here. Changing anything here changes the file format. No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..hashing import GENESIS, Head
+from ..records import IndexEntry
+
+LOG_DB = b"log"
+STREAMS_DB = b"streams"
+SESSIONS_DB = b"sessions"
+META_DB = b"meta"
+DATABASES = (LOG_DB, STREAMS_DB, SESSIONS_DB, META_DB)
+
+META_FORMAT = b"format"
+META_HEAD = b"head"
+FORMAT_MARKER = b"chatledger-lmdb"
+FORMAT_VERSION = 1
+
+POSITION_BYTES = 8
+_STREAM_SUFFIX = 1 + POSITION_BYTES  # NUL, then the version
+
+_value_encoder = msgspec.msgpack.Encoder()
+_index_decoder = msgspec.msgpack.Decoder(IndexEntry)
+_format_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def position_key(position: int) -> bytes:
+    """The `log` key of a position (also the value of a `streams` entry)."""
+    return position.to_bytes(POSITION_BYTES, "big")
+
+
+def key_position(key: bytes) -> int:
+    """The position of a `log` key."""
+    return int.from_bytes(key, "big")
+
+
+def session_key(session_id: str) -> bytes:
+    """The `sessions` key of a session."""
+    return session_id.encode()
+
+
+def stream_prefix(session_id: str) -> bytes:
+    """What every `streams` key of a session starts with."""
+    return session_id.encode() + b"\x00"
+
+
+def stream_key(session_id: str, version: int) -> bytes:
+    """The `streams` key of a session's version."""
+    return session_id.encode() + b"\x00" + version.to_bytes(POSITION_BYTES, "big")
+
+
+def is_stream_key(key: bytes) -> bool:
+    """Whether a `streams` key has the shape of one (a non-empty id, NUL, 8 bytes)."""
+    return len(key) > _STREAM_SUFFIX and key[-_STREAM_SUFFIX] == 0
+
+
+def stream_key_session(key: bytes) -> bytes:
+    """The session id bytes of a `streams` key."""
+    return key[:-_STREAM_SUFFIX]
+
+
+def stream_key_version(key: bytes) -> int:
+    """The version of a `streams` key."""
+    return int.from_bytes(key[-POSITION_BYTES:], "big")
+
+
+def encode_head(position: int, digest: bytes) -> bytes:
+    """The `meta` head value."""
+    return position.to_bytes(POSITION_BYTES, "big") + digest
+
+
+def decode_head(data: bytes | None) -> Head:
+    """The head of a `meta` head value (the empty log's head when there is none)."""
+    if data is None:
+        return Head(0, GENESIS)
+    return Head(int.from_bytes(data[:POSITION_BYTES], "big"), data[POSITION_BYTES:])
+
+
+def encode_index_entry(entry: IndexEntry) -> bytes:
+    """Encode a `sessions` value."""
+    return _value_encoder.encode(entry)
+
+
+def decode_index_entry(data: bytes) -> IndexEntry:
+    """Decode a `sessions` value."""
+    return _index_decoder.decode(data)
+
+
+def encode_format() -> bytes:
+    """The `meta` format value this release writes."""
+    return _value_encoder.encode({"marker": FORMAT_MARKER, "version": FORMAT_VERSION})
+
+
+def decode_format(data: bytes) -> dict[str, Any]:
+    """The fields of a `meta` format value (msgspec.DecodeError if it is not one)."""
+    return _format_decoder.decode(data)

@@ -1,0 +1,55 @@
+"""The values every store hands across the port besides records: appends and index entries.
+
+Plain msgspec structs shared by every store implementation and by audit code; this module
+does no I/O and knows no store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+
+from ..events.model import Event, UnknownEvent
+from ..events.projections import SessionInfo
+from .ids import validate_session_id
+
+StoredValue = tuple[int, bytes]
+"""A record as kept: its position and its stored bytes (the 32-byte BLAKE2b hash of the
+record, then the record itself)."""
+
+
+class IndexEntry(msgspec.Struct, frozen=True, gc=False):
+    """A session's entry in the materialised index: its info and its last record's hash."""
+
+    info: SessionInfo
+    last_hash: bytes
+
+
+class SessionAppend(msgspec.Struct, frozen=True):
+    """One session's part of an atomic multi-session append."""
+
+    session_id: str
+    events: Sequence[Event | UnknownEvent]
+    expected_version: int
+    recorded_at: Sequence[datetime] | None = None
+
+
+def checked_append(append: SessionAppend) -> SessionAppend:
+    """The append with its events and times as lists, after checking id, version and times."""
+    validate_session_id(append.session_id)
+    expected_version = append.expected_version
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise TypeError("expected_version must be an int")
+    events = list(append.events)
+    times = list(append.recorded_at) if append.recorded_at is not None else None
+    if times is not None and len(times) != len(events):
+        raise ValueError("recorded_at needs one time per event")
+    return SessionAppend(append.session_id, events, expected_version, times)
+
+
+def distinct_sessions(session_ids: Sequence[str]) -> None:
+    """Refuse an atomic append that names a session twice."""
+    if len(set(session_ids)) != len(session_ids):
+        raise ValueError("an atomic append names a session twice: join its events instead")
