@@ -1,0 +1,291 @@
+"""The store contract: every store behaves the same through the port.
+
+One `store` fixture, parametrised over the factory table in tests/support/stores.py
+(`STORE_LOCATIONS`: memory and LMDB today); a new store joins by adding one entry there,
+never by copying tests. Failures name their store: `test_x[store=memory]`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, truncate
+
+from chatledger.audit.session_check import verify_session
+from chatledger.errors import (
+    ConcurrencyError,
+    ConfigError,
+    InvalidSessionIdError,
+    LedgerClosedError,
+    LedgerMissingError,
+    UnknownSessionError,
+)
+from chatledger.events import MessageSent, ModeSwitched, ResponseReceived, SessionCreated
+from chatledger.storage import (
+    GENESIS,
+    AuditStore,
+    Head,
+    SessionAppend,
+    forget_memory_store,
+    open_store,
+    record_hash,
+)
+from chatledger.storage.hashing import HASH_SIZE
+
+
+def _forget(location: str) -> None:
+    if location.startswith("memory:"):
+        forget_memory_store(location.removeprefix("memory:"))
+
+
+@pytest.fixture(params=sorted(STORE_LOCATIONS), ids=lambda name: f"store={name}")
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh location of each store in turn."""
+    fresh = STORE_LOCATIONS[request.param](tmp_path)
+    yield fresh
+    _forget(fresh)
+
+
+@pytest.fixture
+def store(location: str) -> Iterator[AuditStore]:
+    """An open, empty store of each kind in turn, closed after the test."""
+    with open_store(location) as opened:
+        yield opened
+
+
+def conversation(store: AuditStore, session_id: str = "s", turns: int = 2) -> None:
+    """A session with a few turns: created, then a message and an answer per turn."""
+    store.append(session_id, [SessionCreated(study_id="study")], 0)
+    for turn in range(1, turns + 1):
+        store.append(
+            session_id,
+            [MessageSent(turn=turn, text=f"question {turn}"),
+             ResponseReceived(turn=turn, text=f"answer {turn}")],
+            store.require_info(session_id).version,
+        )
+
+
+def test_append_records_versions_positions_and_both_hash_links(store: AuditStore) -> None:
+    first = store.append("a", [SessionCreated(), MessageSent(turn=1, text="hi")], 0)
+    second = store.append("b", [SessionCreated(mode="power")], 0)
+    assert [(r.session_id, r.version, r.position) for r in first + second] == [
+        ("a", 1, 1), ("a", 2, 2), ("b", 1, 3)
+    ]
+    raw = dict(store.read_raw())
+    hashes = {position: record_hash(value[HASH_SIZE:]) for position, value in raw.items()}
+    assert all(raw[position][:HASH_SIZE] == digest for position, digest in hashes.items())
+    assert first[0].prev_log_hash == GENESIS and first[0].prev_session_hash == GENESIS
+    assert first[1].prev_log_hash == hashes[1] and first[1].prev_session_hash == hashes[1]
+    assert second[0].prev_log_hash == hashes[2] and second[0].prev_session_hash == GENESIS
+    info = store.require_info("a")
+    assert (info.version, info.message_count) == (2, 1)
+
+
+def test_stale_expected_version_writes_nothing(store: AuditStore) -> None:
+    store.append("s", [SessionCreated()], 0)
+    head = store.head()
+    with pytest.raises(ConcurrencyError) as raised:
+        store.append("s", [ModeSwitched(from_mode="user", to_mode="power")], 0)
+    assert (raised.value.expected, raised.value.actual) == (0, 1)
+    with pytest.raises(ConcurrencyError):
+        store.append("new", [SessionCreated()], 3)
+    assert store.head() == head
+    assert [r.version for r in store.read_session("s")] == [1]
+    assert store.info("new") is None and store.require_info("s").mode == "user"
+
+
+def test_reads_of_a_session_of_the_log_and_of_the_latest_records(store: AuditStore) -> None:
+    conversation(store, "a", turns=2)
+    conversation(store, "b", turns=1)
+    assert [r.version for r in store.read_session("a")] == [1, 2, 3, 4, 5]
+    assert [r.version for r in store.read_session("a", from_version=4)] == [4, 5]
+    assert store.read_session("nobody") == []
+    assert [r.position for r in store.read_all()] == list(range(1, 9))
+    assert [r.position for r in store.read_all(3, 5)] == [3, 4, 5]
+    assert [r.position for r in store.read_all(7)] == [7, 8]
+    info, tail = store.latest("a", 2)
+    assert info is not None and info.version == 5
+    assert [r.version for r in tail] == [4, 5]
+    assert store.latest("nobody", 3) == (None, [])
+    assert [position for position, _ in store.read_session_raw("b")] == [6, 7, 8]
+    assert sorted(info.session_id for info in store.sessions()) == ["a", "b"]
+    entry = store.index_entry("a")
+    assert entry is not None and entry.last_hash == store.read_session_raw("a")[-1][1][:HASH_SIZE]
+
+
+def test_an_atomic_multi_session_append_commits_all_or_nothing(store: AuditStore) -> None:
+    store.append("old", [SessionCreated()], 0)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    written = store.append_atomically([
+        SessionAppend("x", [SessionCreated(), MessageSent(turn=1, text="x")], 0, [when] * 2),
+        SessionAppend("old", [MessageSent(turn=1, text="o")], 1),
+    ])
+    assert [[r.position for r in records] for records in written] == [[2, 3], [4]]
+    assert [r.recorded_at for r in store.read_session("x")] == [when, when]
+    head = store.head()
+    with pytest.raises(ConcurrencyError):
+        store.append_atomically([
+            SessionAppend("y", [SessionCreated()], 0),
+            SessionAppend("old", [MessageSent(turn=2, text="stale")], 1),
+        ])
+    assert store.head() == head and store.info("y") is None
+    with pytest.raises(ValueError):
+        store.append_atomically([SessionAppend("z", [SessionCreated()], 0)] * 2)
+    assert store.head() == head
+
+
+def test_a_subscription_catches_up_then_follows_live_appends(store: AuditStore) -> None:
+    conversation(store, "s", turns=1)
+    live = threading.Event()
+    with store.subscribe(from_position=2, poll_interval=0.05) as subscription:
+        caught_up = [subscription.get(timeout=5) for _ in range(2)]
+        assert [r.position for r in caught_up if r is not None] == [2, 3]
+        assert subscription.get(timeout=0.05) is None
+
+        def writer() -> None:
+            live.wait(5)
+            store.append("s", [MessageSent(turn=2, text="later")], 3)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        live.set()
+        followed = subscription.get(timeout=10)
+        thread.join(10)
+    assert followed is not None and followed.position == 4
+    assert isinstance(followed.event, MessageSent) and followed.event.text == "later"
+
+
+def test_the_head_names_the_last_position_and_its_stored_hash(store: AuditStore) -> None:
+    assert store.head() == Head(0, GENESIS)
+    conversation(store, "s", turns=1)
+    position, value = list(store.read_raw())[-1]
+    assert store.head() == Head(position, value[:HASH_SIZE]) and position == 3
+    assert Head.parse(str(store.head())) == store.head()
+
+
+def test_a_clean_store_verifies(store: AuditStore) -> None:
+    conversation(store, "a")
+    conversation(store, "b")
+    report = store.verify(store.head())
+    assert report.ok, report.problems
+    assert (report.records_checked, report.sessions_checked) == (10, 2)
+    assert report.head == store.head()
+    assert verify_session(store, "a").ok
+
+
+def test_a_flipped_byte_is_found_at_its_position(store: AuditStore) -> None:
+    conversation(store, "a")
+    conversation(store, "b")
+    flip_byte(store, 7)
+    report = store.verify()
+    assert not report.ok
+    assert report.first_bad_position == 7
+    assert "altered" in (report.reason or "")
+    session = verify_session(store, "b")
+    assert not session.ok and session.first_bad_position == 7
+    assert verify_session(store, "a").ok
+
+
+def test_truncation_is_caught_against_a_saved_head(store: AuditStore) -> None:
+    conversation(store, "s", turns=3)
+    saved = store.head()
+    truncate(store, saved.position - 2)
+    assert store.head().position == saved.position - 2
+    report = store.verify(saved)
+    assert not report.ok
+    assert any("truncated" in problem for problem in report.problems)
+
+
+def test_rebuild_recomputes_a_damaged_session_index(store: AuditStore) -> None:
+    conversation(store, "a")
+    conversation(store, "b", turns=1)
+    forge_index_entry(store, "a", mode="power")
+    report = store.verify()
+    assert not report.ok and "session index entry of 'a'" in (report.reason or "")
+    assert store.rebuild_index() == 2
+    assert store.verify().ok
+    assert store.require_info("a").mode == "user"
+
+
+def test_the_same_errors_for_bad_ids_unknown_sessions_and_closed_stores(location: str) -> None:
+    store = open_store(location)
+    with pytest.raises(InvalidSessionIdError):
+        store.append("../etc", [SessionCreated()], 0)
+    with pytest.raises(InvalidSessionIdError):
+        store.read_session("")
+    with pytest.raises(UnknownSessionError):
+        store.require_info("nobody")
+    store.append("s", [SessionCreated()], 0)
+    store.close()
+    with pytest.raises(LedgerClosedError):
+        store.append("s", [MessageSent(turn=1, text="late")], 1)
+    with pytest.raises(LedgerClosedError):
+        store.head()
+
+
+def test_a_reopened_store_holds_what_was_appended(location: str) -> None:
+    with open_store(location) as store:
+        conversation(store, "s")
+        head = store.head()
+    with open_store(location, create=False) as reopened:
+        assert reopened.head() == head and reopened.verify().ok
+
+
+def test_opening_without_create_where_nothing_is_raises(location: str) -> None:
+    with pytest.raises(LedgerMissingError):
+        open_store(location, create=False)
+
+
+def test_appends_from_many_threads_keep_both_chains_intact(store: AuditStore) -> None:
+    start = threading.Barrier(4)
+
+    def client(index: int) -> None:
+        start.wait(5)
+        session_id = f"t{index}"
+        store.append(session_id, [SessionCreated()], 0)
+        for turn in range(1, 11):
+            store.append(session_id, [MessageSent(turn=turn, text="x")], turn)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert store.head().position == 44
+    assert store.verify().ok
+
+
+def test_a_copy_opens_elsewhere_with_the_same_records(store: AuditStore, tmp_path: Path) -> None:
+    conversation(store, "s")
+    assert store.copy_to(tmp_path / "copy") > 0
+    with open_store(tmp_path / "copy", create=False) as copy:
+        assert list(copy.read_raw()) == list(store.read_raw())
+        assert copy.verify().ok
+
+
+def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
+    tmp_path: Path,
+) -> None:
+    when = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+    stored: dict[str, list[tuple[int, bytes]]] = {}
+    for name, fresh in STORE_LOCATIONS.items():
+        location = fresh(tmp_path / name)
+        with open_store(location) as store:
+            store.append_atomically([SessionAppend(
+                "s", [SessionCreated(), MessageSent(turn=1, text="same")], 0,
+                [when, when + timedelta(seconds=1)],
+            )])
+            store.append_atomically([SessionAppend("t", [SessionCreated()], 0, [when])])
+            stored[name] = list(store.read_raw())
+        _forget(location)
+    first, *others = stored.values()
+    assert all(other == first for other in others)
+
+
+def test_a_postgresql_location_says_that_store_is_not_available_yet() -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        open_store("postgresql://ledger@localhost/chatledger")
