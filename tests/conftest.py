@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh ledger directory and an open event log per test."""
+"""Shared fixtures: a fresh ledger directory, an open event log, a location of each store."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stores import STORE_LOCATIONS
 
-from chatledger.storage import EventLog
+from chatledger.storage import EventLog, forget_memory_store
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,3 +38,12 @@ def log(ledger_path: Path) -> Iterator[EventLog]:
     event_log = EventLog(ledger_path)
     yield event_log
     event_log.close()
+
+
+@pytest.fixture(params=sorted(STORE_LOCATIONS), ids=lambda name: f"store={name}")
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh location of each store in turn (memory, LMDB), for tests that run over any."""
+    location = STORE_LOCATIONS[request.param](tmp_path)
+    yield location
+    if location.startswith("memory:"):
+        forget_memory_store(location.removeprefix("memory:"))

@@ -29,7 +29,7 @@ from chatledger.ledger import Ledger
 STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 
 
-def open_ledger(path: Path, **settings: Any) -> Ledger:
+def open_ledger(path: Path | str, **settings: Any) -> Ledger:
     settings.setdefault("agent_command", STANDIN)
     settings.setdefault("timeout", 30)
     settings.setdefault("kill_grace", 0.5)
@@ -77,8 +77,9 @@ def standin_pids(marker: str) -> list[int]:
 
 
 @pytest.fixture
-def ledger(ledger_path: Path) -> Any:
-    with open_ledger(ledger_path) as opened:
+def ledger(store_location: str) -> Any:
+    """A ledger over each store in turn (tests that need files or processes use ledger_path)."""
+    with open_ledger(store_location) as opened:
         yield opened
 
 
@@ -403,11 +404,11 @@ def test_closing_cancels_running_turns_and_records_them(
 
 def test_another_writer_moving_the_session_on_is_absorbed(ledger: Ledger) -> None:
     from chatledger.events import StudyContextSet
-    from chatledger.storage import EventLog
+    from chatledger.storage import open_store
 
     session_id = ledger.create_session().session_id
     ledger.runtime.actor(session_id)  # live, with version 1 in memory
-    with EventLog(ledger.config.path) as other:  # as another process would
+    with open_store(ledger.config.path) as other:  # another handle, as another process would
         other.append(session_id, [StudyContextSet(study_id="from-elsewhere")], 1)
     info = ledger.switch_mode(session_id, "power")
     assert (info.mode, info.study_id, info.version) == ("power", "from-elsewhere", 3)

@@ -18,13 +18,13 @@ import pytest
 
 from chatledger import ClaudeSession, SessionManager, get_session_manager
 from chatledger.events import RunFailed
-from chatledger.storage import EventLog
+from chatledger.storage import open_store
 
 STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def manager_for(path: Path, **settings: Any) -> SessionManager:
+def manager_for(path: Path | str, **settings: Any) -> SessionManager:
     settings.setdefault("agent_command", STANDIN)
     settings.setdefault("timeout", 30)
     settings.setdefault("kill_grace", 0.5)
@@ -49,9 +49,9 @@ def test_the_interface_matches_the_old_manager() -> None:
         assert not inspect.iscoroutinefunction(getattr(SessionManager, name)), name
 
 
-def test_a_successful_turn_yields_text_then_done(ledger_path: Path) -> None:
+def test_a_successful_turn_yields_text_then_done(store_location: str) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         await manager.start()
         session = await manager.create_session(study_id="study-1")
         assert isinstance(session, ClaudeSession) and session.is_alive()
@@ -72,10 +72,10 @@ def test_a_successful_turn_yields_text_then_done(ledger_path: Path) -> None:
 
 
 def test_canvas_changes_come_first_then_text_then_done_with_tool_calls(
-    ledger_path: Path,
+    store_location: str,
 ) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         session = await manager.create_session()
         items = await collect(manager, session.session_id, "[[canvas]]", {"nodes": []})
         kinds = [i["type"] for i in items]
@@ -98,10 +98,10 @@ def test_canvas_changes_come_first_then_text_then_done_with_tool_calls(
     ],
 )
 def test_failures_are_yielded_as_error_then_done(
-    ledger_path: Path, settings: dict[str, Any], message: str, expected: str | None
+    store_location: str, settings: dict[str, Any], message: str, expected: str | None
 ) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path, **settings)
+        manager = manager_for(store_location, **settings)
         session = await manager.create_session()
         items = await collect(manager, session.session_id, message)
         assert [i["type"] for i in items] == ["error", "done"]
@@ -112,9 +112,9 @@ def test_failures_are_yielded_as_error_then_done(
     asyncio.run(scenario())
 
 
-def test_unknown_session_yields_session_not_found(ledger_path: Path) -> None:
+def test_unknown_session_yields_session_not_found(store_location: str) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         assert await collect(manager, "nope", "hi") == [
             {"type": "error", "message": "Session not found"}
         ]
@@ -132,9 +132,9 @@ def test_unknown_session_yields_session_not_found(ledger_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_switch_mode_and_study_context(ledger_path: Path) -> None:
+def test_switch_mode_and_study_context(store_location: str) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         session = await manager.create_session()
         switched = await manager.switch_mode(session.session_id, "power")
         assert switched.mode == "power"
@@ -148,9 +148,9 @@ def test_switch_mode_and_study_context(ledger_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_text_deltas_only_when_asked(ledger_path: Path) -> None:
+def test_text_deltas_only_when_asked(store_location: str) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         session = await manager.create_session()
         plain = await collect(manager, session.session_id, "stream me please")
         assert "text_delta" not in [i["type"] for i in plain]
@@ -163,16 +163,16 @@ def test_text_deltas_only_when_asked(ledger_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_stop_and_a_new_manager_mid_conversation_keeps_everything(ledger_path: Path) -> None:
+def test_stop_and_a_new_manager_mid_conversation_keeps_everything(store_location: str) -> None:
     async def first() -> str:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         session = await manager.create_session(mode="power", study_id="study-2")
         await collect(manager, session.session_id, "remember the number 42")
         await manager.stop()
         return session.session_id
 
     async def second(session_id: str) -> None:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         resumed = await manager.create_session(resume_session_id=session_id)
         assert (resumed.session_id, resumed.mode, resumed.study_id) == (
             session_id, "power", "study-2"
@@ -189,15 +189,15 @@ def test_stop_and_a_new_manager_mid_conversation_keeps_everything(ledger_path: P
 
     session_id = asyncio.run(first())
     asyncio.run(second(session_id))
-    with EventLog(ledger_path) as log:
+    with open_store(store_location) as log:
         kinds = [type(r.event).__name__ for r in log.read_session(session_id)]
         assert "SessionResumed" in kinds
         assert log.verify().ok
 
 
-def test_fifty_concurrent_sessions_two_turns_each(ledger_path: Path) -> None:
+def test_fifty_concurrent_sessions_two_turns_each(store_location: str) -> None:
     async def scenario() -> None:
-        manager = manager_for(ledger_path, max_runs=4)
+        manager = manager_for(store_location, max_runs=4)
         sessions = await asyncio.gather(*(manager.create_session() for _ in range(50)))
 
         async def two_turns(session: ClaudeSession) -> list[str]:
@@ -220,10 +220,10 @@ def test_fifty_concurrent_sessions_two_turns_each(ledger_path: Path) -> None:
 
 
 def test_a_consumer_that_stops_early_cancels_the_run_and_it_is_recorded(
-    ledger_path: Path,
+    store_location: str,
 ) -> None:
     async def scenario() -> str:
-        manager = manager_for(ledger_path)
+        manager = manager_for(store_location)
         session = await manager.create_session()
         turn = manager.send_message(session.session_id, "[[slow 30]]", stream_deltas=True)
         first = await asyncio.wait_for(turn.__anext__(), 30)
@@ -242,16 +242,16 @@ def test_a_consumer_that_stops_early_cancels_the_run_and_it_is_recorded(
         return session.session_id
 
     session_id = asyncio.run(scenario())
-    with EventLog(ledger_path) as log:
+    with open_store(store_location) as log:
         failed = log.read_session(session_id)[-1].event
         assert isinstance(failed, RunFailed) and failed.reason == "cancelled"
 
 
 def test_the_event_loop_is_not_blocked_while_four_runs_are_in_flight(
-    ledger_path: Path,
+    store_location: str,
 ) -> None:
     async def scenario() -> float:
-        manager = manager_for(ledger_path, max_runs=4)
+        manager = manager_for(store_location, max_runs=4)
         sessions = [await manager.create_session() for _ in range(4)]
         worst = 0.0
         running = True
@@ -349,6 +349,6 @@ def test_the_example_backend_streams_a_turn_over_a_websocket(
     finally:
         server.terminate()
         server.wait(15)
-    with EventLog(ledger_path) as log:
+    with open_store(ledger_path) as log:
         kinds = [type(r.event).__name__ for r in log.read_session(session_id)]
         assert kinds[-1] == "ResponseReceived" and "CanvasModified" in kinds
