@@ -84,8 +84,9 @@ def verify_snapshot(
             report.fail(position, f"gap in the log: expected position {expected_position}")
         expected_position = position + 1
         digest, _, problems = check_record(position, value, chains, previous_hash)
-        for problem in problems:
-            report.fail(position, problem)
+        if problems:
+            for problem in problems:
+                report.fail(position, problem)
         previous_hash = digest
         if saved_head is not None and position == saved_head.position:
             saved_hash_seen = digest

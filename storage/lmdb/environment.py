@@ -23,6 +23,8 @@ from .layout import DATABASES
 DEFAULT_MAP_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 MAX_READERS = 512
+MAP_RESIZE_RETRIES = 8
+"""Times an open or a transaction adopts a map another process grew before giving up."""
 
 
 class ResizeGate:
@@ -80,14 +82,8 @@ class SharedEnvironment:
         self.owner: Any = None  # the LedgerStore built on this environment
         self.env = _open_lmdb(path, map_size=map_size, readonly=readonly)
         self.databases: dict[bytes, Any] = {}
-        with self.env.begin() as txn:
-            foreign = [key for key in txn.cursor().iternext(values=False) if key not in DATABASES]
-        if foreign:
-            self.env.close()
-            raise LedgerError(f"{path} is an LMDB environment of another program, not a ledger")
         try:
-            for name in DATABASES:
-                self.databases[name] = self.env.open_db(name, create=not readonly)
+            self._open_databases(readonly)
         except lmdb.NotFoundError:
             self.env.close()
             raise LedgerError(
@@ -99,11 +95,32 @@ class SharedEnvironment:
         _check_not_truncated(self.env, path)
         self.clear_stale_readers()
 
+    def _open_databases(self, readonly: bool) -> None:
+        """Check that the environment holds a ledger's databases only, and open them; a map
+        another process grew meanwhile (MDB_MAP_RESIZED) is adopted, and the open retried."""
+        for attempt in range(MAP_RESIZE_RETRIES):
+            try:
+                with self.env.begin() as txn:
+                    foreign = [key for key in txn.cursor().iternext(values=False)
+                               if key not in DATABASES]
+                if foreign:
+                    self.env.close()
+                    raise LedgerError(
+                        f"{self.path} is an LMDB environment of another program, not a ledger"
+                    )
+                for name in DATABASES:
+                    self.databases[name] = self.env.open_db(name, create=not readonly)
+                return
+            except lmdb.MapResizedError:
+                if attempt == MAP_RESIZE_RETRIES - 1:
+                    raise
+                self.env.set_mapsize(0)  # no transaction of ours is open yet
+
     @contextlib.contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Any]:
         """A transaction (short!), adopting a map grown by another process if need be."""
         self.check_process()
-        for _ in range(3):
+        for _ in range(MAP_RESIZE_RETRIES):
             with self.gate.reading():
                 try:
                     txn = self._begin(write=write)

@@ -59,8 +59,9 @@ class LmdbSnapshot:
 
     def records(self) -> Iterator[StoredValue]:
         """Every stored value with its position, in log order."""
+        from_bytes = int.from_bytes  # inlined `layout.key_position`: once per record
         for key, value in self._txn.cursor(db=self._store.log_db):
-            yield layout.key_position(key), value
+            yield from_bytes(key, "big"), value
 
     def head(self) -> Head:
         """The head as stored."""
