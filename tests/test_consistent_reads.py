@@ -87,12 +87,12 @@ def test_verify_is_clean_while_another_process_appends(
     assert len(set(heads)) > 1, "the writer did not move the log on during the verifies"
 
 
-def test_cli_verify_is_clean_while_another_process_appends(
+def test_cli_verify_of_the_ledger_and_of_a_session_is_clean_while_another_process_appends(
     ledger_path: Path, writer: subprocess.Popen[str]
 ) -> None:
     runner = CliRunner()
-    for _ in range(5):
-        result = runner.invoke(main, ["--ledger", str(ledger_path), "verify"])
+    for arguments in (["verify"], ["verify", "w1"]) * 3:
+        result = runner.invoke(main, ["--ledger", str(ledger_path), *arguments])
         assert result.exit_code == 0, result.output
     assert still_writing(writer)
 

@@ -204,18 +204,26 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
     try:
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
-        return lmdb.open(
-            str(path),
-            map_size=map_size,
-            max_dbs=len(DATABASES) + 2,
-            max_readers=MAX_READERS,
-            subdir=True,
-            sync=True,
-            metasync=True,
-            readahead=False,
-            readonly=readonly,
-            lock=True,
-        )
+        for attempt in range(MAP_RESIZE_RETRIES):
+            try:
+                return lmdb.open(
+                    str(path),
+                    map_size=map_size,
+                    max_dbs=len(DATABASES) + 2,
+                    max_readers=MAX_READERS,
+                    subdir=True,
+                    sync=True,
+                    metasync=True,
+                    readahead=False,
+                    readonly=readonly,
+                    lock=True,
+                )
+            except lmdb.MapResizedError:
+                # Another process grew the data past the map this open sized itself to
+                # (py-lmdb's open runs a transaction): open again, sized to the data now.
+                if attempt == MAP_RESIZE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
     except lmdb.InvalidError:
         raise CorruptLedgerError(
             f"{data_file} is not a valid LMDB file: the ledger is damaged or not a ledger"
