@@ -105,6 +105,8 @@ class MemoryStore:
         self._location = location
         name = location[len(MEMORY_SCHEME):]
         if not name:
+            if not create:  # a private store is new by definition
+                raise LedgerMissingError(f"there is no ledger at {location}")
             self._data: MemoryData | None = MemoryData(name)
             return
         with _named_lock:
@@ -308,11 +310,11 @@ class MemoryStore:
             return len(entries)
 
     def copy_to(self, destination: str | os.PathLike[str], *, compact: bool = True) -> int:
-        """Write the records into a new ledger (a directory: LMDB) with the same positions,
-        times and hashes; returns its size in bytes. `compact` is moot here."""
-        from .factory import open_store
+        """Write the records into a new LMDB ledger directory with the same positions, times
+        and hashes; returns its size in bytes. `compact` is moot here."""
+        from .lmdb import EventLog  # only here: a memory store never loads lmdb otherwise
 
-        with open_store(destination) as target:
+        with EventLog(destination) as target:
             if target.head().position:
                 raise LedgerError(f"{destination} is not empty: copy into a new ledger")
             run: list[Recorded] = []
