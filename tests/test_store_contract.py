@@ -7,6 +7,8 @@ never by copying tests. Failures name their store: `test_x[store=memory]`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -289,3 +291,18 @@ def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
 def test_a_postgresql_location_says_that_store_is_not_available_yet() -> None:
     with pytest.raises(ConfigError, match="PostgreSQL"):
         open_store("postgresql://ledger@localhost/chatledger")
+
+
+def test_the_port_and_the_factory_load_no_store_implementation_until_asked() -> None:
+    probe = (
+        "import sys\n"
+        "import chatledger.storage, chatledger.storage.port, chatledger.audit.jsonl\n"
+        "import chatledger.audit.stats, chatledger.audit.session_check\n"
+        "from chatledger.storage import open_store\n"
+        "with open_store('memory:') as store: store.head()\n"
+        "assert 'lmdb' not in sys.modules, 'lmdb was imported'\n"
+        "assert 'chatledger.storage.lmdb' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
