@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from chatledger.cli import main
 from chatledger.storage import open_store
+from chatledger.storage.lmdb import verify as lmdb_verify
 from chatledger.storage.lmdb.environment import DEFAULT_MAP_SIZE
-from chatledger.storage.lmdb.verify import verify_log
+from chatledger.storage.verification import VerifyReport
 
 WRITER = textwrap.dedent(
     """
@@ -71,7 +72,7 @@ def still_writing(process: subprocess.Popen[str]) -> bool:
 
 
 def test_verify_is_clean_while_another_process_appends(
-    ledger_path: Path, writer: subprocess.Popen[str]
+    ledger_path: Path, writer: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     heads = []
     with open_store(ledger_path) as log:
@@ -79,8 +80,13 @@ def test_verify_is_clean_while_another_process_appends(
             report = log.verify()
             assert report.ok, report.problems
             heads.append(report.head.position)
-        for _ in range(5):  # the two-process verifier: clean, or the snapshot decides
-            report = verify_log(log.store, parallel=True)  # type: ignore[attr-defined]
+
+        def no_fallback(*args: object) -> VerifyReport:
+            raise AssertionError("the two-process verifier fell back to the sequential check")
+
+        monkeypatch.setattr(lmdb_verify, "verify_snapshot", no_fallback)
+        for _ in range(5):  # the two-process verifier, on its own, with a later helper snapshot
+            report = lmdb_verify.verify_log(log.store, parallel=True)  # type: ignore[attr-defined]
             assert report.ok, report.problems
             heads.append(report.head.position)
     assert still_writing(writer)

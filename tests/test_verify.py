@@ -235,7 +235,7 @@ def test_a_helper_that_cannot_start_leaves_the_sequential_check(
     ledger_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(ledger_path)
-    monkeypatch.setattr(verification, "_start_helper", lambda path, start: None)
+    monkeypatch.setattr(verification, "_start_helper", lambda path, start, until: None)
     with EventLog(ledger_path) as log:
         assert verify_both_ways(log).ok
 

@@ -37,11 +37,14 @@ HELPER_TIMEOUT = 60.0
 
 
 class RangeReport(msgspec.Struct, kw_only=True):
-    """Whether a range of sessions is intact, and how many records and sessions it holds."""
+    """Whether a range of sessions is intact, how many records and sessions it holds, and
+    how many of them are at or before the position it was asked to count up to."""
 
     ok: bool = True
     records: int = 0
     sessions: int = 0
+    records_until: int = 0
+    sessions_until: int = 0
 
 
 _range_decoder = msgspec.msgpack.Decoder(RangeReport)
@@ -132,11 +135,16 @@ def check_sessions(
     start: bytes,
     stop: bytes | None,
     progress: Callable[[int], None] | None = None,
+    until: int | None = None,
 ) -> RangeReport:
     """Check, as `txn` sees them, every session whose id (UTF-8 bytes) is >= `start` and
     < `stop` (None: no upper bound): each of its records through `check_record` in version
-    order, the stream index keys that lead to them, and its session index entry."""
+    order, the stream index keys that lead to them, and its session index entry. Records
+    at positions up to `until` (None: all), and the sessions holding them, are also counted
+    apart, for a caller whose snapshot ends there."""
     report = RangeReport()
+    until_position = until if until is not None else 1 << 63
+    session_counted_until = False
     get = txn.get
     log_db, sessions_db = store.log_db, store.sessions_db
     chains: dict[str, SessionChain] = {}
@@ -156,6 +164,8 @@ def check_sessions(
         ):
             raise _RangeBroken
         report.sessions += 1
+        if session_counted_until:
+            report.sessions_until += 1
 
     try:
         cursor = txn.cursor(db=store.streams_db)
@@ -173,6 +183,7 @@ def check_sessions(
                 session_id = session_bytes.decode()
                 chains = {}
                 last_position = -1
+                session_counted_until = False
             value = get(position_key, db=log_db)  # the stream index's values are log keys
             if value is None:
                 raise _RangeBroken
@@ -196,6 +207,9 @@ def check_sessions(
                 raise _RangeBroken
             last_position = position
             report.records += 1
+            if position <= until_position:
+                report.records_until += 1
+                session_counted_until = True
             unreported += 1
             if progress is not None and unreported >= 4096:
                 progress(unreported)
@@ -210,11 +224,12 @@ def check_sessions(
     return report
 
 
-def _start_helper(path: str, start: bytes) -> subprocess.Popen[bytes] | None:
-    """Start `verify_helper` on the sessions from `start` on, or None if it cannot start."""
+def _start_helper(path: str, start: bytes, until: int) -> subprocess.Popen[bytes] | None:
+    """Start `verify_helper` on the sessions from `start` on, counting records up to
+    position `until` apart; None if it cannot start."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _HELPER_MAIN, path, start.hex()],
+            [sys.executable, "-c", _HELPER_MAIN, path, start.hex(), str(until)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
     except OSError:
@@ -266,11 +281,16 @@ def _verify_with_helper(
 
     Both halves must be intact, and the totals must add up in this thread's snapshot: every
     record of the log reached once through the stream index, every session indexed once,
-    positions 1..N without a gap, and the stored and saved heads.
+    positions 1..N without a gap, and the stored and saved heads. The helper's snapshot is
+    later than this thread's when another process writes meanwhile: it checks everything it
+    sees, and counts apart what it holds up to this snapshot's head, which is what adds up
+    (records are never rewritten, so those are the same records).
     """
     with store.shared.transaction() as txn:
+        head = store.head_in(txn)
         middle = _middle_session(store, txn)
-        helper = _start_helper(os.fspath(store.shared.path), middle) if middle else None
+        helper = (_start_helper(os.fspath(store.shared.path), middle, head.position)
+                  if middle else None)
         if middle is not None and helper is None:
             return None
         try:
@@ -287,13 +307,12 @@ def _verify_with_helper(
                 helper.communicate()
         if not (mine.ok and theirs.ok):
             return None
-        records = mine.records + theirs.records
-        sessions = mine.sessions + theirs.sessions
+        records = mine.records + theirs.records_until
+        sessions = mine.sessions + theirs.sessions_until
         log_count = int(txn.stat(store.log_db)["entries"])
         sessions_count = int(txn.stat(store.sessions_db)["entries"])
         cursor = txn.cursor(db=store.log_db)
         last_key = bytes(cursor.key()) if cursor.last() else bytes(layout.POSITION_BYTES)
-        head = store.head_in(txn)
         if (
             records != log_count
             or sessions != sessions_count
@@ -308,6 +327,6 @@ def _verify_with_helper(
             or _stored_hash(store, txn, saved_head.position) != saved_head.hash
         ):
             return None
-    if progress is not None and theirs.records:
-        progress(theirs.records)
+    if progress is not None and theirs.records_until:
+        progress(theirs.records_until)
     return VerifyReport(records_checked=records, sessions_checked=sessions, head=head)
