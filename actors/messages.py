@@ -1,4 +1,4 @@
-"""The messages chatledger's actors exchange, and the shapes a turn streams to its caller.
+"""The messages chatledger's actors exchange (the updates a turn streams are in `updates.py`).
 
 Commands are imperative (`SendMessage`); reports are past tense (`RunCompleted`). Nothing here
 acts: these are plain frozen dataclasses.
@@ -6,16 +6,11 @@ acts: these are plain frozen dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent import CancelSwitch, RunOutcome
-
-TurnSink = Callable[[dict[str, Any]], None]
-"""Receives a turn's updates, in the old manager's dict shapes, on a worker or actor thread:
-`canvas_modification`, `text_delta` (when asked), `text`, `error`, then `done`."""
-
+from .updates import TurnSink
 
 # -- commands to a SessionActor (asked by the runtime) ------------------------------------
 
@@ -82,10 +77,12 @@ class GetHistory:
 
 @dataclass(frozen=True)
 class ExpireSession:
-    """Close the session for good (idle past the expiry age)."""
+    """Close the session for good if, at `now` (epoch seconds), it has been idle for
+    `expiry_age` seconds (the actor decides on its own state, by `expiry.expiry_due`)."""
 
-    reason: str
-    idle_seconds: float
+    now: float
+    expiry_age: float
+    reason: str = "idle"
 
 
 @dataclass(frozen=True)
@@ -104,23 +101,6 @@ class RunCompleted:
     ticket: RunTicket
     outcome: RunOutcome
     streamed_modifications: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class SessionActivity:
-    """A session actor went busy or idle (told to the supervisor)."""
-
-    session_id: str
-    busy: bool
-    at: float
-
-
-@dataclass(frozen=True)
-class SessionCrashed:
-    """A session actor died of an unexpected error (told to the supervisor)."""
-
-    session_id: str
-    error: str
 
 
 # -- commands to the Supervisor ----------------------------------------------------------

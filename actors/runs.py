@@ -8,6 +8,8 @@ which the agent runner turns into SIGINT, SIGTERM, SIGKILL of the process tree.
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from ..agent import CancelSwitch, RunOutcome
 from .messages import RunTicket
 
+logger = logging.getLogger(__name__)
+
 RunFunction = Callable[[CancelSwitch], RunOutcome]
 """Runs one agent turn on a pool thread, watching the cancel switch it is given."""
+
+SPAWN_ERRORS = (OSError, ValueError, subprocess.SubprocessError)
+"""What starting an agent can raise past the runner (which turns the usual ones into an
+outcome itself): the system refusing a process or pipe, or a bad argument."""
 
 
 def cancelled_outcome(message: str = "Run cancelled before it started") -> RunOutcome:
@@ -65,11 +73,21 @@ class RunPool:
                 self.peak_running = max(self.peak_running, self._running)
             try:
                 outcome = run(ticket.cancel)
-            except BaseException as error:  # a bug must still end the turn, not hang it
+            except SPAWN_ERRORS as error:
                 outcome = RunOutcome(
                     ok=False,
                     failure_reason="spawn_failed",
-                    message=f"chatledger failed to run the agent: {type(error).__name__}: {error}",
+                    message=f"chatledger could not start the agent: {type(error).__name__}: "
+                            f"{error}",
+                )
+            except Exception as error:  # a bug in chatledger must still end the turn
+                logger.exception("a run of session %s failed inside chatledger",
+                                 ticket.session_id)
+                outcome = RunOutcome(
+                    ok=False,
+                    failure_reason="internal_error",
+                    message=f"chatledger failed while running the agent: "
+                            f"{type(error).__name__}: {error}",
                 )
             finally:
                 with self._lock:

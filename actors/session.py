@@ -13,29 +13,16 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import socket
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pykka
 
-from ..agent import (
-    CancelSwitch,
-    RunOutcome,
-    TextDelta,
-    ToolCallCompleted,
-    build_argv,
-    build_prompt,
-    canonical_json,
-    extract_from_tool_calls,
-    extract_modifications,
-    run_agent,
-)
+from ..agent import AgentEvent, CancelSwitch, RunOutcome, run_agent
 from ..config import Config
 from ..errors import (
     ConcurrencyError,
@@ -45,14 +32,12 @@ from ..errors import (
 )
 from ..events import (
     MODES,
-    AgentSessionLost,
-    CanvasModified,
+    STATUS_EXPIRED,
     Event,
     HistoryMessage,
     MessageSent,
     ModeSwitched,
     Recorded,
-    ResponseReceived,
     RunFailed,
     RunStarted,
     SessionCreated,
@@ -63,11 +48,10 @@ from ..events import (
     conversation,
     evolve,
     history,
-    storable,
 )
 from ..events.codec import ENCODE_ERRORS
-from ..events.projections import STATUS_EXPIRED
 from ..storage import EventStore
+from .expiry import expiry_due
 from .messages import (
     CancelTurn,
     CreateSession,
@@ -81,19 +65,25 @@ from .messages import (
     SendMessage,
     SetStudy,
     SwitchMode,
-    TurnSink,
 )
 from .runs import RunPool
+from .turn import (
+    RetryWithPromptHistory,
+    TurnPlan,
+    TurnStream,
+    finish_run,
+    plan_turn,
+    storable_event,
+)
+from .updates import AnyTurnUpdate, TurnSink, turn_failed
 
 logger = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 MAX_APPEND_ATTEMPTS = 8
 """How often an actor reloads and retries an append that another process raced."""
-RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
-"""What an agent session id must look like to be passed back to the agent with `--resume`
-(it comes from the agent's output, so it must never be able to pose as a flag)."""
-NO_CONVERSATION = "No conversation found with session ID"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,12 +101,13 @@ class SessionServices:
     closing: threading.Event
 
 
-def safe_emit(sink: TurnSink, item: dict[str, Any]) -> None:
-    """Hand one update to a caller's sink; a broken consumer must not break the turn."""
-    try:
-        sink(item)
-    except Exception:  # the consumer's problem: record it and go on
-        logger.exception("a turn sink raised; the update was dropped")
+def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
+    """Hand updates to a caller's sink, in order; a broken consumer must not break the turn."""
+    for update in updates:
+        try:
+            sink(update)
+        except Exception:  # the consumer's problem: record it and go on
+            logger.exception("a turn sink raised; the update was dropped")
 
 
 def check_canvas_state(canvas_state: Any) -> None:
@@ -148,13 +139,6 @@ def check_text(what: str, value: Any, *, optional: bool = False) -> None:
             f"{what} is not valid Unicode (a lone surrogate at index {error.start}); "
             "decode it with errors='replace' first"
         ) from None
-
-
-def storable_event(event: Event) -> Event:
-    """`event` with what the agent printed made storable (huge integers, lone surrogates):
-    an agent's output must never stop a turn from being recorded."""
-    data = storable(msgspec.to_builtins(event))
-    return msgspec.convert(data, type(event))
 
 
 def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
@@ -320,17 +304,17 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> list[Recorded]:
-        """Append at the known version. On a conflict (another process wrote to this session)
-        reload the stream and try again, up to MAX_APPEND_ATTEMPTS times. `events` may be a
-        function that decides the events from the (reloaded) state, raising if the command
-        no longer applies, so nothing is recorded twice or from a stale state. Appending is
-        a short, blocking call: the writer batches it with others."""
-        decide = events if callable(events) else (lambda: events)
+    def _record(self, decide: Callable[[], tuple[list[Event], T]]) -> T:
+        """Decide events from the session's state and append them at its known version;
+        returns what the successful decision returned with them. On a conflict (another
+        process wrote to this session) reload the stream and decide again, up to
+        MAX_APPEND_ATTEMPTS times: `decide` raises if the command no longer applies, so
+        nothing is recorded twice or from a stale state. Appending is a short, blocking
+        call: the writer batches it with others."""
         for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
-            batch = decide()
+            batch, result = decide()
             if not batch:
-                return []
+                return result
             try:
                 recorded = self.services.log.append(self.session_id, batch, self.info.version)
             except ConcurrencyError:
@@ -341,12 +325,23 @@ class SessionActor(pykka.ThreadingActor):
             for item in recorded:
                 self.info = evolve(self.info, item)
             self._remember(recorded)
-            return recorded
+            return result
         raise AssertionError("unreachable")
+
+    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> bool:
+        """Append `events` (or the events a function decides, as `_record` does); whether
+        anything was appended."""
+        decide = events if callable(events) else (lambda: events)
+
+        def decided() -> tuple[list[Event], bool]:
+            batch = decide()
+            return batch, bool(batch)
+
+        return self._record(decided)
 
     def _require_open(self) -> None:
         if self.info.version == 0:
-            raise UnknownSessionError(f"Session not found: {self.session_id}")
+            raise UnknownSessionError.for_session(self.session_id)
         if self.info.status == STATUS_EXPIRED:
             raise InvalidCommandError(
                 f"session {self.session_id} expired; resume it to go on"
@@ -426,17 +421,14 @@ class SessionActor(pykka.ThreadingActor):
         return self.info
 
     def _expire(self, command: ExpireSession) -> bool:
-        if self.info.version == 0 or self.info.status == STATUS_EXPIRED:
-            return False
-        if self.current is not None or self.queue:
-            return False
-
         def decide() -> list[Event]:
-            if self.info.status == STATUS_EXPIRED:
+            idle = expiry_due(self.info, now=command.now, expiry_age=command.expiry_age,
+                              busy=self.current is not None or bool(self.queue))
+            if idle is None:
                 return []
-            return [SessionExpired(reason=command.reason, idle_seconds=command.idle_seconds)]
+            return [SessionExpired(reason=command.reason, idle_seconds=idle)]
 
-        return bool(self._append(decide))
+        return self._append(decide)
 
     def _send(self, command: SendMessage) -> int:
         self._require_open()
@@ -453,9 +445,7 @@ class SessionActor(pykka.ThreadingActor):
         for queued in list(self.queue):
             if queued.ticket == command.ticket:
                 self.queue.remove(queued)
-                safe_emit(queued.sink, {"type": "error", "message": "Turn cancelled"})
-                safe_emit(queued.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                        "ok": False, "reason": "cancelled"})
+                emit_all(queued.sink, turn_failed("Turn cancelled", "cancelled"))
                 return True
         if self.current is not None and self.current.ticket == command.ticket:
             self.current.cancel.set()
@@ -465,9 +455,7 @@ class SessionActor(pykka.ThreadingActor):
     def _fail_queue(self, reason: str) -> None:
         while self.queue:
             queued = self.queue.popleft()
-            safe_emit(queued.sink, {"type": "error", "message": reason})
-            safe_emit(queued.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                    "ok": False, "reason": "cancelled"})
+            emit_all(queued.sink, turn_failed(reason, "cancelled"))
 
     # -- turns ------------------------------------------------------------------------------
 
@@ -476,101 +464,53 @@ class SessionActor(pykka.ThreadingActor):
         while self.current is None and self.queue:
             command = self.queue.popleft()
             if self.services.closing.is_set():
-                safe_emit(command.sink, {"type": "error", "message": "chatledger is shutting down"})
-                safe_emit(command.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                         "ok": False, "reason": "cancelled"})
+                emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
             try:
                 self._start_turn(command)
             except Exception as error:
                 logger.exception("could not start a turn of %s", self.session_id)
-                safe_emit(command.sink, {"type": "error", "message": str(error)})
-                safe_emit(command.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                         "ok": False, "reason": "spawn_failed"})
+                emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self.services.touch(self.session_id, False)
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
-        config = self.services.config
-        decided: dict[str, Any] = {}
+        """Record the turn's start (decided on the session as it is, again after a reload),
+        then hand its run to the pool."""
 
-        def decide() -> list[Event]:
-            """The turn's events from the session as it is now (again after a reload)."""
+        def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
-            turn = self.info.turn_count + (1 if attempt == 1 else 0)
-            use_resume = resume
-            if use_resume is None:
-                use_resume = config.history_strategy == "resume" and bool(
-                    RESUMABLE_AGENT_SESSION_ID.fullmatch(self.info.agent_session_id or "")
-                )
-            resume_id = self.info.agent_session_id if use_resume else None
-            prompt = build_prompt(
-                mode=self.info.mode,
-                study_id=self.info.study_id,
-                history=[] if resume_id else list(self.recent),
+            plan = plan_turn(
+                info=self.info,
+                recent=self.recent,
+                text=command.text,
                 canvas_state=command.canvas_state,
-                message=command.text,
-                window=config.history_window,
-            )
-            argv = build_argv(
-                config.agent_command,
-                mode=self.info.mode,
-                output_format=config.output_format,
-                allowed_tools=config.allowed_tools,
+                config=self.services.config,
                 mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
-                include_partial_messages=config.partial_messages,
-                resume_session_id=resume_id,
+                attempt=attempt,
+                resume=resume,
+                host=HOST,
+                pid=os.getpid(),
             )
-            decided.update(turn=turn, prompt=prompt, argv=argv)
-            events: list[Event] = []
-            if attempt == 1:
-                events.append(MessageSent(turn=turn, text=command.text,
-                                          canvas_state=command.canvas_state))
-            events.append(
-                RunStarted(
-                    turn=turn,
-                    argv=tuple(argv),
-                    prompt_digest=prompt.digest,
-                    attempt=attempt,
-                    template_version=prompt.template_version,
-                    history_strategy="resume" if resume_id else "prompt",
-                    resume_agent_session_id=resume_id,
-                    host=HOST,
-                    pid=os.getpid(),
-                )
-            )
-            return events
+            return plan.events, plan
 
-        self._append(decide)
-        turn: int = decided["turn"]
-        prompt = decided["prompt"]
-        argv: list[str] = decided["argv"]
+        plan = self._record(decide)
         ticket = RunTicket(
-            session_id=self.session_id, ticket=command.ticket, turn=turn, command=command
+            session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )
         self.current = ticket
-        streamed: list[Any] = []
-        seen: set[bytes] = set()
+        stream = TurnStream(stream_deltas=command.stream_deltas)
+        config = self.services.config
 
-        def forward(event: Any) -> None:
+        def forward(event: AgentEvent) -> None:
             """Stream one agent event to the caller. Runs on the pool thread."""
-            if isinstance(event, TextDelta):
-                if command.stream_deltas and event.text:
-                    safe_emit(command.sink, {"type": "text_delta", "content": event.text})
-            elif isinstance(event, ToolCallCompleted):
-                for modification in extract_from_tool_calls([event.tool_call]):
-                    key = canonical_json(modification)
-                    if key not in seen:
-                        seen.add(key)
-                        streamed.append(modification)
-                        safe_emit(command.sink,
-                                  {"type": "canvas_modification", "modification": modification})
+            emit_all(command.sink, stream.updates_for(event))
 
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
             return run_agent(
-                argv,
-                prompt.text,
+                plan.argv,
+                plan.prompt.text,
                 output_format=config.output_format,
                 timeout=config.timeout,
                 env=_agent_environment(config),
@@ -584,8 +524,9 @@ class SessionActor(pykka.ThreadingActor):
         route = self.services.route_completion
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
-            route(RunCompleted(session_id=self.session_id, ticket=finished,
-                               outcome=outcome, streamed_modifications=tuple(streamed)))
+            """Report the run's end to the session. Runs on the pool thread."""
+            route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
+                               streamed_modifications=stream.streamed_modifications))
 
         self.services.pool.submit(ticket, run, done)
 
@@ -597,86 +538,30 @@ class SessionActor(pykka.ThreadingActor):
             return
         self.current = None
         command = ticket.command
-        sink = command.sink
-        outcome = message.outcome
+        turn = message.ticket.turn
         try:
-            if not outcome.ok and self._resumed_session_was_lost(outcome):
-                lost = self.info.agent_session_id or ""
-                self._append([AgentSessionLost(turn=message.ticket.turn, agent_session_id=lost,
-                                               message=outcome.message)])
+            decision = finish_run(
+                turn=turn,
+                outcome=message.outcome,
+                started=self.last_run_started,
+                agent_session_id=self.info.agent_session_id,
+                streamed_modifications=message.streamed_modifications,
+            )
+            if isinstance(decision, RetryWithPromptHistory):
+                self._append([decision.lost])
                 self._start_turn(command, attempt=2, resume=False)
                 return
-            self._record_outcome(message, sink)
+            try:
+                self._append(decision.events)
+            except InvalidEventError:  # refused before anything was written
+                self._append([storable_event(event) for event in decision.events])
+            emit_all(command.sink, decision.updates)
         except Exception as error:
             logger.exception("%s: could not record the outcome of turn %s",
-                             self.session_id, message.ticket.turn)
-            safe_emit(sink, {"type": "error", "message": f"could not record the answer: {error}"})
-            safe_emit(sink, {"type": "done", "tool_calls": [], "turn": message.ticket.turn,
-                             "ok": False, "reason": "ledger_error"})
+                             self.session_id, turn)
+            emit_all(command.sink,
+                     turn_failed(f"could not record the answer: {error}", "ledger_error", turn))
         self._start_next_turn()
-
-    def _resumed_session_was_lost(self, outcome: RunOutcome) -> bool:
-        started = self.last_run_started
-        if started is None or not started.resume_agent_session_id:
-            return False
-        text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])
-        return NO_CONVERSATION in text
-
-    def _record_outcome(self, message: RunCompleted, sink: TurnSink) -> None:
-        outcome = message.outcome
-        turn = message.ticket.turn
-        if outcome.ok:
-            modifications = extract_modifications(outcome.text, list(outcome.tool_calls))
-        else:
-            modifications = extract_from_tool_calls(list(outcome.tool_calls))
-        events: list[Event] = [CanvasModified(turn=turn, modification=m) for m in modifications]
-        if outcome.ok:
-            events.append(
-                ResponseReceived(
-                    turn=turn,
-                    text=outcome.text,
-                    tool_calls=tuple(outcome.tool_calls),
-                    exit_code=outcome.exit_code if outcome.exit_code is not None else 0,
-                    duration=outcome.duration,
-                    cost_usd=outcome.cost_usd,
-                    usage=outcome.usage,
-                    agent_session_id=outcome.agent_session_id,
-                )
-            )
-        else:
-            events.append(
-                RunFailed(
-                    turn=turn,
-                    reason=outcome.failure_reason or "exit_status",
-                    message=outcome.message or "",
-                    stderr_tail=outcome.stderr_tail or "",
-                    exit_code=outcome.exit_code,
-                )
-            )
-        try:
-            self._append(events)
-        except InvalidEventError:  # refused before anything was written
-            self._append([storable_event(event) for event in events])
-        already = {canonical_json(m) for m in message.streamed_modifications}
-        for modification in modifications:
-            if canonical_json(modification) not in already:
-                safe_emit(sink, {"type": "canvas_modification", "modification": modification})
-        if outcome.ok:
-            safe_emit(sink, {"type": "text", "content": outcome.text})
-        else:
-            safe_emit(sink, {"type": "error", "message": outcome.message or outcome.failure_reason})
-        safe_emit(
-            sink,
-            {
-                "type": "done",
-                "tool_calls": [msgspec.to_builtins(call) for call in outcome.tool_calls],
-                "turn": turn,
-                "ok": outcome.ok,
-                "reason": outcome.failure_reason,
-                "cost_usd": outcome.cost_usd,
-                "duration": outcome.duration,
-            },
-        )
 
 
 def _agent_environment(config: Config) -> dict[str, str] | None:
@@ -686,10 +571,3 @@ def _agent_environment(config: Config) -> dict[str, str] | None:
         return None
     return {**os.environ, **config.agent_env}
 
-
-def idle_seconds(info: SessionInfo, now: float | None = None) -> float:
-    """Seconds since the session's last recorded activity."""
-    if info.last_active is None:
-        return 0.0
-    now = time.time() if now is None else now
-    return max(0.0, now - info.last_active.timestamp())

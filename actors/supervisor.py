@@ -20,9 +20,9 @@ from typing import Any
 
 import pykka
 
-from ..errors import UnknownSessionError
+from ..errors import ConcurrencyError, UnknownSessionError
 from ..events import SessionExpired
-from ..events.projections import STATUS_EXPIRED
+from .expiry import expiry_due
 from .messages import (
     Activate,
     ExpireSession,
@@ -33,7 +33,7 @@ from .messages import (
     RunTicket,
     Sweep,
 )
-from .session import SessionActor, SessionServices, idle_seconds
+from .session import SessionActor, SessionServices
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Supervisor(pykka.ThreadingActor):
         ref = self.registry.pin(session_id)
         if ref is None:
             if must_exist and self.services.log.info(session_id) is None:
-                raise UnknownSessionError(f"Session not found: {session_id}")
+                raise UnknownSessionError.for_session(session_id)
             ref = SessionActor.start(session_id, self.services, adopt)
             self.registry.put(session_id, ref)
             self.registry.pin(session_id)
@@ -231,18 +231,17 @@ class Supervisor(pykka.ThreadingActor):
         passivated = 0
         for session_id, _ in self.registry.idle(config.idle_timeout):
             passivated += self._passivate(session_id)
+        now = time.time() if now is None else now
         expired = 0
         for info in self.services.log.sessions():
-            if info.status == STATUS_EXPIRED or info.version == 0:
-                continue
-            idle = idle_seconds(info, now)
-            if idle < config.expiry_age:
-                continue
             ref = self.registry.get(info.session_id)
-            if ref is not None:
-                if not self.registry.in_use(info.session_id):
-                    ref.tell(ExpireSession(reason="idle", idle_seconds=idle))
-                    expired += 1
+            busy = ref is not None and self.registry.in_use(info.session_id)
+            idle = expiry_due(info, now=now, expiry_age=config.expiry_age, busy=busy)
+            if idle is None:
+                continue
+            if ref is not None:  # its actor decides again, on its own state
+                ref.tell(ExpireSession(now=now, expiry_age=config.expiry_age))
+                expired += 1
                 continue
             try:
                 self.services.log.append(
@@ -251,6 +250,9 @@ class Supervisor(pykka.ThreadingActor):
                     info.version,
                 )
                 expired += 1
-            except Exception as error:  # another process moved it on: next sweep decides
-                logger.info("did not expire %s: %s", info.session_id, error)
+            except ConcurrencyError as error:  # another process moved it on: next sweep decides
+                logger.info("did not expire %s: another process moved it on (%s)",
+                            info.session_id, error)
+            except Exception:
+                logger.exception("could not expire %s", info.session_id)
         return {"passivated": passivated, "expired": expired}
