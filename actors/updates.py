@@ -3,9 +3,9 @@
 A turn's caller receives, in order: `TextDeltaUpdate`* (when asked for) and
 `CanvasModificationUpdate`* as the agent works, then `TextUpdate` (the answer) or
 `ErrorUpdate`, and always one `TurnDone` last. Each struct carries the old manager's dict tag
-in its `type` field and encodes (`msgspec.to_builtins`) to exactly the dict the old manager
-yielded; only `manager.py` turns them into those dicts, and only `cli.py` into lines. This
-module decides nothing and does no I/O.
+in its `type` field, and its fields are the old dict's keys in their order, so it encodes as
+JSON to exactly the old dict; only `manager.py` turns them into dicts, and only `cli.py` into
+lines. This module decides nothing and does no I/O.
 """
 
 from __future__ import annotations
