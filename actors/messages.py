@@ -62,17 +62,11 @@ class CancelTurn:
     """Cancel a queued or running turn by its ticket."""
 
     ticket: int
-    reason: str = "cancelled"
 
 
 @dataclass(frozen=True)
 class GetInfo:
     """Ask for the session's info."""
-
-
-@dataclass(frozen=True)
-class GetHistory:
-    """Ask for the session's history."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +77,6 @@ class ExpireSession:
     now: float
     expiry_age: float
     reason: str = "idle"
-
-
-@dataclass(frozen=True)
-class GetStatus:
-    """Ask whether the session has a turn queued or running (for passivation)."""
 
 
 # -- reports ---------------------------------------------------------------------------
@@ -152,4 +141,3 @@ class RunTicket:
     turn: int
     command: SendMessage
     cancel: CancelSwitch = field(default_factory=CancelSwitch)
-    started: bool = False

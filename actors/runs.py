@@ -40,8 +40,6 @@ class RunPool:
         self._executor = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="chatledger-run")
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], RunTicket] = {}
-        self._running = 0
-        self.peak_running = 0
         self._closed = False
 
     def submit(
@@ -67,10 +65,6 @@ class RunPool:
         if ticket.cancel.is_set():
             outcome = cancelled_outcome()
         else:
-            with self._lock:
-                ticket.started = True
-                self._running += 1
-                self.peak_running = max(self.peak_running, self._running)
             try:
                 outcome = run(ticket.cancel)
             except SPAWN_ERRORS as error:
@@ -89,9 +83,6 @@ class RunPool:
                     message=f"chatledger failed while running the agent: "
                             f"{type(error).__name__}: {error}",
                 )
-            finally:
-                with self._lock:
-                    self._running -= 1
         with self._lock:
             self._tickets.pop((ticket.session_id, ticket.ticket), None)
         on_done(ticket, outcome)
@@ -101,15 +92,6 @@ class RunPool:
         with self._lock:
             return [t for (sid, _), t in self._tickets.items() if sid == session_id]
 
-    def cancel(self, session_id: str, ticket: int) -> bool:
-        """Flip the cancel switch of one run; False if it is not queued or running."""
-        with self._lock:
-            found = self._tickets.get((session_id, ticket))
-        if found is None:
-            return False
-        found.cancel.set()
-        return True
-
     def cancel_all(self) -> int:
         """Flip every cancel switch (shutdown); returns how many runs were cancelled."""
         with self._lock:
@@ -117,12 +99,6 @@ class RunPool:
         for ticket in tickets:
             ticket.cancel.set()
         return len(tickets)
-
-    @property
-    def running(self) -> int:
-        """How many runs are running now."""
-        with self._lock:
-            return self._running
 
     def shutdown(self, wait: bool = True) -> None:
         """Refuse new runs; with `wait`, block until every queued run has reported."""

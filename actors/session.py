@@ -6,6 +6,10 @@ run is in flight waits in a FIFO queue, and its prompt is built only when it sta
 includes the answer before it. Runs happen on the shared run pool, never on this actor's
 thread; their outcomes come back as `RunCompleted` messages. This actor never asks another
 actor anything, and holds no LMDB transaction across a run.
+
+It keeps the commands, their order and the appending; what a turn runs and records is
+decided by the pure functions of `turn.py`, a command's checks are in `checks.py`, and how
+the session comes back from the log is in `rehydration.py`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,11 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgspec
 import pykka
 
 from ..agent import AgentEvent, CancelSwitch, RunOutcome, run_agent
@@ -28,14 +30,10 @@ from ..errors import (
     ConcurrencyError,
     InvalidCommandError,
     InvalidEventError,
-    UnknownSessionError,
 )
 from ..events import (
-    MODES,
-    STATUS_EXPIRED,
     Event,
     HistoryMessage,
-    MessageSent,
     ModeSwitched,
     Recorded,
     RunFailed,
@@ -47,18 +45,15 @@ from ..events import (
     StudyContextSet,
     conversation,
     evolve,
-    history,
 )
-from ..events.codec import ENCODE_ERRORS
 from ..storage import EventStore
+from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
 from .expiry import expiry_due
 from .messages import (
     CancelTurn,
     CreateSession,
     ExpireSession,
-    GetHistory,
     GetInfo,
-    GetStatus,
     ResumeSession,
     RunCompleted,
     RunTicket,
@@ -66,6 +61,7 @@ from .messages import (
     SetStudy,
     SwitchMode,
 )
+from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
 from .turn import (
     RetryWithPromptHistory,
@@ -79,7 +75,6 @@ from .updates import AnyTurnUpdate, TurnSink, turn_failed
 
 logger = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
 MAX_APPEND_ATTEMPTS = 8
 """How often an actor reloads and retries an append that another process raced."""
 
@@ -108,84 +103,6 @@ def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
             sink(update)
         except Exception:  # the consumer's problem: record it and go on
             logger.exception("a turn sink raised; the update was dropped")
-
-
-def check_canvas_state(canvas_state: Any) -> None:
-    """Refuse a canvas state that is not JSON-serialisable (or that the ledger could not
-    store: a cycle, a lone surrogate, an integer beyond 64 bits), before anything is recorded."""
-    try:
-        msgspec.json.encode(canvas_state)
-        msgspec.msgpack.encode(canvas_state)
-    except ENCODE_ERRORS as error:
-        if isinstance(error, RecursionError):
-            error = ValueError("it is nested too deeply or refers to itself")
-        raise InvalidCommandError(
-            f"canvas_state must be JSON-serialisable (dicts, lists, strings, numbers, "
-            f"booleans, null) and storable: {error}"
-        ) from None
-
-
-def check_text(what: str, value: Any, *, optional: bool = False) -> None:
-    """Refuse a value that is not a string of valid Unicode (None too, if `optional`)."""
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        allowed = "a string or None" if optional else "a string"
-        raise InvalidCommandError(f"{what} must be {allowed}, not {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidCommandError(
-            f"{what} is not valid Unicode (a lone surrogate at index {error.start}); "
-            "decode it with errors='replace' first"
-        ) from None
-
-
-def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
-    """Whether another live process on this host still runs this turn."""
-    if started.host != HOST or started.pid in (0, os.getpid()):
-        return False
-    try:
-        os.kill(started.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def load_recent(log: EventStore, session_id: str, window: int) -> tuple[SessionInfo, list[Recorded]]:
-    """A session's info and the tail of its stream a live session keeps: whole turns holding
-    its last `window` conversation messages and its last RunStarted.
-
-    The info comes from the session index, which the writer updates in the same transaction
-    as the stream, so a long session comes back to life in time proportional to the window,
-    not to its length. The tail is read again, four times longer, until it is enough.
-    """
-    count = 4 * window + 8
-    while True:
-        info, records = log.latest(session_id, count)
-        if info is None:
-            return SessionInfo(session_id=session_id), []
-        if not records or records[0].version == 1:  # the whole stream
-            return info, records
-        starts = [index for index, recorded in enumerate(records)
-                  if isinstance(recorded.event, MessageSent)]
-        if starts:
-            tail = records[starts[0]:]
-            if len(conversation(tail)) >= window and any(
-                isinstance(recorded.event, RunStarted) for recorded in tail
-            ):
-                return info, tail
-        count *= 4
-
-
-def mode_before(records: list[Recorded], mode_now: str) -> str:
-    """The session's mode before `records`, given its mode after them."""
-    for recorded in records:
-        if isinstance(recorded.event, ModeSwitched):
-            return recorded.event.from_mode
-    return mode_now
 
 
 class SessionActor(pykka.ThreadingActor):
@@ -259,7 +176,7 @@ class SessionActor(pykka.ThreadingActor):
             self.services.touch(self.session_id, True)
             return
         started = self.last_run_started
-        if started is not None and _owner_is_elsewhere_and_alive(started):
+        if started is not None and owner_is_elsewhere_and_alive(started):
             return
         self._append(
             lambda: [
@@ -282,10 +199,6 @@ class SessionActor(pykka.ThreadingActor):
             return None
         if isinstance(message, GetInfo):
             return self.info
-        if isinstance(message, GetHistory):
-            return history(self.services.log.read_session(self.session_id))
-        if isinstance(message, GetStatus):
-            return self.current is not None or bool(self.queue)
         if isinstance(message, CreateSession):
             return self._create(message)
         if isinstance(message, ResumeSession):
@@ -340,31 +253,13 @@ class SessionActor(pykka.ThreadingActor):
         return self._record(decided)
 
     def _require_open(self) -> None:
-        if self.info.version == 0:
-            raise UnknownSessionError.for_session(self.session_id)
-        if self.info.status == STATUS_EXPIRED:
-            raise InvalidCommandError(
-                f"session {self.session_id} expired; resume it to go on"
-            )
+        check_open(self.info)
 
     def _check_mode_allowed(self) -> None:
-        """Refuse a turn in power mode when this deployment does not allow power mode (the
-        session may have been switched to it by a process, or a release, that did)."""
-        if self.info.mode == "power" and not self.services.config.allow_power_mode:
-            raise InvalidCommandError(
-                f"session {self.session_id} is in power mode, which this deployment does not "
-                "allow (CHATLEDGER_ALLOW_POWER_MODE): switch it to user mode to go on"
-            )
+        check_turn_allowed(self.info, allow_power_mode=self.services.config.allow_power_mode)
 
     def _check_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise InvalidCommandError(
-                f"unknown mode {mode!r}: choose one of {', '.join(MODES)}"
-            )
-        if mode == "power" and not self.services.config.allow_power_mode:
-            raise InvalidCommandError(
-                "power mode is not allowed by this deployment (CHATLEDGER_ALLOW_POWER_MODE)"
-            )
+        check_mode(mode, allow_power_mode=self.services.config.allow_power_mode)
 
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
