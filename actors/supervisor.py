@@ -38,9 +38,13 @@ from .session import SessionActor, SessionServices
 logger = logging.getLogger(__name__)
 
 
+SessionRef = pykka.ActorRef[SessionActor]
+"""A live session actor."""
+
+
 @dataclass
 class _Entry:
-    ref: Any
+    ref: SessionRef
     last_used: float
     busy: bool = False
     pins: int = 0  # callers between activation and the end of their ask
@@ -57,7 +61,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
-    def get(self, session_id: str) -> Any | None:
+    def get(self, session_id: str) -> SessionRef | None:
         """The live actor ref of a session, or None."""
         with self._lock:
             entry = self._entries.get(session_id)
@@ -65,7 +69,7 @@ class SessionRegistry:
             return None
         return entry.ref
 
-    def pin(self, session_id: str) -> Any | None:
+    def pin(self, session_id: str) -> SessionRef | None:
         """The live actor ref of a session (or None), pinned: it is not passivated until
         `unpin`, and it becomes the most recently used."""
         with self._lock:
@@ -76,14 +80,14 @@ class SessionRegistry:
             self._entries.move_to_end(session_id)
             return entry.ref
 
-    def unpin(self, session_id: str, ref: Any) -> None:
+    def unpin(self, session_id: str, ref: SessionRef) -> None:
         """Release a pin taken on `ref` (a no-op if the session has another actor since)."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is not None and entry.ref == ref and entry.pins > 0:
                 entry.pins -= 1
 
-    def put(self, session_id: str, ref: Any) -> None:
+    def put(self, session_id: str, ref: SessionRef) -> None:
         """Register a newly started actor."""
         with self._lock:
             self._entries[session_id] = _Entry(ref=ref, last_used=time.monotonic())
@@ -98,7 +102,7 @@ class SessionRegistry:
                 entry.last_used = time.monotonic()
                 self._entries.move_to_end(session_id)
 
-    def take_if_idle(self, session_id: str) -> Any | None:
+    def take_if_idle(self, session_id: str) -> SessionRef | None:
         """Remove and return a session's actor if it is alive and nobody uses it, in one
         step (so that no caller can pin it in between), else None."""
         with self._lock:
@@ -108,14 +112,14 @@ class SessionRegistry:
             del self._entries[session_id]
             return entry.ref
 
-    def forget(self, session_id: str, ref: Any) -> None:
+    def forget(self, session_id: str, ref: SessionRef) -> None:
         """Drop a session's entry if it still belongs to `ref`."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is not None and entry.ref == ref:
                 del self._entries[session_id]
 
-    def idle(self, older_than: float) -> list[tuple[str, Any]]:
+    def idle(self, older_than: float) -> list[tuple[str, SessionRef]]:
         """Sessions not busy and unused for `older_than` seconds."""
         cutoff = time.monotonic() - older_than
         with self._lock:
@@ -151,7 +155,7 @@ class SessionRegistry:
         with self._lock:
             return list(self._entries)
 
-    def take_all(self) -> list[Any]:
+    def take_all(self) -> list[SessionRef]:
         """Remove and return every registered actor ref (shutdown)."""
         with self._lock:
             refs = [entry.ref for entry in self._entries.values()]
@@ -187,7 +191,7 @@ class Supervisor(pykka.ThreadingActor):
     def _activate(
         self, session_id: str, *, must_exist: bool, adopt: RunTicket | None = None,
         pin: bool = False,
-    ) -> Any:
+    ) -> SessionRef:
         ref = self.registry.pin(session_id)
         if ref is None:
             if must_exist and self.services.log.info(session_id) is None:
