@@ -30,7 +30,7 @@ from .errors import (
     InvalidSessionIdError,
     UnknownSessionError,
 )
-from .events import STATUS_EXPIRED, SessionInfo
+from .events import STATUS_EXPIRED, STATUS_IDLE, SessionInfo
 
 
 def update_to_dict(update: AnyTurnUpdate) -> dict[str, Any]:
@@ -63,7 +63,7 @@ class ClaudeSession:
     study_id: str | None
     created_at: datetime
     last_active: datetime
-    status: str = "idle"
+    status: str = STATUS_IDLE
 
     def is_alive(self) -> bool:
         """Whether the session can still take messages (not expired)."""
