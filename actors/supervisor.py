@@ -4,9 +4,10 @@ Sessions are virtual actors (as in Orleans): a session's actor is started from t
 first use, stopped after `idle_timeout` without activity, and started again when next used.
 At most `max_live_sessions` actors live at once: activating one more passivates the least
 recently used idle ones, so a backend's memory does not grow with the sessions it holds.
-Sessions idle past `expiry_age` get `SessionExpired`. A session actor that crashed drops out
-of the registry and is started afresh from the log on next use, or at once when a run of its
-completes. The supervisor never asks a session actor anything: it tells, or stops them.
+Sessions idle past `expiry_age` get `SessionExpired` (the rule is `expiry.expiry_due`). A
+session actor that crashed drops out of the registry and is started afresh from the log on
+next use, or at once when a run of its completes. The supervisor never asks a session actor
+anything: it tells, or stops them.
 """
 
 from __future__ import annotations

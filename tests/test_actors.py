@@ -392,19 +392,23 @@ def test_another_writer_moving_the_session_on_is_absorbed(ledger: Ledger) -> Non
 
 CRASH_SCRIPT = textwrap.dedent(
     """
-    import sys, threading, time
+    import sys, threading
+    from chatledger.actors.updates import TextDeltaUpdate
     from chatledger.ledger import Ledger
-    from chatledger.events import RunStarted
     path, session_id = sys.argv[1], sys.argv[2]
     ledger = Ledger(path, agent_command=(sys.executable, "-m", "chatledger.agent.standin"))
-    threading.Thread(target=ledger.send, args=(session_id, "[[slow 60]]"), daemon=True).start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if isinstance(ledger.events(session_id)[-1].event, RunStarted):
-            print("running", flush=True)
-            break
-        time.sleep(0.05)
-    time.sleep(60)
+    streaming = threading.Event()
+
+    def on_update(update):
+        if isinstance(update, TextDeltaUpdate):
+            streaming.set()
+
+    threading.Thread(target=ledger.send, args=(session_id, "[[slow 60]]"),
+                     kwargs={"on_update": on_update, "stream_deltas": True}, daemon=True).start()
+    # The stand-in streams its first piece at once, then stays silent for 20 s.
+    if streaming.wait(20):
+        print("running", flush=True)
+    threading.Event().wait(60)  # until killed
     """
 )
 
@@ -422,10 +426,9 @@ def test_kill_9_of_the_process_hosting_a_run_then_reopen_closes_the_turn_interru
     )
     try:
         assert host.stdout is not None
+        # The host heard the agent's first piece: the agent is in its 20 s of silence.
         assert host.stdout.readline().strip() == "running"
-        # Let the agent start and print its first lines; it then stays silent for 20 s.
-        assert wait_until(lambda: standin_pids(marker), 10)
-        time.sleep(1.0)
+        assert standin_pids(marker)
     finally:
         host.send_signal(signal.SIGKILL)
         host.wait(10)
