@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,25 +56,3 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
 
-
-class Signal:
-    """A one-shot signal between threads that fails the test if it never comes: `fire()`
-    from one thread, `wait()` (with a timeout) in another."""
-
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-        self._event = threading.Event()
-
-    def fire(self, *_: Any) -> None:
-        """Set the signal (accepts and ignores arguments, so it can be a callback)."""
-        self._event.set()
-
-    def is_set(self) -> bool:
-        """Whether the signal has fired."""
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the signal fires; AssertionError after the timeout."""
-        limit = self.timeout if timeout is None else timeout
-        if not self._event.wait(limit):
-            raise AssertionError(f"the awaited signal did not come within {limit} s")
