@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,6 +25,14 @@ import click
 import msgspec
 
 from . import __version__
+from .actors.expiry import expiry_due
+from .actors.updates import (
+    AnyTurnUpdate,
+    CanvasModificationUpdate,
+    TextDeltaUpdate,
+    TextUpdate,
+    TurnDone,
+)
 from .audit.html import render_html
 from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
 from .audit.session_check import verify_session
@@ -50,13 +59,10 @@ from .errors import (
     LedgerMissingError,
     UnknownSessionError,
 )
-from .events import SessionExpired, at_version, history, session_info
+from .events import MODES, STATUSES, SessionExpired, at_version, history, session_info
 from .events.model import Recorded
-from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
+from .events.projections import HistoryMessage, SessionInfo
 from .storage import AuditStore, Head, VerifyReport, open_store
-
-MODES = ("user", "power")
-STATUSES = ("new", "idle", "running", "expired")
 
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
@@ -291,26 +297,25 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
             raise click.BadParameter(f"not JSON: {error}", param_hint="--canvas") from None
     streamed = {"text": False}
 
-    def show(update: dict[str, Any]) -> None:
+    def show(update: AnyTurnUpdate) -> None:
         if as_json:
             _emit_json(update)
             return
-        kind = update.get("type")
-        if kind == "text_delta":
+        if isinstance(update, TextDeltaUpdate):
             streamed["text"] = True
-            click.echo(update["content"], nl=False)
-        elif kind == "canvas_modification":
-            click.secho(f"[canvas] {json.dumps(update['modification'], ensure_ascii=False)}",
+            click.echo(update.content, nl=False)
+        elif isinstance(update, CanvasModificationUpdate):
+            click.secho(f"[canvas] {json.dumps(update.modification, ensure_ascii=False)}",
                         fg="yellow", err=True)
-        elif kind == "text":
-            click.echo("" if streamed["text"] else update["content"])
-        elif kind == "done":
-            for call in update.get("tool_calls") or ():
-                click.secho(f"[tool] {call.get('name')}", dim=True, err=True)
+        elif isinstance(update, TextUpdate):
+            click.echo("" if streamed["text"] else update.content)
+        elif isinstance(update, TurnDone):
+            for call in update.tool_calls:
+                click.secho(f"[tool] {call.name}", dim=True, err=True)
 
     with state.ledger() as ledger:
         if ledger.info(session_id) is None:
-            raise UnknownSessionError(f"Session not found: {session_id}")
+            raise UnknownSessionError.for_session(session_id)
         outcome = ledger.send(session_id, message, canvas_state=canvas_state,
                               on_update=show, stream_deltas=not as_json)
     if not outcome.ok:
@@ -683,15 +688,13 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
         idle_seconds = parse_duration(idle) if idle else load_config(path=state.ledger_path).expiry_age
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--idle") from None
-    now = datetime.now(timezone.utc)
+    now = time.time()
     expired: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     with state.log() as log:
         for info in log.sessions():
-            if info.status in (STATUS_EXPIRED, STATUS_RUNNING) or info.last_active is None:
-                continue
-            idle_for = (now - info.last_active).total_seconds()
-            if idle_for < idle_seconds:
+            idle_for = expiry_due(info, now=now, expiry_age=idle_seconds)
+            if idle_for is None:
                 continue
             item = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
             if not dry_run:

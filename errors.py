@@ -5,6 +5,9 @@ This module holds only exception types; it must not import anything from the pac
 
 from __future__ import annotations
 
+SESSION_NOT_FOUND = "Session not found"
+"""What chatledger says of a session id the ledger does not hold."""
+
 
 class ChatledgerError(Exception):
     """Base class of every error chatledger raises on purpose."""
@@ -16,6 +19,11 @@ class InvalidSessionIdError(ChatledgerError, ValueError):
 
 class UnknownSessionError(ChatledgerError, KeyError):
     """No session with this id exists in the ledger."""
+
+    @classmethod
+    def for_session(cls, session_id: str) -> UnknownSessionError:
+        """The error for `session_id`: "Session not found: <id>"."""
+        return cls(f"{SESSION_NOT_FOUND}: {session_id}")
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown session"

@@ -1,7 +1,9 @@
 """Ledger: the synchronous API, for scripts, tests and the admin CLI.
 
 `send` blocks the calling thread until the turn ends (it must not be called from inside an
-actor). Everything else is a short call into the runtime or a read of the log.
+actor); its updates are the typed structs of `actors/updates.py` (`msgspec.to_builtins(update)`
+gives the old manager's dict). Everything else is a short call into the runtime or a read of
+the log.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from typing import Any
 import msgspec
 
 from .actors.runtime import Runtime
+from .actors.updates import (
+    AnyTurnUpdate,
+    CanvasModificationUpdate,
+    ErrorUpdate,
+    TextUpdate,
+    TurnDone,
+)
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
@@ -23,7 +32,8 @@ TURN_WAIT_MARGIN = 60.0
 
 
 class TurnOutcome(msgspec.Struct, kw_only=True):
-    """How a turn ended: its answer or error, tool calls, canvas changes, cost, updates."""
+    """How a turn ended: its answer or error, tool calls (as dicts), canvas changes, cost,
+    and every update it streamed."""
 
     turn: int | None
     ok: bool
@@ -34,7 +44,7 @@ class TurnOutcome(msgspec.Struct, kw_only=True):
     canvas_modifications: list[Any] = msgspec.field(default_factory=list)
     cost_usd: float | None = None
     duration: float | None = None
-    updates: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    updates: list[AnyTurnUpdate] = msgspec.field(default_factory=list)
 
 
 class TurnTimeoutError(ChatledgerError):
@@ -89,15 +99,15 @@ class Ledger:
         message: str,
         *,
         canvas_state: Any = None,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_update: Callable[[AnyTurnUpdate], None] | None = None,
         stream_deltas: bool = False,
         timeout: float | None = None,
     ) -> TurnOutcome:
         """Run one turn and block until it ends; `on_update` sees each update as it comes
         (on another thread). Waits at most `timeout` (default: run timeout + a margin)."""
-        updates: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        updates: queue.SimpleQueue[AnyTurnUpdate] = queue.SimpleQueue()
 
-        def sink(item: dict[str, Any]) -> None:
+        def sink(item: AnyTurnUpdate) -> None:
             if on_update is not None:
                 on_update(item)
             updates.put(item)
@@ -115,20 +125,20 @@ class Ledger:
                     f"no answer from session {session_id} within {wait:.0f} s"
                 ) from None
             outcome.updates.append(item)
-            kind = item.get("type")
-            if kind == "canvas_modification":
-                outcome.canvas_modifications.append(item["modification"])
-            elif kind == "text":
-                outcome.text = item["content"]
-            elif kind == "error":
-                outcome.error = item["message"]
-            elif kind == "done":
-                outcome.turn = item.get("turn")
-                outcome.ok = bool(item.get("ok"))
-                outcome.reason = item.get("reason")
-                outcome.tool_calls = list(item.get("tool_calls") or [])
-                outcome.cost_usd = item.get("cost_usd")
-                outcome.duration = item.get("duration")
+            if isinstance(item, CanvasModificationUpdate):
+                outcome.canvas_modifications.append(item.modification)
+            elif isinstance(item, TextUpdate):
+                outcome.text = item.content
+            elif isinstance(item, ErrorUpdate):
+                outcome.error = item.message
+            elif isinstance(item, TurnDone):
+                outcome.turn = item.turn
+                outcome.ok = item.ok
+                outcome.reason = item.reason
+                outcome.tool_calls = [msgspec.to_builtins(call) for call in item.tool_calls]
+                cost, duration = item.cost_usd, item.duration
+                outcome.cost_usd = None if isinstance(cost, msgspec.UnsetType) else cost
+                outcome.duration = None if isinstance(duration, msgspec.UnsetType) else duration
                 return outcome
 
     def switch_mode(self, session_id: str, mode: str) -> SessionInfo:

@@ -1,9 +1,12 @@
 """The async SessionManager: a drop-in for the old in-memory manager, backed by the ledger.
 
 Same method names, arguments, defaults, return types and yielded dict shapes as the manager
-it replaces (quoted at the end of DESIGN.md), plus persistence, ordering, audit and crash
-safety. The event loop is never blocked: calls into the runtime run on worker threads, and
-turn updates come back from pykka threads through `loop.call_soon_threadsafe`.
+it replaces (`start`/`stop`, `create_session`, `send_message`, `switch_mode`,
+`set_study_context`, `get_session`, `get_session_info`, `get_session_manager`; the shapes are
+pinned by `tests/test_manager.py`), plus persistence, ordering, audit and crash safety. This is
+the one place a turn's typed updates become the old manager's dicts (`update_to_dict`). The
+event loop is never blocked: calls into the runtime run on worker threads, and turn updates
+come back from pykka threads through `loop.call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,31 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .actors.runtime import Runtime
-from .config import Config, load_config
-from .errors import ChatledgerError, InvalidSessionIdError, UnknownSessionError
-from .events import SessionInfo
-from .events.projections import STATUS_EXPIRED
+import msgspec
 
-SESSION_NOT_FOUND = "Session not found"
+from .actors.runtime import Runtime
+from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
+from .config import Config, load_config
+from .errors import (
+    SESSION_NOT_FOUND,
+    ChatledgerError,
+    InvalidSessionIdError,
+    UnknownSessionError,
+)
+from .events import STATUS_EXPIRED, STATUS_IDLE, SessionInfo
+
+
+def update_to_dict(update: AnyTurnUpdate) -> dict[str, Any]:
+    """A turn's update as the old manager yielded it (`done` carries only the tool calls)."""
+    if isinstance(update, TurnDone):
+        return {"type": "done", "tool_calls": msgspec.to_builtins(list(update.tool_calls))}
+    data: dict[str, Any] = msgspec.to_builtins(update)
+    return data
+
+
+def _not_found(session_id: str) -> ValueError:
+    """The old manager's error for an unknown session in `switch_mode`/`set_study_context`."""
+    return ValueError(f"Session {session_id} not found")
 
 
 class _DefaultMode(str):
@@ -42,7 +63,7 @@ class ClaudeSession:
     study_id: str | None
     created_at: datetime
     last_active: datetime
-    status: str = "idle"
+    status: str = STATUS_IDLE
 
     def is_alive(self) -> bool:
         """Whether the session can still take messages (not expired)."""
@@ -148,9 +169,9 @@ class SessionManager:
             yield {"type": "error", "message": str(error)}
             return
         loop = asyncio.get_running_loop()
-        updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        updates: asyncio.Queue[AnyTurnUpdate] = asyncio.Queue()
 
-        def sink(item: dict[str, Any]) -> None:
+        def sink(item: AnyTurnUpdate) -> None:
             """Receive an update on a pykka or pool thread; hand it to the event loop."""
             # RuntimeError: the loop is closed, so nobody is listening any more.
             with contextlib.suppress(RuntimeError):
@@ -175,14 +196,13 @@ class SessionManager:
         try:
             while True:
                 item = await updates.get()
-                kind = item["type"]
-                if kind == "done":
+                if isinstance(item, TurnDone):
                     finished = True
-                    yield {"type": "done", "tool_calls": item.get("tool_calls", [])}
+                    yield update_to_dict(item)
                     return
-                if kind == "text_delta" and not stream_deltas:
+                if isinstance(item, TextDeltaUpdate) and not stream_deltas:
                     continue
-                yield item
+                yield update_to_dict(item)
         finally:
             if not finished:
                 # The consumer went away (websocket closed): stop the agent; it is recorded.
@@ -194,7 +214,7 @@ class SessionManager:
         try:
             info = await asyncio.to_thread(runtime.switch_mode, session_id, new_mode)
         except (UnknownSessionError, InvalidSessionIdError):
-            raise ValueError(f"Session {session_id} not found") from None
+            raise _not_found(session_id) from None
         return ClaudeSession.from_info(info)
 
     async def set_study_context(self, session_id: str, study_id: str | None) -> None:
@@ -203,7 +223,7 @@ class SessionManager:
         try:
             await asyncio.to_thread(runtime.set_study, session_id, study_id)
         except (UnknownSessionError, InvalidSessionIdError):
-            raise ValueError(f"Session {session_id} not found") from None
+            raise _not_found(session_id) from None
 
     def get_session(self, session_id: str) -> ClaudeSession | None:
         """The session, or None if unknown (a short index read)."""

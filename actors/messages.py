@@ -1,27 +1,43 @@
-"""The messages chatledger's actors exchange, and the shapes a turn streams to its caller.
+"""The messages chatledger's actors exchange (the updates a turn streams are in `updates.py`).
 
 Commands are imperative (`SendMessage`); reports are past tense (`RunCompleted`). Nothing here
-acts: these are plain frozen dataclasses.
+acts: these are plain frozen dataclasses. A message that is asked (not told) derives from
+`Ask[Answer]`, so `ask(ref, message)` is typed by what the actor answers, without a cast at
+the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import pykka
 
 from ..agent import CancelSwitch, RunOutcome
+from ..events import SessionInfo
+from .updates import TurnSink
 
-TurnSink = Callable[[dict[str, Any]], None]
-"""Receives a turn's updates, in the old manager's dict shapes, on a worker or actor thread:
-`canvas_modification`, `text_delta` (when asked), `text`, `error`, then `done`."""
+if TYPE_CHECKING:  # session.py imports this module; the name is only in a string below
+    from .session import SessionActor  # noqa: F401
+
+Answer = TypeVar("Answer")
+
+
+class Ask(Generic[Answer]):
+    """A message an actor answers with an `Answer` (see `ask`)."""
+
+
+def ask(ref: pykka.ActorRef[Any], message: Ask[Answer], timeout: float) -> Answer:
+    """Ask the actor behind `ref` and wait at most `timeout` seconds for its answer. Blocks:
+    never call it from inside an actor."""
+    return cast(Answer, ref.ask(message, timeout=timeout))
 
 
 # -- commands to a SessionActor (asked by the runtime) ------------------------------------
 
 
 @dataclass(frozen=True)
-class CreateSession:
+class CreateSession(Ask[SessionInfo]):
     """Open a new session in a mode and study."""
 
     mode: str = "user"
@@ -29,7 +45,7 @@ class CreateSession:
 
 
 @dataclass(frozen=True)
-class ResumeSession:
+class ResumeSession(Ask[SessionInfo]):
     """Resume a session, keeping its mode and study unless new ones are given."""
 
     mode: str | None = None
@@ -38,21 +54,21 @@ class ResumeSession:
 
 
 @dataclass(frozen=True)
-class SwitchMode:
+class SwitchMode(Ask[SessionInfo]):
     """Change the session's permission mode."""
 
     mode: str
 
 
 @dataclass(frozen=True)
-class SetStudy:
+class SetStudy(Ask[SessionInfo]):
     """Set or clear the study the session works on."""
 
     study_id: str | None
 
 
 @dataclass(frozen=True)
-class SendMessage:
+class SendMessage(Ask[int]):
     """Queue a turn: the message, its canvas state, and where to stream its updates."""
 
     text: str
@@ -63,34 +79,25 @@ class SendMessage:
 
 
 @dataclass(frozen=True)
-class CancelTurn:
+class CancelTurn(Ask[bool]):
     """Cancel a queued or running turn by its ticket."""
 
     ticket: int
-    reason: str = "cancelled"
 
 
 @dataclass(frozen=True)
-class GetInfo:
+class GetInfo(Ask[SessionInfo]):
     """Ask for the session's info."""
 
 
 @dataclass(frozen=True)
-class GetHistory:
-    """Ask for the session's history."""
-
-
-@dataclass(frozen=True)
 class ExpireSession:
-    """Close the session for good (idle past the expiry age)."""
+    """Close the session for good if, at `now` (epoch seconds), it has been idle for
+    `expiry_age` seconds (the actor decides on its own state, by `expiry.expiry_due`)."""
 
-    reason: str
-    idle_seconds: float
-
-
-@dataclass(frozen=True)
-class GetStatus:
-    """Ask whether the session has a turn queued or running (for passivation)."""
+    now: float
+    expiry_age: float
+    reason: str = "idle"
 
 
 # -- reports ---------------------------------------------------------------------------
@@ -106,28 +113,11 @@ class RunCompleted:
     streamed_modifications: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True)
-class SessionActivity:
-    """A session actor went busy or idle (told to the supervisor)."""
-
-    session_id: str
-    busy: bool
-    at: float
-
-
-@dataclass(frozen=True)
-class SessionCrashed:
-    """A session actor died of an unexpected error (told to the supervisor)."""
-
-    session_id: str
-    error: str
-
-
 # -- commands to the Supervisor ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Activate:
+class Activate(Ask["pykka.ActorRef[SessionActor]"]):
     """Return the live actor of a session, starting it from the log if need be; `pin` keeps
     it from being passivated until the caller unpins it in the registry."""
 
@@ -144,21 +134,21 @@ class RouteCompletion:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class Sweep(Ask[dict[str, int]]):
     """Passivate idle sessions and expire old ones."""
 
     now: float | None = None
 
 
 @dataclass(frozen=True)
-class Passivate:
+class Passivate(Ask[bool]):
     """Stop a session's actor now if it is idle (for tests and the CLI)."""
 
     session_id: str
 
 
 @dataclass(frozen=True)
-class LiveSessions:
+class LiveSessions(Ask[list[str]]):
     """Ask for the ids of the sessions with a live actor."""
 
 
@@ -172,4 +162,3 @@ class RunTicket:
     turn: int
     command: SendMessage
     cancel: CancelSwitch = field(default_factory=CancelSwitch)
-    started: bool = False

@@ -8,6 +8,8 @@ which the agent runner turns into SIGINT, SIGTERM, SIGKILL of the process tree.
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from ..agent import CancelSwitch, RunOutcome
 from .messages import RunTicket
 
+logger = logging.getLogger(__name__)
+
 RunFunction = Callable[[CancelSwitch], RunOutcome]
 """Runs one agent turn on a pool thread, watching the cancel switch it is given."""
+
+SPAWN_ERRORS = (OSError, ValueError, subprocess.SubprocessError)
+"""What starting an agent can raise past the runner (which turns the usual ones into an
+outcome itself): the system refusing a process or pipe, or a bad argument."""
 
 
 def cancelled_outcome(message: str = "Run cancelled before it started") -> RunOutcome:
@@ -32,8 +40,6 @@ class RunPool:
         self._executor = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="chatledger-run")
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], RunTicket] = {}
-        self._running = 0
-        self.peak_running = 0
         self._closed = False
 
     def submit(
@@ -59,21 +65,24 @@ class RunPool:
         if ticket.cancel.is_set():
             outcome = cancelled_outcome()
         else:
-            with self._lock:
-                ticket.started = True
-                self._running += 1
-                self.peak_running = max(self.peak_running, self._running)
             try:
                 outcome = run(ticket.cancel)
-            except BaseException as error:  # a bug must still end the turn, not hang it
+            except SPAWN_ERRORS as error:
                 outcome = RunOutcome(
                     ok=False,
                     failure_reason="spawn_failed",
-                    message=f"chatledger failed to run the agent: {type(error).__name__}: {error}",
+                    message=f"chatledger could not start the agent: {type(error).__name__}: "
+                            f"{error}",
                 )
-            finally:
-                with self._lock:
-                    self._running -= 1
+            except Exception as error:  # a bug in chatledger must still end the turn
+                logger.exception("a run of session %s failed inside chatledger",
+                                 ticket.session_id)
+                outcome = RunOutcome(
+                    ok=False,
+                    failure_reason="internal_error",
+                    message=f"chatledger failed while running the agent: "
+                            f"{type(error).__name__}: {error}",
+                )
         with self._lock:
             self._tickets.pop((ticket.session_id, ticket.ticket), None)
         on_done(ticket, outcome)
@@ -83,15 +92,6 @@ class RunPool:
         with self._lock:
             return [t for (sid, _), t in self._tickets.items() if sid == session_id]
 
-    def cancel(self, session_id: str, ticket: int) -> bool:
-        """Flip the cancel switch of one run; False if it is not queued or running."""
-        with self._lock:
-            found = self._tickets.get((session_id, ticket))
-        if found is None:
-            return False
-        found.cancel.set()
-        return True
-
     def cancel_all(self) -> int:
         """Flip every cancel switch (shutdown); returns how many runs were cancelled."""
         with self._lock:
@@ -99,12 +99,6 @@ class RunPool:
         for ticket in tickets:
             ticket.cancel.set()
         return len(tickets)
-
-    @property
-    def running(self) -> int:
-        """How many runs are running now."""
-        with self._lock:
-            return self._running
 
     def shutdown(self, wait: bool = True) -> None:
         """Refuse new runs; with `wait`, block until every queued run has reported."""

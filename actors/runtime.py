@@ -28,6 +28,8 @@ from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
 from .messages import (
     Activate,
+    Answer,
+    Ask,
     CancelTurn,
     CreateSession,
     GetInfo,
@@ -40,11 +42,12 @@ from .messages import (
     SetStudy,
     Sweep,
     SwitchMode,
-    TurnSink,
+    ask,
 )
 from .runs import RunPool
-from .session import SessionServices
+from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
+from .updates import TurnSink
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ class Runtime:
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
         )
-        self.supervisor: Any = Supervisor.start(services, self.registry)
+        self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
         self._sweeper = threading.Thread(
             target=self._sweep_periodically, name="chatledger-sweeper", daemon=True
@@ -143,26 +146,28 @@ class Runtime:
         if self._closed:
             raise LedgerClosedError("this chatledger runtime is closed")
 
-    def actor(self, session_id: str, *, must_exist: bool = True) -> Any:
+    def actor(self, session_id: str, *, must_exist: bool = True) -> pykka.ActorRef[SessionActor]:
         """The live actor of a session (activated from the log if need be). Blocks briefly."""
         return self._activate(session_id, must_exist=must_exist, pin=False)
 
-    def _activate(self, session_id: str, *, must_exist: bool, pin: bool) -> Any:
+    def _activate(
+        self, session_id: str, *, must_exist: bool, pin: bool
+    ) -> pykka.ActorRef[SessionActor]:
         self._check_open()
         validate_session_id(session_id)
         if pin:  # a live actor is found without a round trip through the supervisor
             ref = self.registry.pin(session_id)
             if ref is not None:
                 return ref
-        return self.supervisor.ask(Activate(session_id, must_exist, pin), timeout=ASK_TIMEOUT)
+        return ask(self.supervisor, Activate(session_id, must_exist, pin), ASK_TIMEOUT)
 
-    def ask(self, session_id: str, message: Any, *, must_exist: bool = True) -> Any:
+    def ask(self, session_id: str, message: Ask[Answer], *, must_exist: bool = True) -> Answer:
         """Ask a session's actor, pinned meanwhile so that it is not passivated between its
         activation and the answer; if it died in between (a crash), activate it again once."""
         for attempt in range(2):
             ref = self._activate(session_id, must_exist=must_exist, pin=True)
             try:
-                return ref.ask(message, timeout=ASK_TIMEOUT)
+                return ask(ref, message, ASK_TIMEOUT)
             except pykka.ActorDeadError:
                 if attempt:
                     raise
@@ -177,10 +182,9 @@ class Runtime:
     ) -> SessionInfo:
         """Create a session (a new uuid4 id unless one is given)."""
         session_id = session_id or str(uuid.uuid4())
-        result: SessionInfo = self.ask(
+        return self.ask(
             session_id, CreateSession(mode=mode, study_id=study_id), must_exist=False
         )
-        return result
 
     def resume_session(
         self,
@@ -191,22 +195,19 @@ class Runtime:
         change_study: bool = False,
     ) -> SessionInfo:
         """Resume a session, or create it with this id if it was never seen."""
-        result: SessionInfo = self.ask(
+        return self.ask(
             session_id,
             ResumeSession(mode=mode, study_id=study_id, change_study=change_study),
             must_exist=False,
         )
-        return result
 
     def switch_mode(self, session_id: str, mode: str) -> SessionInfo:
         """Change a session's permission mode."""
-        result: SessionInfo = self.ask(session_id, SwitchMode(mode))
-        return result
+        return self.ask(session_id, SwitchMode(mode))
 
     def set_study(self, session_id: str, study_id: str | None) -> SessionInfo:
         """Set or clear a session's study."""
-        result: SessionInfo = self.ask(session_id, SetStudy(study_id))
-        return result
+        return self.ask(session_id, SetStudy(study_id))
 
     def send(
         self,
@@ -232,10 +233,9 @@ class Runtime:
         if ref is None:
             return False
         try:
-            result: bool = ref.ask(CancelTurn(ticket), timeout=ASK_TIMEOUT)
+            return ask(ref, CancelTurn(ticket), ASK_TIMEOUT)
         except pykka.ActorDeadError:
             return False
-        return result
 
     # -- queries (from the index and the log: no activation needed) -------------------------
 
@@ -246,8 +246,7 @@ class Runtime:
 
     def live_info(self, session_id: str) -> SessionInfo:
         """A session's info from its live actor (activating it)."""
-        result: SessionInfo = self.ask(session_id, GetInfo())
-        return result
+        return self.ask(session_id, GetInfo())
 
     def history(self, session_id: str) -> list[HistoryMessage]:
         """A session's conversation as messages."""
@@ -266,18 +265,15 @@ class Runtime:
 
     def live_sessions(self) -> list[str]:
         """Ids of the sessions with a live actor."""
-        result: list[str] = self.supervisor.ask(LiveSessions(), timeout=ASK_TIMEOUT)
-        return result
+        return ask(self.supervisor, LiveSessions(), ASK_TIMEOUT)
 
     def passivate(self, session_id: str) -> bool:
         """Stop a session's actor now if it is idle (it comes back on next use)."""
-        result: bool = self.supervisor.ask(Passivate(session_id), timeout=ASK_TIMEOUT)
-        return result
+        return ask(self.supervisor, Passivate(session_id), ASK_TIMEOUT)
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
         """Passivate idle sessions and expire old ones now (as the sweeper does)."""
-        result: dict[str, int] = self.supervisor.ask(Sweep(now), timeout=ASK_TIMEOUT)
-        return result
+        return ask(self.supervisor, Sweep(now), ASK_TIMEOUT)
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ run is in flight waits in a FIFO queue, and its prompt is built only when it sta
 includes the answer before it. Runs happen on the shared run pool, never on this actor's
 thread; their outcomes come back as `RunCompleted` messages. This actor never asks another
 actor anything, and holds no LMDB transaction across a run.
+
+It keeps the commands, their order and the appending; what a turn runs and records is
+decided by the pure functions of `turn.py`, a command's checks are in `checks.py`, and how
+the session comes back from the log is in `rehydration.py`.
 """
 
 from __future__ import annotations
@@ -13,46 +17,25 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
-import socket
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import msgspec
 import pykka
 
-from ..agent import (
-    CancelSwitch,
-    RunOutcome,
-    TextDelta,
-    ToolCallCompleted,
-    build_argv,
-    build_prompt,
-    canonical_json,
-    extract_from_tool_calls,
-    extract_modifications,
-    run_agent,
-)
+from ..agent import AgentEvent, CancelSwitch, RunOutcome, run_agent
 from ..config import Config
 from ..errors import (
     ConcurrencyError,
     InvalidCommandError,
     InvalidEventError,
-    UnknownSessionError,
 )
 from ..events import (
-    MODES,
-    AgentSessionLost,
-    CanvasModified,
     Event,
     HistoryMessage,
-    MessageSent,
     ModeSwitched,
     Recorded,
-    ResponseReceived,
     RunFailed,
     RunStarted,
     SessionCreated,
@@ -62,38 +45,40 @@ from ..events import (
     StudyContextSet,
     conversation,
     evolve,
-    history,
-    storable,
 )
-from ..events.codec import ENCODE_ERRORS
-from ..events.projections import STATUS_EXPIRED
 from ..storage import EventStore
+from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
+from .expiry import expiry_due
 from .messages import (
     CancelTurn,
     CreateSession,
     ExpireSession,
-    GetHistory,
     GetInfo,
-    GetStatus,
     ResumeSession,
     RunCompleted,
     RunTicket,
     SendMessage,
     SetStudy,
     SwitchMode,
-    TurnSink,
 )
+from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
+from .turn import (
+    RetryWithPromptHistory,
+    TurnPlan,
+    TurnStream,
+    finish_run,
+    plan_turn,
+    storable_event,
+)
+from .updates import AnyTurnUpdate, TurnSink, turn_failed
 
 logger = logging.getLogger(__name__)
 
-HOST = socket.gethostname()
 MAX_APPEND_ATTEMPTS = 8
 """How often an actor reloads and retries an append that another process raced."""
-RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
-"""What an agent session id must look like to be passed back to the agent with `--resume`
-(it comes from the agent's output, so it must never be able to pose as a flag)."""
-NO_CONVERSATION = "No conversation found with session ID"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,97 +96,13 @@ class SessionServices:
     closing: threading.Event
 
 
-def safe_emit(sink: TurnSink, item: dict[str, Any]) -> None:
-    """Hand one update to a caller's sink; a broken consumer must not break the turn."""
-    try:
-        sink(item)
-    except Exception:  # the consumer's problem: record it and go on
-        logger.exception("a turn sink raised; the update was dropped")
-
-
-def check_canvas_state(canvas_state: Any) -> None:
-    """Refuse a canvas state that is not JSON-serialisable (or that the ledger could not
-    store: a cycle, a lone surrogate, an integer beyond 64 bits), before anything is recorded."""
-    try:
-        msgspec.json.encode(canvas_state)
-        msgspec.msgpack.encode(canvas_state)
-    except ENCODE_ERRORS as error:
-        if isinstance(error, RecursionError):
-            error = ValueError("it is nested too deeply or refers to itself")
-        raise InvalidCommandError(
-            f"canvas_state must be JSON-serialisable (dicts, lists, strings, numbers, "
-            f"booleans, null) and storable: {error}"
-        ) from None
-
-
-def check_text(what: str, value: Any, *, optional: bool = False) -> None:
-    """Refuse a value that is not a string of valid Unicode (None too, if `optional`)."""
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        allowed = "a string or None" if optional else "a string"
-        raise InvalidCommandError(f"{what} must be {allowed}, not {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidCommandError(
-            f"{what} is not valid Unicode (a lone surrogate at index {error.start}); "
-            "decode it with errors='replace' first"
-        ) from None
-
-
-def storable_event(event: Event) -> Event:
-    """`event` with what the agent printed made storable (huge integers, lone surrogates):
-    an agent's output must never stop a turn from being recorded."""
-    data = storable(msgspec.to_builtins(event))
-    return msgspec.convert(data, type(event))
-
-
-def _owner_is_elsewhere_and_alive(started: RunStarted) -> bool:
-    """Whether another live process on this host still runs this turn."""
-    if started.host != HOST or started.pid in (0, os.getpid()):
-        return False
-    try:
-        os.kill(started.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def load_recent(log: EventStore, session_id: str, window: int) -> tuple[SessionInfo, list[Recorded]]:
-    """A session's info and the tail of its stream a live session keeps: whole turns holding
-    its last `window` conversation messages and its last RunStarted.
-
-    The info comes from the session index, which the writer updates in the same transaction
-    as the stream, so a long session comes back to life in time proportional to the window,
-    not to its length. The tail is read again, four times longer, until it is enough.
-    """
-    count = 4 * window + 8
-    while True:
-        info, records = log.latest(session_id, count)
-        if info is None:
-            return SessionInfo(session_id=session_id), []
-        if not records or records[0].version == 1:  # the whole stream
-            return info, records
-        starts = [index for index, recorded in enumerate(records)
-                  if isinstance(recorded.event, MessageSent)]
-        if starts:
-            tail = records[starts[0]:]
-            if len(conversation(tail)) >= window and any(
-                isinstance(recorded.event, RunStarted) for recorded in tail
-            ):
-                return info, tail
-        count *= 4
-
-
-def mode_before(records: list[Recorded], mode_now: str) -> str:
-    """The session's mode before `records`, given its mode after them."""
-    for recorded in records:
-        if isinstance(recorded.event, ModeSwitched):
-            return recorded.event.from_mode
-    return mode_now
+def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
+    """Hand updates to a caller's sink, in order; a broken consumer must not break the turn."""
+    for update in updates:
+        try:
+            sink(update)
+        except Exception:  # the consumer's problem: record it and go on
+            logger.exception("a turn sink raised; the update was dropped")
 
 
 class SessionActor(pykka.ThreadingActor):
@@ -275,7 +176,7 @@ class SessionActor(pykka.ThreadingActor):
             self.services.touch(self.session_id, True)
             return
         started = self.last_run_started
-        if started is not None and _owner_is_elsewhere_and_alive(started):
+        if started is not None and owner_is_elsewhere_and_alive(started):
             return
         self._append(
             lambda: [
@@ -298,10 +199,6 @@ class SessionActor(pykka.ThreadingActor):
             return None
         if isinstance(message, GetInfo):
             return self.info
-        if isinstance(message, GetHistory):
-            return history(self.services.log.read_session(self.session_id))
-        if isinstance(message, GetStatus):
-            return self.current is not None or bool(self.queue)
         if isinstance(message, CreateSession):
             return self._create(message)
         if isinstance(message, ResumeSession):
@@ -320,17 +217,17 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> list[Recorded]:
-        """Append at the known version. On a conflict (another process wrote to this session)
-        reload the stream and try again, up to MAX_APPEND_ATTEMPTS times. `events` may be a
-        function that decides the events from the (reloaded) state, raising if the command
-        no longer applies, so nothing is recorded twice or from a stale state. Appending is
-        a short, blocking call: the writer batches it with others."""
-        decide = events if callable(events) else (lambda: events)
+    def _record(self, decide: Callable[[], tuple[list[Event], T]]) -> T:
+        """Decide events from the session's state and append them at its known version;
+        returns what the successful decision returned with them. On a conflict (another
+        process wrote to this session) reload the stream and decide again, up to
+        MAX_APPEND_ATTEMPTS times: `decide` raises if the command no longer applies, so
+        nothing is recorded twice or from a stale state. Appending is a short, blocking
+        call: the writer batches it with others."""
         for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
-            batch = decide()
+            batch, result = decide()
             if not batch:
-                return []
+                return result
             try:
                 recorded = self.services.log.append(self.session_id, batch, self.info.version)
             except ConcurrencyError:
@@ -341,35 +238,28 @@ class SessionActor(pykka.ThreadingActor):
             for item in recorded:
                 self.info = evolve(self.info, item)
             self._remember(recorded)
-            return recorded
+            return result
         raise AssertionError("unreachable")
 
+    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> bool:
+        """Append `events` (or the events a function decides, as `_record` does); whether
+        anything was appended."""
+        decide = events if callable(events) else (lambda: events)
+
+        def decided() -> tuple[list[Event], bool]:
+            batch = decide()
+            return batch, bool(batch)
+
+        return self._record(decided)
+
     def _require_open(self) -> None:
-        if self.info.version == 0:
-            raise UnknownSessionError(f"Session not found: {self.session_id}")
-        if self.info.status == STATUS_EXPIRED:
-            raise InvalidCommandError(
-                f"session {self.session_id} expired; resume it to go on"
-            )
+        check_open(self.info)
 
     def _check_mode_allowed(self) -> None:
-        """Refuse a turn in power mode when this deployment does not allow power mode (the
-        session may have been switched to it by a process, or a release, that did)."""
-        if self.info.mode == "power" and not self.services.config.allow_power_mode:
-            raise InvalidCommandError(
-                f"session {self.session_id} is in power mode, which this deployment does not "
-                "allow (CHATLEDGER_ALLOW_POWER_MODE): switch it to user mode to go on"
-            )
+        check_turn_allowed(self.info, allow_power_mode=self.services.config.allow_power_mode)
 
     def _check_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise InvalidCommandError(
-                f"unknown mode {mode!r}: choose one of {', '.join(MODES)}"
-            )
-        if mode == "power" and not self.services.config.allow_power_mode:
-            raise InvalidCommandError(
-                "power mode is not allowed by this deployment (CHATLEDGER_ALLOW_POWER_MODE)"
-            )
+        check_mode(mode, allow_power_mode=self.services.config.allow_power_mode)
 
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
@@ -426,17 +316,14 @@ class SessionActor(pykka.ThreadingActor):
         return self.info
 
     def _expire(self, command: ExpireSession) -> bool:
-        if self.info.version == 0 or self.info.status == STATUS_EXPIRED:
-            return False
-        if self.current is not None or self.queue:
-            return False
-
         def decide() -> list[Event]:
-            if self.info.status == STATUS_EXPIRED:
+            idle = expiry_due(self.info, now=command.now, expiry_age=command.expiry_age,
+                              busy=self.current is not None or bool(self.queue))
+            if idle is None:
                 return []
-            return [SessionExpired(reason=command.reason, idle_seconds=command.idle_seconds)]
+            return [SessionExpired(reason=command.reason, idle_seconds=idle)]
 
-        return bool(self._append(decide))
+        return self._append(decide)
 
     def _send(self, command: SendMessage) -> int:
         self._require_open()
@@ -453,9 +340,7 @@ class SessionActor(pykka.ThreadingActor):
         for queued in list(self.queue):
             if queued.ticket == command.ticket:
                 self.queue.remove(queued)
-                safe_emit(queued.sink, {"type": "error", "message": "Turn cancelled"})
-                safe_emit(queued.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                        "ok": False, "reason": "cancelled"})
+                emit_all(queued.sink, turn_failed("Turn cancelled", "cancelled"))
                 return True
         if self.current is not None and self.current.ticket == command.ticket:
             self.current.cancel.set()
@@ -465,9 +350,7 @@ class SessionActor(pykka.ThreadingActor):
     def _fail_queue(self, reason: str) -> None:
         while self.queue:
             queued = self.queue.popleft()
-            safe_emit(queued.sink, {"type": "error", "message": reason})
-            safe_emit(queued.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                    "ok": False, "reason": "cancelled"})
+            emit_all(queued.sink, turn_failed(reason, "cancelled"))
 
     # -- turns ------------------------------------------------------------------------------
 
@@ -476,101 +359,53 @@ class SessionActor(pykka.ThreadingActor):
         while self.current is None and self.queue:
             command = self.queue.popleft()
             if self.services.closing.is_set():
-                safe_emit(command.sink, {"type": "error", "message": "chatledger is shutting down"})
-                safe_emit(command.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                         "ok": False, "reason": "cancelled"})
+                emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
             try:
                 self._start_turn(command)
             except Exception as error:
                 logger.exception("could not start a turn of %s", self.session_id)
-                safe_emit(command.sink, {"type": "error", "message": str(error)})
-                safe_emit(command.sink, {"type": "done", "tool_calls": [], "turn": None,
-                                         "ok": False, "reason": "spawn_failed"})
+                emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self.services.touch(self.session_id, False)
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
-        config = self.services.config
-        decided: dict[str, Any] = {}
+        """Record the turn's start (decided on the session as it is, again after a reload),
+        then hand its run to the pool."""
 
-        def decide() -> list[Event]:
-            """The turn's events from the session as it is now (again after a reload)."""
+        def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
-            turn = self.info.turn_count + (1 if attempt == 1 else 0)
-            use_resume = resume
-            if use_resume is None:
-                use_resume = config.history_strategy == "resume" and bool(
-                    RESUMABLE_AGENT_SESSION_ID.fullmatch(self.info.agent_session_id or "")
-                )
-            resume_id = self.info.agent_session_id if use_resume else None
-            prompt = build_prompt(
-                mode=self.info.mode,
-                study_id=self.info.study_id,
-                history=[] if resume_id else list(self.recent),
+            plan = plan_turn(
+                info=self.info,
+                recent=self.recent,
+                text=command.text,
                 canvas_state=command.canvas_state,
-                message=command.text,
-                window=config.history_window,
-            )
-            argv = build_argv(
-                config.agent_command,
-                mode=self.info.mode,
-                output_format=config.output_format,
-                allowed_tools=config.allowed_tools,
+                config=self.services.config,
                 mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
-                include_partial_messages=config.partial_messages,
-                resume_session_id=resume_id,
+                attempt=attempt,
+                resume=resume,
+                host=HOST,
+                pid=os.getpid(),
             )
-            decided.update(turn=turn, prompt=prompt, argv=argv)
-            events: list[Event] = []
-            if attempt == 1:
-                events.append(MessageSent(turn=turn, text=command.text,
-                                          canvas_state=command.canvas_state))
-            events.append(
-                RunStarted(
-                    turn=turn,
-                    argv=tuple(argv),
-                    prompt_digest=prompt.digest,
-                    attempt=attempt,
-                    template_version=prompt.template_version,
-                    history_strategy="resume" if resume_id else "prompt",
-                    resume_agent_session_id=resume_id,
-                    host=HOST,
-                    pid=os.getpid(),
-                )
-            )
-            return events
+            return plan.events, plan
 
-        self._append(decide)
-        turn: int = decided["turn"]
-        prompt = decided["prompt"]
-        argv: list[str] = decided["argv"]
+        plan = self._record(decide)
         ticket = RunTicket(
-            session_id=self.session_id, ticket=command.ticket, turn=turn, command=command
+            session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )
         self.current = ticket
-        streamed: list[Any] = []
-        seen: set[bytes] = set()
+        stream = TurnStream(stream_deltas=command.stream_deltas)
+        config = self.services.config
 
-        def forward(event: Any) -> None:
+        def forward(event: AgentEvent) -> None:
             """Stream one agent event to the caller. Runs on the pool thread."""
-            if isinstance(event, TextDelta):
-                if command.stream_deltas and event.text:
-                    safe_emit(command.sink, {"type": "text_delta", "content": event.text})
-            elif isinstance(event, ToolCallCompleted):
-                for modification in extract_from_tool_calls([event.tool_call]):
-                    key = canonical_json(modification)
-                    if key not in seen:
-                        seen.add(key)
-                        streamed.append(modification)
-                        safe_emit(command.sink,
-                                  {"type": "canvas_modification", "modification": modification})
+            emit_all(command.sink, stream.updates_for(event))
 
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
             return run_agent(
-                argv,
-                prompt.text,
+                plan.argv,
+                plan.prompt.text,
                 output_format=config.output_format,
                 timeout=config.timeout,
                 env=_agent_environment(config),
@@ -584,8 +419,9 @@ class SessionActor(pykka.ThreadingActor):
         route = self.services.route_completion
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
-            route(RunCompleted(session_id=self.session_id, ticket=finished,
-                               outcome=outcome, streamed_modifications=tuple(streamed)))
+            """Report the run's end to the session. Runs on the pool thread."""
+            route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
+                               streamed_modifications=stream.streamed_modifications))
 
         self.services.pool.submit(ticket, run, done)
 
@@ -597,86 +433,30 @@ class SessionActor(pykka.ThreadingActor):
             return
         self.current = None
         command = ticket.command
-        sink = command.sink
-        outcome = message.outcome
+        turn = message.ticket.turn
         try:
-            if not outcome.ok and self._resumed_session_was_lost(outcome):
-                lost = self.info.agent_session_id or ""
-                self._append([AgentSessionLost(turn=message.ticket.turn, agent_session_id=lost,
-                                               message=outcome.message)])
+            decision = finish_run(
+                turn=turn,
+                outcome=message.outcome,
+                started=self.last_run_started,
+                agent_session_id=self.info.agent_session_id,
+                streamed_modifications=message.streamed_modifications,
+            )
+            if isinstance(decision, RetryWithPromptHistory):
+                self._append([decision.lost])
                 self._start_turn(command, attempt=2, resume=False)
                 return
-            self._record_outcome(message, sink)
+            try:
+                self._append(decision.events)
+            except InvalidEventError:  # refused before anything was written
+                self._append([storable_event(event) for event in decision.events])
+            emit_all(command.sink, decision.updates)
         except Exception as error:
             logger.exception("%s: could not record the outcome of turn %s",
-                             self.session_id, message.ticket.turn)
-            safe_emit(sink, {"type": "error", "message": f"could not record the answer: {error}"})
-            safe_emit(sink, {"type": "done", "tool_calls": [], "turn": message.ticket.turn,
-                             "ok": False, "reason": "ledger_error"})
+                             self.session_id, turn)
+            emit_all(command.sink,
+                     turn_failed(f"could not record the answer: {error}", "ledger_error", turn))
         self._start_next_turn()
-
-    def _resumed_session_was_lost(self, outcome: RunOutcome) -> bool:
-        started = self.last_run_started
-        if started is None or not started.resume_agent_session_id:
-            return False
-        text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])
-        return NO_CONVERSATION in text
-
-    def _record_outcome(self, message: RunCompleted, sink: TurnSink) -> None:
-        outcome = message.outcome
-        turn = message.ticket.turn
-        if outcome.ok:
-            modifications = extract_modifications(outcome.text, list(outcome.tool_calls))
-        else:
-            modifications = extract_from_tool_calls(list(outcome.tool_calls))
-        events: list[Event] = [CanvasModified(turn=turn, modification=m) for m in modifications]
-        if outcome.ok:
-            events.append(
-                ResponseReceived(
-                    turn=turn,
-                    text=outcome.text,
-                    tool_calls=tuple(outcome.tool_calls),
-                    exit_code=outcome.exit_code if outcome.exit_code is not None else 0,
-                    duration=outcome.duration,
-                    cost_usd=outcome.cost_usd,
-                    usage=outcome.usage,
-                    agent_session_id=outcome.agent_session_id,
-                )
-            )
-        else:
-            events.append(
-                RunFailed(
-                    turn=turn,
-                    reason=outcome.failure_reason or "exit_status",
-                    message=outcome.message or "",
-                    stderr_tail=outcome.stderr_tail or "",
-                    exit_code=outcome.exit_code,
-                )
-            )
-        try:
-            self._append(events)
-        except InvalidEventError:  # refused before anything was written
-            self._append([storable_event(event) for event in events])
-        already = {canonical_json(m) for m in message.streamed_modifications}
-        for modification in modifications:
-            if canonical_json(modification) not in already:
-                safe_emit(sink, {"type": "canvas_modification", "modification": modification})
-        if outcome.ok:
-            safe_emit(sink, {"type": "text", "content": outcome.text})
-        else:
-            safe_emit(sink, {"type": "error", "message": outcome.message or outcome.failure_reason})
-        safe_emit(
-            sink,
-            {
-                "type": "done",
-                "tool_calls": [msgspec.to_builtins(call) for call in outcome.tool_calls],
-                "turn": turn,
-                "ok": outcome.ok,
-                "reason": outcome.failure_reason,
-                "cost_usd": outcome.cost_usd,
-                "duration": outcome.duration,
-            },
-        )
 
 
 def _agent_environment(config: Config) -> dict[str, str] | None:
@@ -686,10 +466,3 @@ def _agent_environment(config: Config) -> dict[str, str] | None:
         return None
     return {**os.environ, **config.agent_env}
 
-
-def idle_seconds(info: SessionInfo, now: float | None = None) -> float:
-    """Seconds since the session's last recorded activity."""
-    if info.last_active is None:
-        return 0.0
-    now = time.time() if now is None else now
-    return max(0.0, now - info.last_active.timestamp())

@@ -4,9 +4,10 @@ Sessions are virtual actors (as in Orleans): a session's actor is started from t
 first use, stopped after `idle_timeout` without activity, and started again when next used.
 At most `max_live_sessions` actors live at once: activating one more passivates the least
 recently used idle ones, so a backend's memory does not grow with the sessions it holds.
-Sessions idle past `expiry_age` get `SessionExpired`. A session actor that crashed drops out
-of the registry and is started afresh from the log on next use, or at once when a run of its
-completes. The supervisor never asks a session actor anything: it tells, or stops them.
+Sessions idle past `expiry_age` get `SessionExpired` (the rule is `expiry.expiry_due`). A
+session actor that crashed drops out of the registry and is started afresh from the log on
+next use, or at once when a run of its completes. The supervisor never asks a session actor
+anything: it tells, or stops them.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 
 import pykka
 
-from ..errors import UnknownSessionError
+from ..errors import ConcurrencyError, UnknownSessionError
 from ..events import SessionExpired
-from ..events.projections import STATUS_EXPIRED
+from .expiry import expiry_due
 from .messages import (
     Activate,
     ExpireSession,
@@ -33,14 +34,18 @@ from .messages import (
     RunTicket,
     Sweep,
 )
-from .session import SessionActor, SessionServices, idle_seconds
+from .session import SessionActor, SessionServices
 
 logger = logging.getLogger(__name__)
 
 
+SessionRef = pykka.ActorRef[SessionActor]
+"""A live session actor."""
+
+
 @dataclass
 class _Entry:
-    ref: Any
+    ref: SessionRef
     last_used: float
     busy: bool = False
     pins: int = 0  # callers between activation and the end of their ask
@@ -57,7 +62,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
-    def get(self, session_id: str) -> Any | None:
+    def get(self, session_id: str) -> SessionRef | None:
         """The live actor ref of a session, or None."""
         with self._lock:
             entry = self._entries.get(session_id)
@@ -65,7 +70,7 @@ class SessionRegistry:
             return None
         return entry.ref
 
-    def pin(self, session_id: str) -> Any | None:
+    def pin(self, session_id: str) -> SessionRef | None:
         """The live actor ref of a session (or None), pinned: it is not passivated until
         `unpin`, and it becomes the most recently used."""
         with self._lock:
@@ -76,14 +81,14 @@ class SessionRegistry:
             self._entries.move_to_end(session_id)
             return entry.ref
 
-    def unpin(self, session_id: str, ref: Any) -> None:
+    def unpin(self, session_id: str, ref: SessionRef) -> None:
         """Release a pin taken on `ref` (a no-op if the session has another actor since)."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is not None and entry.ref == ref and entry.pins > 0:
                 entry.pins -= 1
 
-    def put(self, session_id: str, ref: Any) -> None:
+    def put(self, session_id: str, ref: SessionRef) -> None:
         """Register a newly started actor."""
         with self._lock:
             self._entries[session_id] = _Entry(ref=ref, last_used=time.monotonic())
@@ -98,7 +103,7 @@ class SessionRegistry:
                 entry.last_used = time.monotonic()
                 self._entries.move_to_end(session_id)
 
-    def take_if_idle(self, session_id: str) -> Any | None:
+    def take_if_idle(self, session_id: str) -> SessionRef | None:
         """Remove and return a session's actor if it is alive and nobody uses it, in one
         step (so that no caller can pin it in between), else None."""
         with self._lock:
@@ -108,14 +113,14 @@ class SessionRegistry:
             del self._entries[session_id]
             return entry.ref
 
-    def forget(self, session_id: str, ref: Any) -> None:
+    def forget(self, session_id: str, ref: SessionRef) -> None:
         """Drop a session's entry if it still belongs to `ref`."""
         with self._lock:
             entry = self._entries.get(session_id)
             if entry is not None and entry.ref == ref:
                 del self._entries[session_id]
 
-    def idle(self, older_than: float) -> list[tuple[str, Any]]:
+    def idle(self, older_than: float) -> list[tuple[str, SessionRef]]:
         """Sessions not busy and unused for `older_than` seconds."""
         cutoff = time.monotonic() - older_than
         with self._lock:
@@ -151,7 +156,7 @@ class SessionRegistry:
         with self._lock:
             return list(self._entries)
 
-    def take_all(self) -> list[Any]:
+    def take_all(self) -> list[SessionRef]:
         """Remove and return every registered actor ref (shutdown)."""
         with self._lock:
             refs = [entry.ref for entry in self._entries.values()]
@@ -187,11 +192,11 @@ class Supervisor(pykka.ThreadingActor):
     def _activate(
         self, session_id: str, *, must_exist: bool, adopt: RunTicket | None = None,
         pin: bool = False,
-    ) -> Any:
+    ) -> SessionRef:
         ref = self.registry.pin(session_id)
         if ref is None:
             if must_exist and self.services.log.info(session_id) is None:
-                raise UnknownSessionError(f"Session not found: {session_id}")
+                raise UnknownSessionError.for_session(session_id)
             ref = SessionActor.start(session_id, self.services, adopt)
             self.registry.put(session_id, ref)
             self.registry.pin(session_id)
@@ -231,18 +236,17 @@ class Supervisor(pykka.ThreadingActor):
         passivated = 0
         for session_id, _ in self.registry.idle(config.idle_timeout):
             passivated += self._passivate(session_id)
+        now = time.time() if now is None else now
         expired = 0
         for info in self.services.log.sessions():
-            if info.status == STATUS_EXPIRED or info.version == 0:
-                continue
-            idle = idle_seconds(info, now)
-            if idle < config.expiry_age:
-                continue
             ref = self.registry.get(info.session_id)
-            if ref is not None:
-                if not self.registry.in_use(info.session_id):
-                    ref.tell(ExpireSession(reason="idle", idle_seconds=idle))
-                    expired += 1
+            busy = ref is not None and self.registry.in_use(info.session_id)
+            idle = expiry_due(info, now=now, expiry_age=config.expiry_age, busy=busy)
+            if idle is None:
+                continue
+            if ref is not None:  # its actor decides again, on its own state
+                ref.tell(ExpireSession(now=now, expiry_age=config.expiry_age))
+                expired += 1
                 continue
             try:
                 self.services.log.append(
@@ -251,6 +255,9 @@ class Supervisor(pykka.ThreadingActor):
                     info.version,
                 )
                 expired += 1
-            except Exception as error:  # another process moved it on: next sweep decides
-                logger.info("did not expire %s: %s", info.session_id, error)
+            except ConcurrencyError as error:  # another process moved it on: next sweep decides
+                logger.info("did not expire %s: another process moved it on (%s)",
+                            info.session_id, error)
+            except Exception:
+                logger.exception("could not expire %s", info.session_id)
         return {"passivated": passivated, "expired": expired}

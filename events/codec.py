@@ -16,7 +16,17 @@ from typing import Any
 import msgspec
 
 from ..errors import InvalidEventError
-from .model import TAGS, AnyEvent, Envelope, Event, Recorded, UnknownEvent
+from .model import (
+    FAILURE_REASONS,
+    TAGS,
+    AnyEvent,
+    Envelope,
+    Event,
+    Recorded,
+    RunFailed,
+    UnknownEvent,
+    is_failure_reason,
+)
 
 SCHEMA_VERSION = 2
 """The event schema this release writes. Bump it with an upcaster when a shape breaks."""
@@ -84,13 +94,19 @@ def encode_event(event: Event | UnknownEvent) -> bytes:
     The bytes are decoded again before they are handed out, so the log never stores an event
     it cannot read back: a field of the wrong type (msgspec does not check types when a
     Struct is built), a lone surrogate or an integer MessagePack cannot hold raises
-    InvalidEventError.
+    InvalidEventError, and so does a `RunFailed` whose reason is not one of FAILURE_REASONS
+    (older records holding any reason still decode).
     """
     if isinstance(event, UnknownEvent):
         return event.raw
     if not isinstance(event, Event) or type(event) not in TAGS.values():
         raise TypeError(f"not a chatledger event: {event!r}")
     name = type(event).__name__
+    if isinstance(event, RunFailed) and not is_failure_reason(event.reason):
+        raise InvalidEventError(
+            f"RunFailed cannot be stored: reason {event.reason!r} is not one of "
+            f"{', '.join(FAILURE_REASONS)}"
+        )
     try:
         data = _event_encoder.encode(event)
     except ENCODE_ERRORS as error:

@@ -13,14 +13,14 @@ out cycles), so they can never be part of a reference cycle the collector would 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeGuard, TypeVar, get_args
 
 import msgspec
 
 MODES = ("user", "power")
 """The permission modes a session can be in."""
 
-FAILURE_REASONS = (
+FailureReason = Literal[
     "timeout",
     "not_found",
     "exit_status",
@@ -29,8 +29,25 @@ FAILURE_REASONS = (
     "cancelled",
     "output_too_large",
     "spawn_failed",
-)
-"""Why an agent run can fail; `RunFailed.reason` holds one of these."""
+    "internal_error",
+]
+"""Why an agent run can fail; `RunFailed.reason` holds one of these (`internal_error`: a bug
+in chatledger ended the run, not the agent)."""
+
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+"""Every `FailureReason`, in order."""
+
+if TYPE_CHECKING:
+    _RecordedReason = FailureReason
+else:
+    # Stored as a plain string, so a ledger holding any reason (an older or newer release's)
+    # still decodes; `encode_event` refuses to write a reason outside FAILURE_REASONS.
+    _RecordedReason = str
+
+
+def is_failure_reason(value: object) -> TypeGuard[FailureReason]:
+    """Whether `value` is one of FAILURE_REASONS."""
+    return value in FAILURE_REASONS
 
 
 class Event(
@@ -123,7 +140,7 @@ class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     """An agent run for a turn ended without an answer; `reason` is one of FAILURE_REASONS."""
 
     turn: int
-    reason: str
+    reason: _RecordedReason
     message: str = ""
     stderr_tail: str = ""
     exit_code: int | None = None

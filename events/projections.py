@@ -32,6 +32,8 @@ STATUS_NEW = "new"
 STATUS_IDLE = "idle"
 STATUS_RUNNING = "running"
 STATUS_EXPIRED = "expired"
+STATUSES = (STATUS_NEW, STATUS_IDLE, STATUS_RUNNING, STATUS_EXPIRED)
+"""Every status a session can have, in the order of its life."""
 
 
 class ProjectionError(ValueError):

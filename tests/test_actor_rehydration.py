@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from chatledger.actors.session import load_recent, mode_before
+from chatledger.actors.rehydration import load_recent, mode_before
 from chatledger.errors import LedgerError
 from chatledger.events import (
     CanvasModified,

@@ -15,7 +15,15 @@ from typing import Any
 
 import pykka
 import pytest
+from testkit import STANDIN, open_ledger, pid_alive, wait_until
 
+from chatledger.actors.updates import (
+    AnyTurnUpdate,
+    CanvasModificationUpdate,
+    ErrorUpdate,
+    TextUpdate,
+    TurnDone,
+)
 from chatledger.errors import InvalidCommandError, UnknownSessionError
 from chatledger.events import (
     MessageSent,
@@ -25,36 +33,6 @@ from chatledger.events import (
     SessionExpired,
 )
 from chatledger.ledger import Ledger
-
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
-
-
-def open_ledger(path: Path | str, **settings: Any) -> Ledger:
-    settings.setdefault("agent_command", STANDIN)
-    settings.setdefault("timeout", 30)
-    settings.setdefault("kill_grace", 0.5)
-    return Ledger(str(path), **settings)
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def standin_pids(marker: str) -> list[int]:
@@ -147,9 +125,8 @@ def test_the_run_pool_bounds_concurrent_agent_processes(
 
     def watch() -> None:
         nonlocal peak
-        while not stop.is_set():
+        while not stop.wait(0.01):
             peak = max(peak, len(standin_pids(marker)))
-            time.sleep(0.01)
 
     with open_ledger(ledger_path, max_runs=3) as ledger:
         sessions = [ledger.create_session().session_id for _ in range(9)]
@@ -207,7 +184,7 @@ def test_failing_agents_become_run_failed_with_a_reason(
     session_id = ledger.create_session().session_id
     outcome = ledger.send(session_id, marker)
     assert not outcome.ok and outcome.reason == reason
-    assert [u["type"] for u in outcome.updates][-2:] == ["error", "done"]
+    assert [type(u) for u in outcome.updates][-2:] == [ErrorUpdate, TurnDone]
     failed = ledger.events(session_id)[-1].event
     assert isinstance(failed, RunFailed) and failed.reason == reason and failed.message
     # The session goes on after a failure.
@@ -226,10 +203,10 @@ def test_canvas_changes_from_tool_results_and_text_are_recorded_and_streamed(
     session_id = ledger.create_session().session_id
     outcome = ledger.send(session_id, "[[canvas]]", canvas_state={"nodes": [1]})
     assert outcome.ok, outcome
-    kinds = [u["type"] for u in outcome.updates]
-    assert kinds.count("canvas_modification") >= 2
-    assert kinds[-2:] == ["text", "done"]
-    assert kinds.index("canvas_modification") < kinds.index("text")
+    kinds = [type(u) for u in outcome.updates]
+    assert kinds.count(CanvasModificationUpdate) >= 2
+    assert kinds[-2:] == [TextUpdate, TurnDone]
+    assert kinds.index(CanvasModificationUpdate) < kinds.index(TextUpdate)
     recorded = [r.event for r in ledger.events(session_id)
                 if type(r.event).__name__ == "CanvasModified"]
     assert [e.modification for e in recorded] == outcome.canvas_modifications  # type: ignore[attr-defined]
@@ -329,10 +306,9 @@ def test_turns_sent_to_many_sessions_under_a_tight_cap_all_complete(ledger_path:
 
 
 def test_idle_sessions_are_passivated_and_old_ones_expire(ledger_path: Path) -> None:
-    with open_ledger(ledger_path, idle_timeout=0.05, expiry_age=3600) as ledger:
+    with open_ledger(ledger_path, idle_timeout=1e-6, expiry_age=3600) as ledger:
         session_id = ledger.create_session().session_id
-        time.sleep(0.1)
-        result = ledger.sweep()
+        result = ledger.sweep()  # idle for 1 µs: passivated, however fast this runs
         assert result["passivated"] >= 1 and result["expired"] == 0
         assert session_id not in ledger.runtime.live_sessions()
         result = ledger.sweep(now=time.time() + 7200)
@@ -361,12 +337,12 @@ def test_cancelling_a_running_turn_records_cancelled_and_kills_the_agent(
     marker = f"cancel-{time.monotonic_ns()}"
     monkeypatch.setenv("CHATLEDGER_TEST_MARKER", marker)
     session_id = ledger.create_session().session_id
-    updates: list[dict[str, Any]] = []
+    updates: list[AnyTurnUpdate] = []
     done = threading.Event()
 
-    def sink(item: dict[str, Any]) -> None:
+    def sink(item: AnyTurnUpdate) -> None:
         updates.append(item)
-        if item["type"] == "done":
+        if isinstance(item, TurnDone):
             done.set()
 
     ticket = ledger.runtime.send(session_id, "[[slow 30]]", sink)
@@ -374,7 +350,8 @@ def test_cancelling_a_running_turn_records_cancelled_and_kills_the_agent(
     pids = standin_pids(marker)
     assert ledger.runtime.cancel(session_id, ticket)
     assert done.wait(15)
-    assert updates[-1]["reason"] == "cancelled"
+    last = updates[-1]
+    assert isinstance(last, TurnDone) and last.reason == "cancelled"
     assert wait_until(lambda: not any(pid_alive(p) for p in pids), 5)
     failed = ledger.events(session_id)[-1].event
     assert isinstance(failed, RunFailed) and failed.reason == "cancelled"
@@ -387,7 +364,7 @@ def test_closing_cancels_running_turns_and_records_them(
     session_id = ledger.create_session().session_id
     done = threading.Event()
     ledger.runtime.send(session_id, "[[slow 30]]",
-                        lambda item: done.set() if item["type"] == "done" else None)
+                        lambda item: done.set() if isinstance(item, TurnDone) else None)
     assert wait_until(
         lambda: isinstance(ledger.events(session_id)[-1].event, RunStarted), 10
     )
@@ -416,19 +393,23 @@ def test_another_writer_moving_the_session_on_is_absorbed(ledger: Ledger) -> Non
 
 CRASH_SCRIPT = textwrap.dedent(
     """
-    import sys, threading, time
+    import sys, threading
+    from chatledger.actors.updates import TextDeltaUpdate
     from chatledger.ledger import Ledger
-    from chatledger.events import RunStarted
     path, session_id = sys.argv[1], sys.argv[2]
     ledger = Ledger(path, agent_command=(sys.executable, "-m", "chatledger.agent.standin"))
-    threading.Thread(target=ledger.send, args=(session_id, "[[slow 60]]"), daemon=True).start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if isinstance(ledger.events(session_id)[-1].event, RunStarted):
-            print("running", flush=True)
-            break
-        time.sleep(0.05)
-    time.sleep(60)
+    streaming = threading.Event()
+
+    def on_update(update):
+        if isinstance(update, TextDeltaUpdate):
+            streaming.set()
+
+    threading.Thread(target=ledger.send, args=(session_id, "[[slow 60]]"),
+                     kwargs={"on_update": on_update, "stream_deltas": True}, daemon=True).start()
+    # The stand-in streams its first piece at once, then stays silent for 20 s.
+    if streaming.wait(20):
+        print("running", flush=True)
+    threading.Event().wait(60)  # until killed
     """
 )
 
@@ -446,10 +427,9 @@ def test_kill_9_of_the_process_hosting_a_run_then_reopen_closes_the_turn_interru
     )
     try:
         assert host.stdout is not None
+        # The host heard the agent's first piece: the agent is in its 20 s of silence.
         assert host.stdout.readline().strip() == "running"
-        # Let the agent start and print its first lines; it then stays silent for 20 s.
-        assert wait_until(lambda: standin_pids(marker), 10)
-        time.sleep(1.0)
+        assert standin_pids(marker)
     finally:
         host.send_signal(signal.SIGKILL)
         host.wait(10)

@@ -12,11 +12,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import STANDIN, wait_until
 
 from chatledger.agent import (
     NOT_FOUND_MESSAGE,
@@ -37,7 +37,6 @@ from chatledger.agent.runner import _LineSplitter
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
-STANDIN = [sys.executable, "-m", "chatledger.agent.standin"]
 TOOLS = ["Read", "mcp__atomizer-tools__*"]
 
 
@@ -52,15 +51,6 @@ def run(message: str, output_format: str = "stream-json", *, partial: bool = Tru
     options.setdefault("timeout", 20.0)
     return run_agent(standin_argv(output_format, partial=partial), f"## Message\n{message}\n",
                      output_format=output_format, **options)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def process_gone(pid: int) -> bool:

@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import STANDIN
 
 from chatledger.agent.standin import (
     BEHAVIOURS,
@@ -21,7 +21,6 @@ from chatledger.agent.standin import (
     without_markers,
 )
 
-STANDIN = [sys.executable, "-m", "chatledger.agent.standin"]
 STREAM = ["--print", "--output-format", "stream-json", "--verbose"]
 LINE_TYPES = {"system", "assistant", "user", "stream_event", "result"}
 

@@ -15,6 +15,7 @@ from typing import Any
 import lmdb
 import msgspec
 import pytest
+from testkit import STANDIN, open_ledger
 
 from chatledger import SessionManager
 from chatledger.errors import (
@@ -32,7 +33,6 @@ from chatledger.events import (
     SessionCreated,
     UnknownEvent,
 )
-from chatledger.ledger import Ledger
 from chatledger.storage import EventLog
 from chatledger.storage.lmdb import store as lmdb_store
 
@@ -131,15 +131,6 @@ def test_a_truncated_data_mdb_is_refused_not_crashed_on(ledger_path: Path) -> No
 
 # -- through the session API: ids, modes, messages, canvas states, studies --------------------
 
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
-
-
-def open_ledger(path: Path, **settings: Any) -> Ledger:
-    """A Ledger driving the stand-in agent, with short bounds."""
-    settings.setdefault("agent_command", STANDIN)
-    settings.setdefault("timeout", 30)
-    settings.setdefault("kill_grace", 0.5)
-    return Ledger(str(path), **settings)
 
 
 BAD_SESSION_IDS: list[Any] = [

@@ -30,6 +30,7 @@ from claude_harness import CANVAS_TOOL, CLEARED_VARIABLES, ClaudeHarness, requir
 from fake_anthropic import FakeAnthropic, ReceivedRequest, error, text, tool_use
 
 from chatledger import SessionManager
+from chatledger.actors.updates import AnyTurnUpdate, TextDeltaUpdate
 from chatledger.events import (
     AgentSessionLost,
     CanvasModified,
@@ -189,14 +190,14 @@ def test_without_partial_messages_the_answer_arrives_as_one_piece(
     claude: ClaudeHarness, tmp_path: Path
 ) -> None:
     claude.fake.script(text("one two three four five", chunk_chars=4))
-    updates: list[dict[str, Any]] = []
+    updates: list[AnyTurnUpdate] = []
     with Ledger(config=claude.config(tmp_path / "ledger", partial_messages=False)) as ledger:
         session_id = ledger.create_session().session_id
         outcome = ledger.send(session_id, "count", on_update=updates.append, stream_deltas=True)
         started = only(events_of(ledger, session_id), RunStarted)
     assert outcome.ok and outcome.text == "one two three four five"
     assert "--include-partial-messages" not in started.argv
-    assert [u["content"] for u in updates if u["type"] == "text_delta"] == [outcome.text]
+    assert [u.content for u in updates if isinstance(u, TextDeltaUpdate)] == [outcome.text]
 
 
 def test_text_output_format_records_the_plain_answer(claude: ClaudeHarness, tmp_path: Path) -> None:

@@ -10,12 +10,11 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from testkit import STANDIN_COMMAND_LINE
 
 from chatledger.cli import EXIT_CODES, main
 from chatledger.events import MessageSent, SessionCreated
 from chatledger.storage import EventLog
-
-STANDIN = f"{sys.executable} -m chatledger.agent.standin"
 
 
 @pytest.fixture
@@ -28,7 +27,7 @@ def run(ledger_path: Path) -> Any:
             main,
             ["--ledger", str(ledger_path), *args],
             input=input,
-            env={"CHATLEDGER_AGENT_COMMAND": STANDIN, "CHATLEDGER_TIMEOUT": "60"},
+            env={"CHATLEDGER_AGENT_COMMAND": STANDIN_COMMAND_LINE, "CHATLEDGER_TIMEOUT": "60"},
             catch_exceptions=False,
         )
 

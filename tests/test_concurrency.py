@@ -9,7 +9,6 @@ Every subprocess and wait is bounded; time bounds are generous (two busy cores).
 from __future__ import annotations
 
 import json
-import os
 import random
 import select
 import signal
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit import pid_alive
 
 from chatledger.errors import InvalidCommandError
 from chatledger.events import (
@@ -90,19 +90,6 @@ def reader_pids(log: EventLog) -> list[int]:
     """The pids that hold a slot in the LMDB reader table."""
     rows = log.store.shared.env.readers().splitlines()[1:]
     return [int(row.split()[0]) for row in rows if row.strip()]
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` is a live (non-zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -225,7 +212,7 @@ def test_a_backend_a_second_writer_the_cli_and_readers_share_one_ledger(
         # No slot of a killed reader is left in the reader table once someone opened it.
         assert cli(ledger_path, "sessions", "--json").returncode == 0
         assert not set(reader_pids(log)) & set(killed_readers)
-        assert all(alive(pid) for pid in reader_pids(log))
+        assert all(pid_alive(pid) for pid in reader_pids(log))
         verified = cli(ledger_path, "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         print(f"\nconcurrency: {len(acknowledged)} acknowledged study changes from 3 processes "
@@ -257,7 +244,7 @@ def test_killed_readers_never_fill_the_reader_table(
             backend.append("s", [MessageSent(turn=round_number, text="x")], round_number + 1)
         assert backend.version("s") == 3 * slots + 1
         finish(start(CLIENT, "hold", ledger_path, "0"), 60)  # the next open frees the last
-        assert all(alive(pid) for pid in reader_pids(backend))
+        assert all(pid_alive(pid) for pid in reader_pids(backend))
         assert backend.verify().ok
 
 

@@ -7,11 +7,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from testkit import wait_until
 
 from chatledger.errors import (
     ConcurrencyError,
@@ -166,18 +167,26 @@ def test_one_session_twice_in_an_atomic_append_is_refused(log: EventLog) -> None
 
 def test_appends_batched_around_a_maintenance_job_stay_consistent(log: EventLog) -> None:
     created(log, "a")
-    release = threading.Event()
-    holding = threading.Thread(target=log.run_in_writer, args=(lambda txn: release.wait(10),))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(txn: Any) -> None:
+        entered.set()
+        release.wait(10)
+
+    holding = threading.Thread(target=log.run_in_writer, args=(hold,))
     holding.start()
-    time.sleep(0.2)  # the writer is now inside the holding job; the next ones queue up
+    assert entered.wait(10)  # the writer is now inside the holding job; the next ones queue up
     queued = [
         threading.Thread(target=log.append, args=("b", [SessionCreated()], 0)),
         threading.Thread(target=log.run_in_writer, args=(lambda txn: None,)),
         threading.Thread(target=log.append, args=("c", [SessionCreated()], 0)),
     ]
-    for thread in queued:
+    writer = log.store.writer
+    assert writer is not None
+    for count, thread in enumerate(queued, start=1):
         thread.start()
-        time.sleep(0.1)  # keep the queue in this order: append, job, append
+        # keep the queue in this order: append, job, append
+        assert wait_until(lambda count=count: writer.queued() >= count, 10)
     release.set()
     for thread in [holding, *queued]:
         thread.join(30)

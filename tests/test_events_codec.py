@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from chatledger.events import (
     EVENT_TYPES,
+    FAILURE_REASONS,
     SCHEMA_VERSION,
     AgentSessionLost,
     CanvasModified,
@@ -72,7 +73,8 @@ EVENT_STRATEGIES = {
         agent_session_id=st.none() | texts,
     ),
     CanvasModified: st.builds(CanvasModified, turn=turns, modification=json_values),
-    RunFailed: st.builds(RunFailed, turn=turns, reason=texts, message=texts,
+    RunFailed: st.builds(RunFailed, turn=turns, reason=st.sampled_from(FAILURE_REASONS),
+                         message=texts,
                          stderr_tail=texts),
     AgentSessionLost: st.builds(AgentSessionLost, turn=turns, agent_session_id=texts),
     SessionExpired: st.builds(SessionExpired, reason=texts, idle_seconds=finite),

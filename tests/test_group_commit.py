@@ -47,11 +47,15 @@ class Outcomes:
 
 def hold_writer(log: EventLog) -> Callable[[], None]:
     """Keep the writer busy in a job until the returned function is called."""
-    release = threading.Event()
-    threading.Thread(target=log.run_in_writer, args=(lambda txn: release.wait(30),),
-                     daemon=True).start()
-    time.sleep(0.2)  # the writer is inside the job now: what comes next queues up
-    return release.set
+    entered, release = threading.Event(), threading.Event()
+
+    def job(txn: Any) -> None:
+        entered.set()
+        release.wait(30)
+
+    threading.Thread(target=log.run_in_writer, args=(job,), daemon=True).start()
+    assert entered.wait(10), "the writer never ran the holding job"
+    return release.set  # the writer is inside the job now: what comes next queues up
 
 
 def wait_for_queue(log: EventLog, count: int) -> None:

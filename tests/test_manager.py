@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import STANDIN
 
 from chatledger import ClaudeSession, SessionManager, get_session_manager
 from chatledger.events import RunFailed
 from chatledger.storage import open_store
 
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -13,44 +13,24 @@ import json
 import os
 import stat
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from testkit import STANDIN, open_ledger, wait_until
 
 from chatledger import SessionManager
 from chatledger.errors import InvalidCommandError
 from chatledger.events import CanvasModified, ResponseReceived, RunStarted, event_to_builtins
-from chatledger.ledger import Ledger
 from chatledger.storage import EventLog
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(),
                                 reason="reads /proc (Linux)")
 
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 RECORDING_AGENT = (sys.executable, str(Path(__file__).parent / "support" / "recording_agent.py"))
-
-
-def open_ledger(path: Path, **settings: Any) -> Ledger:
-    """A Ledger with short bounds (the stand-in agent unless told otherwise)."""
-    settings.setdefault("agent_command", STANDIN)
-    settings.setdefault("timeout", 30)
-    settings.setdefault("kill_grace", 0.5)
-    return Ledger(str(path), **settings)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    """Poll `condition` until it holds or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def runs_recorded(directory: Path) -> list[dict[str, Any]]:

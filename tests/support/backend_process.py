@@ -17,9 +17,10 @@ import random
 import sys
 from typing import Any
 
+from testkit import STANDIN
+
 from chatledger import ConcurrencyError, SessionManager
 
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
 MAX_SET_ATTEMPTS = 50
 
 

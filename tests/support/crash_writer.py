@@ -74,7 +74,7 @@ def run_turns(path: str, salt: float, running: threading.Event) -> None:
     if ledger.info(session_id) is None:
         ledger.create_session(session_id)
 
-    def on_update(item: dict[str, object]) -> None:
+    def on_update(item: object) -> None:
         running.set()
 
     while True:

@@ -1,0 +1,291 @@
+"""The decisions of a turn, as pure functions: its prompt and argv, what the caller sees while
+the agent runs, and which events and updates a finished run produces.
+
+The session actor keeps the commands, the ordering and the appending; everything it decides
+about a turn is decided here, from the session's state and the run's outcome, so it can be
+tested without actors, threads or processes. Nothing here does I/O, starts a process, or
+touches the ledger: the argv and prompt come from `agent/`'s own builders, called with the
+values the actor hands in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..agent import (
+    AgentEvent,
+    Prompt,
+    RunOutcome,
+    TextDelta,
+    ToolCallCompleted,
+    build_argv,
+    build_prompt,
+    canonical_json,
+    extract_from_tool_calls,
+    extract_modifications,
+)
+from ..config import Config
+from ..events import (
+    AgentSessionLost,
+    CanvasModified,
+    Event,
+    FailureReason,
+    HistoryMessage,
+    MessageSent,
+    ResponseReceived,
+    RunFailed,
+    RunStarted,
+    SessionInfo,
+    is_failure_reason,
+    storable,
+)
+from .updates import (
+    AnyTurnUpdate,
+    CanvasModificationUpdate,
+    ErrorUpdate,
+    TextDeltaUpdate,
+    TextUpdate,
+    TurnDone,
+)
+
+logger = logging.getLogger(__name__)
+
+RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+"""What an agent session id must look like to be passed back to the agent with `--resume`
+(it comes from the agent's output, so it must never be able to pose as a flag)."""
+NO_CONVERSATION = "No conversation found with session ID"
+"""What claude says when the session it was asked to resume is gone."""
+
+
+# -- starting a turn ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    """What a turn runs and records before its agent starts: its number, prompt, argv and
+    the events (`MessageSent` on a first attempt, then `RunStarted`) to append."""
+
+    turn: int
+    prompt: Prompt
+    argv: list[str]
+    events: list[Event]
+
+
+def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) -> str | None:
+    """The agent session to resume for this turn, or None to send prompt history. `resume`
+    None follows the configured strategy (and only an id that cannot pose as a flag)."""
+    if resume is None:
+        resume = config.history_strategy == "resume" and bool(
+            RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or "")
+        )
+    return info.agent_session_id if resume else None
+
+
+def plan_turn(
+    *,
+    info: SessionInfo,
+    recent: Sequence[HistoryMessage],
+    text: str,
+    canvas_state: Any,
+    config: Config,
+    mcp_config_path: str | None,
+    attempt: int,
+    resume: bool | None,
+    host: str,
+    pid: int,
+) -> TurnPlan:
+    """Plan a turn of the session as it is now (`info`, its `recent` messages): the prompt,
+    the argv, and the events that record it. A retry (`attempt` > 1) reuses the turn's
+    number and records no second `MessageSent`. Raises ValueError for a bad argv setting."""
+    turn = info.turn_count + (1 if attempt == 1 else 0)
+    resume_id = resume_session_id(info, config, resume)
+    prompt = build_prompt(
+        mode=info.mode,
+        study_id=info.study_id,
+        history=[] if resume_id else list(recent),
+        canvas_state=canvas_state,
+        message=text,
+        window=config.history_window,
+    )
+    argv = build_argv(
+        config.agent_command,
+        mode=info.mode,
+        output_format=config.output_format,
+        allowed_tools=config.allowed_tools,
+        mcp_config_path=mcp_config_path,
+        include_partial_messages=config.partial_messages,
+        resume_session_id=resume_id,
+    )
+    events: list[Event] = []
+    if attempt == 1:
+        events.append(MessageSent(turn=turn, text=text, canvas_state=canvas_state))
+    events.append(
+        RunStarted(
+            turn=turn,
+            argv=tuple(argv),
+            prompt_digest=prompt.digest,
+            attempt=attempt,
+            template_version=prompt.template_version,
+            history_strategy="resume" if resume_id else "prompt",
+            resume_agent_session_id=resume_id,
+            host=host,
+            pid=pid,
+        )
+    )
+    return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events)
+
+
+# -- while the agent runs -------------------------------------------------------------------
+
+
+class TurnStream:
+    """Turns the agent's events into the caller's updates while a run goes on: text deltas
+    (when asked for) and each canvas change once. Used from one thread (the run's)."""
+
+    def __init__(self, *, stream_deltas: bool) -> None:
+        self.stream_deltas = stream_deltas
+        self._seen: set[bytes] = set()
+        self._modifications: list[Any] = []
+
+    def updates_for(self, event: AgentEvent) -> list[AnyTurnUpdate]:
+        """The updates one agent event gives the caller (often none)."""
+        if isinstance(event, TextDelta):
+            if self.stream_deltas and event.text:
+                return [TextDeltaUpdate(content=event.text)]
+            return []
+        if not isinstance(event, ToolCallCompleted):
+            return []
+        updates: list[AnyTurnUpdate] = []
+        for modification in extract_from_tool_calls([event.tool_call]):
+            key = canonical_json(modification)
+            if key not in self._seen:
+                self._seen.add(key)
+                self._modifications.append(modification)
+                updates.append(CanvasModificationUpdate(modification=modification))
+        return updates
+
+    @property
+    def streamed_modifications(self) -> tuple[Any, ...]:
+        """The canvas changes streamed so far, in order."""
+        return tuple(self._modifications)
+
+
+# -- when the run has ended -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryWithPromptHistory:
+    """The agent lost the session it was asked to resume: record `lost`, then run the turn
+    again (attempt 2) with prompt history instead."""
+
+    lost: AgentSessionLost
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """Record `events` (CanvasModified*, then ResponseReceived or RunFailed), then tell the
+    caller `updates` (canvas changes not streamed yet, the text or error, and done)."""
+
+    events: list[Event]
+    updates: list[AnyTurnUpdate]
+
+
+def resumed_session_was_lost(outcome: RunOutcome, started: RunStarted | None) -> bool:
+    """Whether a failed run had resumed an agent session that the agent no longer has."""
+    if outcome.ok or started is None or not started.resume_agent_session_id:
+        return False
+    text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])
+    return NO_CONVERSATION in text
+
+
+def failure_reason(outcome: RunOutcome) -> FailureReason:
+    """The recorded reason of a failed run: the runner's, `exit_status` when it gave none,
+    `internal_error` for one outside FAILURE_REASONS (a runner bug, never stored as is)."""
+    reason = outcome.failure_reason or "exit_status"
+    if is_failure_reason(reason):
+        return reason
+    logger.warning("the runner gave an unlisted failure reason %r; recorded as internal_error",
+                   reason)
+    return "internal_error"
+
+
+def finish_run(
+    *,
+    turn: int,
+    outcome: RunOutcome,
+    started: RunStarted | None,
+    agent_session_id: str | None,
+    streamed_modifications: Sequence[Any] = (),
+) -> RetryWithPromptHistory | RecordOutcome:
+    """What a finished run of `turn` produces, given the session's last `RunStarted` and its
+    agent session id: a retry with prompt history if a resumed agent session was lost, else
+    the events to record and the updates for the caller."""
+    if resumed_session_was_lost(outcome, started):
+        return RetryWithPromptHistory(
+            AgentSessionLost(turn=turn, agent_session_id=agent_session_id or "",
+                             message=outcome.message)
+        )
+    if outcome.ok:
+        modifications = extract_modifications(outcome.text, list(outcome.tool_calls))
+    else:
+        modifications = extract_from_tool_calls(list(outcome.tool_calls))
+    events: list[Event] = [CanvasModified(turn=turn, modification=m) for m in modifications]
+    reason: FailureReason | None = None
+    if outcome.ok:
+        events.append(
+            ResponseReceived(
+                turn=turn,
+                text=outcome.text,
+                tool_calls=tuple(outcome.tool_calls),
+                exit_code=outcome.exit_code if outcome.exit_code is not None else 0,
+                duration=outcome.duration,
+                cost_usd=outcome.cost_usd,
+                usage=outcome.usage,
+                agent_session_id=outcome.agent_session_id,
+            )
+        )
+    else:
+        reason = failure_reason(outcome)
+        events.append(
+            RunFailed(
+                turn=turn,
+                reason=reason,
+                message=outcome.message or "",
+                stderr_tail=outcome.stderr_tail or "",
+                exit_code=outcome.exit_code,
+            )
+        )
+    already = {canonical_json(m) for m in streamed_modifications}
+    updates: list[AnyTurnUpdate] = [
+        CanvasModificationUpdate(modification=m)
+        for m in modifications
+        if canonical_json(m) not in already
+    ]
+    if outcome.ok:
+        updates.append(TextUpdate(content=outcome.text))
+    else:
+        updates.append(ErrorUpdate(message=outcome.message or outcome.failure_reason or ""))
+    updates.append(
+        TurnDone(
+            tool_calls=tuple(outcome.tool_calls),
+            turn=turn,
+            ok=outcome.ok,
+            reason=reason,
+            cost_usd=outcome.cost_usd,
+            duration=outcome.duration,
+        )
+    )
+    return RecordOutcome(events=events, updates=updates)
+
+
+def storable_event(event: Event) -> Event:
+    """`event` with what the agent printed made storable (huge integers, lone surrogates):
+    an agent's output must never stop a turn from being recorded."""
+    data = storable(msgspec.to_builtins(event))
+    return msgspec.convert(data, type(event))

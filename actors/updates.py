@@ -1,0 +1,81 @@
+"""What a turn streams to its caller, as typed structs: deltas, canvas changes, text, errors, done.
+
+A turn's caller receives, in order: `TextDeltaUpdate`* (when asked for) and
+`CanvasModificationUpdate`* as the agent works, then `TextUpdate` (the answer) or
+`ErrorUpdate`, and always one `TurnDone` last. Each struct carries the old manager's dict tag
+in its `type` field, and its fields are the old dict's keys in their order, so it encodes as
+JSON to exactly the old dict; only `manager.py` turns them into dicts, and only `cli.py` into
+lines. This module decides nothing and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..events import FailureReason, ToolCall
+
+TurnEndReason = FailureReason | Literal["ledger_error"]
+"""Why a turn ended without an answer: a recorded run failure, or `ledger_error` when the
+answer could not be recorded (so nothing says so in the ledger)."""
+
+
+class TurnUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every update a turn streams to its caller; `type` is the old dict's tag."""
+
+
+class TextDeltaUpdate(TurnUpdate, tag="text_delta", frozen=True, kw_only=True):
+    """A piece of the answer as the agent writes it (only when the caller asked for deltas)."""
+
+    content: str
+
+
+class CanvasModificationUpdate(TurnUpdate, tag="canvas_modification", frozen=True, kw_only=True):
+    """A canvas change the agent made (streamed as it happens, each one once per turn)."""
+
+    modification: Any
+
+
+class TextUpdate(TurnUpdate, tag="text", frozen=True, kw_only=True):
+    """The agent's whole answer, once the turn is recorded."""
+
+    content: str
+
+
+class ErrorUpdate(TurnUpdate, tag="error", frozen=True, kw_only=True):
+    """Why the turn failed, in words; a `TurnDone` with `ok=False` follows."""
+
+    message: str
+
+
+class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
+    """The last update of every turn. `cost_usd` and `duration` are UNSET (and left out of
+    the encoded dict, as the old manager did) when no agent run ended: the turn was
+    cancelled while queued, could not start, or could not be recorded."""
+
+    tool_calls: tuple[ToolCall, ...] = ()
+    turn: int | None = None
+    ok: bool = False
+    reason: TurnEndReason | None = None
+    cost_usd: float | None | UnsetType = UNSET
+    duration: float | UnsetType = UNSET
+
+
+AnyTurnUpdate = (
+    TextDeltaUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate | TurnDone
+)
+"""Every update a turn can stream."""
+
+TurnSink = Callable[[AnyTurnUpdate], None]
+"""Receives a turn's updates, on a run-pool or actor thread: `canvas_modification`*,
+`text_delta`* (when asked), `text` or `error`, then `done`."""
+
+
+def turn_failed(
+    message: str, reason: TurnEndReason, turn: int | None = None
+) -> tuple[ErrorUpdate, TurnDone]:
+    """The two updates that end a turn without an answer: its error, then its `done`."""
+    return ErrorUpdate(message=message), TurnDone(turn=turn, ok=False, reason=reason)
