@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .actors.runtime import Runtime
+from .audit.checkpointer import start_checkpoints
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
@@ -56,6 +57,7 @@ class Ledger:
             config = load_config(path=path, **settings)
         self.config = config
         self.runtime = Runtime(config, log)
+        self._checkpoints = start_checkpoints(config, self.runtime.log)
 
     def __enter__(self) -> Ledger:
         return self
@@ -168,5 +170,8 @@ class Ledger:
         return self.runtime.sweep(now)
 
     def close(self) -> None:
-        """Cancel running turns (recorded), stop chatledger's actors, close the log."""
+        """Anchor the head, cancel running turns (recorded), stop chatledger's actors, close."""
+        checkpoints, self._checkpoints = self._checkpoints, None
+        if checkpoints is not None:
+            checkpoints.close()
         self.runtime.close()

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .actors.runtime import Runtime
+from .audit.checkpointer import Checkpointer, start_checkpoints
 from .config import Config, load_config
 from .errors import ChatledgerError, InvalidSessionIdError, UnknownSessionError
 from .events import SessionInfo
@@ -73,6 +74,7 @@ class SessionManager:
     def __init__(self, config: Config | None = None, **settings: Any) -> None:
         self.config = config if config is not None else load_config(**settings)
         self._runtime: Runtime | None = None
+        self._checkpoints: Checkpointer | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -82,6 +84,7 @@ class SessionManager:
         with self._lock:
             if self._runtime is None:
                 self._runtime = Runtime(self.config)
+                self._checkpoints = start_checkpoints(self.config, self._runtime.log)
             return self._runtime
 
     async def _runtime_async(self) -> Runtime:
@@ -97,6 +100,9 @@ class SessionManager:
         """Cancel running turns (recorded as cancelled), stop chatledger's actors, close."""
         with self._lock:
             runtime, self._runtime = self._runtime, None
+            checkpoints, self._checkpoints = self._checkpoints, None
+        if checkpoints is not None:
+            await asyncio.to_thread(checkpoints.close)
         if runtime is not None:
             await asyncio.to_thread(runtime.close)
 

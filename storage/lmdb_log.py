@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import ConcurrencyError, LedgerError, UnknownSessionError
+from ..errors import ChatledgerError, ConcurrencyError, LedgerError, UnknownSessionError
 from ..events.codec import (
     SCHEMA_VERSION,
     StoredEnvelope,
@@ -139,6 +139,20 @@ def _encoded_append(append: SessionAppend) -> _Append:
         expected_version=expected_version,
         recorded_at=times,
     )
+
+
+class LogMovedError(ConcurrencyError):
+    """Verbatim records do not continue the log where it ends now; nothing was written."""
+
+    def __init__(self, head_position: int, first_position: int) -> None:
+        ChatledgerError.__init__(
+            self,
+            f"the log ends at position {head_position}, but the records start at "
+            f"{first_position} (or link elsewhere): they do not continue this ledger",
+        )
+        self.session_id = ""
+        self.expected = first_position - 1
+        self.actual = head_position
 
 
 class _Job(msgspec.Struct):
@@ -335,6 +349,52 @@ class LedgerStore:
         touched[session_id] = IndexEntry(info=info, last_hash=session_hash)
         return recorded_list, next_position, log_hash
 
+    def write_verbatim(
+        self, txn: Any, records: list[bytes], decoded: list[Recorded]
+    ) -> Head | Exception:
+        """Check that `records` continue the log and their sessions, then write them as they
+        are; returns the new head, or the error (nothing written). Writer thread only: an
+        error is returned, not raised, so the other requests of the batch still commit."""
+        head = _decode_head(txn.get(_META_HEAD, db=self.meta_db))
+        first = decoded[0]
+        if first.position != head.position + 1 or first.prev_log_hash != head.hash:
+            return LogMovedError(head.position, first.position)
+        entries: dict[str, IndexEntry | None] = {}
+        log_hash = head.hash
+        digests: list[bytes] = []
+        for offset, recorded in enumerate(decoded):
+            position = head.position + 1 + offset
+            if recorded.position != position or recorded.prev_log_hash != log_hash:
+                return ValueError(f"record {offset + 1} does not follow the one before it")
+            session_id = recorded.session_id
+            if session_id not in entries:
+                entries[session_id] = self.index_entry_in(txn, session_id)
+            entry = entries[session_id]
+            info = entry.info if entry is not None else SessionInfo(session_id=session_id)
+            last_hash = entry.last_hash if entry is not None else GENESIS
+            if recorded.prev_session_hash != last_hash:
+                return ValueError(
+                    f"record at {position} does not link to the last record of {session_id!r}"
+                )
+            try:
+                info = evolve(info, recorded)
+            except ProjectionError as error:
+                return ValueError(f"record at {position}: {error}")
+            digest = record_hash(records[offset])
+            entries[session_id] = IndexEntry(info=info, last_hash=digest)
+            digests.append(digest)
+            log_hash = digest
+        for recorded, record, digest in zip(decoded, records, digests, strict=True):
+            txn.put(position_key(recorded.position), digest + record, db=self.log_db, append=True)
+            txn.put(stream_key(recorded.session_id, recorded.version),
+                    position_key(recorded.position), db=self.streams_db)
+        for session_id, entry in entries.items():
+            if entry is not None:
+                txn.put(session_id.encode(), encode_index_entry(entry), db=self.sessions_db)
+        new_head = Head(decoded[-1].position, log_hash)
+        txn.put(_META_HEAD, _encode_head(new_head.position, new_head.hash), db=self.meta_db)
+        return new_head
+
     def close(self) -> None:
         """Stop the writer (after what is queued) and close the environment if last."""
         if self.writer is not None:
@@ -448,6 +508,27 @@ class EventLog:
         if len(set(session_ids)) != len(session_ids):
             raise ValueError("an atomic append names a session twice: join its events instead")
         return self._submit(payloads)
+
+    # -- verbatim append (faithful import) ------------------------------------------------
+
+    def append_verbatim(self, records: Sequence[bytes]) -> Head:
+        """Append stored records exactly as they are (an export's bytes): same positions,
+        links and hashes. The first must continue the log where it ends (its position the
+        head's + 1, its log link the head's hash), each the one before it, and each its
+        session's stream (next version, link to the session's last hash). All or nothing:
+        ConcurrencyError (LogMovedError) if the log is not where the records continue,
+        ValueError if they do not link to each other; returns the new head. Blocks the caller.
+        """
+        checked = [bytes(record) for record in records]
+        if not checked:
+            return self.head()
+        decoded = [decode_record(record) for record in checked]
+        outcome: Head | Exception = self.run_in_writer(
+            lambda txn: self.store.write_verbatim(txn, checked, decoded)
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def _submit(self, payloads: list[_Append]) -> list[list[Recorded]]:
         """Hand encoded appends to the writer as one all-or-nothing request; wait for it."""
