@@ -234,7 +234,8 @@ def _print_check(check: LedgerCheck, as_json: bool) -> None:
         _emit_json(data)
         return
     if check.ok:
-        click.secho(describe_check(check).replace("verified: ", "ok: ") + " verified", fg="green")
+        click.secho(f"ok: {check.records_checked} records in {check.sessions_checked} "
+                    "session(s) verified", fg="green")
     else:
         click.secho(describe_check(check), fg="red", err=True)
         for problem in check.problems[1:]:

@@ -126,6 +126,6 @@ def describe_check(check: LedgerCheck) -> str:
     if check.ok:
         return (f"verified: {check.records_checked} records in {check.sessions_checked} "
                 "session(s) intact")
-    where = (f" at position {check.first_bad_position}"
+    where = (f": first bad position {check.first_bad_position}"
              if check.first_bad_position is not None else "")
     return f"TAMPERED or inconsistent{where}: {check.reason}"

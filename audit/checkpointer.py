@@ -64,10 +64,9 @@ class Checkpointer:
 
 def start_checkpoints(config: Config, log: EventStore) -> Checkpointer | None:
     """A Checkpointer for a running backend, or None when `anchor_interval` is 0 or there is
-    no signing key to be had (logged). Creates the ledger's key if it has none."""
-    if config.anchor_interval <= 0:
-        return None
+    no signing key to be had (logged). Creates the ledger's key if it has none, either way:
+    a ledger gets its key when it is first opened to act."""
     key = open_signing_key(config)
-    if key is None:
+    if key is None or config.anchor_interval <= 0:
         return None
     return Checkpointer(log, key, str(anchor_file_path(config)), config.anchor_interval)
