@@ -662,11 +662,11 @@ def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
     Example: chatledger head --checkpoint
     """
     config = _config(state)
-    key = open_signing_key(config)
-    if key is None:
-        _fail(f"no signing key at {signing_key_path(config)} (see the warning above)", 4)
     anchors = anchor_file_path(config)
     with state.log() as log:
+        key = open_signing_key(config)
+        if key is None:
+            _fail(f"no signing key at {signing_key_path(config)} (see the warning above)", 4)
         if checkpoint:
             signed = checkpoint_head(log, key, anchors)
         else:
@@ -744,10 +744,10 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
     Example: chatledger export 3f2a... --format html -o transcript.html
     """
     config = _config(state)
-    key = open_signing_key(config)
     with state.log() as log:
         for session_id in session_ids:
             log.require_info(session_id)
+        key = open_signing_key(config)
         wanted = list(session_ids) or None
         total = log.head().position
         with progress("verifying", total) as advance:

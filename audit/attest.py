@@ -18,11 +18,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..config import Config
 from ..storage import EventLog, Head
+from ..storage.hashing import HASH_SIZE
 from .anchors import AnchorCheck, HeadComparison, check_anchor, compare_head
 from .export_check import Verification
 from .locations import anchor_file_path, signing_key_path
 from .session_check import verify_session
-from .signing import SignedHead, SigningKeyError, ensure_signing_key, load_signing_key, sign_head
+from .signing import (
+    SignedHead,
+    SigningKeyError,
+    ensure_signing_key,
+    load_signing_key,
+    session_tip,
+    sign_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,17 +106,23 @@ def check_ledger(
             check.head_check = compare_head(log, saved_head)
             if not check.head_check.matches and check.ok:
                 _fail(check, saved_head.position, check.head_check.message)
-    else:
-        check = LedgerCheck(ok=True, checked_at=checked_at, head=log.head())
-        for session_id in session_ids:
-            part = verify_session(log, session_id, progress)
-            check.records_checked += part.records_checked
-            check.sessions_checked += 1
-            if not part.ok:
-                _fail(check, part.first_bad_position, f"session {session_id}: {part.reason}")
-                check.problems.extend(part.problems[1:])
+        if check.ok and key is not None:
+            check.signed_head = sign_head(key, check.head)
+        return check
+    check = LedgerCheck(ok=True, checked_at=checked_at, head=log.head())
+    tips: dict[str, str] = {}
+    for session_id in session_ids:
+        part = verify_session(log, session_id, progress)
+        check.records_checked += part.records_checked
+        check.sessions_checked += 1
+        if not part.ok:
+            _fail(check, part.first_bad_position, f"session {session_id}: {part.reason}")
+            check.problems.extend(part.problems[1:])
+        stream = log.read_session_raw(session_id) if key is not None else []
+        if stream:
+            tips[session_id] = session_tip(len(stream), bytes(stream[-1][1][:HASH_SIZE]))
     if check.ok and key is not None:
-        check.signed_head = sign_head(key, check.head)
+        check.signed_head = sign_head(key, check.head, sessions=tips)
     return check
 
 

@@ -172,7 +172,7 @@ def check_export(
             continue
         if first:
             first = False
-            if b'"chatledger_export"' in line[:200]:
+            if _is_header(line):
                 header = _read_header(number, line, report)
                 continue
         parsed = _parse_line(number, line)
@@ -210,6 +210,14 @@ def check_export(
         return report, header, kept
     _check_against_header(report, header, last, log_chain_whole, session_tips, trusted)
     return report, header, kept
+
+
+def _is_header(line: bytes) -> bool:
+    try:
+        data = _json_decoder.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(data, dict) and "chatledger_export" in data
 
 
 def _read_header(number: int, line: bytes, report: ExportCheck) -> ExportHeader | None:

@@ -381,3 +381,25 @@ def resign(path: Path, key: Any) -> None:
     head = Head.parse(header["head"])
     header["signed_head"] = msgspec.to_builtins(sign_head(key, head))
     path.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+
+
+def test_an_export_written_before_headers_still_imports_verbatim(
+    ledger_path: Path, interleaved: list[str], tmp_path: Path
+) -> None:
+    exported = tmp_path / "all.jsonl"
+    invoke(ledger_path, "export", "-o", str(exported))
+    legacy = tmp_path / "legacy.jsonl"
+    records = lines_of(exported)[1:]
+    left_out = 0
+    for record in records:  # the older line shape: fields at their default left out
+        for name in [name for name, value in record["event"].items() if value is None]:
+            del record["event"][name]
+            left_out += 1
+    assert left_out
+    legacy.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert invoke(tmp_path / "x", "verify", str(legacy)).exit_code == 0
+    report = json.loads(invoke(tmp_path / "copy", "import", str(legacy), "--json").stdout)
+    assert report["verbatim"] is True and report["signature"] == "missing"
+    refused = invoke(tmp_path / "other", "import", str(legacy), "--key",
+                     str(public_key_file(ledger_path)))
+    assert refused.exit_code == 1 and "no signed head" in refused.stderr
