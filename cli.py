@@ -28,7 +28,7 @@ from .audit.anchors import check_anchor
 from .audit.anchors import checkpoint as checkpoint_head
 from .audit.attest import LedgerCheck, check_ledger, describe_check, open_signing_key
 from .audit.export_check import check_export, describe_signature
-from .audit.html import render_html
+from .audit.html import hashed_sessions, render_html
 from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
 from .audit.locations import anchor_file_path, signing_key_path
 from .audit.replay import replay_history
@@ -56,11 +56,9 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import SessionExpired, at_version, history, session_info
-from .events.codec import decode_record
 from .events.model import Recorded
 from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
 from .storage import EventLog, Head, VerifyReport
-from .storage.hashing import HASH_SIZE
 
 MODES = ("user", "power")
 STATUSES = ("new", "idle", "running", "expired")
@@ -754,7 +752,7 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
             check = check_ledger(log, config, session_ids=wanted, key=key, progress=advance)
         if export_format == "html":
             page = render_html(
-                _hashed_sessions(log, wanted or [info.session_id for info in log.sessions()]),
+                hashed_sessions(log, wanted or [info.session_id for info in log.sessions()]),
                 title="chatledger transcript", head=str(log.head()), check=check,
             )
             _write_output(output, page.encode())
@@ -766,14 +764,6 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
     if output and count is not None:
         click.echo(f"exported {count} records to {output}", err=True)
     _warn_if_tampered(check)
-
-
-def _hashed_sessions(log: EventLog, session_ids: list[str]) -> Iterator[Any]:
-    """Each session's info and records with their stored hashes, for the HTML page."""
-    for session_id in session_ids:
-        records = [(decode_record(value[HASH_SIZE:]), bytes(value[:HASH_SIZE]))
-                   for _, value in log.read_session_raw(session_id)]
-        yield log.require_info(session_id), records
 
 
 def _write_output(output: str | None, data: bytes) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from html import escape
 from typing import Any
 
-from ..events.codec import event_to_builtins
+from ..events.codec import decode_record, event_to_builtins
 from ..events.model import (
     AgentSessionLost,
     CanvasModified,
@@ -35,6 +35,8 @@ from ..events.model import (
     UnknownEvent,
 )
 from ..events.projections import SessionInfo
+from ..storage import EventLog
+from ..storage.hashing import HASH_SIZE
 from .attest import LedgerCheck, describe_check
 
 SessionRecords = tuple[SessionInfo, list[tuple[Recorded, bytes]]]
@@ -221,6 +223,15 @@ def _contents(sessions: list[SessionRecords]) -> str:
         for number, (info, _) in enumerate(sessions, start=1)
     )
     return f"<nav class=toc><h2>Sessions ({len(sessions)})</h2><ol>{entries}</ol></nav>"
+
+
+def hashed_sessions(log: EventLog, session_ids: Iterable[str]) -> Iterator[SessionRecords]:
+    """Each session's info and its records with their stored hashes (found through its
+    stream index), for `render_html`."""
+    for session_id in session_ids:
+        records = [(decode_record(value[HASH_SIZE:]), bytes(value[:HASH_SIZE]))
+                   for _, value in log.read_session_raw(session_id)]
+        yield log.require_info(session_id), records
 
 
 def render_html(
