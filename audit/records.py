@@ -7,6 +7,7 @@ not have to know the defaults, so here every field is written. Pure functions, n
 from __future__ import annotations
 
 import base64
+import typing
 from typing import Any
 
 import msgspec
@@ -14,31 +15,74 @@ import msgspec
 from ..events.model import Event, Recorded, UnknownEvent
 from ..storage.hashing import HASH_SIZE
 
+_REQUIRED = object()
+"""Stands for a field without a default in a template (the event always has it)."""
 
-def _every_field(value: Any) -> Any:
-    """A Struct (recursively) as builtins with every field, its tag first; other values as
-    msgspec writes them."""
-    if isinstance(value, msgspec.Struct):
-        data: dict[str, Any] = {}
-        config = value.__struct_config__
-        if config.tag_field is not None:
-            data[config.tag_field] = config.tag
-        for field in msgspec.structs.fields(value):
-            data[field.encode_name] = _every_field(getattr(value, field.name))
-        return data
-    if isinstance(value, (list, tuple)):
-        return [_every_field(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _every_field(item) for key, item in value.items()}
-    return msgspec.to_builtins(value)
+
+class _Template(msgspec.Struct, frozen=True):
+    """A struct class's every field in order, defaults filled, and its nested struct lists."""
+
+    fields: dict[str, Any]
+    nested: dict[str, type]
+    mutable: tuple[str, ...]
+    """Fields whose default is a list or dict: copied, so no two outputs share one."""
+
+
+_templates: dict[type, _Template] = {}
+
+
+def _template(struct_type: type) -> _Template:
+    """The (cached) template of a struct class."""
+    template = _templates.get(struct_type)
+    if template is not None:
+        return template
+    fields: dict[str, Any] = {}
+    nested: dict[str, type] = {}
+    config = struct_type.__struct_config__  # type: ignore[attr-defined]
+    if config.tag_field is not None:
+        fields[config.tag_field] = config.tag
+    for field in msgspec.structs.fields(struct_type):
+        if field.default is not msgspec.NODEFAULT:
+            fields[field.encode_name] = msgspec.to_builtins(field.default)
+        elif field.default_factory is not msgspec.NODEFAULT:
+            fields[field.encode_name] = msgspec.to_builtins(field.default_factory())
+        else:
+            fields[field.encode_name] = _REQUIRED
+        if isinstance(fields[field.encode_name], tuple):
+            fields[field.encode_name] = list(fields[field.encode_name])
+        arguments = typing.get_args(field.type)
+        if typing.get_origin(field.type) in (tuple, list) and arguments and isinstance(
+            arguments[0], type
+        ) and issubclass(arguments[0], msgspec.Struct):
+            nested[field.encode_name] = arguments[0]
+    mutable = tuple(name for name, value in fields.items() if isinstance(value, (list, dict)))
+    template = _templates[struct_type] = _Template(fields=fields, nested=nested,
+                                                   mutable=mutable)
+    return template
+
+
+def _every_field(value: msgspec.Struct) -> dict[str, Any]:
+    """A struct as builtins with every field (defaults too, its tag first), nested lists of
+    structs likewise: msgspec's own output laid over the class's template."""
+    template = _template(type(value))
+    data = dict(template.fields)
+    data.update(msgspec.to_builtins(value))
+    for name in template.mutable:
+        if data[name] is template.fields[name]:
+            data[name] = type(data[name])()
+    for name, item_type in template.nested.items():
+        items = data.get(name)
+        if items:
+            item_fields = _template(item_type).fields
+            data[name] = [{**item_fields, **item} for item in items]
+    return data
 
 
 def event_json(event: Event | UnknownEvent) -> dict[str, Any]:
     """The event as a JSON-ready dict with its `type` tag and every field (defaults too)."""
     if isinstance(event, UnknownEvent):
         return {"type": event.type, **msgspec.to_builtins(event.fields)}
-    result: dict[str, Any] = _every_field(event)
-    return result
+    return _every_field(event)
 
 
 def record_to_json(recorded: Recorded) -> dict[str, Any]:
