@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def public_pem(public_key: Ed25519PublicKey) -> bytes:
 
 def create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Create a new key at `path` (0600, parent made 0700 if missing) and its `.pub`;
-    FileExistsError if a key is already there."""
+    FileExistsError if a key is already there. The key is written whole to a private
+    temporary file, then linked into place, so no reader ever sees half a key."""
     target = Path(path)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -83,11 +85,16 @@ def create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(pem)
-        file.flush()
-        os.fsync(file.fileno())
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(pem)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, target)  # FileExistsError if another process made one first
+    finally:
+        temporary.unlink(missing_ok=True)
     public_key_path(target).write_bytes(public_pem(key.public_key()))
     return key
 

@@ -403,3 +403,17 @@ def test_an_export_written_before_headers_still_imports_verbatim(
     refused = invoke(tmp_path / "other", "import", str(legacy), "--key",
                      str(public_key_file(ledger_path)))
     assert refused.exit_code == 1 and "no signed head" in refused.stderr
+
+
+def test_processes_racing_to_create_the_key_end_up_with_one_key(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chatledger.audit.signing import ensure_signing_key, fingerprint
+
+    path = tmp_path / "keys" / "ledger.signing-key"
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: ensure_signing_key(path), range(8)))
+    assert len({fingerprint(key.public_key()) for key in keys}) == 1
+    assert sorted(file.name for file in path.parent.iterdir()) == [
+        "ledger.signing-key", "ledger.signing-key.pub"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
