@@ -99,3 +99,24 @@ def test_a_tampered_ledger_renders_a_tampered_banner(
     dom = chromium(page, tmp_path, "--dump-dom")
     assert "TAMPERED" in dom and "first bad position" in dom and "role=\"alert\"" in dom
     assert "signed head</dt><dd>none" in dom
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext (poppler-utils)")
+def test_tool_calls_and_the_canvas_state_print_even_when_folded(
+    ledger_path: Path, tmp_path: Path
+) -> None:
+    session_id = invoke(ledger_path, "new").stdout.strip()
+    canvas = tmp_path / "canvas.json"
+    canvas.write_text(json.dumps({"nodes": ["canvas-sent-marker"]}))
+    assert invoke(ledger_path, "send", session_id, "change the canvas [[canvas]]",
+                  "--canvas", str(canvas)).exit_code == 0
+    page = tmp_path / "transcript.html"
+    invoke(ledger_path, "export", "--format", "html", "-o", str(page))
+    folded = tmp_path / "folded.html"  # as a reader who folded every details would print it
+    folded.write_text(page.read_text().replace("<details open", "<details"))
+    pdf = tmp_path / "folded.pdf"
+    chromium(folded, tmp_path, "--no-pdf-header-footer", f"--print-to-pdf={pdf}")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, check=True,
+                          timeout=60).stdout.decode()
+    assert "canvas-sent-marker" in text  # the canvas state sent
+    assert "mcp__atomizer-tools__apply_canvas_change" in text and '"success": true' in text
