@@ -22,6 +22,7 @@ from typing import IO, Any, NoReturn
 
 import click
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__
 from .audit.anchors import check_anchor
@@ -34,7 +35,7 @@ from .audit.locations import anchor_file_path, signing_key_path
 from .audit.replay import replay_history
 from .audit.signing import SigningKeyError, load_public_key, public_key_path, sign_head
 from .audit.stats import ledger_stats
-from .config import load_config
+from .config import Config, load_config
 from .console import (
     describe_event,
     format_bytes,
@@ -260,11 +261,11 @@ def _warn_if_tampered(check: LedgerCheck) -> None:
     raise click.exceptions.Exit(TAMPERED_EXIT)
 
 
-def _config(state: State) -> Any:
+def _config(state: State) -> Config:
     return load_config(path=state.ledger_path)
 
 
-def _trusted_key(key_file: str | None) -> Any:
+def _trusted_key(key_file: str | None) -> Ed25519PublicKey | None:
     if key_file is None:
         return None
     try:
@@ -620,7 +621,7 @@ def verify(ctx: click.Context, target: str | None, saved_head: str | None,
     ctx.exit(0 if check.ok else 1)
 
 
-def _verify_export_file(path: str, trusted: Any, as_json: bool) -> int:
+def _verify_export_file(path: str, trusted: Ed25519PublicKey | None, as_json: bool) -> int:
     """Check an export file with no ledger; print the verdict; the exit code."""
     try:
         with open(path, "rb") as file:

@@ -97,7 +97,8 @@ class SessionManager:
         await self._runtime_async()
 
     async def stop(self) -> None:
-        """Cancel running turns (recorded as cancelled), stop chatledger's actors, close."""
+        """Anchor the head (see `anchor_interval`), cancel running turns (recorded as
+        cancelled), stop chatledger's actors, close."""
         with self._lock:
             runtime, self._runtime = self._runtime, None
             checkpoints, self._checkpoints = self._checkpoints, None
