@@ -131,10 +131,11 @@ def check_anchor(
     comparison = compare_head(log, last.head)
     result.ok = comparison.matches
     if comparison.matches:
-        result.message = f"continues the head anchored at {last.signed_at} ({last.position})"
+        result.message = (f"continues the head anchored at {last.signed_at} "
+                          f"(position {last.position})")
     else:
-        result.message = f"rolled back or rewritten behind the head anchored at {last.signed_at}: " \
-                         f"{comparison.message}"
+        result.message = (f"rolled back or rewritten behind the head anchored at "
+                          f"{last.signed_at}: {comparison.message}")
     return result
 
 
