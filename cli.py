@@ -23,6 +23,7 @@ from typing import IO, Any, NoReturn
 
 import click
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__
 from .actors.expiry import expiry_due
@@ -33,11 +34,17 @@ from .actors.updates import (
     TextUpdate,
     TurnDone,
 )
-from .audit.html import render_html
+from .audit.anchors import check_anchor
+from .audit.anchors import checkpoint as checkpoint_head
+from .audit.attest import LedgerCheck, check_ledger, describe_check, open_signing_key
+from .audit.export_check import check_export, describe_signature
+from .audit.html import hashed_sessions, render_html
 from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
-from .audit.session_check import verify_session
+from .audit.locations import anchor_file_path, signing_key_path
+from .audit.replay import replay_history
+from .audit.signing import SigningKeyError, load_public_key, public_key_path, sign_head
 from .audit.stats import ledger_stats
-from .config import load_config
+from .config import Config, load_config
 from .console import (
     describe_event,
     format_bytes,
@@ -71,7 +78,9 @@ EXIT_CODES = {
     3: "unknown session",
     4: "the ledger cannot be opened or written (missing, damaged, read-only, full)",
     5: "conflict: the session changed under this command (another writer); run it again",
+    6: "tampered: the output was written, but the ledger failed verification (it says so)",
 }
+TAMPERED_EXIT = 6
 
 _to_builtins = msgspec.to_builtins
 
@@ -218,7 +227,58 @@ def _print_verify(report: VerifyReport, as_json: bool) -> None:
         )
         for problem in report.problems[1:]:
             click.echo(f"  also: {problem}", err=True)
-    click.echo(f"head (keep it to check later with --head): {report.head}")
+    if report.ok:
+        click.echo(f"head (keep it to check later with --head): {report.head}")
+
+
+def _print_check(check: LedgerCheck, as_json: bool) -> None:
+    """A ledger's verdict: clean or where it fails, the anchor, the saved head; the head to
+    keep only when clean."""
+    if as_json:
+        data = _to_builtins(check)
+        data["head"] = str(check.head)
+        _emit_json(data)
+        return
+    if check.ok:
+        click.secho(f"ok: {check.records_checked} records in {check.sessions_checked} "
+                    "session(s) verified", fg="green")
+    else:
+        click.secho(describe_check(check), fg="red", err=True)
+        for problem in check.problems[1:]:
+            click.echo(f"  also: {problem}", err=True)
+    if check.anchor is not None and check.anchor.last is not None and check.anchor.ok:
+        click.echo(f"anchor: {check.anchor.message}")
+    for ignored in check.anchor.ignored if check.anchor is not None else ():
+        click.echo(f"  anchor file: {ignored}", err=True)
+    if check.head_check is not None:
+        if check.head_check.matches:
+            click.secho(check.head_check.message, fg="green")
+        else:
+            click.secho(f"head does not match: {check.head_check.message}", fg="red", err=True)
+    if check.ok:
+        click.echo(f"head (keep it to check later with --head): {check.head}")
+
+
+def _warn_if_tampered(check: LedgerCheck) -> None:
+    """After the output: a warning on stderr and exit TAMPERED_EXIT if the check failed."""
+    if check.ok:
+        return
+    click.secho(f"WARNING: this ledger is not intact: {describe_check(check)}", fg="red",
+                bold=True, err=True)
+    raise click.exceptions.Exit(TAMPERED_EXIT)
+
+
+def _config(state: State) -> Config:
+    return load_config(path=state.ledger_path)
+
+
+def _trusted_key(key_file: str | None) -> Ed25519PublicKey | None:
+    if key_file is None:
+        return None
+    try:
+        return load_public_key(key_file)
+    except SigningKeyError as error:
+        raise click.BadParameter(str(error), param_hint="--key") from None
 
 
 # -- the group ----------------------------------------------------------------------------
@@ -244,6 +304,7 @@ def main(ctx: click.Context, ledger_path: str | None) -> None:
       3  unknown session
       4  the ledger cannot be opened or written
       5  the session changed under the command (another writer): run it again
+      6  export, history, show: done, but the ledger failed verification
 
     Example: chatledger --ledger ./ledger sessions --status idle
     """
@@ -405,13 +466,15 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
 @json_option
 @pass_state
 def show(state: State, session_id: str, as_json: bool) -> None:
-    """Show a session's info.
+    """Show a session's info (exit 6, with a warning, if its records fail verification).
 
     Example: chatledger show 3f2a...
     """
     with state.log() as log:
         info = log.require_info(session_id)
+        check = check_ledger(log, _config(state), session_ids=[session_id])
     _emit_json(info) if as_json else click.echo(key_values(_info_pairs(info)))
+    _warn_if_tampered(check)
 
 
 @main.command(name="history")
@@ -419,17 +482,20 @@ def show(state: State, session_id: str, as_json: bool) -> None:
 @json_option
 @pass_state
 def history_command(state: State, session_id: str, as_json: bool) -> None:
-    """Print a session's conversation: messages, tool calls, canvas changes, failures.
+    """Print a session's conversation: messages, tool calls, canvas changes, failures
+    (exit 6, with a warning, if its records fail verification).
 
     Example: chatledger history 3f2a...
     """
     with state.log() as log:
         log.require_info(session_id)
+        check = check_ledger(log, _config(state), session_ids=[session_id])
         messages = history(log.read_session(session_id))
     if as_json:
         _emit_json([_history_json(message) for message in messages])
     else:
         click.echo(transcript(messages) or "(no messages yet)")
+    _warn_if_tampered(check)
 
 
 @main.command()
@@ -500,7 +566,7 @@ def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
     if version > current.version:
         _fail(f"session {session_id} has {current.version} versions, not {version}", 2)
     info = session_info(session_id, records)
-    messages = history(records)
+    messages = replay_history(records)
     if as_json:
         _emit_json({
             "version": version,
@@ -513,41 +579,119 @@ def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
     click.echo(key_values(_info_pairs(info)))
     click.echo()
     click.echo(transcript(messages) or "(no messages yet)")
+    click.echo()
+    click.echo(_timeline(records) if records else "(no events yet)")
 
 
 # -- integrity and maintenance ------------------------------------------------------------
 
 
 @main.command()
-@click.argument("session_id", required=False)
+@click.argument("target", required=False, metavar="[ID | FILE.jsonl]")
 @click.option("--head", "saved_head", help="A head printed earlier (POS:HASH): catches truncation.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False),
+              help="A trusted public key (PEM) to check a signed export or the anchors with.")
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, session_id: str | None, saved_head: str | None,
-           as_json: bool) -> None:
+def verify(ctx: click.Context, target: str | None, saved_head: str | None,
+           key_file: str | None, as_json: bool) -> None:
     """Recompute the hash chains and indexes; exit 0 when intact, 1 when not.
 
-    Prints the head to keep: `verify --head` with it later proves nothing was removed.
+    Also compares the ledger with its last anchored head (a rollback fails), and with
+    --head says whether that head still matches. Prints the head to keep only when clean.
+    Given FILE.jsonl (an export), checks it with no ledger: every line, the chains, the
+    head and its signature (against --key).
 
-    Example: chatledger verify --head 1042:9f3c...
+    Example: chatledger verify --head 1042:9f3c...; chatledger verify export.jsonl --key ledger.pub
     """
     state: State = ctx.obj
     try:
         head = Head.parse(saved_head) if saved_head else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--head") from None
+    trusted = _trusted_key(key_file)
+    if target is not None and target.lower().endswith(".jsonl"):
+        if head is not None:
+            raise click.UsageError("--head checks a ledger, not an export file")
+        ctx.exit(_verify_export_file(target, trusted, as_json))
+    config = _config(state)
     with state.log() as log:
-        if session_id is not None:
-            total = log.require_info(session_id).version
-        else:
-            total = log.head().position
+        total = log.require_info(target).version if target else log.head().position
+        if trusted is None and target is None:
+            own = open_signing_key(config, create=False)
+            trusted = own.public_key() if own is not None else None
         with progress("verifying", total) as advance:
-            if session_id is not None:
-                report = verify_session(log, session_id, advance)
-            else:
-                report = log.verify(head, progress=advance)
-    _print_verify(report, as_json)
-    ctx.exit(0 if report.ok else 1)
+            check = check_ledger(log, config, session_ids=[target] if target else None,
+                                 trusted=trusted, saved_head=head, progress=advance)
+    _print_check(check, as_json)
+    ctx.exit(0 if check.ok else 1)
+
+
+def _verify_export_file(path: str, trusted: Ed25519PublicKey | None, as_json: bool) -> int:
+    """Check an export file with no ledger; print the verdict; the exit code."""
+    try:
+        with open(path, "rb") as file:
+            report, _, _ = check_export(file, trusted)
+    except OSError as error:
+        _fail(f"cannot read {path}: {error}", 1)
+    if as_json:
+        _emit_json(report)
+        return 0 if report.ok else 1
+    what = "the whole ledger" if report.scope == "ledger" else "some sessions"
+    if report.ok:
+        click.secho(f"ok: export of {what}, {report.records} records in {report.sessions} "
+                    "session(s): every hash and chain intact", fg="green")
+        click.echo(f"head {report.head} ({describe_signature(report, trusted)})")
+    else:
+        click.secho(f"NOT GENUINE or damaged: {report.problems[0]}", fg="red", err=True)
+        for problem in report.problems[1:]:
+            click.echo(f"  also: {problem}", err=True)
+    source = report.source_verification
+    if source is not None and not source.ok:
+        click.secho(f"the source ledger failed verification when exported: {source.reason}",
+                    fg="red", err=True)
+    return 0 if report.ok else 1
+
+
+@main.command(name="head")
+@click.option("--checkpoint", is_flag=True,
+              help="Also append the signed head to the anchor file (outside the ledger).")
+@json_option
+@pass_state
+def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
+    """Print the ledger's current head signed with its key (created 0600 if it has none).
+
+    Refuses if the ledger does not continue its last anchored head (rolled back).
+    With --checkpoint the signed head is also anchored, for `verify` to check later.
+
+    Example: chatledger head --checkpoint
+    """
+    config = _config(state)
+    anchors = anchor_file_path(config)
+    with state.log() as log:
+        key = open_signing_key(config)
+        if key is None:
+            _fail(f"no signing key at {signing_key_path(config)} (see the warning above)", 4)
+        if checkpoint:
+            signed = checkpoint_head(log, key, anchors)
+        else:
+            anchor = check_anchor(log, anchors, key.public_key())
+            if not anchor.ok:
+                _fail(f"not signed: the ledger was {anchor.message}", 1)
+            signed = sign_head(key, log.head())
+    public_file = str(public_key_path(signing_key_path(config)))
+    if as_json:
+        _emit_json({**_to_builtins(signed), "public_key_file": public_file,
+                    "anchor_file": str(anchors) if checkpoint else None})
+        return
+    click.echo(key_values([
+        ("head", f"{signed.position}:{signed.hash}"),
+        ("signed at", signed.signed_at),
+        ("key", signed.key),
+        ("public key", public_file),
+        ("signature", signed.signature),
+        *([("anchored in", str(anchors))] if checkpoint else []),
+    ]))
 
 
 @main.command()
@@ -598,24 +742,35 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
                    output: str | None) -> None:
     """Export sessions (default: all) as JSONL that `import` takes back, or an HTML transcript.
 
+    The ledger (or the sessions exported) is verified first; the JSONL header and the top of
+    the HTML page say the result, and carry the head signed with the ledger's key when it is
+    intact. A tampered ledger is still exported, unsigned, with a warning and exit 6.
+
     Example: chatledger export 3f2a... --format html -o transcript.html
     """
+    config = _config(state)
     with state.log() as log:
         for session_id in session_ids:
             log.require_info(session_id)
+        key = open_signing_key(config)
+        wanted = list(session_ids) or None
+        total = log.head().position
+        with progress("verifying", total) as advance:
+            check = check_ledger(log, config, session_ids=wanted, key=key, progress=advance)
         if export_format == "html":
-            ids = list(session_ids) or [info.session_id for info in log.sessions()]
             page = render_html(
-                ((log.require_info(sid), log.read_session(sid)) for sid in ids),
-                title="chatledger transcript", head=str(log.head()),
+                hashed_sessions(log, wanted or [info.session_id for info in log.sessions()]),
+                title="chatledger transcript", head=str(log.head()), check=check,
             )
             _write_output(output, page.encode())
-            return
-        total = log.head().position
-        with _output_stream(output) as out, progress("exporting", total) as advance:
-            count = export_jsonl(log, out, session_ids or None, advance)
-    if output:
+            count = None
+        else:
+            with _output_stream(output) as out, progress("exporting", total) as advance:
+                count = export_jsonl(log, out, wanted, advance, key=key,
+                                     verification=check.verification())
+    if output and count is not None:
         click.echo(f"exported {count} records to {output}", err=True)
+    _warn_if_tampered(check)
 
 
 def _write_output(output: str | None, data: bytes) -> None:
@@ -646,13 +801,20 @@ def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
 @main.command(name="import")
 @click.argument("source", type=click.File("rb"))
 @click.option("--dry-run", is_flag=True, help="Check the file and report, import nothing.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False),
+              help="The source ledger's public key (PEM): refuse an export it did not sign.")
 @json_option
 @pass_state
-def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool) -> None:
+def import_command(state: State, source: IO[bytes], dry_run: bool, key_file: str | None,
+                   as_json: bool) -> None:
     """Import a JSONL export: checks every hash chain, is atomic, skips events already present.
 
-    Example: chatledger --ledger ./copy import export.jsonl
+    A whole-ledger export going into an empty ledger (or a copy it continues) keeps its
+    positions, hashes and head; with --key its signed head must verify under that key.
+
+    Example: chatledger --ledger ./copy import export.jsonl --key ledger.signing-key.pub
     """
+    trusted = _trusted_key(key_file)
     path = state.config_path()
     try:
         total = os.fstat(source.fileno()).st_size
@@ -665,13 +827,16 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
                 advance(len(line))
                 yield line
 
-        report = import_jsonl(log, lines(), dry_run=dry_run)
+        report = import_jsonl(log, lines(), dry_run=dry_run, trusted=trusted)
     if as_json:
         _emit_json({**_to_builtins(report), "dry_run": dry_run})
         return
     verb = "would import" if dry_run else "imported"
+    kept = ("positions and hashes kept" if report.verbatim
+            else "merged: new positions and hashes")
     click.echo(f"{verb} {report.events_imported} events into {report.sessions_imported} "
-               f"session(s); {report.events_already_present} already present")
+               f"session(s); {report.events_already_present} already present ({kept}; "
+               f"signature {report.signature})")
 
 
 @main.command()

@@ -58,6 +58,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     kill_grace: float = 2.0
     agent_cwd: str | None = None
     agent_env: dict[str, str] = msgspec.field(default_factory=dict)
+    signing_key: str | None = None
+    anchor_file: str | None = None
+    anchor_interval: float = 300.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -79,6 +82,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_MAX_OUTPUT_BYTES": "max_output_bytes",
     "CHATLEDGER_KILL_GRACE": "kill_grace",
     "CHATLEDGER_AGENT_CWD": "agent_cwd",
+    "CHATLEDGER_SIGNING_KEY": "signing_key",
+    "CHATLEDGER_ANCHOR_FILE": "anchor_file",
+    "CHATLEDGER_ANCHOR_INTERVAL": "anchor_interval",
 }
 """Environment variable -> setting."""
 
@@ -192,6 +198,8 @@ def _check(config: Config, origin: dict[str, str]) -> None:
     for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):
         if not getattr(config, setting) > 0:
             fail(setting, "must be a positive number of seconds")
+    if config.anchor_interval < 0:
+        fail("anchor_interval", "must be 0 (off) or a positive number of seconds")
     if config.max_runs < 1:
         fail("max_runs", "must be at least 1")
     if config.max_live_sessions < 1:

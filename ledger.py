@@ -22,6 +22,7 @@ from .actors.updates import (
     TextUpdate,
     TurnDone,
 )
+from .audit.checkpointer import start_checkpoints
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
@@ -66,6 +67,7 @@ class Ledger:
             config = load_config(path=path, **settings)
         self.config = config
         self.runtime = Runtime(config, log)
+        self._checkpoints = start_checkpoints(config, self.runtime.log)
 
     def __enter__(self) -> Ledger:
         return self
@@ -178,5 +180,8 @@ class Ledger:
         return self.runtime.sweep(now)
 
     def close(self) -> None:
-        """Cancel running turns (recorded), stop chatledger's actors, close the log."""
+        """Anchor the head, cancel running turns (recorded), stop chatledger's actors, close."""
+        checkpoints, self._checkpoints = self._checkpoints, None
+        if checkpoints is not None:
+            checkpoints.close()
         self.runtime.close()

@@ -23,6 +23,7 @@ import msgspec
 
 from .actors.runtime import Runtime
 from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
+from .audit.checkpointer import Checkpointer, start_checkpoints
 from .config import Config, load_config
 from .errors import (
     SESSION_NOT_FOUND,
@@ -94,6 +95,7 @@ class SessionManager:
     def __init__(self, config: Config | None = None, **settings: Any) -> None:
         self.config = config if config is not None else load_config(**settings)
         self._runtime: Runtime | None = None
+        self._checkpoints: Checkpointer | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -103,6 +105,7 @@ class SessionManager:
         with self._lock:
             if self._runtime is None:
                 self._runtime = Runtime(self.config)
+                self._checkpoints = start_checkpoints(self.config, self._runtime.log)
             return self._runtime
 
     async def _runtime_async(self) -> Runtime:
@@ -115,9 +118,13 @@ class SessionManager:
         await self._runtime_async()
 
     async def stop(self) -> None:
-        """Cancel running turns (recorded as cancelled), stop chatledger's actors, close."""
+        """Anchor the head (see `anchor_interval`), cancel running turns (recorded as
+        cancelled), stop chatledger's actors, close."""
         with self._lock:
             runtime, self._runtime = self._runtime, None
+            checkpoints, self._checkpoints = self._checkpoints, None
+        if checkpoints is not None:
+            await asyncio.to_thread(checkpoints.close)
         if runtime is not None:
             await asyncio.to_thread(runtime.close)
 

@@ -1,28 +1,51 @@
-"""JSONL export and import: one record per line, readable, and checked on the way back in.
+"""JSONL export and import: a header, then one record per line, checked on the way back in.
 
-Each line carries the record as readers want it (position, session, version, time, event as
-JSON) and, in `record`, the exact stored bytes (base64) with their `hash`. Import recomputes
-every hash, follows each session's hash chain, checks that the readable part says what the
-stored bytes say, refuses a session whose history differs from what the ledger holds, skips
-events already present, and appends the rest to every session in one transaction.
+Each record line carries the record as readers want it (position, session, version, time,
+every event field) and, in `record`, the exact stored bytes (base64) with their `hash`; the
+header (see `export_check`) states the scope, the head and the signed head. An export holds
+the records up to the head it states, even if the ledger grows meanwhile.
+
+Import checks the whole file first (`export_check.check_export`, and the signature against a
+trusted key when one is given). A whole-ledger export going into an empty ledger, or into a
+copy it continues, is appended verbatim (`append_verbatim`): same positions, same hashes,
+same head. Anything else is merged: each session's missing events are appended with their
+original times, all sessions in one transaction, and a session whose history differs from
+what the ledger holds is refused; merged records get new positions and so new hashes.
 """
 
 from __future__ import annotations
 
-import base64
+import heapq
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from datetime import datetime, timezone
+from typing import IO
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ChatledgerError
 from ..events.codec import decode_record, event_to_builtins
 from ..events.model import Recorded
-from ..storage import GENESIS, AuditStore, SessionAppend, record_hash
+from ..storage import AuditStore, SessionAppend
 from ..storage.hashing import HASH_SIZE
+from .export_check import (
+    LOG_CHAIN_COMPLETE,
+    LOG_CHAIN_NOTES,
+    LOG_CHAIN_SOURCE,
+    SCOPE_LEDGER,
+    SCOPE_SESSIONS,
+    ExportHeader,
+    ExportLine,
+    Verification,
+    check_export,
+)
+from .records import record_to_json, record_to_line
+from .signing import session_tip, sign_head
+
+__all__ = ["ImportRejectedError", "ImportReport", "export_jsonl", "import_jsonl",
+           "record_to_json"]
 
 _json_encoder = msgspec.json.Encoder()
-_json_decoder = msgspec.json.Decoder()
 
 
 class ImportRejectedError(ChatledgerError):
@@ -30,48 +53,26 @@ class ImportRejectedError(ChatledgerError):
 
 
 class ImportReport(msgspec.Struct, kw_only=True):
-    """What an import did: events appended and skipped (already present), sessions touched."""
+    """What an import did: events appended and skipped (already present), sessions touched,
+    whether positions and hashes were kept, and the export's signature."""
 
     events_read: int = 0
     events_imported: int = 0
     events_already_present: int = 0
     sessions_imported: int = 0
+    verbatim: bool = False
+    signature: str = "missing"
 
 
-def record_to_json(recorded: Recorded) -> dict[str, Any]:
-    """A record as a JSON-ready dict (for `--json` output and export lines)."""
-    return {
-        "position": recorded.position,
-        "session_id": recorded.session_id,
-        "version": recorded.version,
-        "recorded_at": recorded.recorded_at.isoformat(),
-        "schema_version": recorded.schema_version,
-        "event": event_to_builtins(recorded.event),
-    }
+def _now_text() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
-    """One export line: the readable record plus its hash links, stored bytes and hash."""
-    return {
-        **record_to_json(recorded),
-        "prev_session_hash": recorded.prev_session_hash.hex(),
-        "prev_log_hash": recorded.prev_log_hash.hex(),
-        "hash": stored[:HASH_SIZE].hex(),
-        "record": base64.b64encode(stored[HASH_SIZE:]).decode("ascii"),
-    }
-
-
-def iter_export(log: AuditStore, session_ids: Iterable[str] | None = None) -> Iterator[bytes]:
-    """Encoded JSONL lines (with newline) for the whole log, or for some sessions in log order."""
-    wanted = set(session_ids) if session_ids is not None else None
-    if wanted is not None:
-        for session_id in sorted(wanted):
-            log.require_info(session_id)
-    for _, stored in log.read_raw():
-        recorded = decode_record(stored[HASH_SIZE:])
-        if wanted is not None and recorded.session_id not in wanted:
-            continue
-        yield _json_encoder.encode(record_to_line(recorded, bytes(stored))) + b"\n"
+def _whole_ledger_lines(log: AuditStore, last_position: int) -> Iterator[tuple[int, bytes]]:
+    for position, stored in log.read_raw():
+        if position > last_position:
+            return
+        yield position, bytes(stored)
 
 
 def export_jsonl(
@@ -79,68 +80,53 @@ def export_jsonl(
     out: IO[bytes],
     session_ids: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    verification: Verification | None = None,
 ) -> int:
-    """Write the JSONL export to a binary stream; returns the number of records written."""
+    """Write the export (header, then records up to the current head) to a binary stream;
+    signed with `key` unless `verification` says the ledger failed its check. Returns the
+    number of records written. Some sessions are read through their stream index (held in
+    memory together); the whole ledger is streamed."""
+    head = log.head()
+    signer = key if verification is None or verification.ok else None
+    header: ExportHeader
+    if session_ids is None:
+        header = ExportHeader(
+            scope=SCOPE_LEDGER, records=head.position, head=str(head),
+            log_chain=LOG_CHAIN_COMPLETE, log_chain_note=LOG_CHAIN_NOTES[LOG_CHAIN_COMPLETE],
+            exported_at=_now_text(), verification=verification,
+            signed_head=sign_head(signer, head) if signer is not None else None,
+        )
+        lines: Iterable[tuple[int, bytes]] = _whole_ledger_lines(log, head.position)
+    else:
+        wanted = sorted(set(session_ids))
+        streams: list[list[tuple[int, bytes]]] = []
+        tips: dict[str, str] = {}
+        for session_id in wanted:
+            log.require_info(session_id)
+            stream = [(position, bytes(value)) for position, value in
+                      log.read_session_raw(session_id) if position <= head.position]
+            streams.append(stream)
+            if stream:
+                tips[session_id] = session_tip(len(stream), stream[-1][1][:HASH_SIZE])
+        header = ExportHeader(
+            scope=SCOPE_SESSIONS, records=sum(len(stream) for stream in streams),
+            head=str(head), log_chain=LOG_CHAIN_SOURCE,
+            log_chain_note=LOG_CHAIN_NOTES[LOG_CHAIN_SOURCE], sessions=wanted,
+            exported_at=_now_text(), verification=verification,
+            signed_head=sign_head(signer, head, sessions=tips) if signer is not None else None,
+        )
+        lines = heapq.merge(*streams)
+    out.write(_json_encoder.encode(header) + b"\n")
     count = 0
-    for line in iter_export(log, session_ids):
-        out.write(line)
+    for _, stored in lines:
+        recorded = decode_record(stored[HASH_SIZE:])
+        out.write(_json_encoder.encode(record_to_line(recorded, stored)) + b"\n")
         count += 1
         if progress is not None:
             progress(1)
     return count
-
-
-def _parse_line(number: int, line: bytes) -> tuple[Recorded, bytes, dict[str, Any]]:
-    """Decode and check one line on its own: hash, stored bytes, readable fields."""
-    try:
-        data = _json_decoder.decode(line)
-        stored = base64.b64decode(data["record"], validate=True)
-        claimed_hash = bytes.fromhex(data["hash"])
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as error:
-        raise ImportRejectedError(f"line {number}: not a chatledger export line ({error})") from None
-    if record_hash(stored) != claimed_hash:
-        raise ImportRejectedError(f"line {number}: the record does not match its hash")
-    try:
-        recorded = decode_record(stored)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
-        raise ImportRejectedError(f"line {number}: the stored record does not decode ({error})") from None
-    readable = {
-        "session_id": recorded.session_id,
-        "version": recorded.version,
-        "prev_session_hash": recorded.prev_session_hash.hex(),
-        "event": _json_decoder.decode(_json_encoder.encode(event_to_builtins(recorded.event))),
-    }
-    for key, value in readable.items():
-        if data.get(key) != value:
-            raise ImportRejectedError(
-                f"line {number}: its {key!r} was edited (it differs from the stored record)"
-            )
-    return recorded, claimed_hash, data
-
-
-def read_export(lines: Iterable[bytes]) -> dict[str, list[Recorded]]:
-    """Parse and check an export: every line's hash, and each session's chain from version 1."""
-    sessions: dict[str, list[Recorded]] = {}
-    last_hash: dict[str, bytes] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        recorded, digest, _ = _parse_line(number, line)
-        stream = sessions.setdefault(recorded.session_id, [])
-        expected_version = len(stream) + 1
-        if recorded.version != expected_version:
-            raise ImportRejectedError(
-                f"line {number}: session {recorded.session_id} jumps to version "
-                f"{recorded.version} (expected {expected_version}); export whole sessions"
-            )
-        if recorded.prev_session_hash != last_hash.get(recorded.session_id, GENESIS):
-            raise ImportRejectedError(
-                f"line {number}: session {recorded.session_id} version {recorded.version} "
-                "does not link to the record before it (hash chain broken)"
-            )
-        stream.append(recorded)
-        last_hash[recorded.session_id] = digest
-    return sessions
 
 
 def _same_event(left: Recorded, right: Recorded) -> bool:
@@ -150,10 +136,45 @@ def _same_event(left: Recorded, right: Recorded) -> bool:
     )
 
 
-def import_jsonl(log: AuditStore, lines: Iterable[bytes], *, dry_run: bool = False) -> ImportReport:
+def _verbatim_start(log: AuditStore, header: ExportHeader | None, scope: str,
+                    lines: list[ExportLine]) -> int | None:
+    """How many leading records of a whole-ledger export the ledger already holds exactly
+    (its head is one of them), or None if the export cannot go in verbatim."""
+    if scope != SCOPE_LEDGER or (header is not None and header.scope != SCOPE_LEDGER):
+        return None
+    head = log.head()
+    if head.position == 0:
+        return 0
+    if head.position <= len(lines) and lines[head.position - 1].digest == head.hash:
+        return head.position
+    return None
+
+
+def import_jsonl(
+    log: AuditStore,
+    lines: Iterable[bytes],
+    *,
+    dry_run: bool = False,
+    trusted: Ed25519PublicKey | None = None,
+) -> ImportReport:
     """Check an export and append what the ledger lacks, atomically (see the module doc)."""
-    sessions = read_export(lines)
-    report = ImportReport(events_read=sum(len(stream) for stream in sessions.values()))
+    check, header, parsed = check_export(lines, trusted, keep=True)
+    if not check.ok:
+        raise ImportRejectedError(check.problems[0])
+    report = ImportReport(events_read=len(parsed), signature=check.signature)
+    start = _verbatim_start(log, header, check.scope, parsed)
+    if start is not None:
+        missing = parsed[start:]
+        report.verbatim = True
+        report.events_already_present = start
+        report.events_imported = len(missing)
+        report.sessions_imported = len({line.recorded.session_id for line in missing})
+        if missing and not dry_run:
+            log.append_verbatim([line.stored for line in missing])
+        return report
+    sessions: dict[str, list[Recorded]] = {}
+    for line in parsed:
+        sessions.setdefault(line.recorded.session_id, []).append(line.recorded)
     appends: list[SessionAppend] = []
     for session_id, stream in sessions.items():
         present = log.read_session(session_id)
@@ -164,18 +185,18 @@ def import_jsonl(log: AuditStore, lines: Iterable[bytes], *, dry_run: bool = Fal
                     "refusing to mix two histories under one id"
                 )
         report.events_already_present += min(len(present), len(stream))
-        missing = stream[len(present):]
-        if not missing:
+        missing_records = stream[len(present):]
+        if not missing_records:
             continue
         appends.append(
             SessionAppend(
                 session_id=session_id,
-                events=[recorded.event for recorded in missing],
+                events=[recorded.event for recorded in missing_records],
                 expected_version=len(present),
-                recorded_at=[recorded.recorded_at for recorded in missing],
+                recorded_at=[recorded.recorded_at for recorded in missing_records],
             )
         )
-        report.events_imported += len(missing)
+        report.events_imported += len(missing_records)
         report.sessions_imported += 1
     if appends and not dry_run:
         log.append_atomically(appends)

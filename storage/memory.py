@@ -35,6 +35,7 @@ from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 from .ids import validate_session_id
 from .records import IndexEntry, SessionAppend, StoredValue, checked_append, distinct_sessions
 from .subscription import Subscription
+from .verbatim import plan_verbatim
 from .verification import VerifyReport, verify_snapshot
 
 if TYPE_CHECKING:
@@ -195,6 +196,27 @@ class MemoryStore:
         with data.appended:
             data.appended.notify_all()
         return written
+
+    def append_verbatim(self, records: Sequence[bytes]) -> Head:
+        """Append stored records exactly as they are (an export's bytes): same positions,
+        links and hashes; all or nothing."""
+        checked = [bytes(record) for record in records]
+        if not checked:
+            return self.head()
+        decoded = [decode_record(record) for record in checked]
+        data = self.data
+        with data.lock:
+            plan = plan_verbatim(data.head, checked, decoded, data.index.get)
+            if isinstance(plan, Exception):
+                raise plan
+            for recorded, value in plan.values:
+                data.values.append(value)
+                data.streams.setdefault(recorded.session_id, []).append(recorded.position)
+            data.index.update(plan.entries)
+            data.head = plan.head
+        with data.appended:
+            data.appended.notify_all()
+        return plan.head
 
     # -- reading -------------------------------------------------------------------------
 

@@ -104,6 +104,11 @@ class AuditStore(EventStore, Protocol):
         """Append to several sessions at once: all commit, or (a stale version) none does."""
         ...
 
+    def append_verbatim(self, records: Sequence[bytes]) -> Head:
+        """Append stored records as they are (same positions, links, hashes); all or nothing:
+        LogMovedError if they do not continue the log, ValueError if they do not link."""
+        ...
+
     def verify(
         self, saved_head: Head | None = None, *, progress: Callable[[int], None] | None = None
     ) -> VerifyReport:

@@ -297,7 +297,9 @@ def test_nothing_the_agent_prints_makes_chatledger_run_or_write_anything(
     assert not canary.exists()
     assert list(outside.iterdir()) == [] and list(workdir.iterdir()) == []
     created = set(every_file(tmp_path)) - before
-    assert all(name.startswith("ledger/") for name in created), created
+    # The ledger, and beside it its signing key and anchor file (chatledger's own).
+    evidence = {"ledger.signing-key", "ledger.signing-key.pub", "ledger.anchors.jsonl"}
+    assert all(name.startswith("ledger/") or name in evidence for name in created), created
     # The agent's session ids never reach an argv: not one poses as a flag.
     for event in (r.event for r in records if isinstance(r.event, RunStarted)):
         assert "--dangerously-skip-permissions" not in event.argv

@@ -306,3 +306,32 @@ def test_the_port_and_the_factory_load_no_store_implementation_until_asked() -> 
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_verbatim_records_land_with_the_same_positions_hashes_and_head(
+    store: AuditStore, tmp_path: Path
+) -> None:
+    conversation(store, "a")
+    conversation(store, "b")
+    store.append("a", [ModeSwitched(from_mode="user", to_mode="power")],
+                 store.require_info("a").version)
+    records = [value[HASH_SIZE:] for _, value in store.read_raw()]
+    with open_store(str(tmp_path / "copy")) as copy:
+        assert copy.append_verbatim(records[:4]).position == 4
+        assert copy.append_verbatim(records[4:]) == store.head()
+        assert list(copy.read_raw()) == list(store.read_raw())
+        assert copy.require_info("a") == store.require_info("a")
+        assert copy.verify(store.head()).ok
+
+
+def test_verbatim_records_that_do_not_continue_the_log_write_nothing(store: AuditStore) -> None:
+    source = open_store("memory:")
+    conversation(source, "a")
+    records = [value[HASH_SIZE:] for _, value in source.read_raw()]
+    with pytest.raises(ConcurrencyError):
+        store.append_verbatim(records[1:])
+    with pytest.raises(ValueError):
+        store.append_verbatim([records[0], records[2]])
+    assert store.head() == Head(0, GENESIS)
+    assert store.append_verbatim(records) == source.head()
+    source.close()

@@ -115,6 +115,20 @@ class EventLog:
         distinct_sessions([payload.session_id for payload in payloads])
         return self._submit(payloads)
 
+    def append_verbatim(self, records: Sequence[bytes]) -> Head:
+        """Append stored records exactly as they are (an export's bytes): same positions,
+        links and hashes; all or nothing. Blocks the caller."""
+        checked = [bytes(record) for record in records]
+        if not checked:
+            return self.head()
+        decoded = [decode_record(record) for record in checked]
+        outcome: Head | Exception = self.run_in_writer(
+            lambda txn: self.store.write_verbatim(txn, checked, decoded)
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:
         """Hand encoded appends to the writer as one all-or-nothing request; wait for it."""
         result: list[list[Recorded]] = self.store.submit(AtomicAppends(payloads), self.path)

@@ -23,6 +23,7 @@ from ...events.model import Envelope, Event, Recorded, UnknownEvent
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head, record_hash
 from ..records import IndexEntry, SessionAppend, checked_append
+from ..verbatim import plan_verbatim
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
 from .writer import GroupCommitWriter
@@ -265,6 +266,28 @@ class LedgerStore:
             next_position += 1
         touched[session_id] = IndexEntry(info=info, last_hash=session_hash)
         return recorded_list, next_position, log_hash
+
+    def write_verbatim(
+        self, txn: Any, records: list[bytes], decoded: list[Recorded]
+    ) -> Head | Exception:
+        """Write stored records as they are if they continue the log and their sessions;
+        returns the new head, or the error (nothing written). Writer thread only: an error is
+        returned, not raised, so the other requests of the batch still commit."""
+        plan = plan_verbatim(
+            self.head_in(txn), records, decoded, lambda sid: self.index_entry_in(txn, sid)
+        )
+        if isinstance(plan, Exception):
+            return plan
+        for recorded, value in plan.values:
+            txn.put(layout.position_key(recorded.position), value, db=self.log_db, append=True)
+            txn.put(layout.stream_key(recorded.session_id, recorded.version),
+                    layout.position_key(recorded.position), db=self.streams_db)
+        for session_id, entry in plan.entries.items():
+            txn.put(layout.session_key(session_id), layout.encode_index_entry(entry),
+                    db=self.sessions_db)
+        txn.put(layout.META_HEAD, layout.encode_head(plan.head.position, plan.head.hash),
+                db=self.meta_db)
+        return plan.head
 
     def close(self) -> None:
         """Stop the writer (after what is queued) and close the environment if last."""
