@@ -27,7 +27,7 @@ from chatledger.audit.signing import (
 from chatledger.cli import EXIT_CODES, main
 from chatledger.errors import ConcurrencyError
 from chatledger.events import MessageSent, SessionCreated
-from chatledger.events.codec import StoredEnvelope, decode_envelope, encode_record
+from chatledger.events.codec import StoredEnvelope, encode_record
 from chatledger.ledger import Ledger
 from chatledger.storage import EventLog, Head, record_hash
 
@@ -350,7 +350,7 @@ def forge(source: Path, target: Path, new_text: str) -> None:
     edited = False
     out = [header]
     for line in records:
-        envelope = decode_envelope(base64.b64decode(line["record"]))
+        envelope = msgspec.msgpack.decode(base64.b64decode(line["record"]), type=StoredEnvelope)
         event = msgspec.msgpack.decode(bytes(envelope.event))
         if not edited and event.get("type") == "response_received":
             event["text"] = new_text
