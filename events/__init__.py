@@ -34,6 +34,8 @@ from .model import (
     SessionResumed,
     StudyContextSet,
     ToolCall,
+    TranscriptDeleted,
+    TranscriptEntriesAppended,
     UnknownEvent,
     tag_of,
 )
@@ -46,6 +48,7 @@ from .projections import (
     evolve,
     history,
     session_info,
+    transcript_entries,
 )
 
 __all__ = [
@@ -73,6 +76,8 @@ __all__ = [
     "SessionResumed",
     "StudyContextSet",
     "ToolCall",
+    "TranscriptDeleted",
+    "TranscriptEntriesAppended",
     "UnknownEvent",
     "at_version",
     "conversation",
@@ -86,5 +91,6 @@ __all__ = [
     "history",
     "session_info",
     "tag_of",
+    "transcript_entries",
     "upcaster",
 ]

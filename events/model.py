@@ -137,6 +137,38 @@ class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True, frozen=Tru
     message: str = ""
 
 
+class TranscriptEntriesAppended(Event, tag="transcript_entries_appended", kw_only=True, frozen=True):
+    """Entries of the agent's own transcript (claude's JSONL lines, as it wrote them) were kept.
+
+    `project_key`, `agent_session_id` and `subpath` name the transcript the way the Claude
+    Agent SDK's `SessionKey` does (`subpath` is None for the main transcript, e.g.
+    "subagents/agent-1" for a subagent's). `entries` are the JSON objects verbatim, in order.
+    `turn` is the chatledger turn they belong to, 0 when they were not written during one
+    (an Agent SDK session). `summary` is the SDK's running session summary after these
+    entries (opaque, kept so listing sessions needs no replay), None when not maintained.
+    """
+
+    project_key: str
+    agent_session_id: str
+    subpath: str | None = None
+    entries: tuple[Any, ...] = ()
+    turn: int = 0
+    summary: Any = None
+
+
+class TranscriptDeleted(Event, tag="transcript_deleted", kw_only=True, frozen=True):
+    """The agent transcript under a key was deleted: reads no longer return earlier entries.
+
+    The entries stay in the log (so the hash chains still verify) until redaction removes
+    their content; `reason` says who or what asked for the deletion.
+    """
+
+    project_key: str
+    agent_session_id: str
+    subpath: str | None = None
+    reason: str = ""
+
+
 class SessionExpired(Event, tag="session_expired", kw_only=True, frozen=True):
     """The session was closed for good after being idle past the expiry age."""
 
@@ -156,6 +188,8 @@ AnyEvent = (
     | RunFailed
     | AgentSessionLost
     | SessionExpired
+    | TranscriptEntriesAppended
+    | TranscriptDeleted
 )
 """The tagged union of every event this release knows."""
 

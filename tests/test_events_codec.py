@@ -26,6 +26,8 @@ from chatledger.events import (
     SessionResumed,
     StudyContextSet,
     ToolCall,
+    TranscriptDeleted,
+    TranscriptEntriesAppended,
     UnknownEvent,
     decode_event,
     decode_record,
@@ -76,6 +78,13 @@ EVENT_STRATEGIES = {
                          stderr_tail=texts),
     AgentSessionLost: st.builds(AgentSessionLost, turn=turns, agent_session_id=texts),
     SessionExpired: st.builds(SessionExpired, reason=texts, idle_seconds=finite),
+    TranscriptEntriesAppended: st.builds(
+        TranscriptEntriesAppended, project_key=texts, agent_session_id=texts,
+        subpath=st.none() | texts, entries=st.lists(json_values, max_size=4).map(tuple),
+        turn=st.integers(0, 10_000), summary=json_values,
+    ),
+    TranscriptDeleted: st.builds(TranscriptDeleted, project_key=texts, agent_session_id=texts,
+                                 subpath=st.none() | texts, reason=texts),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 
