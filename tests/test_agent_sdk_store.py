@@ -235,6 +235,19 @@ def test_the_sdk_in_memory_store_and_ours_agree_on_one_scenario(store: LedgerSes
     assert run(scenario(store)) == run(scenario(reference))
 
 
+def test_the_sdk_store_benchmark_reports_every_figure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its tiniest run, so it does not rot; speed is never asserted here."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks.sdk_store import main as benchmark
+
+    figures = benchmark(["--tiny"])
+    assert set(figures["cadence"]) == {"chatledger (LMDB)", "SDK InMemorySessionStore"}
+    assert len(figures["load"]) == 5 and all(v["count"] == 2 for v in figures["load"].values())
+    assert "p99 ms" in capsys.readouterr().out
+
+
 # -- the key mapping ---------------------------------------------------------------------------
 
 
