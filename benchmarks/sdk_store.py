@@ -11,7 +11,8 @@ claude's own JSONL file (what a local `--resume` reads), in the same run:
   every session appends a batch of 2-3 entries every 100 ms (jittered) on one event loop, and
   each `await store.append(...)` is timed from call to return (durable, for the ledger).
 
-Entries are shaped like claude's (user prompts, answer blocks, tool calls and results,
+A last `load` row is the floor: msgspec decoding the same entries from memory. Entries are
+shaped like claude's (user prompts, answer blocks, tool calls and results,
 attachments, about 0.9 KB each on average) from a fixed seed. Prints a table; `--json`
 also writes the figures. Never touches the network.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from claude_agent_sdk import InMemorySessionStore
 
 from chatledger.sdk_store import LedgerSessionStore
@@ -130,6 +134,22 @@ async def measure_jsonl_load(entries: list[dict[str, Any]], workdir: Path,
     return _summary(await _timed(read, repetitions))
 
 
+async def measure_decode_ceiling(entries: list[dict[str, Any]],
+                                 repetitions: int) -> dict[str, float]:
+    """Time msgspec decoding the same entries from one in-memory MessagePack blob, collector
+    paused: the cost of building the objects alone, the floor under any store's `load`."""
+    blob = msgspec.msgpack.encode(entries)
+
+    async def decode() -> list[Any]:
+        gc.disable()
+        try:
+            return msgspec.msgpack.decode(blob)  # type: ignore[no-any-return]
+        finally:
+            gc.enable()
+
+    return _summary(await _timed(decode, repetitions))
+
+
 async def measure_cadence(store: Any, sessions: int, seconds: float,
                           entries: list[dict[str, Any]]) -> dict[str, float]:
     """`sessions` tasks each append 2-3 entries every ~100 ms for `seconds`; time each append."""
@@ -171,7 +191,7 @@ async def run(scale: str, workdir: Path) -> dict[str, Any]:
     """Every figure, for every contender, at one of the SCALES."""
     size, repetitions, sessions, seconds = SCALES[scale]
     entries = transcript_entries(size)
-    figures: dict[str, Any] = {"entries": size, "entry_bytes": len(json.dumps(entries)) / size,
+    figures: dict[str, Any] = {"load_average_before": os.getloadavg()[0], "entries": size, "entry_bytes": len(json.dumps(entries)) / size,
                                "sessions": sessions, "seconds": seconds, "load": {}, "cadence": {}}
     with LedgerSessionStore.open(workdir / "ledger") as ledger_store:
         contenders: dict[str, Any] = {"chatledger (LMDB)": ledger_store,
@@ -180,10 +200,13 @@ async def run(scale: str, workdir: Path) -> dict[str, Any]:
             for batch in (10, 1):
                 figures["load"][f"{name}, batches of {batch}"] = await measure_load(
                     store, entries, batch, repetitions)
-        figures["load"]["claude's JSONL file"] = await measure_jsonl_load(
+        figures["load"]["claude's JSONL file (json.loads per line)"] = await measure_jsonl_load(
             entries, workdir, repetitions)
+        figures["load"]["ceiling: msgspec decode from memory"] = await measure_decode_ceiling(
+            entries, repetitions)
         for name, store in contenders.items():
             figures["cadence"][name] = await measure_cadence(store, sessions, seconds, entries)
+    figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
 
@@ -207,8 +230,11 @@ def report(figures: dict[str, Any]) -> str:
         _table(("store", "median ms", "p90 ms", "max ms"), load_rows),
         "",
         f"appends every ~{CADENCE_SECONDS * 1000:.0f} ms from {figures['sessions']} sessions for "
-        f"{figures['seconds']:.0f} s (target p99 <= {APPEND_P99_TARGET_MS:.0f} ms)",
+        f"{figures['seconds']:g} s (target p99 <= {APPEND_P99_TARGET_MS:.0f} ms)",
         _table(("store", "appends", "per s", "median ms", "p99 ms", "max ms"), cadence_rows),
+        "",
+        f"1-minute load average {figures['load_average_before']:.1f} before, "
+        f"{figures['load_average_after']:.1f} after ({os.cpu_count()} CPUs)",
     ])
 
 

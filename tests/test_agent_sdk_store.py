@@ -244,7 +244,7 @@ def test_the_sdk_store_benchmark_reports_every_figure(
 
     figures = benchmark(["--tiny"])
     assert set(figures["cadence"]) == {"chatledger (LMDB)", "SDK InMemorySessionStore"}
-    assert len(figures["load"]) == 5 and all(v["count"] == 2 for v in figures["load"].values())
+    assert len(figures["load"]) == 6 and all(v["count"] == 2 for v in figures["load"].values())
     assert "p99 ms" in capsys.readouterr().out
 
 
