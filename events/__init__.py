@@ -36,6 +36,7 @@ from .model import (
     ToolCall,
     TranscriptDeleted,
     TranscriptEntriesAppended,
+    TranscriptRestored,
     UnknownEvent,
     tag_of,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "ToolCall",
     "TranscriptDeleted",
     "TranscriptEntriesAppended",
+    "TranscriptRestored",
     "UnknownEvent",
     "at_version",
     "conversation",

@@ -143,9 +143,10 @@ class TranscriptEntriesAppended(Event, tag="transcript_entries_appended", kw_onl
     `project_key`, `agent_session_id` and `subpath` name the transcript the way the Claude
     Agent SDK's `SessionKey` does (`subpath` is None for the main transcript, e.g.
     "subagents/agent-1" for a subagent's). `entries` are the JSON objects verbatim, in order.
-    `turn` is the chatledger turn they belong to, 0 when they were not written during one
-    (an Agent SDK session). `summary` is the SDK's running session summary after these
-    entries (opaque, kept so listing sessions needs no replay), None when not maintained.
+    `turn` is the chatledger turn they belong to and `turn_session_id` that turn's chatledger
+    session (0 and None when they were not written during one: an Agent SDK session).
+    `summary` is the SDK's running session summary after these entries (opaque, kept so
+    listing sessions needs no replay), None when not maintained.
     """
 
     project_key: str
@@ -153,6 +154,7 @@ class TranscriptEntriesAppended(Event, tag="transcript_entries_appended", kw_onl
     subpath: str | None = None
     entries: tuple[Any, ...] = ()
     turn: int = 0
+    turn_session_id: str | None = None
     summary: Any = None
 
 
@@ -166,6 +168,17 @@ class TranscriptDeleted(Event, tag="transcript_deleted", kw_only=True, frozen=Tr
     project_key: str
     agent_session_id: str
     subpath: str | None = None
+    reason: str = ""
+
+
+class TranscriptRestored(Event, tag="transcript_restored", kw_only=True, frozen=True):
+    """Before a turn resumed the agent's own session, its transcript file was written from
+    the ledger (it was missing, or held less than the ledger); `entry_count` entries."""
+
+    turn: int
+    agent_session_id: str
+    project_key: str
+    entry_count: int = 0
     reason: str = ""
 
 
@@ -190,6 +203,7 @@ AnyEvent = (
     | SessionExpired
     | TranscriptEntriesAppended
     | TranscriptDeleted
+    | TranscriptRestored
 )
 """The tagged union of every event this release knows."""
 

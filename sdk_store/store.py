@@ -220,26 +220,32 @@ class LedgerSessionStore:
 
     # -- the same, blocking the calling thread -----------------------------------------------
 
-    def append_blocking(self, key: Mapping[str, Any], entries: list[Any]) -> None:
-        """`append`, on the calling thread (blocks until the ledger commit)."""
+    def append_blocking(self, key: Mapping[str, Any], entries: list[Any], *, turn: int = 0,
+                        turn_session_id: str | None = None) -> int:
+        """`append`, on the calling thread (blocks until the ledger commit); returns how many
+        entries were new. `turn` and `turn_session_id` tie them to a chatledger turn."""
         parts = transcript_key(key)
         if not entries:
-            return
+            return 0
         ledger_id = ledger_session_id(parts)
         with self._lock(ledger_id):
             for _ in range(MAX_APPEND_ATTEMPTS):
                 tail = self._tail(ledger_id, parts)
                 fresh = _new_entries(entries, tail.uuids)
                 if not fresh:
-                    return
+                    return 0
                 summary = self._folded_summary(tail, parts, fresh)
+                event = functools.partial(
+                    TranscriptEntriesAppended, project_key=parts.project_key,
+                    agent_session_id=parts.session_id, subpath=parts.subpath, turn=turn,
+                    turn_session_id=turn_session_id)
                 try:
-                    recorded = self._append_entries(ledger_id, parts, fresh, summary, tail.version)
+                    recorded = self._append_event(ledger_id, event, fresh, summary, tail.version)
                 except ConcurrencyError:
                     self._catch_up(ledger_id, parts, tail)
                     continue
                 tail.fold(recorded, parts)
-                return
+                return len(fresh)
         raise _gave_up(ledger_id)
 
     def load_blocking(self, key: Mapping[str, Any]) -> list[Any] | None:
@@ -322,18 +328,15 @@ class LedgerSessionStore:
         key = {"project_key": parts.project_key, "session_id": parts.session_id}
         return self._fold(previous, key, fresh)["data"]
 
-    def _append_entries(self, ledger_id: str, parts: TranscriptKey, entries: list[Any],
-                        summary: Any, expected_version: int) -> list[Recorded]:
-        def event(entries: list[Any], summary: Any) -> TranscriptEntriesAppended:
-            return TranscriptEntriesAppended(
-                project_key=parts.project_key, agent_session_id=parts.session_id,
-                subpath=parts.subpath, entries=tuple(entries), summary=summary)
-
+    def _append_event(self, ledger_id: str, event: Callable[..., TranscriptEntriesAppended],
+                      entries: list[Any], summary: Any, expected_version: int) -> list[Recorded]:
         try:
-            return self.store.append(ledger_id, [event(entries, summary)], expected_version)
+            return self.store.append(
+                ledger_id, [event(entries=tuple(entries), summary=summary)], expected_version)
         except InvalidEventError:  # a value MessagePack cannot hold (an integer past 2**64)
-            return self.store.append(ledger_id, [event(storable(entries), storable(summary))],
-                                     expected_version)
+            return self.store.append(
+                ledger_id, [event(entries=tuple(storable(entries)), summary=storable(summary))],
+                expected_version)
 
     def _record_deletion(self, ledger_id: str, parts: TranscriptKey) -> None:
         with self._lock(ledger_id):

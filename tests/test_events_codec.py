@@ -28,6 +28,7 @@ from chatledger.events import (
     ToolCall,
     TranscriptDeleted,
     TranscriptEntriesAppended,
+    TranscriptRestored,
     UnknownEvent,
     decode_event,
     decode_record,
@@ -81,8 +82,11 @@ EVENT_STRATEGIES = {
     TranscriptEntriesAppended: st.builds(
         TranscriptEntriesAppended, project_key=texts, agent_session_id=texts,
         subpath=st.none() | texts, entries=st.lists(json_values, max_size=4).map(tuple),
-        turn=st.integers(0, 10_000), summary=json_values,
+        turn=st.integers(0, 10_000), turn_session_id=st.none() | texts, summary=json_values,
     ),
+    TranscriptRestored: st.builds(TranscriptRestored, turn=turns, agent_session_id=texts,
+                                  project_key=texts, entry_count=st.integers(0, 10**6),
+                                  reason=texts),
     TranscriptDeleted: st.builds(TranscriptDeleted, project_key=texts, agent_session_id=texts,
                                  subpath=st.none() | texts, reason=texts),
 }
