@@ -6,7 +6,9 @@
     store = LedgerSessionStore.open("./ledger")
     options = ClaudeAgentOptions(session_store=store)
 
-Needs the `sdk` extra (`pip install 'chatledger[sdk]'`); `keys` works without it.
+Install the SDK with the `sdk` extra (`pip install 'chatledger[sdk]'`). Without it the store
+still works (its `*_blocking` methods, and its async ones under asyncio) but keeps no
+session summaries.
 """
 
 from .keys import TranscriptKey, ledger_session_id, transcript_key

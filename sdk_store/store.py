@@ -11,7 +11,8 @@ tries again.
 
 The SDK protocol is async. Every method runs its store calls on a worker thread (anyio, so
 it works under asyncio and trio alike) and never blocks the event loop on an LMDB commit or
-a read. This module knows the store only through the port's methods (`append`,
+a read; each also has a `*_blocking` twin for callers on plain threads (chatledger's own
+runs). Only the summaries need the SDK installed (its `fold_session_summary`). This module knows the store only through the port's methods (`append`,
 `read_session`, `latest`, `info`, `sessions`); it builds a store in one place,
 `open_ledger_store`, and starts no processes.
 """
@@ -28,13 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
-
-try:
-    import anyio.to_thread
-except ImportError as missing:  # pragma: no cover - the extra brings anyio with the SDK
-    raise ImportError(
-        "chatledger.sdk_store needs the Claude Agent SDK: pip install 'chatledger[sdk]'"
-    ) from missing
 
 from ..errors import ConcurrencyError, InvalidEventError, LedgerError
 from ..events.codec import storable
@@ -216,7 +210,14 @@ class LedgerSessionStore:
 
     @staticmethod
     async def _in_thread(function: Callable[..., Result], *args: Any) -> Result:
-        return await anyio.to_thread.run_sync(functools.partial(function, *args))
+        call = functools.partial(function, *args)
+        try:
+            import anyio.to_thread
+        except ImportError:  # no SDK (it brings anyio): asyncio is the only loop then
+            import asyncio
+
+            return await asyncio.to_thread(call)
+        return await anyio.to_thread.run_sync(call)
 
     # -- the same, blocking the calling thread -----------------------------------------------
 
