@@ -11,6 +11,10 @@ claude's own JSONL file (what a local `--resume` reads), in the same run:
   every session appends a batch of 2-3 entries every 100 ms (jittered) on one event loop, and
   each `await store.append(...)` is timed from call to return (durable, for the ledger).
 
+- mirror upkeep of chatledger's own turns (issue 20 item 1; target <= 1 ms added to the time
+  to the first delta): what the reading thread pays per `transcript_mirror` frame, the
+  recorder's CPU per turn, and the event bytes per turn.
+
 A last `load` row is the floor: msgspec decoding the same entries from memory. Entries are
 shaped like claude's (user prompts, answer blocks, tool calls and results,
 attachments, about 0.9 KB each on average) from a fixed seed. Prints a table; `--json`
@@ -37,7 +41,9 @@ from typing import Any
 import msgspec
 from claude_agent_sdk import InMemorySessionStore
 
+from chatledger.events import TranscriptEntriesAppended, encode_event
 from chatledger.sdk_store import LedgerSessionStore
+from chatledger.transcript import TranscriptRecorder, mirror_frame
 
 LOAD_TARGET_MS = 50.0
 APPEND_P99_TARGET_MS = 20.0
@@ -187,6 +193,41 @@ SCALES = {
 }
 
 
+def measure_mirror_upkeep(store: LedgerSessionStore, turns: int,
+                          entries: list[dict[str, Any]]) -> dict[str, float]:
+    """chatledger's own turns with `--session-mirror`: per turn, claude prints a frame of 6
+    entries before `result` and one (last-prompt) after it. Times what the reading thread
+    pays per frame (decode the line, recognise the frame, queue it) and the recorder's CPU
+    per turn (its thread's appends), and counts the event bytes each turn adds."""
+    projects = Path("/home/user/.claude/projects")
+    path = str(projects / PROJECT / "8d1c7a2e-1111-4c1d-9a43-2b6f0d1e7c55.jsonl")
+    reading: list[float] = []
+    event_bytes = 0
+    cpu_started = time.process_time()
+    for turn in range(1, turns + 1):
+        recorder = TranscriptRecorder(store, projects, turn=turn, turn_session_id="bench")
+        chunk = [{**entry, "uuid": f"{turn}-{index}"}
+                 for index, entry in enumerate(entries[(turn * 6) % len(entries):][:6])]
+        frames = [chunk, [{"type": "last-prompt", "lastPrompt": "...", "sessionId": "s"}]]
+        for frame_entries in frames:
+            line = json.dumps({"type": "transcript_mirror", "filePath": path,
+                               "entries": frame_entries}).encode()
+            started = time.perf_counter()
+            frame = mirror_frame(msgspec.json.decode(line))
+            assert frame is not None
+            recorder.feed(frame)
+            reading.append(time.perf_counter() - started)
+            event_bytes += len(encode_event(TranscriptEntriesAppended(
+                project_key=PROJECT, agent_session_id="s", entries=tuple(frame_entries),
+                turn=turn, turn_session_id="bench")))
+        assert recorder.close(30).finished
+    cpu_per_turn = (time.process_time() - cpu_started - sum(reading)) / turns
+    figures = {f"reading_{name}": value for name, value in _summary(reading).items()}
+    figures.update({"turns": turns, "recorder_cpu_ms_per_turn": cpu_per_turn * 1000,
+                    "event_bytes_per_turn": event_bytes / turns})
+    return figures
+
+
 async def run(scale: str, workdir: Path) -> dict[str, Any]:
     """Every figure, for every contender, at one of the SCALES."""
     size, repetitions, sessions, seconds = SCALES[scale]
@@ -206,6 +247,7 @@ async def run(scale: str, workdir: Path) -> dict[str, Any]:
             entries, repetitions)
         for name, store in contenders.items():
             figures["cadence"][name] = await measure_cadence(store, sessions, seconds, entries)
+        figures["mirror"] = measure_mirror_upkeep(ledger_store, max(sessions, 5), entries)
     figures["load_average_after"] = os.getloadavg()[0]
     return figures
 
@@ -221,6 +263,7 @@ def report(figures: dict[str, Any]) -> str:
     """The figures as two tables with the targets."""
     load_rows = [(name, f"{value['median_ms']:.1f}", f"{value['p90_ms']:.1f}",
                   f"{value['max_ms']:.1f}") for name, value in figures["load"].items()]
+    mirror = figures["mirror"]
     cadence_rows = [(name, value["count"], f"{value['appends_per_s']:.0f}",
                      f"{value['median_ms']:.2f}", f"{value['p99_ms']:.2f}",
                      f"{value['max_ms']:.2f}") for name, value in figures["cadence"].items()]
@@ -232,6 +275,13 @@ def report(figures: dict[str, Any]) -> str:
         f"appends every ~{CADENCE_SECONDS * 1000:.0f} ms from {figures['sessions']} sessions for "
         f"{figures['seconds']:g} s (target p99 <= {APPEND_P99_TARGET_MS:.0f} ms)",
         _table(("store", "appends", "per s", "median ms", "p99 ms", "max ms"), cadence_rows),
+        "",
+        "mirror upkeep per chatledger turn (2 frames: 6 entries before result, 1 after)",
+        _table(("reading thread per frame: median ms", "p99 ms", "recorder CPU ms/turn",
+                "event bytes/turn"),
+               [(f"{mirror['reading_median_ms']:.3f}", f"{mirror['reading_p99_ms']:.3f}",
+                 f"{mirror['recorder_cpu_ms_per_turn']:.2f}",
+                 f"{mirror['event_bytes_per_turn']:.0f}")]),
         "",
         f"1-minute load average {figures['load_average_before']:.1f} before, "
         f"{figures['load_average_after']:.1f} after ({os.cpu_count()} CPUs)",

@@ -6,7 +6,8 @@ frames in order through `LedgerSessionStore.append_blocking` (durable, hash-chai
 idempotent by entry uuid, tied to the chatledger turn and session), including the frames
 claude prints after its `result` line; `close` waits for them, bounded in time. A frame
 whose file is not under the agent's projects dir is counted and dropped. Starts no
-processes; the only thread it starts ends with `close`.
+processes; its one thread starts with the recorder (create it before the run) and ends
+with `close`.
 """
 
 from __future__ import annotations
@@ -50,18 +51,17 @@ class TranscriptRecorder:
         self.turn_session_id = turn_session_id
         self.report = RecorderReport()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
         self._closed = False
+        # Started here, before the run, so that feeding the first frame costs no thread start.
+        self._worker = threading.Thread(target=self._record_frames, daemon=True,
+                                        name=f"chatledger-mirror-{turn_session_id}")
+        self._worker.start()
 
     def feed(self, frame: MirrorFrame) -> None:
         """Queue a frame to be recorded. Never blocks; call it from the reading thread."""
         if self._closed:
             raise RuntimeError("the recorder is closed")
         self.report.frames += 1
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._record_frames, daemon=True,
-                                            name=f"chatledger-mirror-{self.turn_session_id}")
-            self._worker.start()
         self._queue.put(frame)
 
     def close(self, timeout: float = 10.0) -> RecorderReport:
@@ -70,9 +70,8 @@ class TranscriptRecorder:
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
-        if self._worker is not None:
-            self._worker.join(timeout)
-            self.report.finished = not self._worker.is_alive()
+        self._worker.join(timeout)
+        self.report.finished = not self._worker.is_alive()
         return self.report
 
     def _record_frames(self) -> None:
