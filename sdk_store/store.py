@@ -49,7 +49,7 @@ Result = TypeVar("Result")
 MAX_APPEND_ATTEMPTS = 20
 """How often an append re-reads and retries after other writers moved the session on."""
 
-TAIL_CACHE_SESSIONS = 4096
+TAIL_CACHE_SESSIONS = 1024
 """How many sessions' append state (version, uuids kept, summary) one store remembers."""
 
 DELETE_REASON = "deleted through the Claude Agent SDK session store"

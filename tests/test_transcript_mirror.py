@@ -24,6 +24,7 @@ from chatledger.transcript import (
     TranscriptRecorder,
     key_for_transcript_file,
     mirror_frame,
+    project_key_for_directory,
     projects_dir,
     restore_transcript,
     transcript_file,
@@ -85,6 +86,20 @@ def test_a_key_that_would_climb_out_names_no_file() -> None:
 def test_the_projects_dir_follows_claude_config_dir_then_home() -> None:
     assert projects_dir({"HOME": "/h"}) == Path("/h/.claude/projects")
     assert projects_dir({"HOME": "/h", "CLAUDE_CONFIG_DIR": "/c"}) == Path("/c/projects")
+
+
+@pytest.mark.parametrize("name", ["project", "with space and ü", "x" * 250, "ü" * 120 + "-𝄞"])
+def test_the_project_key_of_a_directory_is_the_one_claude_and_the_sdk_use(
+    tmp_path: Path, name: str
+) -> None:
+    directory = tmp_path / name
+    directory.mkdir()
+    key = project_key_for_directory(directory)
+    assert len(key) <= 200 + 8 and "/" not in key
+    sdk = pytest.importorskip("claude_agent_sdk")
+    if all(ord(char) < 0x10000 for char in str(directory)):
+        # (past the BMP the SDK hashes code points, claude, in JavaScript, UTF-16 units)
+        assert key == sdk.project_key_for_directory(directory)
 
 
 # -- recording ---------------------------------------------------------------------------------
@@ -219,6 +234,7 @@ def test_a_mirrored_turn_is_resumed_on_another_home_from_the_ledger(
             [on_disk_file] = node_a.transcripts()
             on_disk = [json.loads(line) for line in on_disk_file.read_text().splitlines()]
             project_key = on_disk_file.parent.name
+            assert project_key == project_key_for_directory(node_a.workdir)
             key = {"project_key": project_key, "session_id": session_id}
             # Including what claude mirrored after its result line (the last-prompt entry).
             assert store.load_blocking(key) == on_disk

@@ -10,6 +10,7 @@ from .mirror import (
     MirrorFrame,
     key_for_transcript_file,
     mirror_frame,
+    project_key_for_directory,
     projects_dir,
     transcript_file,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "TranscriptRecorder",
     "key_for_transcript_file",
     "mirror_frame",
+    "project_key_for_directory",
     "projects_dir",
     "restore_transcript",
     "transcript_file",

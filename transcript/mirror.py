@@ -12,6 +12,8 @@ ledger sessions) and a key back into a path. It does no I/O.
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple
@@ -20,6 +22,8 @@ from ..sdk_store.keys import TranscriptKey
 
 MIRROR_TYPE = "transcript_mirror"
 SUFFIX = ".jsonl"
+MAX_PROJECT_KEY_CHARS = 200
+_NOT_ALPHANUMERIC = re.compile(r"[^a-zA-Z0-9]")
 
 
 class MirrorFrame(NamedTuple):
@@ -46,6 +50,36 @@ def projects_dir(environment: Mapping[str, str]) -> Path:
         return Path(config) / "projects"
     home = environment.get("HOME") or environment.get("USERPROFILE") or str(Path.home())
     return Path(home) / ".claude" / "projects"
+
+
+def _string_hash_base36(text: str) -> str:
+    """JavaScript's classic 32-bit string hash (h = 31 h + code unit), absolute, in base 36:
+    what claude appends to a shortened project directory name."""
+    value = 0
+    encoded = text.encode("utf-16-le", "surrogatepass")
+    for index in range(0, len(encoded), 2):
+        value = (value * 31 + int.from_bytes(encoded[index:index + 2], "little")) & 0xFFFFFFFF
+    if value >= 0x80000000:
+        value -= 0x100000000
+    value = abs(value)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        value, remainder = divmod(value, 36)
+        out = digits[remainder] + out
+        if value == 0:
+            return out
+
+
+def project_key_for_directory(directory: str | os.PathLike[str]) -> str:
+    """The name claude gives the transcript directory of a working directory (its real path,
+    NFC, every non-alphanumeric a '-', shortened with a hash past 200 characters): the
+    Agent SDK's `project_key` for it too."""
+    path = unicodedata.normalize("NFC", os.path.realpath(os.fspath(directory)))
+    name = _NOT_ALPHANUMERIC.sub("-", path)
+    if len(name) <= MAX_PROJECT_KEY_CHARS:
+        return name
+    return f"{name[:MAX_PROJECT_KEY_CHARS]}-{_string_hash_base36(path)}"
 
 
 def key_for_transcript_file(file_path: str | os.PathLike[str],
