@@ -146,7 +146,7 @@ class TranscriptEntriesAppended(Event, tag="transcript_entries_appended", kw_onl
     `turn` is the chatledger turn they belong to and `turn_session_id` that turn's chatledger
     session (0 and None when they were not written during one: an Agent SDK session).
     `summary` is the SDK's running session summary after these entries (opaque, kept so
-    listing sessions needs no replay), None when not maintained.
+    listing sessions needs no replay), None when it did not change or is not maintained.
     """
 
     project_key: str

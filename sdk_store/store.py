@@ -236,6 +236,8 @@ class LedgerSessionStore:
                 if not fresh:
                     return 0
                 summary = self._folded_summary(tail, parts, fresh)
+                if summary is not None and summary == tail.summary:
+                    summary = None  # unchanged: readers take the last one kept
                 event = functools.partial(
                     TranscriptEntriesAppended, project_key=parts.project_key,
                     agent_session_id=parts.session_id, subpath=parts.subpath, turn=turn,
@@ -265,9 +267,12 @@ class LedgerSessionStore:
         """`list_session_summaries`, on the calling thread."""
         summaries = []
         for info, event in self._live_mains(project_key):
+            parts = TranscriptKey(project_key, event.agent_session_id)
             data = event.summary
+            if data is None:
+                data = self._last_summary(ledger_session_id(parts), parts)
             if data is None:  # written without summaries: fold the transcript once
-                data = self._summary_of(TranscriptKey(project_key, event.agent_session_id))
+                data = self._summary_of(parts)
             # mtime: the session's last write, the clock list_sessions reports too.
             summaries.append({"session_id": event.agent_session_id,
                               "mtime": epoch_ms(info.last_active), "data": data})
@@ -371,6 +376,26 @@ class LedgerSessionStore:
             if _matches(recorded.event, project_key, session_id):
                 return info, recorded.event
         return info, None
+
+    def _last_summary(self, ledger_id: str, parts: TranscriptKey) -> Any:
+        """The last summary kept for a live main transcript (an append that left the summary
+        as it was keeps none), looking back through ever larger tails; None if there is none
+        since the transcript's last deletion."""
+        window = 16
+        while True:
+            info, records = self.store.latest(ledger_id, window)
+            for recorded in reversed(records):
+                event = recorded.event
+                if not _matches(event, parts.project_key, parts.session_id) \
+                        or event.subpath is not None:
+                    continue
+                if isinstance(event, TranscriptDeleted):
+                    return None
+                if event.summary is not None:
+                    return event.summary
+            if info is None or len(records) >= info.version:
+                return None
+            window *= 8
 
     def _live_mains(self, project_key: str) -> list[tuple[SessionInfo, TranscriptEntriesAppended]]:
         """(index info, last transcript event) of the project's main transcripts not deleted."""

@@ -204,6 +204,27 @@ def test_a_session_expired_by_the_sweep_still_loads_lists_and_appends(
     assert store.store.info(ledger_id).status == "idle"  # type: ignore[union-attr]
 
 
+def test_a_summary_left_unchanged_by_a_batch_is_not_stored_again(
+    store: LedgerSessionStore,
+) -> None:
+    run(store.append(KEY, [user("u1", "the first prompt")]))
+    for number in range(40):  # answer blocks: the summary stays as it was
+        run(store.append(KEY, [assistant(f"a{number}", "more", message_id="msg_9")]))
+    events = [r.event for r in store.store.read_session(ledger_session_id(KEY))]
+    assert events[0].summary is not None
+    assert all(event.summary is None for event in events[1:])
+    [summary] = run(store.list_session_summaries(KEY["project_key"]))
+    assert summary["data"]["first_prompt"] == "the first prompt"
+    run(store.append(KEY, [{"type": "custom-title", "customTitle": "renamed"}]))
+    [summary] = run(store.list_session_summaries(KEY["project_key"]))
+    assert summary["data"]["custom_title"] == "renamed"
+    # A fresh store (another process) folds on from the last summary kept.
+    fresh = LedgerSessionStore(store.store)
+    run(fresh.append(KEY, [{"type": "x", "gitBranch": "feature"}]))
+    [summary] = run(fresh.list_session_summaries(KEY["project_key"]))
+    assert summary["data"]["custom_title"] == "renamed" and summary["data"]["git_branch"] == "feature"
+
+
 def test_entries_with_an_integer_msgpack_cannot_hold_are_still_kept(
     store: LedgerSessionStore,
 ) -> None:
