@@ -35,6 +35,9 @@ from .model import (
     SessionResumed,
     StudyContextSet,
     ToolCall,
+    TranscriptDeleted,
+    TranscriptEntriesAppended,
+    TranscriptRestored,
     UnknownEvent,
     is_failure_reason,
     tag_of,
@@ -53,6 +56,7 @@ from .projections import (
     evolve,
     history,
     session_info,
+    transcript_entries,
 )
 
 __all__ = [
@@ -86,6 +90,9 @@ __all__ = [
     "SessionResumed",
     "StudyContextSet",
     "ToolCall",
+    "TranscriptDeleted",
+    "TranscriptEntriesAppended",
+    "TranscriptRestored",
     "UnknownEvent",
     "at_version",
     "conversation",
@@ -100,5 +107,6 @@ __all__ = [
     "is_failure_reason",
     "session_info",
     "tag_of",
+    "transcript_entries",
     "upcaster",
 ]

@@ -154,6 +154,51 @@ class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True, frozen=Tru
     message: str = ""
 
 
+class TranscriptEntriesAppended(Event, tag="transcript_entries_appended", kw_only=True, frozen=True):
+    """Entries of the agent's own transcript (claude's JSONL lines, as it wrote them) were kept.
+
+    `project_key`, `agent_session_id` and `subpath` name the transcript the way the Claude
+    Agent SDK's `SessionKey` does (`subpath` is None for the main transcript, e.g.
+    "subagents/agent-1" for a subagent's). `entries` are the JSON objects verbatim, in order.
+    `turn` is the chatledger turn they belong to and `turn_session_id` that turn's chatledger
+    session (0 and None when they were not written during one: an Agent SDK session).
+    `summary` is the SDK's running session summary after these entries (opaque, kept so
+    listing sessions needs no replay), None when it did not change or is not maintained.
+    """
+
+    project_key: str
+    agent_session_id: str
+    subpath: str | None = None
+    entries: tuple[Any, ...] = ()
+    turn: int = 0
+    turn_session_id: str | None = None
+    summary: Any = None
+
+
+class TranscriptDeleted(Event, tag="transcript_deleted", kw_only=True, frozen=True):
+    """The agent transcript under a key was deleted: reads no longer return earlier entries.
+
+    The entries stay in the log (so the hash chains still verify) until redaction removes
+    their content; `reason` says who or what asked for the deletion.
+    """
+
+    project_key: str
+    agent_session_id: str
+    subpath: str | None = None
+    reason: str = ""
+
+
+class TranscriptRestored(Event, tag="transcript_restored", kw_only=True, frozen=True):
+    """Before a turn resumed the agent's own session, its transcript file was written from
+    the ledger (it was missing, or held less than the ledger); `entry_count` entries."""
+
+    turn: int
+    agent_session_id: str
+    project_key: str
+    entry_count: int = 0
+    reason: str = ""
+
+
 class SessionExpired(Event, tag="session_expired", kw_only=True, frozen=True):
     """The session was closed for good after being idle past the expiry age."""
 
@@ -173,6 +218,9 @@ AnyEvent = (
     | RunFailed
     | AgentSessionLost
     | SessionExpired
+    | TranscriptEntriesAppended
+    | TranscriptDeleted
+    | TranscriptRestored
 )
 """The tagged union of every event this release knows."""
 

@@ -26,6 +26,8 @@ from .model import (
     SessionResumed,
     StudyContextSet,
     ToolCall,
+    TranscriptDeleted,
+    TranscriptEntriesAppended,
 )
 
 STATUS_NEW = "new"
@@ -145,6 +147,20 @@ def _expired(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
                     last_active=recorded.recorded_at, status=STATUS_EXPIRED, open_turn=None)
 
 
+def _transcript_appended(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    if event.turn:  # claude's transcript of a chatledger turn: the turn's events already count
+        return _replace(info, version=recorded.version, last_position=recorded.position,
+                        last_active=recorded.recorded_at)
+    messages = sum(1 for entry in event.entries if _entry_role(entry) is not None)
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at,
+                    created_at=info.created_at or recorded.recorded_at,
+                    status=STATUS_IDLE if info.status in (STATUS_NEW, STATUS_EXPIRED)
+                    else info.status,
+                    message_count=info.message_count + messages,
+                    agent_session_id=event.agent_session_id)
+
+
 _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     SessionCreated: _created,
     SessionResumed: _resumed,
@@ -156,6 +172,7 @@ _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     RunFailed: _run_failed,
     AgentSessionLost: _agent_session_lost,
     SessionExpired: _expired,
+    TranscriptEntriesAppended: _transcript_appended,
 }
 
 
@@ -187,9 +204,21 @@ def history(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMess
     """
     messages: list[HistoryMessage] = []
     pending_modifications: dict[int, list[Any]] = {}
+    transcript_start: int | None = None  # where this session's transcript messages begin
+    joined: dict[int, str] = {}  # message index -> API message id (transcript answers)
     for recorded in records:
         event = recorded.event
-        if isinstance(event, SessionCreated):
+        if isinstance(event, TranscriptEntriesAppended):
+            if not event.turn:  # a turn's transcript repeats what its own events say
+                if transcript_start is None:
+                    transcript_start = len(messages)
+                _append_transcript_messages(messages, event.entries, recorded, mode, joined)
+        elif isinstance(event, TranscriptDeleted):
+            if transcript_start is not None:
+                del messages[transcript_start:]  # SDK sessions hold nothing else
+                transcript_start = None
+                joined.clear()
+        elif isinstance(event, SessionCreated):
             mode = event.mode
         elif isinstance(event, ModeSwitched):
             mode = event.to_mode
@@ -232,9 +261,108 @@ def history(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMess
     return messages
 
 
+def _entry_role(entry: Any) -> str | None:
+    """"user" or "assistant" for a transcript entry that is a message, else None."""
+    if isinstance(entry, dict) and entry.get("type") in ("user", "assistant") \
+            and isinstance(entry.get("message"), dict):
+        return str(entry["type"])
+    return None
+
+
+def _append_transcript_messages(
+    messages: list[HistoryMessage], entries: Iterable[Any], recorded: Recorded, mode: str,
+    joined: dict[int, str],
+) -> None:
+    """Add the user and assistant messages among transcript entries to `messages`: text
+    blocks as content, tool_use blocks as tool calls, a user entry of tool results as a
+    "tool" message. claude writes one assistant entry per content block: those of one API
+    message (same message id, remembered in `joined` by index) are joined."""
+    for entry in entries:
+        role = _entry_role(entry)
+        if role is None:
+            continue
+        message = entry["message"]
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else [
+            block for block in content if isinstance(block, dict)
+        ] if isinstance(content, list) else []
+        texts = [block["text"] for block in blocks
+                 if block.get("type") == "text" and isinstance(block.get("text"), str)]
+        calls = tuple(
+            ToolCall(name=str(block.get("name", "")), input=block.get("input"),
+                     tool_use_id=str(block.get("id", "")))
+            for block in blocks if block.get("type") == "tool_use"
+        )
+        results = [block for block in blocks if block.get("type") == "tool_result"]
+        if role == "user" and results and not texts:
+            role = "tool"
+            texts = [_tool_result_text(block) for block in results]
+        if not texts and not calls:
+            continue
+        message_id = message.get("id") if role == "assistant" else None
+        last = len(messages) - 1
+        if isinstance(message_id, str) and joined.get(last) == message_id:
+            previous = messages[last]
+            messages[last] = _replace(
+                previous, content="\n".join(part for part in (previous.content, *texts) if part),
+                tool_calls=previous.tool_calls + calls,
+            )
+            continue
+        messages.append(HistoryMessage(
+            role=role, content="\n".join(texts), timestamp=_entry_time(entry)
+            or recorded.recorded_at, turn=0, tool_calls=calls, mode=mode,
+        ))
+        if isinstance(message_id, str):
+            joined[len(messages) - 1] = message_id
+
+
+def _tool_result_text(block: dict[str, Any]) -> str:
+    inner = block.get("content")
+    if isinstance(inner, str):
+        return inner
+    if isinstance(inner, list):
+        return "\n".join(part["text"] for part in inner
+                         if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def _entry_time(entry: dict[str, Any]) -> datetime | None:
+    stamp = entry.get("timestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def conversation(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMessage]:
     """Only the user and assistant messages (what a prompt's history window draws from)."""
     return [message for message in history(records, mode) if message.role != "error"]
+
+
+def transcript_entries(
+    records: Iterable[Recorded], project_key: str, agent_session_id: str,
+    subpath: str | None = None,
+) -> list[Any] | None:
+    """The agent transcript under one key, entries in order since its last deletion; None if
+    nothing was kept under that key (or all of it was deleted). Records of other keys and
+    other events are ignored."""
+    entries: list[Any] | None = None
+    for recorded in records:
+        event = recorded.event
+        if isinstance(event, (TranscriptEntriesAppended, TranscriptDeleted)) and (
+            event.agent_session_id == agent_session_id and event.project_key == project_key
+            and event.subpath == subpath
+        ):
+            if isinstance(event, TranscriptDeleted):
+                entries = None
+            elif event.entries:
+                if entries is None:
+                    entries = []
+                entries.extend(event.entries)
+    return entries
 
 
 def at_version(records: Iterable[Recorded], version: int) -> list[Recorded]:

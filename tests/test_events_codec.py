@@ -27,6 +27,9 @@ from chatledger.events import (
     SessionResumed,
     StudyContextSet,
     ToolCall,
+    TranscriptDeleted,
+    TranscriptEntriesAppended,
+    TranscriptRestored,
     UnknownEvent,
     decode_event,
     decode_record,
@@ -78,6 +81,16 @@ EVENT_STRATEGIES = {
                          stderr_tail=texts),
     AgentSessionLost: st.builds(AgentSessionLost, turn=turns, agent_session_id=texts),
     SessionExpired: st.builds(SessionExpired, reason=texts, idle_seconds=finite),
+    TranscriptEntriesAppended: st.builds(
+        TranscriptEntriesAppended, project_key=texts, agent_session_id=texts,
+        subpath=st.none() | texts, entries=st.lists(json_values, max_size=4).map(tuple),
+        turn=st.integers(0, 10_000), turn_session_id=st.none() | texts, summary=json_values,
+    ),
+    TranscriptRestored: st.builds(TranscriptRestored, turn=turns, agent_session_id=texts,
+                                  project_key=texts, entry_count=st.integers(0, 10**6),
+                                  reason=texts),
+    TranscriptDeleted: st.builds(TranscriptDeleted, project_key=texts, agent_session_id=texts,
+                                 subpath=st.none() | texts, reason=texts),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 

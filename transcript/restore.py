@@ -1,0 +1,115 @@
+"""Write claude's transcript file from the ledger before a turn resumes claude's session.
+
+`claude --resume <id>` reads `<projects dir>/<project key>/<id>.jsonl`; on another node, in a
+fresh container, after claude's 30-day clean-up, or after a SIGKILL in the flush window the
+file is missing or short. `restore_transcript` compares the file with what the ledger holds
+under the same key and, when the ledger has entries the file lacks, writes the file from the
+ledger (subagent transcripts too), atomically (a temporary file renamed into place) and
+private (0600 in 0700 directories). It returns what it did so the caller can record a
+`TranscriptRestored`; a file that already holds every ledger entry is left alone. It reads
+the ledger and writes files; it starts no processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..sdk_store.keys import TranscriptKey
+from ..sdk_store.store import LedgerSessionStore
+from .mirror import transcript_file
+
+REASON_MISSING = "missing"
+REASON_BEHIND = "behind"
+
+
+class Restored(NamedTuple):
+    """A transcript file written from the ledger: where, how many entries, and why."""
+
+    path: Path
+    entry_count: int
+    reason: str  # REASON_MISSING or REASON_BEHIND
+    subagent_files: int = 0
+
+
+def _on_disk(path: Path) -> list[Any] | None:
+    """The entries of a transcript file (unreadable lines skipped), or None if there is none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    entries = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entries.append(json.loads(line))
+    return entries
+
+
+def _fingerprint(entry: Any) -> str:
+    uuid = entry.get("uuid") if isinstance(entry, dict) else None
+    return f"uuid:{uuid}" if isinstance(uuid, str) else "json:" + json.dumps(entry, sort_keys=True)
+
+
+def _lacks(on_disk: list[Any], kept: list[Any]) -> bool:
+    """Whether the file misses any entry the ledger holds (by uuid, else by content)."""
+    present: dict[str, int] = {}
+    for entry in on_disk:
+        mark = _fingerprint(entry)
+        present[mark] = present.get(mark, 0) + 1
+    for entry in kept:
+        mark = _fingerprint(entry)
+        if present.get(mark, 0) == 0:
+            return True
+        present[mark] -= 1
+    return False
+
+
+def write_transcript(path: Path, entries: list[Any]) -> None:
+    """Write entries as claude's JSONL (`type` first on each line), atomically, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = "".join(
+        json.dumps({"type": entry["type"], **entry} if isinstance(entry, dict) and "type" in entry
+                   else entry, ensure_ascii=False) + "\n"
+        for entry in entries
+    )
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".restore-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def restore_transcript(store: LedgerSessionStore, projects: str | os.PathLike[str],
+                       project_key: str, session_id: str) -> Restored | None:
+    """Write the transcript of claude session `session_id` under `projects` from the ledger if
+    the file is missing or lacks entries the ledger holds; None if nothing needed writing
+    (or the ledger holds no transcript for it)."""
+    key = TranscriptKey(project_key, session_id)
+    kept = store.load_blocking(key._asdict())
+    if not kept:
+        return None
+    path = transcript_file(projects, key)
+    on_disk = _on_disk(path)
+    if on_disk is not None and not _lacks(on_disk, kept):
+        return None
+    write_transcript(path, kept)
+    subagent_files = 0
+    for subpath in store.list_subkeys_blocking(key._asdict()):
+        sub_key = TranscriptKey(project_key, session_id, subpath)
+        sub_entries = store.load_blocking(sub_key._asdict())
+        if sub_entries:
+            write_transcript(transcript_file(projects, sub_key), sub_entries)
+            subagent_files += 1
+    return Restored(path, len(kept), REASON_MISSING if on_disk is None else REASON_BEHIND,
+                    subagent_files)
