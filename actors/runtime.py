@@ -19,7 +19,7 @@ from typing import Any
 
 import pykka
 
-from ..agent import McpConfigFiles
+from ..agent import McpConfigFiles, select_dialect
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
@@ -77,7 +77,8 @@ class Runtime:
             if self._owns_log:
                 self.log.close()
             raise
-        self.mcp_files = McpConfigFiles(Path(config.path) / "mcp")
+        self.mcp_files = McpConfigFiles(Path(config.path) / "mcp", select_dialect(
+            config.agent_dialect, config.agent_command).mcp_config_document)
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)

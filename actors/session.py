@@ -27,14 +27,16 @@ import pykka
 from ..agent import (
     CancelSwitch,
     RunOutcome,
+    RunSpec,
     TextDelta,
     ToolCallCompleted,
-    build_argv,
+    TurnOptions,
     build_prompt,
     canonical_json,
     extract_from_tool_calls,
     extract_modifications,
-    run_agent,
+    run_turn,
+    select_dialect,
 )
 from ..config import Config
 from ..errors import (
@@ -93,7 +95,6 @@ MAX_APPEND_ATTEMPTS = 8
 RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 """What an agent session id must look like to be passed back to the agent with `--resume`
 (it comes from the agent's output, so it must never be able to pose as a flag)."""
-NO_CONVERSATION = "No conversation found with session ID"
 
 
 @dataclass
@@ -492,6 +493,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         config = self.services.config
+        dialect = select_dialect(config.agent_dialect, config.agent_command)
         decided: dict[str, Any] = {}
 
         def decide() -> list[Event]:
@@ -512,15 +514,14 @@ class SessionActor(pykka.ThreadingActor):
                 message=command.text,
                 window=config.history_window,
             )
-            argv = build_argv(
-                config.agent_command,
+            argv = dialect.turn_argv(config.agent_command, TurnOptions(
                 mode=self.info.mode,
                 output_format=config.output_format,
                 allowed_tools=config.allowed_tools,
                 mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
                 include_partial_messages=config.partial_messages,
                 resume_session_id=resume_id,
-            )
+            ))
             decided.update(turn=turn, prompt=prompt, argv=argv)
             events: list[Event] = []
             if attempt == 1:
@@ -568,18 +569,17 @@ class SessionActor(pykka.ThreadingActor):
 
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
-            return run_agent(
-                argv,
-                prompt.text,
+            return run_turn(RunSpec(
+                argv=tuple(argv),
+                prompt=prompt.text,
                 output_format=config.output_format,
                 timeout=config.timeout,
-                env=_agent_environment(config),
+                env_extras=config.agent_env,
                 cwd=config.agent_cwd,
-                on_event=forward,
                 cancel=cancel,
                 max_output_bytes=config.max_output_bytes,
                 kill_grace=config.kill_grace,
-            )
+            ), dialect, forward)
 
         route = self.services.route_completion
 
@@ -619,8 +619,7 @@ class SessionActor(pykka.ThreadingActor):
         started = self.last_run_started
         if started is None or not started.resume_agent_session_id:
             return False
-        text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])
-        return NO_CONVERSATION in text
+        return outcome.agent_session_lost
 
     def _record_outcome(self, message: RunCompleted, sink: TurnSink) -> None:
         outcome = message.outcome
@@ -677,14 +676,6 @@ class SessionActor(pykka.ThreadingActor):
                 "duration": outcome.duration,
             },
         )
-
-
-def _agent_environment(config: Config) -> dict[str, str] | None:
-    """The agent's environment: ours plus the configured extras (never recorded); None
-    when there are none (the runner copies ours: one copy per turn, not two)."""
-    if not config.agent_env:
-        return None
-    return {**os.environ, **config.agent_env}
 
 
 def idle_seconds(info: SessionInfo, now: float | None = None) -> float:

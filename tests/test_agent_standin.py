@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chatledger.agent.standin import (
+from chatledger.testing.standin import (
     BEHAVIOURS,
     choose_behaviour,
     current_message,
@@ -21,7 +21,7 @@ from chatledger.agent.standin import (
     without_markers,
 )
 
-STANDIN = [sys.executable, "-m", "chatledger.agent.standin"]
+STANDIN = [sys.executable, "-m", "chatledger.testing.standin"]
 STREAM = ["--print", "--output-format", "stream-json", "--verbose"]
 LINE_TYPES = {"system", "assistant", "user", "stream_event", "result"}
 
