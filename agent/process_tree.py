@@ -20,33 +20,32 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import reaper
 from .orphan_guard import signal_group
 from .posix_pipes import enlarge_pipe
 
 
 def spawn(
-    argv: Sequence[str], environment: Mapping[Any, Any], cwd: str | None
-) -> subprocess.Popen[bytes]:
-    """Start the agent with three pipes, leading a process group of its own."""
-    options: dict[str, Any] = {}
-    if sys.platform == "win32":
-        options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    argv: Sequence[str], environment: Mapping[Any, Any], cwd: str | None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the agent with three pipes, leading a process group of its own: (the process
+    to follow, the agent's process group). On Linux the process followed is the agent's
+    reaper (see `reaper`), which exits with the agent's status once the whole tree is gone."""
+    pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                             "stderr": subprocess.PIPE, "bufsize": 0}
+    if reaper.AVAILABLE:
+        process, group = reaper.spawn_reaped(argv, environment, cwd, pipes)
     else:
-        options["start_new_session"] = True  # leads its own process group: we can stop it all
-    process = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=environment,
-        cwd=cwd,
-        bufsize=0,
-        **options,
-    )
+        options: dict[str, Any] = {}
+        if sys.platform == "win32":
+            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        else:
+            options["start_new_session"] = True  # leads its own process group
+        process = subprocess.Popen(list(argv), env=environment, cwd=cwd, **pipes, **options)
+        group = process.pid
     if process.stdout is not None:
         enlarge_pipe(process.stdout)
-    return process
-
+    return process, group
 
 
 def signal_name(number: int) -> str:
@@ -61,9 +60,12 @@ def signal_name(number: int) -> str:
 class ProcessTree:
     """The agent process and its group: signals, exit detection, the final kill."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], group: int | None = None) -> None:
+        """`group`: the agent's process group (default: the process leads it)."""
         self.process = process
+        self.group = process.pid if group is None else group
         self.exited = False
+        self.killed_by_signal = False
 
     def has_exited(self) -> bool:
         """Whether the leader exited; on POSIX without reaping it, so its pid and process
@@ -74,6 +76,8 @@ class ProcessTree:
                     status = os.waitid(os.P_PID, self.process.pid,
                                        os.WEXITED | os.WNOHANG | os.WNOWAIT)
                     self.exited = status is not None
+                    self.killed_by_signal = status is not None and status.si_code in (
+                        os.CLD_KILLED, os.CLD_DUMPED)
                 except ChildProcessError:  # reaped already
                     self.exited = True
             else:
@@ -105,13 +109,16 @@ class ProcessTree:
 
     def kill_stragglers(self) -> None:
         """After the leader exited: kill anything left in its group (POSIX; the leader is
-        not reaped yet, so the group id is still ours)."""
-        if sys.platform != "win32":
+        not reaped yet, so the group id is still ours). Under a reaper that exited by itself
+        the tree is gone already (and the agent's group id is no longer held); a reaper that
+        was killed left the agent's group behind."""
+        if sys.platform != "win32" and (self.group == self.process.pid
+                                        or self.killed_by_signal):
             self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, signal_number: int) -> None:
         if sys.platform != "win32":
-            signal_group(self.process.pid, signal_number)
+            signal_group(self.group, signal_number)
 
     def _windows_signal(self, signal_number: int) -> None:
         with contextlib.suppress(OSError):

@@ -98,11 +98,11 @@ def run_turn(
         environment = spawned_environment = agent_environment(
             spec.base_environment, defaults, spec.env_extras)
     try:
-        process = spawn(spec.argv, spawned_environment, spec.cwd)
+        process, group = spawn(spec.argv, spawned_environment, spec.cwd)
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         return _start_failure(error, spec, dialect, environment, started)
-    ORPHAN_GUARD.watch(process.pid)  # the agent leads its own process group
-    return _Run(process, spec, dialect, reader, on_update, started).follow_to_the_end()
+    ORPHAN_GUARD.watch(group)
+    return _Run(process, group, spec, dialect, reader, on_update, started).follow_to_the_end()
 
 
 def run_agent(
@@ -163,15 +163,17 @@ class _Run:
     """One started agent process, followed to its end on the calling thread."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], spec: RunSpec, dialect: AgentDialect,
-        reader: OutputReader, on_update: UpdateCallback | None, started: float,
+        self, process: subprocess.Popen[bytes], group: int, spec: RunSpec,
+        dialect: AgentDialect, reader: OutputReader, on_update: UpdateCallback | None,
+        started: float,
     ) -> None:
         self.process = process
+        self.group = group
         self.spec = spec
         self.dialect = dialect
         self.reader = reader
         self.on_update = on_update
-        self.tree = ProcessTree(process)
+        self.tree = ProcessTree(process, group)
         self.stopper = Stopper(self.tree, spec.kill_grace)
         self.started = started
         self.deadline = started + spec.timeout
@@ -197,7 +199,7 @@ class _Run:
             raise
         finally:
             self.pipes.close()
-            ORPHAN_GUARD.release(self.process.pid)
+            ORPHAN_GUARD.release(self.group)
         return self._outcome(exit_code, stderr_tail)
 
     def _emit(self, updates: Sequence[AgentUpdate]) -> None:
@@ -290,7 +292,7 @@ class _Run:
             FinishedTurn(spec=self.spec, parsed=parsed, exit_code=exit_code,
                          stderr_tail=stderr_tail))
         return _outcome_of(parsed, verdict, exit_code=exit_code, stderr_tail=stderr_tail,
-                           duration=time.monotonic() - self.started, pid=self.process.pid)
+                           duration=time.monotonic() - self.started, pid=self.group)
 
     def _runner_verdict(self, exit_code: int | None, stderr_tail: str) -> Classification | None:
         """What the runner saw itself (a stop, a killed agent), before any dialect asks."""
