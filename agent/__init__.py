@@ -3,8 +3,9 @@ output reader, outcome classification, MCP config shape), private MCP config fil
 subprocess runner (a `RunSpec` in, typed updates out, a `RunOutcome` back), the prompt
 builder and canvas-change extraction. The stand-in agent lives in `chatledger.testing`.
 
-Agent processes are started here only (by the runner, and the orphan guard it starts). It
-imports nothing from `actors/`, `storage/` or the interfaces; it builds on `events/` alone.
+Agent processes are started here only: by the runner, through the per-run reaper on Linux,
+and the orphan guard it starts. It imports nothing from `actors/`, `storage/` or the
+interfaces; it builds on `events/` alone.
 """
 
 from .cancel import CancelSwitch

@@ -4,6 +4,8 @@ noticing the leader's exit without reaping it, and stopping it step by step.
 On POSIX the agent leads a process group of its own (`start_new_session`), so a signal to
 the group reaches everything it started that did not leave the group; on Windows it is a
 CREATE_NEW_PROCESS_GROUP, interrupted with CTRL_BREAK and killed with `taskkill /T /F`.
+On Linux the process followed is the agent's reaper (`reaper`), which holds the descendants
+that leave the group; the group signalled is still the agent's.
 `Stopper` escalates SIGINT -> SIGTERM -> SIGKILL, one step per grace period, driven by the
 run loop's clock. Nothing here reads the agent's output or knows its protocol.
 """

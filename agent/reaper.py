@@ -17,8 +17,8 @@ the backend itself a subreaper would hand it the orphans of every child its host
 polling /proc for descendants misses a double fork that completes between two polls.
 The cost is one small Python process per turn (~10-20 ms of CPU outside the backend).
 
-This file is also the reaper itself (`python -I -S reaper.py STATUS_FD -- ARGV...`), so it
-imports nothing but the standard library.
+This file is also the reaper itself (`python -I -S reaper.py STATUS_FD ARGV_FD`, the agent's
+argv read from ARGV_FD), so it imports nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -52,19 +52,23 @@ def spawn_reaped(
     agent's pid, which leads its process group). Raises what starting `argv` itself raised
     (FileNotFoundError, PermissionError, ...) if the agent could not be started."""
     status_read, status_write = os.pipe()
+    argv_read, argv_write = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(status_write), "--",
-             *argv],
-            env=environment, cwd=cwd, pass_fds=(status_write,), start_new_session=True,
-            **popen_options,
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), str(status_write),
+             str(argv_read)],
+            env=environment, cwd=cwd, pass_fds=(status_write, argv_read),
+            start_new_session=True, **popen_options,
         )
     except BaseException:
         os.close(status_read)
+        os.close(argv_write)
         raise
     finally:
         os.close(status_write)
+        os.close(argv_read)
     try:
+        _write_argv(argv_write, argv)
         line = _read_line(status_read)
     finally:
         os.close(status_read)
@@ -77,6 +81,19 @@ def spawn_reaped(
         if number.isdigit():
             raise OSError(int(number), message.strip() or os.strerror(int(number)))
     raise OSError(f"the agent's reaper did not start it (said {line[:200]!r})")
+
+
+def _write_argv(descriptor: int, argv: Sequence[str]) -> None:
+    """Hand the agent's argv to the reaper (NUL-separated), so its own command line stays
+    short and names no agent: whoever looks for the agent by its command line finds it once."""
+    try:
+        data = memoryview(b"\0".join(os.fsencode(word) for word in argv))
+        while data:
+            data = data[os.write(descriptor, data):]
+    except OSError:
+        pass  # the reaper died: its status line says so
+    finally:
+        os.close(descriptor)
 
 
 def _read_line(descriptor: int) -> str:
@@ -180,9 +197,20 @@ def _exit_like(status: int) -> None:
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
+def _read_argv(descriptor: int) -> list[str]:
+    data = b""
+    while chunk := os.read(descriptor, 65536):
+        data += chunk
+    os.close(descriptor)
+    return [os.fsdecode(word) for word in data.split(b"\0")] if data else []
+
+
 def serve(status: int, argv: list[str]) -> None:
     """The reaper: start the agent, reap until it has exited, kill what it left, exit alike."""
     os.set_inheritable(status, False)  # the agent must not hold it
+    if not argv:
+        os.write(status, b"error 0 no agent command given\n")
+        os._exit(127)
     _become_subreaper()
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)  # the agent's group gets those, not us
@@ -207,4 +235,4 @@ def serve(status: int, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[3:])
+    serve(int(sys.argv[1]), _read_argv(int(sys.argv[2])))
