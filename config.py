@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -25,7 +25,6 @@ DEFAULT_ALLOWED_TOOLS = (
     "Bash(python:*)",
     "mcp__atomizer-tools__*",
 )
-OUTPUT_FORMATS = ("stream-json", "text")
 HISTORY_STRATEGIES = ("prompt", "resume")
 
 
@@ -41,6 +40,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
 
     path: str = ""
     agent_command: tuple[str, ...] = ("claude",)
+    agent_dialect: str = ""
     output_format: str = "stream-json"
     timeout: float = 300.0
     max_runs: int = 4
@@ -66,6 +66,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
 ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_PATH": "path",
     "CHATLEDGER_AGENT_COMMAND": "agent_command",
+    "CHATLEDGER_AGENT_DIALECT": "agent_dialect",
     "CHATLEDGER_OUTPUT_FORMAT": "output_format",
     "CHATLEDGER_TIMEOUT": "timeout",
     "CHATLEDGER_MAX_RUNS": "max_runs",
@@ -186,13 +187,20 @@ def load_config(
 def _check(config: Config, origin: dict[str, str]) -> None:
     """Range and choice checks msgspec's types cannot express."""
 
-    def fail(setting: str, problem: str) -> None:
+    def fail(setting: str, problem: str) -> NoReturn:
         raise ConfigError(f"{_source(setting, origin)}: {problem}")
 
     if not config.agent_command:
         fail("agent_command", "must name a command")
-    if config.output_format not in OUTPUT_FORMATS:
-        fail("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
+    from .agent.dialects import dialect_names, select_dialect
+
+    try:
+        dialect = select_dialect(config.agent_dialect, config.agent_command)
+    except ValueError:
+        fail("agent_dialect", f"must be one of {', '.join(dialect_names())}, or empty to "
+             "infer it from the agent command")
+    if config.output_format not in dialect.output_formats:
+        fail("output_format", f"must be one of {', '.join(dialect.output_formats)}")
     if config.history_strategy not in HISTORY_STRATEGIES:
         fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
     for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):

@@ -2,7 +2,7 @@
 
 It exercises what a backend does in a day (a plain answer, a tool call, canvas changes, a
 mode switch) offline and for free, so `chatledger demo` shows the whole system on a fresh
-install. The stand-in agent ships with the package (`python -m chatledger.agent.standin`).
+install. The stand-in agent ships with the package (`python -m chatledger.testing.standin`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from .config import load_config
 from .ledger import Ledger, TurnOutcome
 
-STANDIN_COMMAND = (sys.executable, "-m", "chatledger.agent.standin")
+STANDIN_COMMAND = (sys.executable, "-m", "chatledger.testing.standin")
 DEMO_STUDY = "beam-optimisation"
 DEMO_CANVAS = {"nodes": [{"id": "objective", "type": "objective", "label": "mass"}], "edges": []}
 

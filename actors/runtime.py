@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from ..agent import McpConfigFiles
+from ..agent import McpConfigFiles, select_dialect
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
@@ -90,7 +90,9 @@ class Runtime:
             if self._owns_log:
                 self.log.close()
             raise
-        self.mcp_files = McpConfigFiles(_mcp_directory(config.path))
+        self.dialect = select_dialect(config.agent_dialect, config.agent_command)
+        self.mcp_files = McpConfigFiles(_mcp_directory(config.path),
+                                        self.dialect.mcp_config_document)
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
@@ -100,6 +102,7 @@ class Runtime:
         self._closed = False
         services = SessionServices(
             config=config,
+            dialect=self.dialect,
             log=self.log,
             pool=self.pool,
             route_completion=self._route_completion,

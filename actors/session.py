@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pykka
 
-from ..agent import AgentEvent, CancelSwitch, RunOutcome, run_agent
+from ..agent import AgentDialect, AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
 from ..config import Config
 from ..errors import (
     ConcurrencyError,
@@ -86,6 +86,7 @@ class SessionServices:
     """What every session actor of a runtime shares: config, log, pool, MCP files, routing."""
 
     config: Config
+    dialect: AgentDialect
     log: EventStore
     pool: RunPool
     route_completion: Callable[[RunCompleted], None]
@@ -381,6 +382,7 @@ class SessionActor(pykka.ThreadingActor):
                 text=command.text,
                 canvas_state=command.canvas_state,
                 config=self.services.config,
+                dialect=self.services.dialect,
                 mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
                 attempt=attempt,
                 resume=resume,
@@ -397,24 +399,23 @@ class SessionActor(pykka.ThreadingActor):
         stream = TurnStream(stream_deltas=command.stream_deltas)
         config = self.services.config
 
-        def forward(event: AgentEvent) -> None:
+        def forward(event: AgentUpdate) -> None:
             """Stream one agent event to the caller. Runs on the pool thread."""
             emit_all(command.sink, stream.updates_for(event))
 
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
-            return run_agent(
-                plan.argv,
-                plan.prompt.text,
+            return run_turn(RunSpec(
+                argv=tuple(plan.argv),
+                prompt=plan.prompt.text,
                 output_format=config.output_format,
                 timeout=config.timeout,
-                env=_agent_environment(config),
+                env_extras=config.agent_env,
                 cwd=config.agent_cwd,
-                on_event=forward,
                 cancel=cancel,
                 max_output_bytes=config.max_output_bytes,
                 kill_grace=config.kill_grace,
-            )
+            ), self.services.dialect, forward)
 
         route = self.services.route_completion
 
@@ -458,11 +459,4 @@ class SessionActor(pykka.ThreadingActor):
                      turn_failed(f"could not record the answer: {error}", "ledger_error", turn))
         self._start_next_turn()
 
-
-def _agent_environment(config: Config) -> dict[str, str] | None:
-    """The agent's environment: ours plus the configured extras (never recorded); None
-    when there are none (the runner copies ours: one copy per turn, not two)."""
-    if not config.agent_env:
-        return None
-    return {**os.environ, **config.agent_env}
 

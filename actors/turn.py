@@ -19,12 +19,13 @@ from typing import Any
 import msgspec
 
 from ..agent import (
-    AgentEvent,
+    AgentDialect,
+    AgentUpdate,
     Prompt,
     RunOutcome,
     TextDelta,
     ToolCallCompleted,
-    build_argv,
+    TurnOptions,
     build_prompt,
     canonical_json,
     extract_from_tool_calls,
@@ -59,8 +60,6 @@ logger = logging.getLogger(__name__)
 RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 """What an agent session id must look like to be passed back to the agent with `--resume`
 (it comes from the agent's output, so it must never be able to pose as a flag)."""
-NO_CONVERSATION = "No conversation found with session ID"
-"""What claude says when the session it was asked to resume is gone."""
 
 
 # -- starting a turn ------------------------------------------------------------------------
@@ -94,6 +93,7 @@ def plan_turn(
     text: str,
     canvas_state: Any,
     config: Config,
+    dialect: AgentDialect,
     mcp_config_path: str | None,
     attempt: int,
     resume: bool | None,
@@ -113,15 +113,14 @@ def plan_turn(
         message=text,
         window=config.history_window,
     )
-    argv = build_argv(
-        config.agent_command,
+    argv = dialect.turn_argv(config.agent_command, TurnOptions(
         mode=info.mode,
         output_format=config.output_format,
         allowed_tools=config.allowed_tools,
         mcp_config_path=mcp_config_path,
         include_partial_messages=config.partial_messages,
         resume_session_id=resume_id,
-    )
+    ))
     events: list[Event] = []
     if attempt == 1:
         events.append(MessageSent(turn=turn, text=text, canvas_state=canvas_state))
@@ -153,7 +152,7 @@ class TurnStream:
         self._seen: set[bytes] = set()
         self._modifications: list[Any] = []
 
-    def updates_for(self, event: AgentEvent) -> list[AnyTurnUpdate]:
+    def updates_for(self, event: AgentUpdate) -> list[AnyTurnUpdate]:
         """The updates one agent event gives the caller (often none)."""
         if isinstance(event, TextDelta):
             if self.stream_deltas and event.text:
@@ -200,8 +199,7 @@ def resumed_session_was_lost(outcome: RunOutcome, started: RunStarted | None) ->
     """Whether a failed run had resumed an agent session that the agent no longer has."""
     if outcome.ok or started is None or not started.resume_agent_session_id:
         return False
-    text = " ".join([outcome.message or "", outcome.text or "", outcome.stderr_tail or ""])
-    return NO_CONVERSATION in text
+    return outcome.agent_session_lost
 
 
 def failure_reason(outcome: RunOutcome) -> FailureReason:

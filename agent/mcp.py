@@ -1,4 +1,5 @@
-"""Private MCP config files for the agent: one `{"mcpServers": {...}}` file per session and mode.
+"""Private MCP config files for the agent: one file per session and mode, in the shape the
+agent's dialect gives it (claude's is `{"mcpServers": {...}}`).
 
 The files hold server commands and environments (often secrets), so they live in a private
 directory (0700) as files with mode 0600, created exclusively (O_CREAT | O_EXCL) and renamed
@@ -17,11 +18,12 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import ChatledgerError
+from .dialects.claude import claude_mcp_config_document
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
@@ -104,8 +106,14 @@ def _session_key(session_id: str) -> str:
 class McpConfigFiles:
     """Writes and removes the agent's MCP config files in one private directory. Thread-safe."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str],
+        document: Callable[[Mapping[str, Any]], dict[str, Any]] = claude_mcp_config_document,
+    ) -> None:
+        """`document` turns validated servers into the file's content (the dialect's
+        `mcp_config_document`; claude's by default)."""
         self.directory = Path(directory)
+        self._document = document
         self._lock = threading.Lock()
 
     def _ensure_directory(self) -> None:
@@ -131,7 +139,7 @@ class McpConfigFiles:
         """The config file for this session and mode, written (0600) if missing or changed."""
         if not isinstance(mode, str) or not mode.isalnum():
             raise McpConfigError(f"mode must be a plain word, not {mode!r}")
-        document = json.dumps({"mcpServers": validate_servers(servers)}, indent=2, sort_keys=True)
+        document = json.dumps(self._document(validate_servers(servers)), indent=2, sort_keys=True)
         content = (document + "\n").encode("utf-8")
         path = self.directory / f"{_session_key(session_id)}.{mode}.{os.getpid()}.json"
         with self._lock:

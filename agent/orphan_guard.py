@@ -9,6 +9,8 @@ So the first agent run of a process starts a guard: a small process holding the 
 a pipe. Each agent's process group is announced to it when the agent starts and withdrawn
 when the run has ended. End of file on the pipe means the backend is gone, however it died;
 the guard then stops every group still announced: SIGTERM, then SIGKILL after a grace period.
+It holds nothing else: its stdout and stderr are /dev/null and it closes every other
+descriptor it inherited (the backend's ledger files among them) before it reads a line.
 
 This file is also the guard itself (`python -I -S orphan_guard.py`, reading the announcements
 on stdin), so it imports nothing but the standard library.
@@ -80,8 +82,10 @@ class OrphanGuard:
                 dict(os.environ),
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, read_end, 0),
-                    # Not the backend's stdout: a reader of it waits for everyone holding it.
+                    # Not the backend's stdout or stderr: a reader of either waits for
+                    # everyone holding it. The guard closes whatever else it inherited.
                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
                 ],
                 setsid=True,  # a Ctrl-C or hang-up aimed at the backend must not stop it
             )
@@ -150,6 +154,21 @@ def signal_group(group: int, signal_number: int) -> bool:
     return True
 
 
+def close_inherited_descriptors() -> None:
+    """Close every descriptor but 0, 1 and 2: the guard must hold none of its backend's files
+    (an open ledger file would keep a deleted ledger's space in use as long as it lives)."""
+    os.closerange(3, _descriptor_limit())
+
+
+def _descriptor_limit() -> int:
+    try:
+        limit = os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        limit = -1
+    return limit if limit > 0 else 65536
+
+
 if __name__ == "__main__":
+    close_inherited_descriptors()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin.buffer)

@@ -1,4 +1,4 @@
-"""Claude Code's stream-json output, turned into typed agent events and one final result.
+"""Claude Code's stream-json output, turned into typed agent updates and one final result.
 
 `StreamJsonParser` is fed one stdout line at a time (as bytes, without a length limit) and
 answers with the events that line completes: text deltas, tool calls (each tool_use joined
@@ -19,6 +19,15 @@ from typing import Any
 import msgspec
 
 from ..events import ToolCall
+from .run_types import (
+    AgentInit,
+    AgentResult,
+    AgentUpdate,
+    ApiRetried,
+    ParsedResult,
+    TextDelta,
+    ToolCallCompleted,
+)
 
 MAX_DIAGNOSTICS = 20
 """How many diagnostics a parser keeps (the counts go on past it)."""
@@ -56,80 +65,6 @@ class _StreamEventLine(msgspec.Struct):
 
 
 _stream_event_decoder = msgspec.json.Decoder(_StreamEventLine)
-
-
-class TextDelta(msgspec.Struct, frozen=True, kw_only=True, tag="text_delta"):
-    """A piece of the agent's answer text, as it arrives."""
-
-    text: str
-
-
-class ToolCallCompleted(msgspec.Struct, frozen=True, kw_only=True, tag="tool_call_completed"):
-    """A tool call whose result arrived (or that never got one, at the end of the run)."""
-
-    tool_call: ToolCall
-
-
-class AgentInit(msgspec.Struct, frozen=True, kw_only=True, tag="agent_init"):
-    """The agent started: its own session id, model, tools and MCP servers."""
-
-    session_id: str | None = None
-    model: str | None = None
-    tools: tuple[str, ...] = ()
-    mcp_servers: tuple[dict[str, Any], ...] = ()
-    permission_mode: str | None = None
-    cwd: str | None = None
-    version: str | None = None
-
-
-class ApiRetried(msgspec.Struct, frozen=True, kw_only=True, tag="api_retried"):
-    """The agent is retrying a failed API request (a `system/api_retry` line)."""
-
-    attempt: int | None = None
-    max_retries: int | None = None
-    retry_delay_ms: float | None = None
-    error_status: int | None = None
-    error: str | None = None
-
-
-class AgentResult(msgspec.Struct, frozen=True, kw_only=True, tag="agent_result"):
-    """The agent's final `result` line: its text, whether it failed, cost and usage."""
-
-    text: str = ""
-    is_error: bool = False
-    subtype: str | None = None
-    errors: tuple[str, ...] = ()
-    api_error_status: int | None = None
-    cost_usd: float | None = None
-    usage: dict[str, Any] | None = None
-    session_id: str | None = None
-    num_turns: int | None = None
-    duration_ms: float | None = None
-
-
-AgentEvent = TextDelta | ToolCallCompleted | AgentInit | ApiRetried | AgentResult
-"""Everything a run reports while it goes on."""
-
-
-class ParsedResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What a whole stream-json run amounted to."""
-
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    is_error: bool = False
-    errors: tuple[str, ...] = ()
-    api_error_status: int | None = None
-    cost_usd: float | None = None
-    usage: dict[str, Any] | None = None
-    agent_session_id: str | None = None
-    num_turns: int | None = None
-    duration_ms: float | None = None
-    subtype: str | None = None
-    model: str | None = None
-    saw_result: bool = False
-    garbage_lines: int = 0
-    unknown_lines: int = 0
-    diagnostics: tuple[str, ...] = ()
 
 
 class _PendingToolUse(msgspec.Struct, kw_only=True):
@@ -237,7 +172,7 @@ class StreamJsonParser:
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def feed_line(self, line: bytes) -> list[AgentEvent]:
+    def feed_line(self, line: bytes) -> list[AgentUpdate]:
         """The events one stdout line completes; never raises on what the agent printed."""
         self._line_number += 1
         stripped = line.strip()
@@ -277,7 +212,7 @@ class StreamJsonParser:
                           stripped)
             return []
 
-    def _dispatch(self, kind: str, message: dict[str, Any]) -> list[AgentEvent]:
+    def _dispatch(self, kind: str, message: dict[str, Any]) -> list[AgentUpdate]:
         if kind == "system":
             return self._on_system(message)
         if kind == "assistant":
@@ -288,7 +223,7 @@ class StreamJsonParser:
             return self._on_stream_event(message)
         return self._on_result(message)
 
-    def _on_system(self, message: dict[str, Any]) -> list[AgentEvent]:
+    def _on_system(self, message: dict[str, Any]) -> list[AgentUpdate]:
         subtype = message.get("subtype")
         if subtype == "init":
             tools = message.get("tools")
@@ -321,7 +256,7 @@ class StreamJsonParser:
             ]
         return []  # other system lines (hooks, compaction, status) carry nothing we record
 
-    def _on_assistant(self, message: dict[str, Any]) -> list[AgentEvent]:
+    def _on_assistant(self, message: dict[str, Any]) -> list[AgentUpdate]:
         body = message.get("message")
         if not isinstance(body, dict):
             self._note(f"line {self._line_number}: assistant line without a message object")
@@ -336,7 +271,7 @@ class StreamJsonParser:
             if isinstance(message_id, str)
             else self._saw_anonymous_stream or bool(self._streamed_message_ids)
         )
-        events: list[AgentEvent] = []
+        events: list[AgentUpdate] = []
         for block in content:
             if not isinstance(block, dict):
                 continue
@@ -366,12 +301,12 @@ class StreamJsonParser:
         self._tool_uses[tool_use_id] = pending
         self._tool_order.append(pending)
 
-    def _on_user(self, message: dict[str, Any]) -> list[AgentEvent]:
+    def _on_user(self, message: dict[str, Any]) -> list[AgentUpdate]:
         body = message.get("message")
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, list):
             return []
-        events: list[AgentEvent] = []
+        events: list[AgentUpdate] = []
         for block in content:
             if not isinstance(block, dict) or block.get("type") not in (
                 "tool_result", "mcp_tool_result", "web_search_tool_result"
@@ -395,7 +330,7 @@ class StreamJsonParser:
             events.append(ToolCallCompleted(tool_call=pending.call))
         return events
 
-    def _on_stream_event(self, message: dict[str, Any]) -> list[AgentEvent]:
+    def _on_stream_event(self, message: dict[str, Any]) -> list[AgentUpdate]:
         event = message.get("event")
         if not isinstance(event, dict):
             return []
@@ -411,7 +346,7 @@ class StreamJsonParser:
     def _stream_event(
         self, parent_tool_use_id: Any, event_type: Any, started_id: Any, delta_type: Any,
         text: Any,
-    ) -> list[AgentEvent]:
+    ) -> list[AgentUpdate]:
         """A stream_event line, from the fields the parser reads (a text delta, or none)."""
         if parent_tool_use_id is not None:
             return []
@@ -428,7 +363,7 @@ class StreamJsonParser:
             self._saw_anonymous_stream = True
         return [TextDelta(text=text)]
 
-    def _on_result(self, message: dict[str, Any]) -> list[AgentEvent]:
+    def _on_result(self, message: dict[str, Any]) -> list[AgentUpdate]:
         raw_errors = message.get("errors")
         errors: tuple[str, ...] = ()
         if isinstance(raw_errors, list):

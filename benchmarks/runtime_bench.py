@@ -20,7 +20,7 @@ from chatledger.storage import EventLog
 
 from .common import Figure, percentile
 
-STANDIN = (sys.executable, "-m", "chatledger.agent.standin")
+STANDIN = (sys.executable, "-m", "chatledger.testing.standin")
 
 
 def open_ledger(path: str, log: EventLog | None = None, **settings: Any) -> Ledger:

@@ -48,7 +48,7 @@ def standin_pids(marker: str) -> list[int]:
                 cmdline = handle.read()
         except OSError:
             continue
-        if (b"chatledger.agent.standin" in cmdline and marker.encode() in environ
+        if (b".standin" in cmdline and marker.encode() in environ
                 and pid_alive(int(entry))):
             pids.append(int(entry))
     return pids

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from chatledger.agent import MESSAGE_HEADER, TEMPLATE_VERSION, build_prompt
-from chatledger.agent.standin import current_message
 from chatledger.events import HistoryMessage
+from chatledger.testing.standin import current_message
 
 WHEN = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

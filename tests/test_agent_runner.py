@@ -26,14 +26,14 @@ from chatledger.agent import (
     RunOutcome,
     TextDelta,
     ToolCallCompleted,
-    agent_environment,
     build_argv,
     extract_modifications,
     human_duration,
+    pipes,
     run_agent,
     runner,
 )
-from chatledger.agent.runner import _LineSplitter
+from chatledger.agent.output_readers import LineSplitter
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -211,9 +211,6 @@ def test_the_child_environment_bounds_claude_retries(tmp_path: Path) -> None:
     assert outcome.ok, outcome
     assert json.loads(outcome.text) == {"CLAUDE_CODE_MAX_RETRIES": "2", "API_TIMEOUT_MS": "7500",
                                         "MINE": "x"}
-    kept = agent_environment({"CLAUDE_CODE_MAX_RETRIES": "5", "API_TIMEOUT_MS": "1"}, 300)
-    assert kept["CLAUDE_CODE_MAX_RETRIES"] == "5" and kept["API_TIMEOUT_MS"] == "1"
-    assert agent_environment({}, 3600)["API_TIMEOUT_MS"] == "600000"
 
 
 def test_an_agent_inheriting_our_environment_sees_every_change_to_it(
@@ -403,7 +400,7 @@ def test_a_run_starts_no_threads() -> None:
 def test_the_thread_based_pipes_used_where_selectors_cannot_wait_on_pipes_still_work(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(runner, "PIPES_SELECTABLE", False)
+    monkeypatch.setattr(pipes, "PIPES_SELECTABLE", False)
     before = threading.active_count()
     during: list[int] = []
     assert run("hello", on_event=lambda e: during.append(threading.active_count())).ok
@@ -569,7 +566,7 @@ def test_the_line_splitter_handles_any_chunking() -> None:
     lines = [b"a" * random.randint(0, 300_000) for _ in range(8)] + [b"", b"{}", b"x\r"]
     data = b"\n".join(lines) + b"\ntail-without-newline"
     for _ in range(5):
-        splitter = _LineSplitter()
+        splitter = LineSplitter()
         got: list[bytes] = []
         position = 0
         while position < len(data):

@@ -6,13 +6,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from testkit import STANDIN
 
-from chatledger.agent.standin import (
+from chatledger.agent import STANDIN as STANDIN_DIALECT
+from chatledger.agent import McpConfigFiles, TurnOptions
+from chatledger.testing.standin import (
     BEHAVIOURS,
     choose_behaviour,
     current_message,
@@ -67,6 +70,37 @@ def test_claude_flags_are_understood_and_unknown_ones_ignored() -> None:
     assert options.allowed_tools == ["Read", "Bash(git log:*)", "mcp__a__*"]
     assert options.model == "opus" and options.fork_session and not options.skip_permissions
     assert split_tool_rules("A,B  C(x y, z)") == ["A", "B", "C(x y, z)"]
+
+
+def test_the_standin_reads_the_argv_of_its_dialect_in_flag_equals_value_form() -> None:
+    argv = STANDIN_DIALECT.turn_argv(STANDIN, TurnOptions(
+        mode="user", allowed_tools=("Read", "Bash(git log:*)"), mcp_config_path="/m.json",
+        include_partial_messages=True, resume_session_id="r-1"))
+    options = parse_options(argv[len(STANDIN):])
+    assert options.mcp_config == "/m.json" and options.resume == "r-1"
+    assert options.allowed_tools == ["Read", "Bash(git log:*)"] and options.partial_messages
+
+
+def test_only_the_configured_mcp_servers_are_loaded_with_strict_mcp_config(
+    tmp_path: Path,
+) -> None:
+    files = McpConfigFiles(tmp_path / "mcp", STANDIN_DIALECT.mcp_config_document)
+    path = files.path_for("s", "power", {"only-this": {"command": "true"}})
+    argv = STANDIN_DIALECT.turn_argv(STANDIN, TurnOptions(mode="power", mcp_config_path=path))
+    assert "--strict-mcp-config" in argv
+    done = subprocess.run(argv, input=b"## Message\nhi", capture_output=True, timeout=20,
+                          check=False)
+    init = lines(done.stdout)[0]
+    assert done.returncode == 0, done.stderr
+    assert init["mcp_servers"] == [{"name": "only-this", "status": "connected"}]
+
+
+def test_the_old_module_name_still_runs_the_standin() -> None:
+    done = subprocess.run([sys.executable, "-m", "chatledger.agent.standin", *STREAM],
+                          input=b"## Message\nstill here", capture_output=True, timeout=20,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert lines(done.stdout)[-1]["result"] == "echo: still here"
 
 
 @pytest.mark.parametrize("behaviour", ["echo", "canvas", "tool", "error", "prompt", "slow 0.1"])

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from chatledger.agent import (
     AgentInit,
     AgentResult,
+    AgentUpdate,
     ApiRetried,
     StreamJsonParser,
     TextDelta,
     ToolCallCompleted,
 )
+from chatledger.agent.stream_json import MAX_DIAGNOSTICS
 
 
 def line(message: dict[str, Any]) -> bytes:
@@ -233,10 +235,18 @@ def test_unicode_passes_through_raw() -> None:
     ).map(lambda value: json.dumps(value).encode()),
 ), max_size=20))
 def test_no_input_makes_the_parser_raise(lines: list[bytes]) -> None:
+    # Whatever arrives, every line is either understood (typed updates only), counted as
+    # garbage or unknown, or ignored; and the folded result accounts for every line.
     parser = StreamJsonParser()
+    updates = []
     for raw in lines:
-        parser.feed_line(raw)
-    parser.finish()
+        updates += parser.feed_line(raw)
+    parsed = parser.finish()
+    assert all(isinstance(update, AgentUpdate) for update in updates)  # type: ignore[misc,arg-type]
+    assert parsed.garbage_lines + parsed.unknown_lines <= len(lines)
+    assert len(parsed.diagnostics) <= MAX_DIAGNOSTICS
+    assert parser.finish() is parsed  # folding twice gives the same result
+    assert parsed.saw_result == any(isinstance(u, AgentResult) for u in updates)
 
 
 def test_lines_node_prints_but_msgspec_refuses_are_still_read() -> None:

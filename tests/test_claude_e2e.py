@@ -174,7 +174,8 @@ def test_prompt_history_sends_earlier_turns_in_the_prompt(
         assert first.ok and second.ok, (first, second)
         events = events_of(ledger, session_id)
     assert [e.history_strategy for e in events if isinstance(e, RunStarted)] == ["prompt"] * 2
-    assert all("--resume" not in e.argv for e in events if isinstance(e, RunStarted))
+    assert not any(word.startswith("--resume") for e in events if isinstance(e, RunStarted)
+               for word in e.argv)
     first_call, second_call = claude.fake.model_calls()
     prompt = prompt_of(second_call)
     assert "## Conversation so far\nuser: My name is Ada.\n\nassistant: Noted, your name is Ada." \
@@ -263,7 +264,9 @@ def test_an_mcp_tool_call_and_a_text_modification_are_recorded_and_streamed(
 
     # The MCP config file lived in the ledger's private directory, 0600, and is gone now.
     started = only(events, RunStarted)
-    config_path = Path(started.argv[started.argv.index("--mcp-config") + 1])
+    config_path = Path(next(word.split("=", 1)[1] for word in started.argv
+                            if word.startswith("--mcp-config=")))
+    assert "--strict-mcp-config" in started.argv
     assert config_path.parent == tmp_path / "ledger" / "mcp"
     assert not config_path.exists()
 
@@ -330,9 +333,9 @@ def test_user_mode_denies_a_tool_outside_the_allow_list_and_power_mode_runs_it(
         [call] = allowed.tool_calls
         assert call["name"] == "Bash" and not call.get("is_error") and marker.exists()
         runs = [e for e in events_of(ledger, session_id) if isinstance(e, RunStarted)]
-    assert "--allowedTools" in runs[0].argv
+    assert any(word.startswith("--allowedTools=") for word in runs[0].argv)
     assert "--dangerously-skip-permissions" in runs[1].argv
-    assert "--allowedTools" not in runs[1].argv
+    assert not any(word.startswith("--allowedTools") for word in runs[1].argv)
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -506,7 +509,7 @@ def test_resume_strategy_lets_claude_carry_the_conversation(
     assert agent_session is not None
     assert runs[0].history_strategy == "prompt" and runs[0].resume_agent_session_id is None
     assert runs[1].history_strategy == "resume" and runs[1].resume_agent_session_id == agent_session
-    assert runs[1].argv[-2:] == ("--resume", agent_session)
+    assert runs[1].argv[-1] == f"--resume={agent_session}"
     assert answers[1].agent_session_id == agent_session  # claude continues the same session
     assert info is not None and info.agent_session_id == agent_session
 
@@ -541,7 +544,7 @@ def test_a_lost_agent_session_falls_back_to_prompt_history_and_says_so(
     assert (attempt_1.turn, attempt_1.attempt, attempt_1.history_strategy) == (2, 1, "resume")
     assert attempt_1.resume_agent_session_id == lost
     assert (attempt_2.turn, attempt_2.attempt, attempt_2.history_strategy) == (2, 2, "prompt")
-    assert "--resume" not in attempt_2.argv
+    assert not any(word.startswith("--resume") for word in attempt_2.argv)
     session_lost = only(events, AgentSessionLost)
     assert session_lost.turn == 2 and session_lost.agent_session_id == lost
     assert "No conversation found with session ID" in session_lost.message

@@ -6,6 +6,7 @@ The end-to-end case (a backend killed with SIGKILL mid-run, its silent agent sto
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -130,3 +131,35 @@ def test_a_forked_child_leaves_the_parents_guard_alone() -> None:
     finally:
         guard._close()
         os.waitpid(parent_guard, 0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/PID/fd")
+def test_the_guard_holds_no_descriptor_but_its_pipe_and_dev_null(tmp_path: object) -> None:
+    held = os.open(os.path.join(str(tmp_path), "data.mdb"), os.O_RDWR | os.O_CREAT)
+    os.set_inheritable(held, True)  # as LMDB's descriptors are: spawned children inherit them
+    guard = OrphanGuard()
+    try:
+        guard.release(4_999_999)  # starts the guard process
+        guard_pid = guard._guard_pid
+        assert guard_pid is not None
+
+        def targets() -> set[str]:
+            names = set()
+            for fd in os.listdir(f"/proc/{guard_pid}/fd"):
+                with contextlib.suppress(OSError):
+                    names.add(os.readlink(f"/proc/{guard_pid}/fd/{fd}"))
+            return names
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any("data.mdb" in t for t in targets()):
+            time.sleep(0.02)  # polling a condition: the guard closes them as it starts
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{guard_pid}/fd"))
+        assert fds == [0, 1, 2], targets()
+        assert os.readlink(f"/proc/{guard_pid}/fd/0").startswith("pipe:")
+        assert {os.readlink(f"/proc/{guard_pid}/fd/{fd}") for fd in (1, 2)} == {os.devnull}
+    finally:
+        os.close(held)
+        guard_pid = guard._guard_pid
+        guard._close()
+        if guard_pid is not None:
+            os.waitpid(guard_pid, 0)

@@ -13,7 +13,6 @@ import pytest
 
 from chatledger.actors.expiry import expiry_due
 from chatledger.actors.turn import (
-    NO_CONVERSATION,
     RecordOutcome,
     RetryWithPromptHistory,
     TurnStream,
@@ -30,7 +29,15 @@ from chatledger.actors.updates import (
     TurnDone,
     turn_failed,
 )
-from chatledger.agent import RunOutcome, TextDelta, ToolCallCompleted, build_argv, build_prompt
+from chatledger.agent import (
+    CLAUDE,
+    RunOutcome,
+    TextDelta,
+    ToolCallCompleted,
+    build_argv,
+    build_prompt,
+)
+from chatledger.agent.dialects.claude import NO_CONVERSATION
 from chatledger.config import Config
 from chatledger.errors import InvalidEventError
 from chatledger.events import (
@@ -69,7 +76,7 @@ def recent(*texts: str) -> list[HistoryMessage]:
 def plan(**overrides: Any) -> Any:
     arguments: dict[str, Any] = dict(
         info=info(turn_count=2), recent=recent("q1", "a1", "q2", "a2"), text="hello",
-        canvas_state={"nodes": []}, config=CONFIG, mcp_config_path=None, attempt=1,
+        canvas_state={"nodes": []}, config=CONFIG, dialect=CLAUDE, mcp_config_path=None, attempt=1,
         resume=None, host="box", pid=42,
     )
     arguments.update(overrides)
@@ -134,7 +141,7 @@ def test_a_resumed_turn_sends_no_history_and_says_what_it_resumed() -> None:
     assert isinstance(started, RunStarted)
     assert started.history_strategy == "resume" and started.resume_agent_session_id == "abc-123"
     assert "q1" not in planned.prompt.text and "hello" in planned.prompt.text
-    assert "--resume" in planned.argv
+    assert "--resume=abc-123" in planned.argv
 
 
 # -- while the agent runs -------------------------------------------------------------------
@@ -200,7 +207,8 @@ def test_a_failure_without_a_listed_reason_is_recorded_truthfully() -> None:
 def test_a_lost_resumed_agent_session_means_retry_with_prompt_history() -> None:
     resumed = RunStarted(turn=2, resume_agent_session_id="gone-1", history_strategy="resume")
     lost = RunOutcome(ok=False, failure_reason="exit_status",
-                      message=f"CLI error: {NO_CONVERSATION} gone-1", exit_code=1)
+                      message=f"CLI error: {NO_CONVERSATION} gone-1", exit_code=1,
+                      agent_session_lost=True)
     decision = finish_run(turn=2, outcome=lost, started=resumed, agent_session_id="gone-1")
     assert decision == RetryWithPromptHistory(
         AgentSessionLost(turn=2, agent_session_id="gone-1", message=lost.message)

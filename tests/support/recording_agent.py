@@ -2,8 +2,8 @@
 
 It writes one JSON file per run into $CHATLEDGER_TEST_RUN_RECORD: the exact command line the
 kernel started (`/proc/self/cmdline`), whether ANTHROPIC_API_KEY reached it, and, when it got
-`--mcp-config FILE`, that file's mode, its directory's mode and its servers. Then it runs
-`chatledger.agent.standin` in this same process, so it answers like the stand-in. Linux only.
+`--mcp-config=FILE`, that file's mode, its directory's mode and its servers. Then it runs
+`chatledger.testing.standin` in this same process, so it answers like the stand-in. Linux only.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from typing import Any
 
 def mcp_details(argv: list[str]) -> dict[str, Any] | None:
     """Mode, directory mode and servers of the MCP config file named in argv, if any."""
-    if "--mcp-config" not in argv:
+    inline = [word.split("=", 1)[1] for word in argv if word.startswith("--mcp-config=")]
+    if inline:
+        path = inline[0]
+    elif "--mcp-config" in argv:
+        path = argv[argv.index("--mcp-config") + 1]
+    else:
         return None
-    path = argv[argv.index("--mcp-config") + 1]
     with open(path, encoding="utf-8") as handle:
         servers = json.load(handle)["mcpServers"]
     return {
@@ -47,7 +51,7 @@ def main() -> None:
     name = os.path.join(directory, f"{time.time_ns():020d}-{os.getpid()}.json")
     with open(name, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
-    runpy.run_module("chatledger.agent.standin", run_name="__main__", alter_sys=True)
+    runpy.run_module("chatledger.testing.standin", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

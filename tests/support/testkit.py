@@ -17,7 +17,7 @@ from typing import Any
 
 from chatledger.ledger import Ledger
 
-STANDIN: tuple[str, ...] = (sys.executable, "-m", "chatledger.agent.standin")
+STANDIN: tuple[str, ...] = (sys.executable, "-m", "chatledger.testing.standin")
 """The argv of the bundled stand-in agent (it speaks claude's protocol)."""
 
 STANDIN_COMMAND_LINE = shlex.join(STANDIN)

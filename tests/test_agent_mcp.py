@@ -1,4 +1,5 @@
-"""The agent's argv per mode and format, and the private MCP config files."""
+"""The private MCP config files: 0600 in a 0700 directory, per session and mode, in the
+dialect's shape."""
 
 from __future__ import annotations
 
@@ -9,75 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from chatledger.agent import McpConfigError, McpConfigFiles, build_argv
+from chatledger.agent import McpConfigError, McpConfigFiles
 
-TOOLS = ("Read", "Write(**/STUDY_REPORT.md)", "Write(**/3_results/*.md)", "Bash(python:*)",
-         "mcp__atomizer-tools__*")
 SERVERS = {"atomizer-tools": {"command": "python", "args": ["-m", "atomizer.mcp"],
                               "env": {"TOKEN": "secret"}}}
-
-
-def test_user_mode_passes_the_allow_list_as_one_space_joined_argument() -> None:
-    argv = build_argv(["claude"], mode="user", allowed_tools=TOOLS, mcp_config_path="/x/m.json")
-    assert argv == [
-        "claude", "--print", "--output-format", "stream-json", "--verbose",
-        "--mcp-config", "/x/m.json",
-        "--allowedTools",
-        "Read Write(**/STUDY_REPORT.md) Write(**/3_results/*.md) Bash(python:*) "
-        "mcp__atomizer-tools__*",
-    ]
-
-
-def test_power_mode_skips_permissions_and_never_passes_the_allow_list() -> None:
-    argv = build_argv(("claude",), mode="power", allowed_tools=TOOLS)
-    assert argv == ["claude", "--print", "--output-format", "stream-json", "--verbose",
-                    "--dangerously-skip-permissions"]
-
-
-def test_text_format_has_no_verbose_and_no_partial_messages() -> None:
-    argv = build_argv(["claude"], mode="user", output_format="text", allowed_tools=["Read"],
-                      include_partial_messages=True)
-    assert argv == ["claude", "--print", "--output-format", "text", "--allowedTools", "Read"]
-
-
-def test_partial_messages_and_sessions_are_added_when_asked() -> None:
-    argv = build_argv(["python", "-m", "agent"], mode="user", allowed_tools=[],
-                      include_partial_messages=True, resume_session_id="abc")
-    assert argv == ["python", "-m", "agent", "--print", "--output-format", "stream-json",
-                    "--verbose", "--include-partial-messages", "--resume", "abc"]
-    fresh = build_argv(["claude"], mode="power", allowed_tools=[], new_session_id="u-1")
-    assert fresh[-2:] == ["--session-id", "u-1"]
-
-
-def test_the_prompt_never_goes_into_argv() -> None:
-    for mode in ("user", "power"):
-        argv = build_argv(["claude"], mode=mode, allowed_tools=TOOLS)
-        assert "-" not in argv and "-p" not in argv
-        assert isinstance(argv, list) and all(isinstance(word, str) for word in argv)
-
-
-@pytest.mark.parametrize(
-    ("arguments", "problem"),
-    [
-        ({"mode": "root"}, "unknown mode 'root'"),
-        ({"mode": "user", "output_format": "json"}, "unknown output format"),
-        ({"mode": "user", "resume_session_id": "a", "new_session_id": "b"}, "not both"),
-        ({"mode": "user", "allowed_tools": "Read Write"}, "not one string"),
-        ({"mode": "user", "allowed_tools": ["Read\nWrite"]}, "line breaks"),
-        ({"mode": "user", "mcp_config_path": ""}, "mcp_config_path is empty"),
-    ],
-)
-def test_bad_arguments_are_refused_with_a_clear_message(
-    arguments: dict[str, object], problem: str
-) -> None:
-    arguments.setdefault("allowed_tools", TOOLS)
-    with pytest.raises(ValueError, match=problem):
-        build_argv(["claude"], **arguments)  # type: ignore[arg-type]
-
-
-def test_an_empty_command_is_refused() -> None:
-    with pytest.raises(ValueError, match="command is empty"):
-        build_argv([], mode="user", allowed_tools=TOOLS)
 
 
 # -- MCP config files ---------------------------------------------------------------------
