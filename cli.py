@@ -55,6 +55,8 @@ from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, 
 from .storage import EventLog, Head, VerifyReport
 
 MODES = ("user", "power")
+LARGEST_COUNT = 2**63 - 1
+"""The largest position, version or count an option takes (LMDB keys are 64-bit)."""
 STATUSES = ("new", "idle", "running", "expired")
 
 EXIT_CODES = {
@@ -288,6 +290,9 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
             canvas_state = json.loads(canvas_file.read())
         except (ValueError, UnicodeDecodeError) as error:
             raise click.BadParameter(f"not JSON: {error}", param_hint="--canvas") from None
+        except RecursionError:
+            raise click.BadParameter("the JSON is nested too deeply to store",
+                                     param_hint="--canvas") from None
     streamed = {"text": False}
 
     def show(update: dict[str, Any]) -> None:
@@ -356,7 +361,7 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
 @click.option("--study", "study_id", help="Only sessions of this study.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only sessions with this status.")
 @click.option("--since", help="Only sessions active since a time (ISO) or for a duration (2h).")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions.")
+@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="At most this many sessions.")
 @json_option
 @pass_state
 def sessions(state: State, mode: str | None, study_id: str | None, status: str | None,
@@ -429,9 +434,9 @@ def history_command(state: State, session_id: str, as_json: bool) -> None:
 @main.command()
 @click.argument("session_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
-@click.option("--from", "from_position", type=click.IntRange(min=1), default=1,
+@click.option("--from", "from_position", type=click.IntRange(1, LARGEST_COUNT), default=1,
               help="Start at this log position.")
-@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="Stop after this many events.")
 @json_option
 @pass_state
 def events(state: State, session_id: str | None, follow: bool, from_position: int,
@@ -479,7 +484,7 @@ def events(state: State, session_id: str | None, follow: bool, from_position: in
 
 @main.command()
 @click.argument("session_id")
-@click.option("--at", "version", type=click.IntRange(min=0), required=True,
+@click.option("--at", "version", type=click.IntRange(0, LARGEST_COUNT), required=True,
               help="The session version to travel to.")
 @json_option
 @pass_state

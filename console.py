@@ -5,6 +5,7 @@ Nothing here touches a ledger; it only turns values into text (and parses durati
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,8 @@ def parse_duration(text: str) -> float:
                 f"{text!r} is not a duration: use seconds or units s, m, h, d, w (e.g. 1h30m)"
             ) from None
         seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a finite duration: give seconds or units (e.g. 7d)")
     if seconds < 0:
         raise ValueError(f"{text!r}: a duration cannot be negative")
     return seconds
@@ -43,7 +46,13 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return now - timedelta(seconds=parse_duration(text))
+        seconds = parse_duration(text)
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} reaches back before the year 1: give a shorter duration"
+            ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 

@@ -40,6 +40,7 @@ from .messages import (
     SwitchMode,
     TurnSink,
 )
+from .preflight import check_turn_size
 from .runs import RunPool
 from .session import SessionServices
 from .supervisor import SessionRegistry, Supervisor
@@ -208,6 +209,7 @@ class Runtime:
         stream_deltas: bool = False,
     ) -> int:
         """Queue a turn; updates go to `sink` (on other threads). Returns the turn's ticket."""
+        check_turn_size(self.config, text, canvas_state)
         ticket = next(self._tickets)
         self.ask(
             session_id,

@@ -83,6 +83,7 @@ from .messages import (
     SwitchMode,
     TurnSink,
 )
+from .preflight import check_power_mode_runs
 from .runs import RunPool
 
 logger = logging.getLogger(__name__)
@@ -370,6 +371,8 @@ class SessionActor(pykka.ThreadingActor):
             raise InvalidCommandError(
                 "power mode is not allowed by this deployment (CHATLEDGER_ALLOW_POWER_MODE)"
             )
+        if mode == "power":
+            check_power_mode_runs(self.services.config)
 
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)

@@ -29,6 +29,7 @@ import math
 import os
 import queue
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,7 +51,17 @@ logger = logging.getLogger(__name__)
 NOT_FOUND_MESSAGE = (
     "Claude CLI not found in PATH. Install with: npm install -g @anthropic-ai/claude-code"
 )
-"""The old manager's message for a missing agent binary; a not_found outcome starts with it."""
+"""The old manager's message for a missing claude binary; such a not_found outcome starts with it."""
+
+
+def not_found_message(argv: Sequence[str]) -> str:
+    """What to say when the agent's program is not on PATH: the old message for claude, else
+    the configured command and the setting that names it."""
+    program = argv[0] if argv else ""
+    if os.path.basename(program) == "claude":
+        return f"{NOT_FOUND_MESSAGE} (no {program!r} was found)"
+    return (f"agent command {shlex.join(argv)!r} not found: no {program!r} on PATH; fix "
+            "CHATLEDGER_AGENT_COMMAND (setting 'agent_command')")
 
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
 DEFAULT_STDERR_TAIL_BYTES = 8 * 1024
@@ -793,8 +804,7 @@ def _start_failure(
             "exist", started)
     if isinstance(error, FileNotFoundError):
         if shutil.which(program, path=environment.get("PATH")) is None:
-            return _failed_to_start(
-                "not_found", f"{NOT_FOUND_MESSAGE} (no {program!r} was found)", started)
+            return _failed_to_start("not_found", not_found_message(argv), started)
         return _failed_to_start(
             "spawn_failed", f"cannot start the agent {program!r}: {error.strerror or error} "
             "(is the interpreter in its #! line missing?)", started)

@@ -191,8 +191,13 @@ def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+REPAIRED = "invalid UTF-8 at byte"
+"""How _decode_line's note on a line read with U+FFFD for its bad bytes starts."""
+
+
 def _decode_line(line: bytes) -> tuple[Any, str | None]:
-    """(the JSON value, None), or (None, why the line is not JSON).
+    """(the JSON value, None), or (None, why the line is not JSON); a line whose bad bytes
+    were read as U+FFFD comes with a note that starts with REPAIRED.
 
     msgspec reads nearly every line; the standard library takes what it refuses but a
     JavaScript program may print: escapes of lone surrogates (node's JSON.stringify writes
@@ -200,18 +205,19 @@ def _decode_line(line: bytes) -> tuple[Any, str | None]:
     """
     try:
         return msgspec.json.decode(line), None
-    except UnicodeDecodeError as error:
-        return None, f"invalid UTF-8 at byte {error.start}"
     except (msgspec.DecodeError, ValueError, RecursionError) as error:
         refused = error
+    repaired = None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as bad_bytes:
-        return None, f"invalid UTF-8 at byte {bad_bytes.start}"
+        # Agent output is always recorded: bad bytes become U+FFFD, as in its text.
+        text = line.decode("utf-8", errors="replace")
+        repaired = f"{REPAIRED} {bad_bytes.start}, read as U+FFFD"
     try:
-        return json.loads(text), None
+        return json.loads(text), repaired
     except (ValueError, RecursionError):
-        return None, f"not JSON ({refused})"
+        return None, f"not JSON ({refused}){', ' + repaired if repaired else ''}"
 
 
 class StreamJsonParser:
@@ -259,6 +265,9 @@ class StreamJsonParser:
                     event.delta.text if event.delta is not None else None,
                 )
         message, problem = _decode_line(stripped)
+        if problem is not None and problem.startswith(REPAIRED):
+            self._note(f"line {self._line_number}: {problem}")
+            problem = None
         if problem is not None:
             self._garbage(problem, stripped)
             return []

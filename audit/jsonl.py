@@ -98,17 +98,25 @@ def _parse_line(number: int, line: bytes) -> tuple[Recorded, bytes, dict[str, An
         claimed_hash = bytes.fromhex(data["hash"])
     except (msgspec.DecodeError, KeyError, TypeError, ValueError) as error:
         raise ImportRejectedError(f"line {number}: not a chatledger export line ({error})") from None
+    except RecursionError:
+        raise ImportRejectedError(f"line {number}: nested too deeply to be an export line") from None
     if record_hash(stored) != claimed_hash:
         raise ImportRejectedError(f"line {number}: the record does not match its hash")
     try:
         recorded = decode_record(stored)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
         raise ImportRejectedError(f"line {number}: the stored record does not decode ({error})") from None
+    except RecursionError:
+        raise ImportRejectedError(f"line {number}: the stored record is nested too deeply") from None
+    try:
+        event = _json_decoder.decode(_json_encoder.encode(event_to_builtins(recorded.event)))
+    except RecursionError:
+        raise ImportRejectedError(f"line {number}: the stored record is nested too deeply") from None
     readable = {
         "session_id": recorded.session_id,
         "version": recorded.version,
         "prev_session_hash": recorded.prev_session_hash.hex(),
-        "event": _json_decoder.decode(_json_encoder.encode(event_to_builtins(recorded.event))),
+        "event": event,
     }
     for key, value in readable.items():
         if data.get(key) != value:
