@@ -8,15 +8,16 @@ documented code (see EXIT_CODES); tracebacks are for bugs only.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -25,13 +26,21 @@ import msgspec
 
 from . import __version__
 from .audit.html import render_html
-from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
+from .audit.jsonl import (
+    ImportRejectedError,
+    export_jsonl,
+    import_sessions,
+    read_export,
+    record_to_json,
+)
 from .audit.session_check import verify_session
 from .audit.stats import ledger_stats
 from .config import load_config
 from .console import (
+    TurnPrinter,
     describe_event,
     format_bytes,
+    format_duration,
     format_time,
     key_values,
     parse_duration,
@@ -50,8 +59,15 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import SessionExpired, at_version, history, session_info
-from .events.model import Recorded
-from .events.projections import STATUS_EXPIRED, STATUS_RUNNING, HistoryMessage, SessionInfo
+from .events.model import TAGS, Recorded, tag_of
+from .events.projections import (
+    STATUS_EXPIRED,
+    STATUS_IDLE,
+    STATUS_NEW,
+    STATUS_RUNNING,
+    HistoryMessage,
+    SessionInfo,
+)
 from .storage import EventLog, Head, VerifyReport
 
 MODES = ("user", "power")
@@ -66,6 +82,7 @@ EXIT_CODES = {
     3: "unknown session",
     4: "the ledger cannot be opened or written (missing, damaged, read-only, full)",
     5: "conflict: the session changed under this command (another writer); run it again",
+    130: "interrupted (Ctrl-C)",
 }
 
 _to_builtins = msgspec.to_builtins
@@ -84,8 +101,59 @@ def _fail(message: str, exit_code: int = 1) -> NoReturn:
     raise CliError(message, exit_code)
 
 
+def _ledger_option_first(args: list[str]) -> list[str]:
+    """`--ledger PATH` (or `--ledger=PATH`) moved before the command, wherever it was given."""
+    moved: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if arg == "--ledger" and index + 1 < len(args):
+            moved += args[index : index + 2]
+            index += 2
+            continue
+        if arg.startswith("--ledger="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        index += 1
+    return moved + rest
+
+
 class LedgerGroup(click.Group):
     """The command group: turns chatledger's errors into one line and an exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Accept `--ledger` after the command too."""
+        return super().parse_args(ctx, _ledger_option_first(list(args)))
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI: usage errors in one line (exit 2), Ctrl-C exits 130."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "chatledger"
+            click.echo(f"Error: {error.format_message()} (see '{command} -h')", err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command, mapping known errors to EXIT_CODES."""
@@ -145,6 +213,48 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+PREFIX_MATCHES_SHOWN = 5
+
+
+def resolve_session_id(store: Any, given: str) -> str:
+    """The session id `given` names: the id itself, else the one session whose id starts
+    with it (a trailing `...` is ignored); unknown (exit 3) or ambiguous (exit 2) otherwise."""
+    if store.info(given) is not None:
+        return given
+    prefix = given.rstrip(".…") or given
+    matches = sorted(info.session_id for info in store.sessions()
+                     if info.session_id.startswith(prefix))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UnknownSessionError(f"Session not found: {given}")
+    shown = ", ".join(matches[:PREFIX_MATCHES_SHOWN])
+    more = len(matches) - PREFIX_MATCHES_SHOWN
+    raise click.UsageError(
+        f"session id {given!r} matches {len(matches)} sessions: {shown}"
+        f"{f' and {more} more' if more > 0 else ''}; give more of the id"
+    )
+
+
+def display_status(info: SessionInfo) -> str:
+    """The status to show and filter on: `new` for a session that has had no message yet."""
+    if info.status == STATUS_IDLE and info.message_count == 0:
+        return STATUS_NEW
+    return info.status
+
+
+def last_activity(log: Any, info: SessionInfo) -> datetime | None:
+    """When the session was last used: for an expired one, before it expired (the index
+    holds the expiry's time, which is not activity)."""
+    if info.status != STATUS_EXPIRED or info.last_active is None:
+        return info.last_active
+    records = log.read_session(info.session_id, from_version=info.version)
+    event = records[-1].event if records else None
+    if isinstance(event, SessionExpired) and event.idle_seconds >= 0:
+        with contextlib.suppress(OverflowError):
+            return info.last_active - timedelta(seconds=event.idle_seconds)
+    return info.last_active
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -226,9 +336,16 @@ def _print_verify(report: VerifyReport, as_json: bool) -> None:
     type=click.Path(file_okay=False),
     help="Ledger directory (default: $CHATLEDGER_PATH, else the user data directory).",
 )
+@click.option(
+    "--color",
+    type=click.Choice(("auto", "always", "never")),
+    default="auto",
+    show_default=True,
+    help="Colour the output: auto is on a terminal unless NO_COLOR is set.",
+)
 @click.version_option(__version__, prog_name="chatledger")
 @click.pass_context
-def main(ctx: click.Context, ledger_path: str | None) -> None:
+def main(ctx: click.Context, ledger_path: str | None, color: str) -> None:
     """chatledger: an event-sourced, verifiable ledger of conversations with an LLM agent CLI.
 
     \b
@@ -239,9 +356,14 @@ def main(ctx: click.Context, ledger_path: str | None) -> None:
       3  unknown session
       4  the ledger cannot be opened or written
       5  the session changed under the command (another writer): run it again
+    130  interrupted (Ctrl-C)
 
     Example: chatledger --ledger ./ledger sessions --status idle
     """
+    if color == "always":
+        ctx.color = True
+    elif color == "never" or os.environ.get("NO_COLOR"):
+        ctx.color = False
     ctx.obj = State(ledger_path)
 
 
@@ -262,11 +384,37 @@ def new(state: State, mode: str, study_id: str | None, session_id: str | None,
     Example: chatledger new --mode user --study beam-1
     """
     with state.ledger() as ledger:
+        if session_id is not None and ledger.info(session_id) is not None:
+            _fail(f"session {session_id} already exists: send to it with `chatledger send "
+                  f"{session_id} MESSAGE`, or reopen it after expiry with `chatledger resume "
+                  f"{session_id}`", 2)
         info = ledger.create_session(session_id, mode=mode, study_id=study_id)
     if as_json:
         _emit_json({"session_id": info.session_id, "mode": info.mode, "study_id": info.study_id})
     else:
         click.echo(info.session_id)
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--mode", type=click.Choice(MODES), help="Switch to this mode as well.")
+@click.option("--study", "study_id", help="Set this study as well.")
+@json_option
+@pass_state
+def resume(state: State, session_id: str, mode: str | None, study_id: str | None,
+           as_json: bool) -> None:
+    """Reopen a session (an expired one too) to go on with it.
+
+    Example: chatledger resume 3f2a... --mode user
+    """
+    with state.ledger() as ledger:
+        session_id = resolve_session_id(ledger.log, session_id)
+        info = ledger.resume_session(session_id, mode=mode, study_id=study_id)
+    if as_json:
+        _emit_json(info)
+    else:
+        click.echo(f"{info.session_id}: resumed ({info.mode} mode, study "
+                   f"{info.study_id or '(none)'})")
 
 
 @main.command()
@@ -280,10 +428,13 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
          as_json: bool) -> None:
     """Run one turn with the configured agent, streaming the answer as it arrives.
 
-    Exits 1 if the turn failed (the failure is recorded in the ledger).
+    MESSAGE `-` reads the message from standard input. Exits 1 if the turn failed (the
+    failure is recorded in the ledger), 130 on Ctrl-C (the turn is cancelled and recorded).
 
     Example: chatledger send 3f2a... "Add a thickness variable" --canvas canvas.json
     """
+    if message == "-":
+        message = sys.stdin.read()
     canvas_state = None
     if canvas_file is not None:
         try:
@@ -293,28 +444,16 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
         except RecursionError:
             raise click.BadParameter("the JSON is nested too deeply to store",
                                      param_hint="--canvas") from None
-    streamed = {"text": False}
+    printer = TurnPrinter(color=click.get_current_context().color)
 
     def show(update: dict[str, Any]) -> None:
         if as_json:
             _emit_json(update)
-            return
-        kind = update.get("type")
-        if kind == "text_delta":
-            streamed["text"] = True
-            click.echo(update["content"], nl=False)
-        elif kind == "canvas_modification":
-            click.secho(f"[canvas] {json.dumps(update['modification'], ensure_ascii=False)}",
-                        fg="yellow", err=True)
-        elif kind == "text":
-            click.echo("" if streamed["text"] else update["content"])
-        elif kind == "done":
-            for call in update.get("tool_calls") or ():
-                click.secho(f"[tool] {call.get('name')}", dim=True, err=True)
+        else:
+            printer.update(update)
 
     with state.ledger() as ledger:
-        if ledger.info(session_id) is None:
-            raise UnknownSessionError(f"Session not found: {session_id}")
+        session_id = resolve_session_id(ledger.log, session_id)
         outcome = ledger.send(session_id, message, canvas_state=canvas_state,
                               on_update=show, stream_deltas=not as_json)
     if not outcome.ok:
@@ -332,7 +471,7 @@ def mode(state: State, session_id: str, mode: str, as_json: bool) -> None:
     Example: chatledger mode 3f2a... power
     """
     with state.ledger() as ledger:
-        info = ledger.switch_mode(session_id, mode)
+        info = ledger.switch_mode(resolve_session_id(ledger.log, session_id), mode)
     _emit_json(info) if as_json else click.echo(f"{info.session_id}: mode {info.mode}")
 
 
@@ -347,7 +486,7 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
     Example: chatledger study 3f2a... beam-2
     """
     with state.ledger() as ledger:
-        info = ledger.set_study(session_id, study_id or None)
+        info = ledger.set_study(resolve_session_id(ledger.log, session_id), study_id or None)
     _emit_json(info) if as_json else click.echo(
         f"{info.session_id}: study {info.study_id or '(none)'}"
     )
@@ -374,25 +513,27 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
         since_moment = parse_moment(since) if since else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
-    with state.log() as log:
-        infos = log.sessions()
     epoch = datetime.min.replace(tzinfo=timezone.utc)
-    selected = [
-        info for info in infos
-        if (mode is None or info.mode == mode)
-        and (study_id is None or info.study_id == study_id)
-        and (status is None or info.status == status)
-        and (since_moment is None or (info.last_active or epoch) >= since_moment)
-    ]
-    selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
+    with state.log() as log:
+        infos = [
+            info for info in log.sessions()
+            if (mode is None or info.mode == mode)
+            and (study_id is None or info.study_id == study_id)
+            and (status is None or display_status(info) == status)
+        ]
+        active = {info.session_id: last_activity(log, info) or epoch for info in infos}
+    selected = [info for info in infos
+                if since_moment is None or active[info.session_id] >= since_moment]
+    selected.sort(key=lambda info: active[info.session_id], reverse=True)
     if limit is not None:
         selected = selected[:limit]
     if as_json:
         _emit_json(selected)
         return
     rows = [
-        (info.session_id, info.mode, info.study_id, info.status, info.message_count,
-         info.turn_count, f"{info.total_cost_usd:.4f}", format_time(info.last_active))
+        (info.session_id, info.mode, info.study_id, display_status(info), info.message_count,
+         info.turn_count, f"{info.total_cost_usd:.4f}",
+         format_time(None if active[info.session_id] == epoch else active[info.session_id]))
         for info in selected
     ]
     click.echo(table(("session", "mode", "study", "status", "messages", "turns", "cost $",
@@ -409,8 +550,14 @@ def show(state: State, session_id: str, as_json: bool) -> None:
     Example: chatledger show 3f2a...
     """
     with state.log() as log:
-        info = log.require_info(session_id)
-    _emit_json(info) if as_json else click.echo(key_values(_info_pairs(info)))
+        info = log.require_info(resolve_session_id(log, session_id))
+        active = last_activity(log, info)
+    if as_json:
+        _emit_json(info)
+    else:
+        pairs = _info_pairs(msgspec.structs.replace(info, status=display_status(info),
+                                                    last_active=active))
+        click.echo(key_values(pairs))
 
 
 @main.command(name="history")
@@ -423,7 +570,7 @@ def history_command(state: State, session_id: str, as_json: bool) -> None:
     Example: chatledger history 3f2a...
     """
     with state.log() as log:
-        log.require_info(session_id)
+        session_id = resolve_session_id(log, session_id)
         messages = history(log.read_session(session_id))
     if as_json:
         _emit_json([_history_json(message) for message in messages])
@@ -431,43 +578,60 @@ def history_command(state: State, session_id: str, as_json: bool) -> None:
         click.echo(transcript(messages) or "(no messages yet)")
 
 
+EVENT_TYPES = tuple(sorted(TAGS))
+
+
 @main.command()
 @click.argument("session_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
 @click.option("--from", "from_position", type=click.IntRange(1, LARGEST_COUNT), default=1,
               help="Start at this log position.")
+@click.option("--type", "event_types", multiple=True, type=click.Choice(EVENT_TYPES),
+              help="Only events of this type (repeat for several).")
+@click.option("--since", help="Only events recorded since a time (ISO) or for a duration (2h).")
 @click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="Stop after this many events.")
 @json_option
 @pass_state
 def events(state: State, session_id: str | None, follow: bool, from_position: int,
-           limit: int | None, as_json: bool) -> None:
+           event_types: tuple[str, ...], since: str | None, limit: int | None,
+           as_json: bool) -> None:
     """Print the event log (all sessions, or one), like `tail -f` with --follow.
 
-    With --json, one object per line.
+    With --json, one object per line (and no header).
 
-    Example: chatledger events --follow --json | jq .event.type
+    Example: chatledger events --type run_failed --since 24h
     """
+    try:
+        since_moment = parse_moment(since) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
     printed = 0
+    wanted = set(event_types)
 
     def emit(recorded: Recorded) -> bool:
         nonlocal printed
         if session_id is not None and recorded.session_id != session_id:
             return True
+        if wanted and tag_of(recorded.event) not in wanted:
+            return True
+        if since_moment is not None and recorded.recorded_at < since_moment:
+            return True
         if as_json:
             _emit_json(record_to_json(recorded))
         else:
-            click.echo(
-                f"{recorded.position:>7}  {format_time(recorded.recorded_at)}  "
-                f"{recorded.session_id[:36]:<36}  v{recorded.version:<4} "
-                f"{describe_event(recorded.event)}"
-            )
+            if printed == 0:
+                click.echo(_EVENT_ROW.format("pos", "recorded (UTC)", "session", "ver", "event"))
+            click.echo(_EVENT_ROW.format(
+                recorded.position, format_time(recorded.recorded_at),
+                recorded.session_id[:36], f"v{recorded.version}",
+                describe_event(recorded.event)).rstrip())
         sys.stdout.flush()
         printed += 1
         return limit is None or printed < limit
 
     with state.log() as log:
         if session_id is not None:
-            log.require_info(session_id)
+            session_id = resolve_session_id(log, session_id)
         if not follow:
             for recorded in log.read_all(from_position):
                 if not emit(recorded):
@@ -482,6 +646,9 @@ def events(state: State, session_id: str | None, follow: bool, from_position: in
                 return
 
 
+_EVENT_ROW = "{:>7}  {:<19}  {:<36}  {:<5} {}"
+
+
 @main.command()
 @click.argument("session_id")
 @click.option("--at", "version", type=click.IntRange(0, LARGEST_COUNT), required=True,
@@ -494,6 +661,7 @@ def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
     Example: chatledger replay 3f2a... --at 4
     """
     with state.log() as log:
+        session_id = resolve_session_id(log, session_id)
         current = log.require_info(session_id)
         records = at_version(log.read_session(session_id), version)
     if version > current.version:
@@ -537,6 +705,7 @@ def verify(ctx: click.Context, session_id: str | None, saved_head: str | None,
         raise click.BadParameter(str(error), param_hint="--head") from None
     with state.log() as log:
         if session_id is not None:
+            session_id = resolve_session_id(log, session_id)
             total = log.require_info(session_id).version
         else:
             total = log.head().position
@@ -600,8 +769,7 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
     Example: chatledger export 3f2a... --format html -o transcript.html
     """
     with state.log() as log:
-        for session_id in session_ids:
-            log.require_info(session_id)
+        session_ids = tuple(resolve_session_id(log, session_id) for session_id in session_ids)
         if export_format == "html":
             ids = list(session_ids) or [info.session_id for info in log.sessions()]
             page = render_html(
@@ -657,14 +825,19 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, as_json: bool
         total = os.fstat(source.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
         total = 0  # a pipe: no size to show progress against
-    with EventLog(path) as log, progress("checking", total) as advance:
+    with progress("checking", total) as advance:
 
         def lines() -> Iterator[bytes]:
             for line in source:
                 advance(len(line))
                 yield line
 
-        report = import_jsonl(log, lines(), dry_run=dry_run)
+        checked = read_export(lines())  # a refused file never creates or opens the ledger
+    if dry_run and not (Path(path) / "data.mdb").exists():
+        report = import_sessions(None, checked, dry_run=True)
+    else:
+        with EventLog(path, readonly=dry_run) as log:
+            report = import_sessions(log, checked, dry_run=dry_run)
     if as_json:
         _emit_json({**_to_builtins(report), "dry_run": dry_run})
         return
@@ -694,10 +867,10 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
         for info in log.sessions():
             if info.status in (STATUS_EXPIRED, STATUS_RUNNING) or info.last_active is None:
                 continue
-            idle_for = (now - info.last_active).total_seconds()
+            idle_for = max(0.0, (now - info.last_active).total_seconds())
             if idle_for < idle_seconds:
                 continue
-            item = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
+            item: dict[str, Any] = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
             if not dry_run:
                 try:
                     log.append(info.session_id,
@@ -711,9 +884,9 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
         _emit_json({"dry_run": dry_run, "expired": expired, "skipped_active": skipped})
         return
     verb = "would expire" if dry_run else "expired"
-    click.echo(f"{verb} {len(expired)} session(s) idle for {idle_seconds:.0f} s or more")
+    click.echo(f"{verb} {len(expired)} session(s) idle for {format_duration(idle_seconds)} or more")
     for item in expired:
-        click.echo(f"  {item['session_id']}  idle {item['idle_seconds']:.0f} s")
+        click.echo(f"  {item['session_id']}  idle {format_duration(item['idle_seconds'])}")
     if skipped:
         click.echo(f"{len(skipped)} became active meanwhile and were left alone")
 
@@ -814,3 +987,8 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary and not as_json:
             click.echo(f"ledger kept at {path}")
+
+
+# The command list shows each command's whole first line, never a sentence cut short.
+for _command in main.commands.values():
+    _command.short_help = (_command.help or "").strip().splitlines()[0]

@@ -267,8 +267,13 @@ class Runtime:
         return result
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
-        """Passivate idle sessions and expire old ones now (as the sweeper does)."""
-        result: dict[str, int] = self.supervisor.ask(Sweep(now), timeout=ASK_TIMEOUT)
+        """Passivate idle sessions and expire old ones now (as the sweeper does); returns
+        once every expiry is recorded, so reads after it see them."""
+        expiries: list[Any] = []
+        result: dict[str, int] = self.supervisor.ask(Sweep(now, expiries), timeout=ASK_TIMEOUT)
+        for expiry in expiries:
+            with contextlib.suppress(pykka.ActorDeadError):
+                expiry.get(timeout=ASK_TIMEOUT)
         return result
 
     # -- shutdown ---------------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Supervisor(pykka.ThreadingActor):
             self._route(message.completion)
             return None
         if isinstance(message, Sweep):
-            return self._sweep(message.now)
+            return self._sweep(message.now, message.expiries)
         if isinstance(message, Passivate):
             return self._passivate(message.session_id)
         if isinstance(message, LiveSessions):
@@ -225,7 +225,7 @@ class Supervisor(pykka.ThreadingActor):
         self.passivated += 1
         return True
 
-    def _sweep(self, now: float | None) -> dict[str, int]:
+    def _sweep(self, now: float | None, expiries: list[Any] | None = None) -> dict[str, int]:
         """Passivate idle actors, then expire sessions idle past the expiry age."""
         config = self.services.config
         passivated = 0
@@ -241,7 +241,11 @@ class Supervisor(pykka.ThreadingActor):
             ref = self.registry.get(info.session_id)
             if ref is not None:
                 if not self.registry.in_use(info.session_id):
-                    ref.tell(ExpireSession(reason="idle", idle_seconds=idle))
+                    expiry = ExpireSession(reason="idle", idle_seconds=idle)
+                    if expiries is None:
+                        ref.tell(expiry)
+                    else:  # the caller waits for the append, not this actor
+                        expiries.append(ref.ask(expiry, block=False))
                     expired += 1
                 continue
             try:

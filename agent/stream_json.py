@@ -235,6 +235,9 @@ class StreamJsonParser:
         self._tool_uses: dict[str, _PendingToolUse] = {}
         self._tool_order: list[_PendingToolUse] = []
         self._streamed_message_ids: set[str] = set()
+        # Text streamed in the current message that no assistant line has confirmed yet: an
+        # interrupted claude prints it again as a new message, which must not stream twice.
+        self._unconfirmed_text = ""
         self._streaming_message_id: str | None = None
         self._saw_anonymous_stream = False
         self._init: AgentInit | None = None
@@ -354,8 +357,10 @@ class StreamJsonParser:
                 if from_subagent:
                     continue  # a sub-agent's own chatter is not the answer
                 self._text_blocks.append(block["text"])
-                if not already_streamed and block["text"]:
+                repeated = bool(self._unconfirmed_text) and block["text"] == self._unconfirmed_text
+                if not already_streamed and not repeated and block["text"]:
                     events.append(TextDelta(text=block["text"]))
+                self._unconfirmed_text = ""
             elif block_type in ("tool_use", "server_tool_use", "mcp_tool_use"):
                 self._on_tool_use(block)
         return events
@@ -426,6 +431,7 @@ class StreamJsonParser:
             return []
         if event_type == "message_start":
             self._streaming_message_id = started_id if isinstance(started_id, str) else None
+            self._unconfirmed_text = ""
             return []
         if event_type != "content_block_delta" or delta_type != "text_delta":
             return []
@@ -435,6 +441,7 @@ class StreamJsonParser:
             self._streamed_message_ids.add(self._streaming_message_id)
         else:
             self._saw_anonymous_stream = True
+        self._unconfirmed_text += text
         return [TextDelta(text=text)]
 
     def _on_result(self, message: dict[str, Any]) -> list[AgentEvent]:

@@ -160,11 +160,20 @@ def _same_event(left: Recorded, right: Recorded) -> bool:
 
 def import_jsonl(log: EventLog, lines: Iterable[bytes], *, dry_run: bool = False) -> ImportReport:
     """Check an export and append what the ledger lacks, atomically (see the module doc)."""
-    sessions = read_export(lines)
+    return import_sessions(log, read_export(lines), dry_run=dry_run)
+
+
+def import_sessions(
+    log: EventLog | None, sessions: dict[str, list[Recorded]], *, dry_run: bool = False
+) -> ImportReport:
+    """Append what the ledger lacks of checked sessions (from `read_export`), atomically;
+    `log` None stands for an empty ledger that does not exist yet (a dry run only)."""
+    if log is None and not dry_run:
+        raise ValueError("only a dry run can import into a ledger that does not exist")
     report = ImportReport(events_read=sum(len(stream) for stream in sessions.values()))
     appends: list[SessionAppend] = []
     for session_id, stream in sessions.items():
-        present = log.read_session(session_id)
+        present = log.read_session(session_id) if log is not None else []
         for mine, theirs in zip(present, stream, strict=False):
             if not _same_event(mine, theirs):
                 raise ImportRejectedError(
@@ -185,6 +194,6 @@ def import_jsonl(log: EventLog, lines: Iterable[bytes], *, dry_run: bool = False
         )
         report.events_imported += len(missing)
         report.sessions_imported += 1
-    if appends and not dry_run:
+    if appends and not dry_run and log is not None:
         log.append_atomically(appends)
     return report
