@@ -53,6 +53,7 @@ from .errors import (
     ChatledgerError,
     ConcurrencyError,
     ConfigError,
+    CorruptLedgerError,
     InvalidCommandError,
     InvalidSessionIdError,
     LedgerError,
@@ -77,12 +78,13 @@ STATUSES = ("new", "idle", "running", "expired")
 
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
-    1: "failed: verify found tampering, a turn failed, an import was rejected, a file unreadable",
-    2: "usage: a bad option, argument, mode, session id, duration or setting",
+    1: "verify found tampering, a turn failed, an import was rejected, a file could not be "
+       "written",
+    2: "usage error: a bad option, argument, mode, session id, duration or setting",
     3: "unknown session",
-    4: "the ledger cannot be opened or written (missing, damaged, read-only, full)",
-    5: "conflict: the session changed under this command (another writer); run it again",
-    130: "interrupted (Ctrl-C)",
+    4: "the ledger cannot be opened or written: missing, damaged, read-only, full",
+    5: "the session changed under the command (another writer): run it again",
+    130: "interrupted (Ctrl-C); a running turn is cancelled and recorded",
 }
 
 _to_builtins = msgspec.to_builtins
@@ -703,17 +705,20 @@ def verify(ctx: click.Context, session_id: str | None, saved_head: str | None,
         head = Head.parse(saved_head) if saved_head else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--head") from None
-    with state.log() as log:
-        if session_id is not None:
-            session_id = resolve_session_id(log, session_id)
-            total = log.require_info(session_id).version
-        else:
-            total = log.head().position
-        with progress("verifying", total) as advance:
+    try:
+        with state.log() as log:
             if session_id is not None:
-                report = verify_session(log, session_id, advance)
+                session_id = resolve_session_id(log, session_id)
+                total = log.require_info(session_id).version
             else:
-                report = log.verify(head, progress=advance)
+                total = log.head().position
+            with progress("verifying", total) as advance:
+                if session_id is not None:
+                    report = verify_session(log, session_id, advance)
+                else:
+                    report = log.verify(head, progress=advance)
+    except CorruptLedgerError as error:  # the verdict when the files cannot even be read
+        _fail(f"the ledger is damaged, verify cannot read it: {error}", 4)
     _print_verify(report, as_json)
     ctx.exit(0 if report.ok else 1)
 
@@ -799,15 +804,30 @@ def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
         yield stream
         stream.flush()
         return
-    temporary = Path(output).with_name(f".{Path(output).name}.partial")
+    target = Path(output)
     try:
-        with open(temporary, "wb") as file:
+        # A new file of our own (O_CREAT|O_EXCL, so never a planted link), renamed over the
+        # output at the end: a reader never sees half an export.
+        descriptor, name = tempfile.mkstemp(dir=target.parent or ".",
+                                            prefix=f".{target.name}.", suffix=".partial")
+    except OSError as error:
+        _fail(f"cannot write {output}: {error}", 1)
+    temporary = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
             yield file
-        temporary.replace(output)
+            os.fchmod(file.fileno(), 0o666 & ~_current_umask())
+        temporary.replace(target)
     except OSError as error:
         _fail(f"cannot write {output}: {error}", 1)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @main.command(name="import")

@@ -21,7 +21,7 @@ import pykka
 
 from ..agent import McpConfigFiles
 from ..config import Config
-from ..errors import ConfigError, LedgerClosedError
+from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import EventLog, EventStore, validate_session_id
 from .messages import (
@@ -156,10 +156,22 @@ class Runtime:
                 return ref.ask(message, timeout=ASK_TIMEOUT)
             except pykka.ActorDeadError:
                 if attempt:
-                    raise
+                    raise self._why_it_died(session_id) from None
             finally:
                 self.registry.unpin(session_id, ref)
         raise AssertionError("unreachable")
+
+    def _why_it_died(self, session_id: str) -> ChatledgerError:
+        """The error behind a session actor that died twice in a row: reading the session
+        again raises what stopped it (a damaged ledger, usually), or a plain ledger error."""
+        try:
+            self.log.read_session(session_id)
+        except ChatledgerError as error:
+            return error
+        return LedgerError(
+            f"session {session_id} could not be started twice in a row: run "
+            f"`chatledger verify {session_id}`, and see the log for the actor's error"
+        )
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import msgspec
 
-from ..errors import ChatledgerError
+from ..errors import ChatledgerError, CorruptLedgerError
 from ..events.codec import decode_record, event_to_builtins
 from ..events.model import Recorded
 from ..storage import GENESIS, EventLog, SessionAppend, record_hash
@@ -67,8 +67,14 @@ def iter_export(log: EventLog, session_ids: Iterable[str] | None = None) -> Iter
     if wanted is not None:
         for session_id in sorted(wanted):
             log.require_info(session_id)
-    for _, stored in log.read_raw():
-        recorded = decode_record(stored[HASH_SIZE:])
+    for position, stored in log.read_raw():
+        try:
+            recorded = decode_record(stored[HASH_SIZE:])
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            raise CorruptLedgerError(
+                f"the record at position {position} does not decode ({error}): the ledger is "
+                "damaged; restore it from a copy (`chatledger verify` lists every bad place)"
+            ) from None
         if wanted is not None and recorded.session_id not in wanted:
             continue
         yield _json_encoder.encode(record_to_line(recorded, bytes(stored))) + b"\n"

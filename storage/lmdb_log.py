@@ -37,9 +37,11 @@ from ..events.codec import (
 from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import ProjectionError, SessionInfo, evolve
 from .environment import (
+    DAMAGE_ERRORS,
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
     SharedEnvironment,
+    damaged,
     open_environment,
     release_environment,
 )
@@ -557,7 +559,11 @@ class EventLog:
         while to_position is None or position <= to_position:
             values, position = self._read_values(position, to_position)
             for value in values:
-                yield decode_record(value[HASH_SIZE:])
+                try:
+                    recorded = decode_record(value[HASH_SIZE:])
+                except DAMAGE_ERRORS as error:
+                    raise damaged(self.store.shared.path, error) from None
+                yield recorded
             if len(values) < READ_CHUNK:
                 return
 
