@@ -125,6 +125,14 @@ def _ledger_option_first(args: list[str]) -> list[str]:
     return moved + rest
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks and other control characters written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else repr(character)[1:-1]
+                   for character in text)
+
+
 class LedgerGroup(click.Group):
     """The command group: turns chatledger's errors into one line and an exit code."""
 
@@ -147,10 +155,11 @@ class LedgerGroup(click.Group):
             result = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as error:
             command = error.ctx.command_path if error.ctx is not None else "chatledger"
-            click.echo(f"Error: {error.format_message()} (see '{command} -h')", err=True)
+            click.echo(f"Error: {one_line(error.format_message())} (see '{command} -h')",
+                       err=True)
             sys.exit(2)
         except click.ClickException as error:
-            error.show()
+            click.echo(f"Error: {one_line(error.format_message())}", err=True)
             sys.exit(error.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("\ninterrupted", err=True)

@@ -183,11 +183,20 @@ def load_config(
         if value is None and key != "mcp_config" and key != "agent_cwd":
             continue
         if key in ("agent_command", "allowed_tools") and isinstance(value, str):
-            value = tuple(shlex.split(value))
+            try:
+                value = tuple(shlex.split(value))
+            except ValueError as error:
+                raise ConfigError(
+                    f"setting {key!r} (from keyword argument): cannot split {value!r}: {error}"
+                ) from None
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
         values[key] = value
         origin[key] = "keyword argument"
+    for key, value in values.items():
+        if not _is_valid_text(value):
+            raise ConfigError(f"{_source(key, origin)}: holds bytes that are not valid UTF-8 "
+                              "text; write it as text")
     try:
         config = msgspec.convert(values, Config, strict=False)
     except msgspec.ValidationError as error:
@@ -201,6 +210,21 @@ def load_config(
     if not config.path:
         config = msgspec.structs.replace(config, path=default_ledger_path())
     return config
+
+
+def _is_valid_text(value: Any) -> bool:
+    """False if a string in `value` holds lone surrogates (undecodable environment bytes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_valid_text(item) for item in value)
+    if isinstance(value, dict):
+        return all(_is_valid_text(k) and _is_valid_text(v) for k, v in value.items())
+    return True
 
 
 def _check(config: Config, origin: dict[str, str]) -> None:
