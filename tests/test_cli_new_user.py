@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from chatledger.cli import main
 from chatledger.console import TurnPrinter, display_width, format_duration, table
 from chatledger.events import SessionCreated
 from chatledger.ledger import Ledger
-from chatledger.storage import EventLog
+from chatledger.storage import EventLog, SessionAppend
 
 STANDIN = f"{sys.executable} -m chatledger.agent.standin"
 
@@ -105,6 +106,17 @@ def test_send_prints_annotations_on_their_own_lines() -> None:
     assert "[tool] Read" in lines
 
 
+def test_send_on_the_cli_never_glues_an_annotation_to_the_text(run: Any) -> None:
+    session_id = run("new").stdout.strip()
+    result = run("send", session_id, "change the canvas [[canvas]]")
+    assert result.exit_code == 0, result.output
+    assert "[canvas]" in result.output and "[tool]" in result.output
+    for marker in ("[canvas]", "[tool]"):
+        for index in range(len(result.output)):
+            if result.output.startswith(marker, index):
+                assert index == 0 or result.output[index - 1] == "\n", result.output
+
+
 def test_an_error_after_partial_text_starts_on_its_own_line(run: Any) -> None:
     session_id = run("new").stdout.strip()
     result = run("send", session_id, "hello world this is long [[slow 10]]",
@@ -147,14 +159,17 @@ def test_sessions_status_new_matches_a_session_without_messages(run: Any) -> Non
     assert used in run("sessions", "--status", "idle").output
 
 
-def test_expire_keeps_last_active(run: Any) -> None:
-    session_id = run("new").stdout.strip()
-    before = [line for line in run("show", session_id).output.splitlines()
-              if line.startswith("last active")]
-    assert run("expire", "--idle", "0").exit_code == 0
-    after = [line for line in run("show", session_id).output.splitlines()
+def test_expire_keeps_last_active(run: Any, ledger_path: Path) -> None:
+    long_ago = datetime(2020, 5, 17, 12, 0, 0, tzinfo=timezone.utc)
+    with EventLog(ledger_path) as log:
+        log.append_atomically([SessionAppend("old", [SessionCreated()], 0,
+                                             recorded_at=[long_ago])])
+    assert run("expire", "--idle", "1d").exit_code == 0
+    assert json.loads(run("show", "old", "--json").stdout)["status"] == "expired"
+    shown = [line for line in run("show", "old").output.splitlines()
              if line.startswith("last active")]
-    assert before == after
+    assert shown == ["last active:   2020-05-17 12:00:00"]
+    assert "2020-05-17 12:00:00" in run("sessions").output
 
 
 def test_events_has_a_header_and_type_and_since_filters(run: Any) -> None:
@@ -193,12 +208,13 @@ def test_the_ledger_option_is_accepted_after_the_command(run: Any) -> None:
 
 
 def test_the_command_list_never_cuts_a_help_text_short() -> None:
-    output = CliRunner().invoke(main, ["-h"], terminal_width=200).output
-    output = output.split("Commands:")[1]
-    assert "..." not in output
-    for name, command in main.commands.items():
-        first_line = (command.help or "").strip().splitlines()[0]
-        assert first_line in " ".join(output.split()), name
+    for width in (80, 200):
+        output = CliRunner().invoke(main, ["-h"], terminal_width=width).output
+        output = output.split("Commands:")[1]
+        assert "..." not in output
+        for name, command in main.commands.items():
+            first_line = (command.help or "").strip().splitlines()[0]
+            assert first_line in " ".join(output.split()), (width, name)
 
 
 def test_a_usage_error_is_one_line(run: Any) -> None:
