@@ -761,7 +761,11 @@ def compact(state: State, destination: str, as_json: bool) -> None:
     """
     with state.log() as log:
         before = log.disk_size()
-        after = log.copy_to(destination)
+        try:
+            after = log.copy_to(destination)
+        except OSError as error:
+            _fail(f"cannot write the compacted copy to {destination}: "
+                  f"{error.strerror or error}", 1)
     if as_json:
         _emit_json({"destination": destination, "bytes_before": before, "bytes_after": after})
     else:
@@ -820,7 +824,7 @@ def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
         descriptor, name = tempfile.mkstemp(dir=target.parent or ".",
                                             prefix=f".{target.name}.", suffix=".partial")
     except OSError as error:
-        _fail(f"cannot write {output}: {error}", 1)
+        _fail(f"cannot write {output}: {error.strerror or error} (in its directory)", 1)
     temporary = Path(name)
     try:
         with os.fdopen(descriptor, "wb") as file:
@@ -828,7 +832,7 @@ def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
             os.fchmod(file.fileno(), 0o666 & ~_current_umask())
         temporary.replace(target)
     except OSError as error:
-        _fail(f"cannot write {output}: {error}", 1)
+        _fail(f"cannot write {output}: {error.strerror or error}", 1)
     finally:
         temporary.unlink(missing_ok=True)
 

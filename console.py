@@ -20,6 +20,8 @@ from .events.projections import HistoryMessage
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+LONGEST_DURATION = timedelta.max.total_seconds()
+"""The longest duration taken (about 2.7 million years): beyond it no date arithmetic works."""
 
 
 def parse_duration(text: str) -> float:
@@ -34,8 +36,9 @@ def parse_duration(text: str) -> float:
                 f"{text!r} is not a duration: use seconds or units s, m, h, d, w (e.g. 1h30m)"
             ) from None
         seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if not math.isfinite(seconds):
-        raise ValueError(f"{text!r} is not a finite duration: give seconds or units (e.g. 7d)")
+    if not math.isfinite(seconds) or abs(seconds) > LONGEST_DURATION:
+        raise ValueError(f"{text!r} is not a finite duration of at most "
+                         f"{LONGEST_DURATION:.0f} s: give seconds or units (e.g. 7d)")
     if seconds < 0:
         raise ValueError(f"{text!r}: a duration cannot be negative")
     return seconds

@@ -228,6 +228,11 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
         raise LedgerError(f"{path}: written by an incompatible LMDB version: {error}") from None
     except PermissionError as error:
         raise LedgerError(f"no permission to open the ledger at {path}: {error}") from None
+    except OSError as error:
+        raise LedgerError(
+            f"cannot create or open the ledger directory {path}: {error.strerror or error}; "
+            "give a directory that can be created"
+        ) from None
     except lmdb.Error as error:
         if "Read-only file system" in str(error) or "Permission denied" in str(error):
             raise LedgerError(

@@ -61,7 +61,7 @@ def test_a_from_position_beyond_64_bits_is_a_usage_error(run: Any) -> None:
     assert_clean_error(run("events", "--from", str(10**23)), 2, "--from")
 
 
-@pytest.mark.parametrize("idle", ["nan", "inf", "1e400", "-1"])
+@pytest.mark.parametrize("idle", ["nan", "inf", "1e400", "1e308", "-1"])
 def test_expire_refuses_an_idle_age_that_is_not_a_finite_duration(run: Any, idle: str) -> None:
     session_id = run("new").stdout.strip()
     assert_clean_error(run("expire", "--idle", idle), 2, "--idle")

@@ -131,3 +131,23 @@ def test_export_replaces_a_symlink_at_the_output_itself_not_its_target(tmp_path:
                                        "-o", str(output)])
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "precious"
+
+
+def test_a_ledger_directory_that_cannot_be_created_is_exit_4_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(main, ["--ledger", str(tmp_path / "a-file" / "ledger"), "new"])
+    assert result.exit_code == 4, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert len(result.output.strip().splitlines()) == 1 and "Not a directory" in result.output
+
+
+def test_compact_into_a_directory_that_cannot_be_made_is_exit_1(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    with EventLog(ledger) as log:
+        log.append("s", [SessionCreated()], 0)
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(main, ["--ledger", str(ledger), "compact", "-o",
+                                       str(tmp_path / "a-file" / "copy")])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "cannot write the compacted copy" in result.output
