@@ -4,6 +4,10 @@ durations, wide text, option order, help and usage errors, imports that create n
 from __future__ import annotations
 
 import json
+import os
+import selectors
+import signal
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -16,7 +20,7 @@ from click.testing import CliRunner, Result
 
 from chatledger.cli import main
 from chatledger.console import TurnPrinter, display_width, format_duration, table
-from chatledger.events import SessionCreated
+from chatledger.events import RunFailed, SessionCreated
 from chatledger.ledger import Ledger
 from chatledger.storage import EventLog, SessionAppend
 
@@ -141,6 +145,31 @@ def test_ctrl_c_exits_130(run: Any, ledger_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Ledger, "send", interrupted)
     result = run("send", session_id, "hi")
     assert result.exit_code == 130 and "Traceback" not in result.output
+
+
+def test_ctrl_c_in_a_real_send_exits_130_and_records_the_cancel(ledger_path: Path) -> None:
+    environment = {**os.environ, "CHATLEDGER_AGENT_COMMAND": STANDIN}
+    command = [sys.executable, "-m", "chatledger", "--ledger", str(ledger_path)]
+    session_id = subprocess.run([*command, "new"], capture_output=True, text=True, timeout=60,
+                                env=environment, check=True).stdout.strip()
+    process = subprocess.Popen([*command, "send", session_id, "a long answer [[slow 30]]"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    try:
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            assert selector.select(timeout=60), "the answer never started"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    with EventLog(ledger_path, readonly=True) as log:
+        last = log.read_session(session_id)[-1].event
+    assert isinstance(last, RunFailed) and last.reason == "cancelled"
 
 
 def test_no_color_and_color_never_strip_colours_color_always_keeps_them(run: Any) -> None:
