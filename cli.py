@@ -255,6 +255,16 @@ def display_status(info: SessionInfo) -> str:
     return info.status
 
 
+def as_shown(log: Any, info: SessionInfo) -> SessionInfo:
+    """A session's info as the CLI shows it (tables and JSON alike): status `new` before
+    the first message, and for an expired session its last use, not the expiry's time."""
+    status = display_status(info)
+    active = last_activity(log, info)
+    if status == info.status and active == info.last_active:
+        return info
+    return msgspec.structs.replace(info, status=status, last_active=active)
+
+
 def last_activity(log: Any, info: SessionInfo) -> datetime | None:
     """When the session was last used: for an expired one, before it expired (the index
     holds the expiry's time, which is not activity)."""
@@ -527,24 +537,24 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
     epoch = datetime.min.replace(tzinfo=timezone.utc)
     with state.log() as log:
         infos = [
-            info for info in log.sessions()
+            as_shown(log, info) for info in log.sessions()
             if (mode is None or info.mode == mode)
             and (study_id is None or info.study_id == study_id)
-            and (status is None or display_status(info) == status)
         ]
-        active = {info.session_id: last_activity(log, info) or epoch for info in infos}
-    selected = [info for info in infos
-                if since_moment is None or active[info.session_id] >= since_moment]
-    selected.sort(key=lambda info: active[info.session_id], reverse=True)
+    selected = [
+        info for info in infos
+        if (status is None or info.status == status)
+        and (since_moment is None or (info.last_active or epoch) >= since_moment)
+    ]
+    selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
     if limit is not None:
         selected = selected[:limit]
     if as_json:
         _emit_json(selected)
         return
     rows = [
-        (info.session_id, info.mode, info.study_id, display_status(info), info.message_count,
-         info.turn_count, f"{info.total_cost_usd:.4f}",
-         format_time(None if active[info.session_id] == epoch else active[info.session_id]))
+        (info.session_id, info.mode, info.study_id, info.status, info.message_count,
+         info.turn_count, f"{info.total_cost_usd:.4f}", format_time(info.last_active))
         for info in selected
     ]
     click.echo(table(("session", "mode", "study", "status", "messages", "turns", "cost $",
@@ -561,14 +571,8 @@ def show(state: State, session_id: str, as_json: bool) -> None:
     Example: chatledger show 3f2a...
     """
     with state.log() as log:
-        info = log.require_info(resolve_session_id(log, session_id))
-        active = last_activity(log, info)
-    if as_json:
-        _emit_json(info)
-    else:
-        pairs = _info_pairs(msgspec.structs.replace(info, status=display_status(info),
-                                                    last_active=active))
-        click.echo(key_values(pairs))
+        info = as_shown(log, log.require_info(resolve_session_id(log, session_id)))
+    _emit_json(info) if as_json else click.echo(key_values(_info_pairs(info)))
 
 
 @main.command(name="history")

@@ -185,6 +185,9 @@ def test_sessions_status_new_matches_a_session_without_messages(run: Any) -> Non
     run("send", used, "hi [[echo]]")
     listed = run("sessions", "--status", "new")
     assert fresh in listed.output and used not in listed.output
+    as_json = json.loads(run("sessions", "--status", "new", "--json").stdout)
+    assert [(info["session_id"], info["status"]) for info in as_json] == [(fresh, "new")]
+    assert json.loads(run("show", fresh, "--json").stdout)["status"] == "new"
     assert used in run("sessions", "--status", "idle").output
 
 
@@ -198,6 +201,8 @@ def test_expire_keeps_last_active(run: Any, ledger_path: Path) -> None:
     shown = [line for line in run("show", "old").output.splitlines()
              if line.startswith("last active")]
     assert shown == ["last active:   2020-05-17 12:00:00"]
+    assert json.loads(run("show", "old", "--json").stdout)["last_active"].startswith(
+        "2020-05-17T12:00:00")
     assert "2020-05-17 12:00:00" in run("sessions").output
 
 
