@@ -60,10 +60,13 @@ argument = st.one_of(st.sampled_from(OPTIONS), st.sampled_from(TRICKY_VALUES),
 def test_no_cli_input_gives_a_traceback(ledger: Path, command: str, arguments: list[str]) -> None:
     if "--follow" in arguments or "-f" in arguments:
         arguments = [a for a in arguments if a not in ("--follow", "-f")]
-    result = CliRunner().invoke(
-        main, ["--ledger", str(ledger), command, *arguments],
-        env={"CHATLEDGER_AGENT_COMMAND": STANDIN, "CHATLEDGER_TIMEOUT": "30"},
-    )
+    runner = CliRunner()
+    # A `--ledger x` among the arguments names a ledger in a scratch directory, not here.
+    with runner.isolated_filesystem(temp_dir=ledger.parent):
+        result = runner.invoke(
+            main, ["--ledger", str(ledger), command, *arguments],
+            env={"CHATLEDGER_AGENT_COMMAND": STANDIN, "CHATLEDGER_TIMEOUT": "30"},
+        )
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         result.exception, result.output)
     assert result.exit_code in EXIT_CODES, (result.exit_code, result.output)
