@@ -3,6 +3,8 @@ exit code and never a traceback; whatever a setting holds, it is taken or refuse
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -50,6 +52,17 @@ def ledger() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run the body in `path` (contextlib.chdir needs Python 3.11)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 argument = st.one_of(st.sampled_from(OPTIONS), st.sampled_from(TRICKY_VALUES),
                      st.text(max_size=12))
 
@@ -62,7 +75,7 @@ def test_no_cli_input_gives_a_traceback(ledger: Path, command: str, arguments: l
         arguments = [a for a in arguments if a not in ("--follow", "-f")]
     runner = CliRunner()
     # A `--ledger x` among the arguments names a ledger in a scratch directory, not here.
-    with runner.isolated_filesystem(temp_dir=ledger.parent):
+    with working_directory(ledger.parent):
         result = runner.invoke(
             main, ["--ledger", str(ledger), command, *arguments],
             env={"CHATLEDGER_AGENT_COMMAND": STANDIN, "CHATLEDGER_TIMEOUT": "30"},
