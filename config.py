@@ -170,9 +170,9 @@ def load_config(
     origin: dict[str, str] = {}
     file = config_file or environ.get("CHATLEDGER_CONFIG")
     toml_path = Path(file) if file else Path("chatledger.toml")
-    if file and not toml_path.is_file():
+    if file and not _is_file(toml_path):
         raise ConfigError(f"config file {toml_path} does not exist")
-    if toml_path.is_file():
+    if _is_file(toml_path):
         for key, value in _from_toml(toml_path).items():
             values[key] = value
             origin[key] = str(toml_path)
@@ -212,6 +212,14 @@ def load_config(
     return config
 
 
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; a name the system cannot even look up is not."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
 def _is_valid_text(value: Any) -> bool:
     """False if a string in `value` holds lone surrogates (undecodable environment bytes)."""
     if isinstance(value, str):
@@ -244,5 +252,5 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         if not (math.isfinite(value) and low <= value <= high):
             fail(setting, f"{value!r} is out of range: give a number between {low:g} and "
                           f"{high:g}")
-    if config.mcp_config is not None and not Path(config.mcp_config).is_file():
+    if config.mcp_config is not None and not _is_file(Path(config.mcp_config)):
         fail("mcp_config", f"{config.mcp_config} is not a file")

@@ -230,3 +230,11 @@ def test_power_mode_as_root_with_claude_needs_is_sandbox(ledger_path: Path,
     with open_ledger(ledger_path) as ledger:  # the stand-in does not care
         assert ledger.switch_mode(session_id, "user").mode == "user"
         assert ledger.switch_mode(session_id, "power").mode == "power"
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "nul\x00byte"])
+def test_a_file_setting_the_system_cannot_look_up_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ConfigError, match="CHATLEDGER_MCP_CONFIG"):
+        load_config(environ={"CHATLEDGER_MCP_CONFIG": name})
+    with pytest.raises(ConfigError, match="config file"):
+        load_config(environ={"CHATLEDGER_CONFIG": name})
