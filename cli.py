@@ -137,7 +137,10 @@ class LedgerGroup(click.Group):
     """The command group: turns chatledger's errors into one line and an exit code."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        """Accept `--ledger` after the command too."""
+        """Accept `--ledger` after the command too; refuse NUL bytes (no path, id or message
+        can hold one; only a caller in process, never a shell, can pass one)."""
+        if any("\x00" in arg for arg in args):
+            raise click.UsageError("an argument holds a NUL byte: remove it", ctx=ctx)
         return super().parse_args(ctx, _ledger_option_first(list(args)))
 
     def main(

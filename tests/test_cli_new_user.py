@@ -252,7 +252,7 @@ def test_the_command_list_never_cuts_a_help_text_short() -> None:
 
 
 def test_a_usage_error_is_one_line(run: Any) -> None:
-    for args in (["bogus"], ["sessions", "--status", "nope"], ["show"]):
+    for args in (["bogus"], ["sessions", "--status", "nope"], ["show"], ["import", "a\x00b"]):
         result = run(*args)
         assert result.exit_code == 2
         assert len(result.output.strip().splitlines()) == 1, result.output
