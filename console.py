@@ -218,6 +218,7 @@ class TurnPrinter:
         self.color = color
         self.streamed = False
         self.mid_line = False
+        self.tools_shown = False
 
     def _end_line(self) -> None:
         if self.mid_line:
@@ -252,9 +253,14 @@ class TurnPrinter:
             if not self.streamed:
                 self._text(str(update.get("content", "")))
             self._end_line()
+        elif kind == "tool_call":
+            self.tools_shown = True
+            flag = " (error)" if update.get("is_error") else ""
+            self.annotate(f"[tool] {update.get('name')}{flag}", dim=True)
         elif kind == "done":
             self._end_line()
-            for call in update.get("tool_calls") or ():
-                self.annotate(f"[tool] {call.get('name')}", dim=True)
+            if not self.tools_shown:  # a caller that did not stream them
+                for call in update.get("tool_calls") or ():
+                    self.annotate(f"[tool] {call.get('name')}", dim=True)
         elif kind == "error":
             self._end_line()

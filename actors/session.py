@@ -561,6 +561,9 @@ class SessionActor(pykka.ThreadingActor):
                 if command.stream_deltas and event.text:
                     safe_emit(command.sink, {"type": "text_delta", "content": event.text})
             elif isinstance(event, ToolCallCompleted):
+                if command.stream_deltas:  # live progress for a streaming caller (the CLI)
+                    safe_emit(command.sink, {"type": "tool_call", "name": event.tool_call.name,
+                                             "is_error": event.tool_call.is_error})
                 for modification in extract_from_tool_calls([event.tool_call]):
                     key = canonical_json(modification)
                     if key not in seen:

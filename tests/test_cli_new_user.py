@@ -121,6 +121,16 @@ def test_send_on_the_cli_never_glues_an_annotation_to_the_text(run: Any) -> None
                 assert index == 0 or result.output[index - 1] == "\n", result.output
 
 
+def test_send_prints_tool_lines_as_they_happen_between_text_blocks(run: Any) -> None:
+    session_id = run("new").stdout.strip()
+    output = run("send", session_id, "change the canvas [[canvas]]").output
+    tool = "[tool] mcp__atomizer-tools__apply_canvas_change"
+    assert output.count(tool) == 1, output
+    first, second = "I will add the design variable to the canvas.", "Added the node."
+    assert output.index(first) < output.index(tool) < output.index(second), output
+    assert f"{first}\n" in output
+
+
 def test_an_error_after_partial_text_starts_on_its_own_line(run: Any) -> None:
     session_id = run("new").stdout.strip()
     result = run("send", session_id, "hello world this is long [[slow 10]]",
