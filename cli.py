@@ -8,6 +8,7 @@ documented code (see EXIT_CODES); tracebacks are for bugs only.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,9 +16,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -27,27 +28,29 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__
 from .actors.expiry import expiry_due
-from .actors.updates import (
-    AnyTurnUpdate,
-    CanvasModificationUpdate,
-    TextDeltaUpdate,
-    TextUpdate,
-    TurnDone,
-)
+from .actors.updates import AnyTurnUpdate
 from .audit.anchors import check_anchor
 from .audit.anchors import checkpoint as checkpoint_head
 from .audit.attest import LedgerCheck, check_ledger, describe_check, open_signing_key
 from .audit.export_check import check_export, describe_signature
 from .audit.html import hashed_sessions, render_html
-from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
+from .audit.jsonl import (
+    ImportRejectedError,
+    check_import,
+    export_jsonl,
+    import_checked,
+    record_to_json,
+)
 from .audit.locations import anchor_file_path, signing_key_path
 from .audit.replay import replay_history
 from .audit.signing import SigningKeyError, load_public_key, public_key_path, sign_head
 from .audit.stats import ledger_stats
 from .config import Config, load_config
 from .console import (
+    TurnPrinter,
     describe_event,
     format_bytes,
+    format_duration,
     format_time,
     key_values,
     parse_duration,
@@ -60,6 +63,7 @@ from .errors import (
     ChatledgerError,
     ConcurrencyError,
     ConfigError,
+    CorruptLedgerError,
     InvalidCommandError,
     InvalidSessionIdError,
     LedgerError,
@@ -67,18 +71,29 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import MODES, STATUSES, SessionExpired, at_version, history, session_info
-from .events.model import Recorded
-from .events.projections import HistoryMessage, SessionInfo
+from .events.model import TAGS, Recorded, tag_of
+from .events.projections import (
+    STATUS_EXPIRED,
+    STATUS_IDLE,
+    STATUS_NEW,
+    HistoryMessage,
+    SessionInfo,
+)
 from .storage import AuditStore, Head, VerifyReport, open_store
+
+LARGEST_COUNT = 2**63 - 1
+"""The largest position, version or count an option takes (LMDB keys are 64-bit)."""
 
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
-    1: "failed: verify found tampering, a turn failed, an import was rejected, a file unreadable",
-    2: "usage: a bad option, argument, mode, session id, duration or setting",
+    1: "verify found tampering, a turn failed, an import was rejected, a file could not be "
+       "written",
+    2: "usage error: a bad option, argument, mode, session id, duration or setting",
     3: "unknown session",
-    4: "the ledger cannot be opened or written (missing, damaged, read-only, full)",
-    5: "conflict: the session changed under this command (another writer); run it again",
+    4: "the ledger cannot be opened or written: missing, damaged, read-only, full",
+    5: "the session changed under the command (another writer): run it again",
     6: "tampered: the output was written, but the ledger failed verification (it says so)",
+    130: "interrupted (Ctrl-C); a running turn is cancelled and recorded",
 }
 TAMPERED_EXIT = 6
 
@@ -98,8 +113,71 @@ def _fail(message: str, exit_code: int = 1) -> NoReturn:
     raise CliError(message, exit_code)
 
 
+def _ledger_option_first(args: list[str]) -> list[str]:
+    """`--ledger PATH` (or `--ledger=PATH`) moved before the command, wherever it was given."""
+    moved: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        if arg == "--ledger" and index + 1 < len(args):
+            moved += args[index : index + 2]
+            index += 2
+            continue
+        if arg.startswith("--ledger="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        index += 1
+    return moved + rest
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks and other control characters written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else repr(character)[1:-1]
+                   for character in text)
+
+
 class LedgerGroup(click.Group):
     """The command group: turns chatledger's errors into one line and an exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Accept `--ledger` after the command too; refuse NUL bytes (no path, id or message
+        can hold one; only a caller in process, never a shell, can pass one)."""
+        if any("\x00" in arg for arg in args):
+            raise click.UsageError("an argument holds a NUL byte: remove it", ctx=ctx)
+        return super().parse_args(ctx, _ledger_option_first(list(args)))
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI: usage errors in one line (exit 2), Ctrl-C exits 130."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "chatledger"
+            click.echo(f"Error: {one_line(error.format_message())} (see '{command} -h')",
+                       err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            click.echo(f"Error: {one_line(error.format_message())}", err=True)
+            sys.exit(error.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command, mapping known errors to EXIT_CODES."""
@@ -159,6 +237,58 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+PREFIX_MATCHES_SHOWN = 5
+
+
+def resolve_session_id(store: Any, given: str) -> str:
+    """The session id `given` names: the id itself, else the one session whose id starts
+    with it (a trailing `...` is ignored); unknown (exit 3) or ambiguous (exit 2) otherwise."""
+    if store.info(given) is not None:
+        return given
+    prefix = given.rstrip(".…") or given
+    matches = sorted(info.session_id for info in store.sessions()
+                     if info.session_id.startswith(prefix))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UnknownSessionError(f"Session not found: {given}")
+    shown = ", ".join(matches[:PREFIX_MATCHES_SHOWN])
+    more = len(matches) - PREFIX_MATCHES_SHOWN
+    raise click.UsageError(
+        f"session id {given!r} matches {len(matches)} sessions: {shown}"
+        f"{f' and {more} more' if more > 0 else ''}; give more of the id"
+    )
+
+
+def display_status(info: SessionInfo) -> str:
+    """The status to show and filter on: `new` for a session that has had no message yet."""
+    if info.status == STATUS_IDLE and info.message_count == 0:
+        return STATUS_NEW
+    return info.status
+
+
+def as_shown(log: Any, info: SessionInfo) -> SessionInfo:
+    """A session's info as the CLI shows it (tables and JSON alike): status `new` before
+    the first message, and for an expired session its last use, not the expiry's time."""
+    status = display_status(info)
+    active = last_activity(log, info)
+    if status == info.status and active == info.last_active:
+        return info
+    return msgspec.structs.replace(info, status=status, last_active=active)
+
+
+def last_activity(log: Any, info: SessionInfo) -> datetime | None:
+    """When the session was last used: for an expired one, before it expired (the index
+    holds the expiry's time, which is not activity)."""
+    if info.status != STATUS_EXPIRED or info.last_active is None:
+        return info.last_active
+    records = log.read_session(info.session_id, from_version=info.version)
+    event = records[-1].event if records else None
+    if isinstance(event, SessionExpired) and event.idle_seconds >= 0:
+        with contextlib.suppress(OverflowError):
+            return info.last_active - timedelta(seconds=event.idle_seconds)
+    return info.last_active
 
 
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -291,9 +421,16 @@ def _trusted_key(key_file: str | None) -> Ed25519PublicKey | None:
     type=click.Path(file_okay=False),
     help="Ledger directory (default: $CHATLEDGER_PATH, else the user data directory).",
 )
+@click.option(
+    "--color",
+    type=click.Choice(("auto", "always", "never")),
+    default="auto",
+    show_default=True,
+    help="Colour the output: auto is on a terminal unless NO_COLOR is set.",
+)
 @click.version_option(__version__, prog_name="chatledger")
 @click.pass_context
-def main(ctx: click.Context, ledger_path: str | None) -> None:
+def main(ctx: click.Context, ledger_path: str | None, color: str) -> None:
     """chatledger: an event-sourced, verifiable ledger of conversations with an LLM agent CLI.
 
     \b
@@ -305,9 +442,14 @@ def main(ctx: click.Context, ledger_path: str | None) -> None:
       4  the ledger cannot be opened or written
       5  the session changed under the command (another writer): run it again
       6  export, history, show: done, but the ledger failed verification
+    130  interrupted (Ctrl-C)
 
     Example: chatledger --ledger ./ledger sessions --status idle
     """
+    if color == "always":
+        ctx.color = True
+    elif color == "never" or os.environ.get("NO_COLOR"):
+        ctx.color = False
     ctx.obj = State(ledger_path)
 
 
@@ -328,11 +470,37 @@ def new(state: State, mode: str, study_id: str | None, session_id: str | None,
     Example: chatledger new --mode user --study beam-1
     """
     with state.ledger() as ledger:
+        if session_id is not None and ledger.info(session_id) is not None:
+            _fail(f"session {session_id} already exists: send to it with `chatledger send "
+                  f"{session_id} MESSAGE`, or reopen it after expiry with `chatledger resume "
+                  f"{session_id}`", 2)
         info = ledger.create_session(session_id, mode=mode, study_id=study_id)
     if as_json:
         _emit_json({"session_id": info.session_id, "mode": info.mode, "study_id": info.study_id})
     else:
         click.echo(info.session_id)
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--mode", type=click.Choice(MODES), help="Switch to this mode as well.")
+@click.option("--study", "study_id", help="Set this study as well.")
+@json_option
+@pass_state
+def resume(state: State, session_id: str, mode: str | None, study_id: str | None,
+           as_json: bool) -> None:
+    """Reopen a session (an expired one too) to go on with it.
+
+    Example: chatledger resume 3f2a... --mode user
+    """
+    with state.ledger() as ledger:
+        session_id = resolve_session_id(ledger.log, session_id)
+        info = ledger.resume_session(session_id, mode=mode, study_id=study_id)
+    if as_json:
+        _emit_json(info)
+    else:
+        click.echo(f"{info.session_id}: resumed ({info.mode} mode, study "
+                   f"{info.study_id or '(none)'})")
 
 
 @main.command()
@@ -346,37 +514,32 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
          as_json: bool) -> None:
     """Run one turn with the configured agent, streaming the answer as it arrives.
 
-    Exits 1 if the turn failed (the failure is recorded in the ledger).
+    MESSAGE `-` reads the message from standard input. Exits 1 if the turn failed (the
+    failure is recorded in the ledger), 130 on Ctrl-C (the turn is cancelled and recorded).
 
     Example: chatledger send 3f2a... "Add a thickness variable" --canvas canvas.json
     """
+    if message == "-":
+        message = sys.stdin.read()
     canvas_state = None
     if canvas_file is not None:
         try:
             canvas_state = json.loads(canvas_file.read())
         except (ValueError, UnicodeDecodeError) as error:
             raise click.BadParameter(f"not JSON: {error}", param_hint="--canvas") from None
-    streamed = {"text": False}
+        except RecursionError:
+            raise click.BadParameter("the JSON is nested too deeply to store",
+                                     param_hint="--canvas") from None
+    printer = TurnPrinter(color=click.get_current_context().color)
 
     def show(update: AnyTurnUpdate) -> None:
         if as_json:
             _emit_json(update)
-            return
-        if isinstance(update, TextDeltaUpdate):
-            streamed["text"] = True
-            click.echo(update.content, nl=False)
-        elif isinstance(update, CanvasModificationUpdate):
-            click.secho(f"[canvas] {json.dumps(update.modification, ensure_ascii=False)}",
-                        fg="yellow", err=True)
-        elif isinstance(update, TextUpdate):
-            click.echo("" if streamed["text"] else update.content)
-        elif isinstance(update, TurnDone):
-            for call in update.tool_calls:
-                click.secho(f"[tool] {call.name}", dim=True, err=True)
+        else:
+            printer.update(msgspec.to_builtins(update))
 
     with state.ledger() as ledger:
-        if ledger.info(session_id) is None:
-            raise UnknownSessionError.for_session(session_id)
+        session_id = resolve_session_id(ledger.log, session_id)
         outcome = ledger.send(session_id, message, canvas_state=canvas_state,
                               on_update=show, stream_deltas=not as_json)
     if not outcome.ok:
@@ -394,7 +557,7 @@ def mode(state: State, session_id: str, mode: str, as_json: bool) -> None:
     Example: chatledger mode 3f2a... power
     """
     with state.ledger() as ledger:
-        info = ledger.switch_mode(session_id, mode)
+        info = ledger.switch_mode(resolve_session_id(ledger.log, session_id), mode)
     _emit_json(info) if as_json else click.echo(f"{info.session_id}: mode {info.mode}")
 
 
@@ -409,7 +572,7 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
     Example: chatledger study 3f2a... beam-2
     """
     with state.ledger() as ledger:
-        info = ledger.set_study(session_id, study_id or None)
+        info = ledger.set_study(resolve_session_id(ledger.log, session_id), study_id or None)
     _emit_json(info) if as_json else click.echo(
         f"{info.session_id}: study {info.study_id or '(none)'}"
     )
@@ -423,7 +586,7 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
 @click.option("--study", "study_id", help="Only sessions of this study.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only sessions with this status.")
 @click.option("--since", help="Only sessions active since a time (ISO) or for a duration (2h).")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions.")
+@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="At most this many sessions.")
 @json_option
 @pass_state
 def sessions(state: State, mode: str | None, study_id: str | None, status: str | None,
@@ -436,14 +599,16 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
         since_moment = parse_moment(since) if since else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--since") from None
-    with state.log() as log:
-        infos = log.sessions()
     epoch = datetime.min.replace(tzinfo=timezone.utc)
+    with state.log() as log:
+        infos = [
+            as_shown(log, info) for info in log.sessions()
+            if (mode is None or info.mode == mode)
+            and (study_id is None or info.study_id == study_id)
+        ]
     selected = [
         info for info in infos
-        if (mode is None or info.mode == mode)
-        and (study_id is None or info.study_id == study_id)
-        and (status is None or info.status == status)
+        if (status is None or info.status == status)
         and (since_moment is None or (info.last_active or epoch) >= since_moment)
     ]
     selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
@@ -471,8 +636,8 @@ def show(state: State, session_id: str, as_json: bool) -> None:
     Example: chatledger show 3f2a...
     """
     with state.log() as log:
-        info = log.require_info(session_id)
-        check = check_ledger(log, _config(state), session_ids=[session_id])
+        info = as_shown(log, log.require_info(resolve_session_id(log, session_id)))
+        check = check_ledger(log, _config(state), session_ids=[info.session_id])
     _emit_json(info) if as_json else click.echo(key_values(_info_pairs(info)))
     _warn_if_tampered(check)
 
@@ -488,7 +653,7 @@ def history_command(state: State, session_id: str, as_json: bool) -> None:
     Example: chatledger history 3f2a...
     """
     with state.log() as log:
-        log.require_info(session_id)
+        session_id = resolve_session_id(log, session_id)
         check = check_ledger(log, _config(state), session_ids=[session_id])
         messages = history(log.read_session(session_id))
     if as_json:
@@ -498,43 +663,60 @@ def history_command(state: State, session_id: str, as_json: bool) -> None:
     _warn_if_tampered(check)
 
 
+EVENT_TYPES = tuple(sorted(TAGS))
+
+
 @main.command()
 @click.argument("session_id", required=False)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
-@click.option("--from", "from_position", type=click.IntRange(min=1), default=1,
+@click.option("--from", "from_position", type=click.IntRange(1, LARGEST_COUNT), default=1,
               help="Start at this log position.")
-@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--type", "event_types", multiple=True, type=click.Choice(EVENT_TYPES),
+              help="Only events of this type (repeat for several).")
+@click.option("--since", help="Only events recorded since a time (ISO) or for a duration (2h).")
+@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="Stop after this many events.")
 @json_option
 @pass_state
 def events(state: State, session_id: str | None, follow: bool, from_position: int,
-           limit: int | None, as_json: bool) -> None:
+           event_types: tuple[str, ...], since: str | None, limit: int | None,
+           as_json: bool) -> None:
     """Print the event log (all sessions, or one), like `tail -f` with --follow.
 
-    With --json, one object per line.
+    With --json, one object per line (and no header).
 
-    Example: chatledger events --follow --json | jq .event.type
+    Example: chatledger events --type run_failed --since 24h
     """
+    try:
+        since_moment = parse_moment(since) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
     printed = 0
+    wanted = set(event_types)
 
     def emit(recorded: Recorded) -> bool:
         nonlocal printed
         if session_id is not None and recorded.session_id != session_id:
             return True
+        if wanted and tag_of(recorded.event) not in wanted:
+            return True
+        if since_moment is not None and recorded.recorded_at < since_moment:
+            return True
         if as_json:
             _emit_json(record_to_json(recorded))
         else:
-            click.echo(
-                f"{recorded.position:>7}  {format_time(recorded.recorded_at)}  "
-                f"{recorded.session_id[:36]:<36}  v{recorded.version:<4} "
-                f"{describe_event(recorded.event)}"
-            )
+            if printed == 0:
+                click.echo(_EVENT_ROW.format("pos", "recorded (UTC)", "session", "ver", "event"))
+            click.echo(_EVENT_ROW.format(
+                recorded.position, format_time(recorded.recorded_at),
+                recorded.session_id[:36], f"v{recorded.version}",
+                describe_event(recorded.event)).rstrip())
         sys.stdout.flush()
         printed += 1
         return limit is None or printed < limit
 
     with state.log() as log:
         if session_id is not None:
-            log.require_info(session_id)
+            session_id = resolve_session_id(log, session_id)
         if not follow:
             for recorded in log.read_all(from_position):
                 if not emit(recorded):
@@ -549,9 +731,12 @@ def events(state: State, session_id: str | None, follow: bool, from_position: in
                 return
 
 
+_EVENT_ROW = "{:>7}  {:<19}  {:<36}  {:<5} {}"
+
+
 @main.command()
 @click.argument("session_id")
-@click.option("--at", "version", type=click.IntRange(min=0), required=True,
+@click.option("--at", "version", type=click.IntRange(0, LARGEST_COUNT), required=True,
               help="The session version to travel to.")
 @json_option
 @pass_state
@@ -561,6 +746,7 @@ def replay(state: State, session_id: str, version: int, as_json: bool) -> None:
     Example: chatledger replay 3f2a... --at 4
     """
     with state.log() as log:
+        session_id = resolve_session_id(log, session_id)
         current = log.require_info(session_id)
         records = at_version(log.read_session(session_id), version)
     if version > current.version:
@@ -615,14 +801,19 @@ def verify(ctx: click.Context, target: str | None, saved_head: str | None,
             raise click.UsageError("--head checks a ledger, not an export file")
         ctx.exit(_verify_export_file(target, trusted, as_json))
     config = _config(state)
-    with state.log() as log:
-        total = log.require_info(target).version if target else log.head().position
-        if trusted is None and target is None:
-            own = open_signing_key(config, create=False)
-            trusted = own.public_key() if own is not None else None
-        with progress("verifying", total) as advance:
-            check = check_ledger(log, config, session_ids=[target] if target else None,
-                                 trusted=trusted, saved_head=head, progress=advance)
+    try:
+        with state.log() as log:
+            if target is not None:
+                target = resolve_session_id(log, target)
+            total = log.require_info(target).version if target else log.head().position
+            if trusted is None and target is None:
+                own = open_signing_key(config, create=False)
+                trusted = own.public_key() if own is not None else None
+            with progress("verifying", total) as advance:
+                check = check_ledger(log, config, session_ids=[target] if target else None,
+                                     trusted=trusted, saved_head=head, progress=advance)
+    except CorruptLedgerError as error:  # the verdict when the files cannot even be read
+        _fail(f"the ledger is damaged, verify cannot read it: {error}", 4)
     _print_check(check, as_json)
     ctx.exit(0 if check.ok else 1)
 
@@ -723,7 +914,11 @@ def compact(state: State, destination: str, as_json: bool) -> None:
     """
     with state.log() as log:
         before = log.disk_size()
-        after = log.copy_to(destination)
+        try:
+            after = log.copy_to(destination)
+        except OSError as error:
+            _fail(f"cannot write the compacted copy to {destination}: "
+                  f"{error.strerror or error}", 1)
     if as_json:
         _emit_json({"destination": destination, "bytes_before": before, "bytes_after": after})
     else:
@@ -750,8 +945,7 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
     """
     config = _config(state)
     with state.log() as log:
-        for session_id in session_ids:
-            log.require_info(session_id)
+        session_ids = tuple(resolve_session_id(log, session_id) for session_id in session_ids)
         key = open_signing_key(config)
         wanted = list(session_ids) or None
         total = log.head().position
@@ -787,15 +981,30 @@ def _output_stream(output: str | None) -> Iterator[IO[bytes]]:
         yield stream
         stream.flush()
         return
-    temporary = Path(output).with_name(f".{Path(output).name}.partial")
+    target = Path(output)
     try:
-        with open(temporary, "wb") as file:
-            yield file
-        temporary.replace(output)
+        # A new file of our own (O_CREAT|O_EXCL, so never a planted link), renamed over the
+        # output at the end: a reader never sees half an export.
+        descriptor, name = tempfile.mkstemp(dir=target.parent or ".",
+                                            prefix=f".{target.name}.", suffix=".partial")
     except OSError as error:
-        _fail(f"cannot write {output}: {error}", 1)
+        _fail(f"cannot write {output}: {error.strerror or error} (in its directory)", 1)
+    temporary = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+            os.fchmod(file.fileno(), 0o666 & ~_current_umask())
+        temporary.replace(target)
+    except OSError as error:
+        _fail(f"cannot write {output}: {error.strerror or error}", 1)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @main.command(name="import")
@@ -820,14 +1029,23 @@ def import_command(state: State, source: IO[bytes], dry_run: bool, key_file: str
         total = os.fstat(source.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
         total = 0  # a pipe: no size to show progress against
-    with open_store(path) as log, progress("checking", total) as advance:
+    with progress("checking", total) as advance:
 
         def lines() -> Iterator[bytes]:
             for line in source:
                 advance(len(line))
                 yield line
 
-        report = import_jsonl(log, lines(), dry_run=dry_run, trusted=trusted)
+        checked = check_import(lines(), trusted)  # a refused file never opens the ledger
+    try:
+        target: AuditStore | None = open_store(path, create=False, readonly=dry_run)
+    except LedgerMissingError:
+        target = None if dry_run else open_store(path)
+    if target is None:
+        report = import_checked(None, checked, dry_run=True)
+    else:
+        with target as log:
+            report = import_checked(log, checked, dry_run=dry_run)
     if as_json:
         _emit_json({**_to_builtins(report), "dry_run": dry_run})
         return
@@ -861,7 +1079,7 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
             idle_for = expiry_due(info, now=now, expiry_age=idle_seconds)
             if idle_for is None:
                 continue
-            item = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
+            item: dict[str, Any] = {"session_id": info.session_id, "idle_seconds": round(idle_for, 1)}
             if not dry_run:
                 try:
                     log.append(info.session_id,
@@ -875,9 +1093,9 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
         _emit_json({"dry_run": dry_run, "expired": expired, "skipped_active": skipped})
         return
     verb = "would expire" if dry_run else "expired"
-    click.echo(f"{verb} {len(expired)} session(s) idle for {idle_seconds:.0f} s or more")
+    click.echo(f"{verb} {len(expired)} session(s) idle for {format_duration(idle_seconds)} or more")
     for item in expired:
-        click.echo(f"  {item['session_id']}  idle {item['idle_seconds']:.0f} s")
+        click.echo(f"  {item['session_id']}  idle {format_duration(item['idle_seconds'])}")
     if skipped:
         click.echo(f"{len(skipped)} became active meanwhile and were left alone")
 
@@ -978,3 +1196,8 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary and not as_json:
             click.echo(f"ledger kept at {path}")
+
+
+# The command list shows each command's whole first line, never a sentence cut short.
+for _command in main.commands.values():
+    _command.short_help = (_command.help or "").strip().splitlines()[0]

@@ -7,6 +7,7 @@ reads files and the environment only when `load_config` is called; it starts not
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -55,6 +56,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     allow_power_mode: bool = True
     partial_messages: bool = True
     max_output_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_canvas_bytes: int = 16 * 1024 * 1024
     kill_grace: float = 2.0
     agent_cwd: str | None = None
     agent_env: dict[str, str] = msgspec.field(default_factory=dict)
@@ -81,6 +84,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_ALLOW_POWER_MODE": "allow_power_mode",
     "CHATLEDGER_PARTIAL_MESSAGES": "partial_messages",
     "CHATLEDGER_MAX_OUTPUT_BYTES": "max_output_bytes",
+    "CHATLEDGER_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "CHATLEDGER_MAX_CANVAS_BYTES": "max_canvas_bytes",
     "CHATLEDGER_KILL_GRACE": "kill_grace",
     "CHATLEDGER_AGENT_CWD": "agent_cwd",
     "CHATLEDGER_SIGNING_KEY": "signing_key",
@@ -89,6 +94,23 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
 }
 """Environment variable -> setting."""
 
+DAY = 86400.0
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0.1, 7 * DAY),
+    "idle_timeout": (0.01, 3650 * DAY),
+    "expiry_age": (0.01, 36500 * DAY),
+    "sweep_interval": (1.0, DAY),
+    "kill_grace": (0.01, 600.0),
+    "max_runs": (1, 1024),
+    "max_live_sessions": (1, 10_000_000),
+    "history_window": (0, 100_000),
+    "max_output_bytes": (1024, 1 << 40),
+    "max_message_bytes": (1024, 1 << 30),
+    "max_canvas_bytes": (1024, 1 << 30),
+    "anchor_interval": (0, DAY),
+}
+"""Each numeric setting's documented range (inclusive): a value outside it is refused."""
+
 _SETTING_TO_VARIABLE = {setting: name for name, setting in ENVIRONMENT_VARIABLES.items()}
 
 
@@ -96,7 +118,12 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, setting in ENVIRONMENT_VARIABLES.items():
         raw = environ.get(name)
-        if raw is None or raw == "":
+        if raw is None:
+            continue
+        if setting == "agent_command" and not raw.strip():
+            raise ConfigError(f"{name} is set but empty: name the agent's command line "
+                              "(e.g. claude), or unset it for the default")
+        if raw == "":
             continue
         if setting in ("agent_command", "allowed_tools"):
             try:
@@ -151,9 +178,9 @@ def load_config(
     origin: dict[str, str] = {}
     file = config_file or environ.get("CHATLEDGER_CONFIG")
     toml_path = Path(file) if file else Path("chatledger.toml")
-    if file and not toml_path.is_file():
+    if file and not _is_file(toml_path):
         raise ConfigError(f"config file {toml_path} does not exist")
-    if toml_path.is_file():
+    if _is_file(toml_path):
         for key, value in _from_toml(toml_path).items():
             values[key] = value
             origin[key] = str(toml_path)
@@ -164,11 +191,20 @@ def load_config(
         if value is None and key != "mcp_config" and key != "agent_cwd":
             continue
         if key in ("agent_command", "allowed_tools") and isinstance(value, str):
-            value = tuple(shlex.split(value))
+            try:
+                value = tuple(shlex.split(value))
+            except ValueError as error:
+                raise ConfigError(
+                    f"setting {key!r} (from keyword argument): cannot split {value!r}: {error}"
+                ) from None
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
         values[key] = value
         origin[key] = "keyword argument"
+    for key, value in values.items():
+        if not _is_valid_text(value):
+            raise ConfigError(f"{_source(key, origin)}: holds bytes that are not valid UTF-8 "
+                              "text; write it as text")
     try:
         config = msgspec.convert(values, Config, strict=False)
     except msgspec.ValidationError as error:
@@ -182,6 +218,29 @@ def load_config(
     if not config.path:
         config = msgspec.structs.replace(config, path=default_ledger_path())
     return config
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; a name the system cannot even look up is not."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def _is_valid_text(value: Any) -> bool:
+    """False if a string in `value` holds lone surrogates (undecodable environment bytes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_valid_text(item) for item in value)
+    if isinstance(value, dict):
+        return all(_is_valid_text(k) and _is_valid_text(v) for k, v in value.items())
+    return True
 
 
 def _check(config: Config, origin: dict[str, str]) -> None:
@@ -203,18 +262,10 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         fail("output_format", f"must be one of {', '.join(dialect.output_formats)}")
     if config.history_strategy not in HISTORY_STRATEGIES:
         fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
-    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):
-        if not getattr(config, setting) > 0:
-            fail(setting, "must be a positive number of seconds")
-    if config.anchor_interval < 0:
-        fail("anchor_interval", "must be 0 (off) or a positive number of seconds")
-    if config.max_runs < 1:
-        fail("max_runs", "must be at least 1")
-    if config.max_live_sessions < 1:
-        fail("max_live_sessions", "must be at least 1")
-    if config.history_window < 0:
-        fail("history_window", "must be 0 or more")
-    if config.max_output_bytes < 1024:
-        fail("max_output_bytes", "must be at least 1024")
-    if config.mcp_config is not None and not Path(config.mcp_config).is_file():
+    for setting, (low, high) in NUMERIC_RANGES.items():
+        value = getattr(config, setting)
+        if not (math.isfinite(value) and low <= value <= high):
+            fail(setting, f"{value!r} is out of range: give a number between {low:g} and "
+                          f"{high:g}")
+    if config.mcp_config is not None and not _is_file(Path(config.mcp_config)):
         fail("mcp_config", f"{config.mcp_config} is not a file")

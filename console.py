@@ -5,8 +5,10 @@ Nothing here touches a ledger; it only turns values into text (and parses durati
 
 from __future__ import annotations
 
+import math
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -18,6 +20,8 @@ from .events.projections import HistoryMessage
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+LONGEST_DURATION = timedelta.max.total_seconds()
+"""The longest duration taken (about 2.7 million years): beyond it no date arithmetic works."""
 
 
 def parse_duration(text: str) -> float:
@@ -32,6 +36,9 @@ def parse_duration(text: str) -> float:
                 f"{text!r} is not a duration: use seconds or units s, m, h, d, w (e.g. 1h30m)"
             ) from None
         seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not math.isfinite(seconds) or abs(seconds) > LONGEST_DURATION:
+        raise ValueError(f"{text!r} is not a finite duration of at most "
+                         f"{LONGEST_DURATION:.0f} s: give seconds or units (e.g. 7d)")
     if seconds < 0:
         raise ValueError(f"{text!r}: a duration cannot be negative")
     return seconds
@@ -43,7 +50,13 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        return now - timedelta(seconds=parse_duration(text))
+        seconds = parse_duration(text)
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} reaches back before the year 1: give a shorter duration"
+            ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
@@ -64,6 +77,21 @@ def format_bytes(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes on a terminal: wide (CJK) characters two, combining marks none."""
+    width = 0
+    for character in text:
+        if unicodedata.combining(character) or unicodedata.category(character) in ("Mn", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(character) in ("W", "F") else 1
+    return width
+
+
+def _pad(value: str, width: int, right: bool) -> str:
+    fill = " " * max(0, width - display_width(value))
+    return fill + value if right else value + fill
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Rows as a table with aligned columns (numbers right-aligned) under a header line."""
     cells = [[str(header) for header in headers]]
@@ -72,11 +100,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         all(isinstance(row[column], (int, float)) for row in rows) if rows else False
         for column in range(len(headers))
     ]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+    widths = [max(display_width(row[column]) for row in cells) for column in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         parts = [
-            value.rjust(width) if right else value.ljust(width)
+            _pad(value, width, right)
             for value, width, right in zip(row, widths, numeric, strict=True)
         ]
         return "  ".join(parts).rstrip()
@@ -85,9 +113,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as `45s`, `2m20s`, `3h05m` or `2d04h` (the two largest units)."""
+    total = int(round(max(0.0, seconds))) if math.isfinite(seconds) else 0
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
 def key_values(pairs: Sequence[tuple[str, Any]]) -> str:
     """`key: value` lines with the values aligned."""
-    width = max((len(key) for key, _ in pairs), default=0)
+    width = max((display_width(key) for key, _ in pairs), default=0)
     return "\n".join(f"{key + ':':<{width + 1}} {'-' if value is None else value}" for key, value in pairs)
 
 
@@ -160,5 +203,64 @@ def _event_detail(kind: str, fields: dict[str, Any]) -> str:
     if kind == "study_context_set":
         return str(fields.get("study_id") or "-")
     if kind == "session_expired":
-        return f"{fields.get('reason', 'idle')}, idle {fields.get('idle_seconds', 0):.0f} s"
+        idle = fields.get("idle_seconds", 0)
+        idle = idle if isinstance(idle, (int, float)) else 0
+        return f"{fields.get('reason', 'idle')}, idle {format_duration(idle)}"
     return _short(fields, 70) if fields else ""
+
+
+class TurnPrinter:
+    """Prints a turn's updates on a terminal: streamed text on stdout, annotations (canvas
+    changes, tool calls, errors) each on a line of their own on stderr, never glued to
+    the text. Called from the thread that delivers updates; keeps only line state."""
+
+    def __init__(self, color: bool | None = None) -> None:
+        self.color = color
+        self.streamed = False
+        self.mid_line = False
+        self.tools_shown = False
+
+    def _end_line(self) -> None:
+        if self.mid_line:
+            click.echo(color=self.color)
+            self.mid_line = False
+
+    def _text(self, text: str) -> None:
+        if not text:
+            return
+        click.echo(text, nl=False, color=self.color)
+        sys.stdout.flush()
+        self.mid_line = not text.endswith("\n")
+
+    def annotate(self, text: str, **style: Any) -> None:
+        """One annotation line on stderr, after ending the text's current line."""
+        self._end_line()
+        sys.stdout.flush()
+        click.secho(text, err=True, color=self.color, **style)
+
+    def update(self, update: dict[str, Any]) -> None:
+        """Print one update of `Ledger.send` as it arrives."""
+        import json
+
+        kind = update.get("type")
+        if kind == "text_delta":
+            self.streamed = True
+            self._text(str(update.get("content", "")))
+        elif kind == "canvas_modification":
+            self.annotate(f"[canvas] {json.dumps(update['modification'], ensure_ascii=False)}",
+                          fg="yellow")
+        elif kind == "text":
+            if not self.streamed:
+                self._text(str(update.get("content", "")))
+            self._end_line()
+        elif kind == "tool_call":
+            self.tools_shown = True
+            flag = " (error)" if update.get("is_error") else ""
+            self.annotate(f"[tool] {update.get('name')}{flag}", dim=True)
+        elif kind == "done":
+            self._end_line()
+            if not self.tools_shown:  # a caller that did not stream them
+                for call in update.get("tool_calls") or ():
+                    self.annotate(f"[tool] {call.get('name')}", dim=True)
+        elif kind == "error":
+            self._end_line()

@@ -168,8 +168,9 @@ class SessionManager:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Run one turn and yield its updates as they happen: `canvas_modification`*,
         `text`, `error` (if any), then `done` with the turn's tool calls. Errors are yielded,
-        never raised. With `stream_deltas`, `text_delta` items come as the agent writes. If the
-        consumer stops early, the run is cancelled and recorded as cancelled."""
+        never raised. With `stream_deltas`, `text_delta` items come as the agent writes, and a
+        `tool_call` item (`name`, `is_error`) as each tool call completes. If the consumer
+        stops early, the run is cancelled and recorded as cancelled."""
         try:
             runtime = await self._runtime_async()
         except ChatledgerError as error:

@@ -135,9 +135,11 @@ class RouteCompletion:
 
 @dataclass(frozen=True)
 class Sweep(Ask[dict[str, int]]):
-    """Passivate idle sessions and expire old ones."""
+    """Passivate idle sessions and expire old ones. A caller that waits for the expiries
+    (read-your-own-writes) passes a list: the supervisor adds one future per live expiry."""
 
     now: float | None = None
+    expiries: list[Any] | None = None
 
 
 @dataclass(frozen=True)

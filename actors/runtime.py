@@ -23,7 +23,7 @@ import pykka
 
 from ..agent import McpConfigFiles, select_dialect
 from ..config import Config
-from ..errors import ConfigError, LedgerClosedError
+from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
 from .messages import (
@@ -44,6 +44,7 @@ from .messages import (
     SwitchMode,
     ask,
 )
+from .preflight import check_turn_size
 from .runs import RunPool
 from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
@@ -173,10 +174,22 @@ class Runtime:
                 return ask(ref, message, ASK_TIMEOUT)
             except pykka.ActorDeadError:
                 if attempt:
-                    raise
+                    raise self._why_it_died(session_id) from None
             finally:
                 self.registry.unpin(session_id, ref)
         raise AssertionError("unreachable")
+
+    def _why_it_died(self, session_id: str) -> ChatledgerError:
+        """The error behind a session actor that died twice in a row: reading the session
+        again raises what stopped it (a damaged ledger, usually), or a plain ledger error."""
+        try:
+            self.log.read_session(session_id)
+        except ChatledgerError as error:
+            return error
+        return LedgerError(
+            f"session {session_id} could not be started twice in a row: run "
+            f"`chatledger verify {session_id}`, and see the log for the actor's error"
+        )
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -222,6 +235,7 @@ class Runtime:
         stream_deltas: bool = False,
     ) -> int:
         """Queue a turn; updates go to `sink` (on other threads). Returns the turn's ticket."""
+        check_turn_size(self.config, text, canvas_state)
         ticket = next(self._tickets)
         self.ask(
             session_id,
@@ -275,8 +289,14 @@ class Runtime:
         return ask(self.supervisor, Passivate(session_id), ASK_TIMEOUT)
 
     def sweep(self, now: float | None = None) -> dict[str, int]:
-        """Passivate idle sessions and expire old ones now (as the sweeper does)."""
-        return ask(self.supervisor, Sweep(now), ASK_TIMEOUT)
+        """Passivate idle sessions and expire old ones now (as the sweeper does); returns
+        once every expiry is recorded, so reads after it see them."""
+        expiries: list[Any] = []
+        result = ask(self.supervisor, Sweep(now, expiries), ASK_TIMEOUT)
+        for expiry in expiries:
+            with contextlib.suppress(pykka.ActorDeadError):
+                expiry.get(timeout=ASK_TIMEOUT)
+        return result
 
     # -- shutdown ---------------------------------------------------------------------------
 

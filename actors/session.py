@@ -61,6 +61,7 @@ from .messages import (
     SetStudy,
     SwitchMode,
 )
+from .preflight import check_power_mode_runs
 from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
 from .turn import (
@@ -261,6 +262,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def _check_mode(self, mode: str) -> None:
         check_mode(mode, allow_power_mode=self.services.config.allow_power_mode)
+        if mode == "power":
+            check_power_mode_runs(self.services.config)
 
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)

@@ -182,7 +182,7 @@ class Supervisor(pykka.ThreadingActor):
             self._route(message.completion)
             return None
         if isinstance(message, Sweep):
-            return self._sweep(message.now)
+            return self._sweep(message.now, message.expiries)
         if isinstance(message, Passivate):
             return self._passivate(message.session_id)
         if isinstance(message, LiveSessions):
@@ -230,7 +230,7 @@ class Supervisor(pykka.ThreadingActor):
         self.passivated += 1
         return True
 
-    def _sweep(self, now: float | None) -> dict[str, int]:
+    def _sweep(self, now: float | None, expiries: list[Any] | None = None) -> dict[str, int]:
         """Passivate idle actors, then expire sessions idle past the expiry age."""
         config = self.services.config
         passivated = 0
@@ -245,7 +245,11 @@ class Supervisor(pykka.ThreadingActor):
             if idle is None:
                 continue
             if ref is not None:  # its actor decides again, on its own state
-                ref.tell(ExpireSession(now=now, expiry_age=config.expiry_age))
+                expiry = ExpireSession(now=now, expiry_age=config.expiry_age)
+                if expiries is None:
+                    ref.tell(expiry)
+                else:  # the caller waits for the append, not this actor
+                    expiries.append(ref.ask(expiry, block=False))
                 expired += 1
                 continue
             try:

@@ -52,6 +52,7 @@ from .updates import (
     ErrorUpdate,
     TextDeltaUpdate,
     TextUpdate,
+    ToolCallUpdate,
     TurnDone,
 )
 
@@ -161,6 +162,9 @@ class TurnStream:
         if not isinstance(event, ToolCallCompleted):
             return []
         updates: list[AnyTurnUpdate] = []
+        if self.stream_deltas:
+            updates.append(ToolCallUpdate(name=event.tool_call.name,
+                                          is_error=event.tool_call.is_error))
         for modification in extract_from_tool_calls([event.tool_call]):
             key = canonical_json(modification)
             if key not in self._seen:

@@ -33,6 +33,14 @@ class TextDeltaUpdate(TurnUpdate, tag="text_delta", frozen=True, kw_only=True):
     content: str
 
 
+class ToolCallUpdate(TurnUpdate, tag="tool_call", frozen=True, kw_only=True):
+    """A tool call the agent completed (only when the caller asked for deltas): live
+    progress for a streaming caller such as the CLI."""
+
+    name: str
+    is_error: bool = False
+
+
 class CanvasModificationUpdate(TurnUpdate, tag="canvas_modification", frozen=True, kw_only=True):
     """A canvas change the agent made (streamed as it happens, each one once per turn)."""
 
@@ -65,13 +73,14 @@ class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
 
 
 AnyTurnUpdate = (
-    TextDeltaUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate | TurnDone
+    TextDeltaUpdate | ToolCallUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate
+    | TurnDone
 )
 """Every update a turn can stream."""
 
 TurnSink = Callable[[AnyTurnUpdate], None]
 """Receives a turn's updates, on a run-pool or actor thread: `canvas_modification`*,
-`text_delta`* (when asked), `text` or `error`, then `done`."""
+`text_delta`* and `tool_call`* (when asked), `text` or `error`, then `done`."""
 
 
 def turn_failed(

@@ -126,8 +126,13 @@ def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+REPAIRED = "invalid UTF-8 at byte"
+"""How _decode_line's note on a line read with U+FFFD for its bad bytes starts."""
+
+
 def _decode_line(line: bytes) -> tuple[Any, str | None]:
-    """(the JSON value, None), or (None, why the line is not JSON).
+    """(the JSON value, None), or (None, why the line is not JSON); a line whose bad bytes
+    were read as U+FFFD comes with a note that starts with REPAIRED.
 
     msgspec reads nearly every line; the standard library takes what it refuses but a
     JavaScript program may print: escapes of lone surrogates (node's JSON.stringify writes
@@ -135,18 +140,19 @@ def _decode_line(line: bytes) -> tuple[Any, str | None]:
     """
     try:
         return msgspec.json.decode(line), None
-    except UnicodeDecodeError as error:
-        return None, f"invalid UTF-8 at byte {error.start}"
     except (msgspec.DecodeError, ValueError, RecursionError) as error:
         refused = error
+    repaired = None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as bad_bytes:
-        return None, f"invalid UTF-8 at byte {bad_bytes.start}"
+        # Agent output is always recorded: bad bytes become U+FFFD, as in its text.
+        text = line.decode("utf-8", errors="replace")
+        repaired = f"{REPAIRED} {bad_bytes.start}, read as U+FFFD"
     try:
-        return json.loads(text), None
+        return json.loads(text), repaired
     except (ValueError, RecursionError):
-        return None, f"not JSON ({refused})"
+        return None, f"not JSON ({refused}){', ' + repaired if repaired else ''}"
 
 
 class StreamJsonParser:
@@ -164,6 +170,9 @@ class StreamJsonParser:
         self._tool_uses: dict[str, _PendingToolUse] = {}
         self._tool_order: list[_PendingToolUse] = []
         self._streamed_message_ids: set[str] = set()
+        # Text streamed in the current message that no assistant line has confirmed yet: an
+        # interrupted claude prints it again as a new message, which must not stream twice.
+        self._unconfirmed_text = ""
         self._streaming_message_id: str | None = None
         self._saw_anonymous_stream = False
         self._init: AgentInit | None = None
@@ -194,6 +203,9 @@ class StreamJsonParser:
                     event.delta.text if event.delta is not None else None,
                 )
         message, problem = _decode_line(stripped)
+        if problem is not None and problem.startswith(REPAIRED):
+            self._note(f"line {self._line_number}: {problem}")
+            problem = None
         if problem is not None:
             self._garbage(problem, stripped)
             return []
@@ -280,8 +292,10 @@ class StreamJsonParser:
                 if from_subagent:
                     continue  # a sub-agent's own chatter is not the answer
                 self._text_blocks.append(block["text"])
-                if not already_streamed and block["text"]:
+                repeated = bool(self._unconfirmed_text) and block["text"] == self._unconfirmed_text
+                if not already_streamed and not repeated and block["text"]:
                     events.append(TextDelta(text=block["text"]))
+                self._unconfirmed_text = ""
             elif block_type in ("tool_use", "server_tool_use", "mcp_tool_use"):
                 self._on_tool_use(block)
         return events
@@ -352,6 +366,7 @@ class StreamJsonParser:
             return []
         if event_type == "message_start":
             self._streaming_message_id = started_id if isinstance(started_id, str) else None
+            self._unconfirmed_text = ""
             return []
         if event_type != "content_block_delta" or delta_type != "text_delta":
             return []
@@ -361,6 +376,7 @@ class StreamJsonParser:
             self._streamed_message_ids.add(self._streaming_message_id)
         else:
             self._saw_anonymous_stream = True
+        self._unconfirmed_text += text
         return [TextDelta(text=text)]
 
     def _on_result(self, message: dict[str, Any]) -> list[AgentUpdate]:

@@ -105,7 +105,14 @@ _header_decoder = msgspec.json.Decoder(ExportHeader)
 
 def _parse_line(number: int, line: bytes) -> ExportLine | str:
     """Decode and check one record line on its own: hash, stored bytes, readable fields;
-    the line, or why it is wrong."""
+    the line, or why it is wrong (a line nested too deeply to read is wrong too)."""
+    try:
+        return _parse_record_line(number, line)
+    except RecursionError:
+        return f"line {number}: nested too deeply to be an export line"
+
+
+def _parse_record_line(number: int, line: bytes) -> ExportLine | str:
     try:
         data = _json_decoder.decode(line)
         stored = base64.b64decode(data["record"], validate=True)
@@ -220,7 +227,7 @@ def check_export(
 def _is_header(line: bytes) -> bool:
     try:
         data = _json_decoder.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return isinstance(data, dict) and "chatledger_export" in data
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import ChatledgerError
+from ..errors import ChatledgerError, CorruptLedgerError
 from ..events.codec import decode_record, event_to_builtins
 from ..events.model import Recorded
 from ..storage import AuditStore, SessionAppend
@@ -42,8 +43,8 @@ from .export_check import (
 from .records import record_to_json, record_to_line
 from .signing import session_tip, sign_head
 
-__all__ = ["ImportRejectedError", "ImportReport", "export_jsonl", "import_jsonl",
-           "record_to_json"]
+__all__ = ["CheckedImport", "ImportRejectedError", "ImportReport", "check_import",
+           "export_jsonl", "import_checked", "import_jsonl", "record_to_json"]
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -120,8 +121,14 @@ def export_jsonl(
         lines = heapq.merge(*streams)
     out.write(_json_encoder.encode(header) + b"\n")
     count = 0
-    for _, stored in lines:
-        recorded = decode_record(stored[HASH_SIZE:])
+    for position, stored in lines:
+        try:
+            recorded = decode_record(stored[HASH_SIZE:])
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            raise CorruptLedgerError(
+                f"the record at position {position} does not decode ({error}): the ledger is "
+                "damaged; restore it from a copy (`chatledger verify` lists every bad place)"
+            ) from None
         out.write(_json_encoder.encode(record_to_line(recorded, stored)) + b"\n")
         count += 1
         if progress is not None:
@@ -136,12 +143,14 @@ def _same_event(left: Recorded, right: Recorded) -> bool:
     )
 
 
-def _verbatim_start(log: AuditStore, header: ExportHeader | None, scope: str,
+def _verbatim_start(log: AuditStore | None, header: ExportHeader | None, scope: str,
                     lines: list[ExportLine]) -> int | None:
-    """How many leading records of a whole-ledger export the ledger already holds exactly
-    (its head is one of them), or None if the export cannot go in verbatim."""
+    """How many leading records of a whole-ledger export the ledger (None: an empty one)
+    already holds exactly (its head is one of them), or None if it cannot go in verbatim."""
     if scope != SCOPE_LEDGER or (header is not None and header.scope != SCOPE_LEDGER):
         return None
+    if log is None:
+        return 0
     head = log.head()
     if head.position == 0:
         return 0
@@ -158,18 +167,46 @@ def import_jsonl(
     trusted: Ed25519PublicKey | None = None,
 ) -> ImportReport:
     """Check an export and append what the ledger lacks, atomically (see the module doc)."""
+    return import_checked(log, check_import(lines, trusted), dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class CheckedImport:
+    """An export file that passed every check (`check_import`), ready to go in."""
+
+    header: ExportHeader | None
+    scope: str
+    signature: str
+    lines: list[ExportLine]
+
+
+def check_import(lines: Iterable[bytes], trusted: Ed25519PublicKey | None = None) -> CheckedImport:
+    """Check a whole export file before any ledger is opened (a refused file creates
+    nothing); ImportRejectedError with the first problem."""
     check, header, parsed = check_export(lines, trusted, keep=True)
     if not check.ok:
         raise ImportRejectedError(check.problems[0])
-    report = ImportReport(events_read=len(parsed), signature=check.signature)
-    start = _verbatim_start(log, header, check.scope, parsed)
+    return CheckedImport(header=header, scope=check.scope, signature=check.signature,
+                         lines=parsed)
+
+
+def import_checked(
+    log: AuditStore | None, checked: CheckedImport, *, dry_run: bool = False
+) -> ImportReport:
+    """Append what the ledger lacks of a checked export, atomically; `log` None stands for an
+    empty ledger that does not exist yet (a dry run only)."""
+    if log is None and not dry_run:
+        raise ValueError("only a dry run can import into a ledger that does not exist")
+    parsed = checked.lines
+    report = ImportReport(events_read=len(parsed), signature=checked.signature)
+    start = _verbatim_start(log, checked.header, checked.scope, parsed)
     if start is not None:
         missing = parsed[start:]
         report.verbatim = True
         report.events_already_present = start
         report.events_imported = len(missing)
         report.sessions_imported = len({line.recorded.session_id for line in missing})
-        if missing and not dry_run:
+        if missing and not dry_run and log is not None:
             log.append_verbatim([line.stored for line in missing])
         return report
     sessions: dict[str, list[Recorded]] = {}
@@ -177,7 +214,7 @@ def import_jsonl(
         sessions.setdefault(line.recorded.session_id, []).append(line.recorded)
     appends: list[SessionAppend] = []
     for session_id, stream in sessions.items():
-        present = log.read_session(session_id)
+        present = log.read_session(session_id) if log is not None else []
         for mine, theirs in zip(present, stream, strict=False):
             if not _same_event(mine, theirs):
                 raise ImportRejectedError(
@@ -198,6 +235,6 @@ def import_jsonl(
         )
         report.events_imported += len(missing_records)
         report.sessions_imported += 1
-    if appends and not dry_run:
+    if appends and not dry_run and log is not None:
         log.append_atomically(appends)
     return report

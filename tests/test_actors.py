@@ -164,7 +164,7 @@ def test_a_timed_out_agent_and_its_children_are_dead_afterwards(
 
 
 def test_missing_agent_binary_is_recorded_with_the_install_hint(ledger_path: Path) -> None:
-    with open_ledger(ledger_path, agent_command=("no-such-claude-binary",)) as ledger:
+    with open_ledger(ledger_path, agent_command=(str(ledger_path.parent / "bin" / "claude"),)) as ledger:
         session_id = ledger.create_session().session_id
         outcome = ledger.send(session_id, "hi")
         assert not outcome.ok and outcome.reason == "not_found"

@@ -154,12 +154,18 @@ def test_a_failing_agent_is_exit_status_with_its_stderr_tail() -> None:
     assert "failed on purpose" in outcome.stderr_tail and "failed on purpose" in outcome.message
 
 
-def test_a_missing_binary_is_not_found_with_the_install_hint() -> None:
-    outcome = run_agent(["no-such-claude-binary-here", "--print"], "hi", timeout=5)
+def test_a_missing_claude_binary_is_not_found_with_the_install_hint(tmp_path: Path) -> None:
+    outcome = run_agent([str(tmp_path / "no-such-dir" / "claude"), "--print"], "hi", timeout=5)
     assert not outcome.ok and outcome.failure_reason == "not_found"
     assert outcome.message.startswith(
         "Claude CLI not found in PATH. Install with: npm install -g @anthropic-ai/claude-code")
     assert outcome.message.startswith(NOT_FOUND_MESSAGE) and outcome.pid is None
+
+
+def test_a_missing_other_binary_is_not_found_naming_it_without_the_npm_hint() -> None:
+    outcome = run_agent(["no-such-agent-binary-here", "--print"], "hi", timeout=5)
+    assert not outcome.ok and outcome.failure_reason == "not_found"
+    assert "'no-such-agent-binary-here'" in outcome.message and "npm" not in outcome.message
 
 
 def test_a_file_that_cannot_be_executed_is_spawn_failed(tmp_path: Path) -> None:

@@ -304,3 +304,11 @@ def test_stream_events_as_claude_prints_them_parse_like_any_other_spelling(
     tail = [assistant({"type": "text", "text": "the answer"}, message_id="m1"), result()]
     assert feed(fast, *compact, *tail) == feed(general, *spaced, *tail)
     assert fast.finish() == general.finish()
+
+
+def test_an_interrupted_answer_printed_again_as_a_new_message_is_not_streamed_twice() -> None:
+    parser = StreamJsonParser()
+    events = feed(parser, message_start("msg_1"), delta("echo: "), delta("hello "),
+                  assistant({"type": "text", "text": "echo: hello "}, message_id="msg_2"),
+                  result(result="", is_error=True, subtype="error_during_execution"))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["echo: ", "hello "]

@@ -92,7 +92,7 @@ def test_canvas_changes_come_first_then_text_then_done_with_tool_calls(
     [
         ({}, "[[error]]", None),
         ({"timeout": 1.0}, "[[slow 20]]", "Response timeout"),
-        ({"agent_command": ("no-such-claude",)}, "hi",
+        ({"agent_command": ("/nonexistent-dir/claude",)}, "hi",
          "Claude CLI not found in PATH. Install with: npm install -g @anthropic-ai/claude-code"),
         ({}, "[[fail]]", "CLI error: "),
     ],

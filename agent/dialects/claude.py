@@ -14,6 +14,7 @@ unknown session says "No conversation found with session ID". This module starts
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -202,8 +203,12 @@ class ClaudeDialect:
         return claude_mcp_config_document(servers)
 
     def not_found_message(self, program: str) -> str:
-        """The old manager's npm hint, naming what was looked for."""
-        return f"{NOT_FOUND_MESSAGE} (no {program!r} was found)"
+        """The old manager's npm hint for `claude` itself; for another program (a typo in the
+        setting) the configured command and the setting that names it, without the hint."""
+        if os.path.basename(program) == "claude":
+            return f"{NOT_FOUND_MESSAGE} (no {program!r} was found)"
+        return (f"agent command {program!r} not found on PATH; fix CHATLEDGER_AGENT_COMMAND "
+                "(setting 'agent_command')")
 
 
 CLAUDE = ClaudeDialect()

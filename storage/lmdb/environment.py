@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgspec
 
 from ...errors import CorruptLedgerError, LedgerError, LedgerFullError
 from .layout import DATABASES
@@ -25,6 +26,19 @@ DEFAULT_MAX_MAP_SIZE = 1 << 40
 MAX_READERS = 512
 MAP_RESIZE_RETRIES = 8
 """Times an open or a transaction adopts a map another process grew before giving up."""
+DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadTxnError,
+                 lmdb.InvalidError, lmdb.PanicError, lmdb.BadValsizeError, msgspec.DecodeError,
+                 msgspec.ValidationError)
+"""What reading damaged pages or records raises; turned into CorruptLedgerError where read."""
+
+
+def damaged(path: Path, error: BaseException) -> CorruptLedgerError:
+    """The error for a ledger whose files are damaged: what LMDB said, and what to do."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CorruptLedgerError(
+        f"the ledger at {path} is damaged ({type(error).__name__}: {detail}): restore it "
+        "from a copy (`chatledger verify` says where, if it can read that far)"
+    )
 
 
 class ResizeGate:
@@ -127,8 +141,11 @@ class SharedEnvironment:
                 except lmdb.MapResizedError:
                     pass
                 else:
-                    with txn:
-                        yield txn
+                    try:
+                        with txn:
+                            yield txn
+                    except DAMAGE_ERRORS as error:
+                        raise damaged(self.path, error) from None
                     return
             self.adopt_map_size()
         raise LedgerError(f"{self.path}: the map keeps being resized by another process")
@@ -201,6 +218,10 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
         raise LedgerError(f"there is no ledger at {path}")
     if data_file.exists() and data_file.stat().st_size == 0:
         raise CorruptLedgerError(f"{data_file} is empty: the ledger is damaged")
+    # A reader who cannot write the lock file (a ledger owned by another user, a read-only
+    # mount) opens without LMDB's lock: it then registers no reader slot, so its reads are
+    # consistent only while no other process writes the ledger.
+    lock = not (readonly and not _lock_file_writable(path))
     try:
         if not readonly:
             path.mkdir(parents=True, exist_ok=True)
@@ -216,7 +237,7 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
                     metasync=True,
                     readahead=False,
                     readonly=readonly,
-                    lock=True,
+                    lock=lock,
                 )
             except lmdb.MapResizedError:
                 # Another process grew the data past the map this open sized itself to
@@ -232,14 +253,27 @@ def _open_lmdb(path: Path, *, map_size: int, readonly: bool) -> Any:
         raise LedgerError(f"{path}: written by an incompatible LMDB version: {error}") from None
     except PermissionError as error:
         raise LedgerError(f"no permission to open the ledger at {path}: {error}") from None
+    except OSError as error:
+        raise LedgerError(
+            f"cannot create or open the ledger directory {path}: {error.strerror or error}; "
+            "give a directory that can be created"
+        ) from None
     except lmdb.Error as error:
         if "Read-only file system" in str(error) or "Permission denied" in str(error):
             raise LedgerError(
-                f"the ledger at {path} is on a read-only file system or not writable: "
-                "open it read-only (readonly=True, or the CLI's reading commands) or fix "
-                "its permissions"
+                f"the ledger at {path} is on a read-only file system or not writable by this "
+                "user: reading it still works; to change it, run as its owner or fix its "
+                "permissions"
             ) from None
         raise CorruptLedgerError(f"cannot open the ledger at {path}: {error}") from None
+
+
+def _lock_file_writable(path: Path) -> bool:
+    """Whether this process could open (or create) the ledger's lock.mdb for writing."""
+    lock_file = path / "lock.mdb"
+    if lock_file.exists():
+        return os.access(lock_file, os.W_OK)
+    return os.access(path, os.W_OK)
 
 
 def _check_not_truncated(env: Any, path: Path) -> None:

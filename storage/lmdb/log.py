@@ -25,7 +25,7 @@ from ..records import IndexEntry, SessionAppend, StoredValue, distinct_sessions
 from ..subscription import Subscription
 from ..verification import VerifyReport
 from . import layout
-from .environment import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
+from .environment import DAMAGE_ERRORS, DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, damaged
 from .store import (
     AtomicAppends,
     EncodedAppend,
@@ -232,7 +232,11 @@ class EventLog:
         while to_position is None or position <= to_position:
             values, position = self._read_values(position, to_position)
             for value in values:
-                yield decode_record(value[HASH_SIZE:])
+                try:
+                    recorded = decode_record(value[HASH_SIZE:])
+                except DAMAGE_ERRORS as error:
+                    raise damaged(self.store.shared.path, error) from None
+                yield recorded
             if len(values) < READ_CHUNK:
                 return
 

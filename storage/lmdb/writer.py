@@ -9,6 +9,7 @@ encoded, and callers are woken only after the commit.
 from __future__ import annotations
 
 import collections
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ COMMIT_LINGER = 0.0005
 """Seconds the writer may wait for callers of the previous batch to come back (see _run)."""
 IDLE_SECONDS = 0.1
 """After this long without requests the writer wakes any caller a broken chain left asleep."""
+DISK_FULL_MARGIN = 1024 * 1024
+"""Free bytes under which a failed commit is taken for a full disk."""
 
 BatchApply = Callable[[Any, list["WriteRequest"]], list[Any]]
 """Applies a batch inside one write txn; returns one result (or exception) per request."""
@@ -245,14 +248,8 @@ class GroupCommitWriter:
         except LedgerFullError as error:
             self._fail(batch, error)
             return
-        except lmdb.DiskError as error:
-            self._fail(batch, LedgerFullError(f"the disk is full or failing: {error}"))
-            return
-        except OSError as error:
-            self._fail(batch, LedgerError(f"cannot write the ledger: {error}"))
-            return
-        except lmdb.Error as error:
-            self._fail(batch, LedgerError(f"cannot write the ledger: {error}"))
+        except (lmdb.DiskError, OSError, lmdb.Error) as error:
+            self._fail(batch, self._write_error(error))
             return
         except BaseException as error:  # never leave a caller waiting forever
             self._fail(batch, error)
@@ -260,6 +257,26 @@ class GroupCommitWriter:
         self.batches_committed += 1
         self._on_commit()
         answer(batch, results)
+
+    def _write_error(self, error: BaseException) -> LedgerError:
+        """The error for a commit that failed: a full disk named as such (LMDB often reports
+        it as an I/O error), anything else as it came."""
+        path = self._shared.path
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            free = None
+        text = str(error)
+        if isinstance(error, lmdb.DiskError) or "No space left" in text or (
+            free is not None and free < DISK_FULL_MARGIN
+        ):
+            room = f"{free} bytes free" if free is not None else "no room"
+            return LedgerFullError(
+                f"the disk holding the ledger at {path} is full ({room}; {text}): free space "
+                "on it (or move the ledger to a bigger disk, or compact it), then run the "
+                "command again; nothing was written"
+            )
+        return LedgerError(f"cannot write the ledger at {path}: {text}")
 
     @staticmethod
     def _fail(batch: list[WriteRequest], error: BaseException) -> None:
