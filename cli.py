@@ -92,7 +92,9 @@ EXIT_CODES = {
     3: "unknown session",
     4: "the ledger cannot be opened or written: missing, damaged, read-only, full",
     5: "the session changed under the command (another writer): run it again",
-    6: "tampered: the output was written, but the ledger failed verification (it says so)",
+    6: "`export`, `history` or `show` wrote its output, but the ledger (or the session "
+       "shown) failed verification: a warning on stderr says where, and an HTML export "
+       "carries a TAMPERED banner",
     130: "interrupted (Ctrl-C); a running turn is cancelled and recorded",
 }
 TAMPERED_EXIT = 6

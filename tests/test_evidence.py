@@ -324,7 +324,7 @@ def test_the_new_command_settings_and_exit_code_are_documented() -> None:
     assert 6 in EXIT_CODES and "  6  " in (main.help or "")
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "| `head [--checkpoint]` |" in readme and "`verify FILE.jsonl" in readme
-    assert "; 6 `export`, `history` or `show`" in readme
+    assert "| 6 | `export`, `history` or `show`" in readme
     for variable in ("CHATLEDGER_SIGNING_KEY", "CHATLEDGER_ANCHOR_FILE",
                      "CHATLEDGER_ANCHOR_INTERVAL"):
         assert f"`{variable}`" in readme

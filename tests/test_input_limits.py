@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from chatledger.agent import StreamJsonParser
-from chatledger.agent.runner import not_found_message
+from chatledger.agent import CLAUDE, StreamJsonParser
 from chatledger.cli import main
 from chatledger.config import NUMERIC_RANGES, load_config
 from chatledger.errors import ConfigError, InvalidCommandError
@@ -145,9 +144,9 @@ def test_an_empty_agent_command_is_refused_not_read_as_claude() -> None:
 
 
 def test_a_missing_agent_names_the_configured_command_and_hints_npm_only_for_claude() -> None:
-    other = not_found_message(["pyhton", "-m", "x"])
+    other = CLAUDE.not_found_message("pyhton")
     assert "pyhton" in other and "npm" not in other and "CHATLEDGER_AGENT_COMMAND" in other
-    claude = not_found_message(["claude"])
+    claude = CLAUDE.not_found_message("claude")
     assert claude.startswith("Claude CLI not found in PATH") and "npm install" in claude
 
 

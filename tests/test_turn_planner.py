@@ -26,6 +26,7 @@ from chatledger.actors.updates import (
     ErrorUpdate,
     TextDeltaUpdate,
     TextUpdate,
+    ToolCallUpdate,
     TurnDone,
     turn_failed,
 )
@@ -155,8 +156,12 @@ def test_deltas_stream_only_when_asked_and_each_canvas_change_once() -> None:
     change = {"action": "add_node", "id": "n1"}
     first = chatty.updates_for(ToolCallCompleted(tool_call=canvas_call(change, "t1")))
     again = chatty.updates_for(ToolCallCompleted(tool_call=canvas_call(change, "t2")))
-    assert first == [CanvasModificationUpdate(modification=change)] and again == []
+    progress = ToolCallUpdate(name=CANVAS_TOOL, is_error=False)
+    assert first == [progress, CanvasModificationUpdate(modification=change)]
+    assert again == [progress]
     assert chatty.streamed_modifications == (change,)
+    quiet_first = quiet.updates_for(ToolCallCompleted(tool_call=canvas_call(change, "t1")))
+    assert quiet_first == [CanvasModificationUpdate(modification=change)]
 
 
 # -- when the run has ended -----------------------------------------------------------------
