@@ -1,0 +1,343 @@
+"""The group-commit writer of the PostgreSQL store: one thread turns whatever appends are
+waiting (from any number of sessions of this node) into one transaction, one commit.
+
+Why a writer thread rather than pipelining each caller's transaction: a commit costs one WAL
+flush whatever it holds, and the flush is the price of an append; sixteen sessions appending
+on sixteen connections pay sixteen flushes (PostgreSQL's own group commit merges only those
+that happen to overlap), while one transaction for all sixteen pays one. Pipelining saves round
+trips, which the writer does as well inside its transaction.
+
+One transaction:
+1. take every touched session's advisory lock, in key order (no deadlock between nodes), and
+   only then read the sessions' versions; the transaction gets its id at its first insert,
+   after the locks, so a later append to a session always has a larger `txid` than the one
+   before it (the sealer's order relies on this);
+2. check each caller's expected versions (a stale one is answered with ConcurrencyError and
+   writes nothing, the others go on), fold the session index entries;
+3. insert the events (the primary key (session, version) is the last guard against a
+   duplicate) and upsert the index entries, and commit: no NOTIFY here, since NOTIFY takes a
+   database-wide lock at commit.
+
+A lost connection is resolved by re-reading: if the rows are there with our content the
+append committed and is answered as such, if not it is tried again; never twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import errors as pg_errors
+
+from ...errors import ConcurrencyError, LedgerError
+from ...events.codec import SCHEMA_VERSION, decode_envelope
+from ...events.model import Event, Recorded, UnknownEvent
+from ...events.projections import SessionInfo, evolve
+from ..hashing import GENESIS
+from .connection import ConnectionLostError, Pool, describe
+from .records import encode_info
+from .schema import SESSION_LOCK_CLASS
+from .sealer import Sealer
+
+logger = logging.getLogger(__name__)
+
+
+class AppendOutcomeUnknownError(LedgerError):
+    """The connection was lost while an append committed and the server did not come back in
+    time to tell: read the session's version before appending again."""
+
+
+class EncodedAppend(msgspec.Struct):
+    """One session's part of a request, validated and encoded by the caller's thread."""
+
+    session_id: str
+    events: Sequence[Event | UnknownEvent]
+    encoded: list[bytes]
+    expected_version: int
+    recorded_at: Sequence[datetime] | None = None
+
+
+class _Request(msgspec.Struct):
+    appends: list[EncodedAppend]
+    future: Future[Any]
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key"
+_VERSIONS = "SELECT session_id, version, info FROM chatledger.sessions WHERE session_id = ANY(%s)"
+_INSERT = (
+    "INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version, event)"
+    " SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[], %s::bytea[])"
+)
+_UPSERT = (
+    "INSERT INTO chatledger.sessions (session_id, version, info)"
+    " SELECT * FROM unnest(%s::text[], %s::int8[], %s::bytea[])"
+    " ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info"
+)
+_TXID = "SELECT pg_current_xact_id()::text"
+_FIND = (
+    "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
+    " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
+    "  ON e.session_id = k.session_id AND e.version = k.version"
+)
+
+
+def session_lock_key(session_id: str) -> int:
+    """The second key of a session's advisory lock (collisions only make two sessions wait)."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class _Batch:
+    """The rows one transaction writes and each request's answer."""
+
+    def __init__(self, size: int) -> None:
+        self.answers: list[list[list[Recorded]] | ConcurrencyError | None] = [None] * size
+        self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        self.first_rows: list[tuple[str, int, datetime, bytes]] = []
+        self.index: dict[str, tuple[int, SessionInfo]] = {}
+
+
+class AppendWriter:
+    """The writer thread and its queue. `submit` is called from any thread."""
+
+    def __init__(self, pool: Pool, sealer: Sealer, *, wait_for_seal: bool, max_batch: int,
+                 reconnect_timeout: float) -> None:
+        self._pool = pool
+        self._sealer = sealer
+        self._wait_for_seal = wait_for_seal
+        self._max_batch = max_batch
+        self._reconnect_timeout = reconnect_timeout
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
+        """Tests only: called with "before_commit" and "after_commit" in the transaction."""
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="chatledger-pg-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, appends: list[EncodedAppend]) -> Future[Any]:
+        """Queue an all-or-nothing request; its future gets one list of records per append."""
+        future: Future[Any] = Future()
+        self._queue.put(_Request(appends, future))
+        return future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        """The writer loop. Runs on the writer thread."""
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    stopping = True
+                    break
+                batch.append(request)
+            try:
+                self._write(batch)
+            except BaseException as error:  # never leave a caller waiting
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+
+    def _write(self, batch: list[_Request]) -> None:
+        """Write one batch, retrying a lost connection until `reconnect_timeout`; an
+        interrupted commit is resolved by re-reading before anything is tried again."""
+        deadline = time.monotonic() + self._reconnect_timeout
+        pause = 0.05
+        while True:
+            state: dict[str, Any] = {"sent_commit": False}
+            try:
+                txid, outcome = self._transaction(batch, state)
+                self._answer(batch, txid, outcome)
+                return
+            except pg_errors.UniqueViolation:
+                # Someone wrote without the session locks: the next try sees their rows.
+                logger.warning("chatledger writer: a (session, version) was taken meanwhile")
+                continue
+            except (psycopg.OperationalError, ConnectionLostError) as error:
+                logger.warning("chatledger writer: %s", describe(error))
+                if state["sent_commit"]:
+                    resolved = self._resolve(state["outcome"], deadline)
+                    if resolved is None:
+                        self._fail(batch, AppendOutcomeUnknownError(
+                            "lost the connection to PostgreSQL while an append committed: "
+                            "read the session's version before appending again"))
+                        return
+                    if resolved is not False:
+                        self._answer(batch, resolved, state["outcome"])
+                        return
+            if time.monotonic() + pause > deadline:
+                self._fail(batch, ConnectionLostError(
+                    "cannot reach PostgreSQL to append; nothing was written"))
+                return
+            time.sleep(pause)  # a bounded back-off between reconnection attempts
+            pause = min(pause * 2, 1.0)
+
+    def _resolve(self, outcome: _Batch, deadline: float) -> int | bool | None:
+        """Whether an interrupted commit happened (its txid, or False), asking until the
+        deadline; None if the server never answered."""
+        pause = 0.05
+        while True:
+            resolved = self._committed(outcome)
+            if resolved is not None or time.monotonic() + pause > deadline:
+                return resolved
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    @staticmethod
+    def _fail(batch: list[_Request], error: LedgerError) -> None:
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    def _transaction(self, batch: list[_Request], state: dict[str, Any]
+                     ) -> tuple[int | None, _Batch]:
+        with self._pool.connection() as connection:
+            try:
+                return self._in_transaction(connection, batch, state)
+            except psycopg.Error:
+                if not connection.closed:
+                    connection.rollback()
+                raise
+
+    def _in_transaction(self, connection: psycopg.Connection[Any], batch: list[_Request],
+                        state: dict[str, Any]) -> tuple[int | None, _Batch]:
+        session_ids = sorted({append.session_id for request in batch
+                              for append in request.appends})
+        keys = sorted({session_lock_key(session_id) for session_id in session_ids})
+        with connection.pipeline():
+            connection.execute(_LOCK, [SESSION_LOCK_CLASS, keys])
+            versions = connection.execute(_VERSIONS, [session_ids])
+            rows = versions.fetchall()
+        outcome = _Batch(len(batch))
+        for session_id, version, info in rows:
+            outcome.index[session_id] = (int(version), msgspec.msgpack.decode(
+                bytes(info), type=SessionInfo))
+        touched = self._decide(batch, outcome)
+        if not touched:
+            connection.rollback()
+            return None, outcome
+        upsert: tuple[list[Any], ...] = ([], [], [])
+        for session_id in touched:
+            version, info = outcome.index[session_id]
+            upsert[0].append(session_id)
+            upsert[1].append(version)
+            upsert[2].append(encode_info(info))
+        with connection.pipeline():
+            connection.execute(_INSERT, list(outcome.columns))
+            connection.execute(_UPSERT, list(upsert))
+            txid_cursor = connection.execute(_TXID)
+            txid_row = txid_cursor.fetchone()
+        assert txid_row is not None
+        state["outcome"] = outcome
+        if self.fault is not None:
+            self.fault("before_commit", connection)
+        state["sent_commit"] = True
+        connection.commit()
+        self.commits += 1
+        if self.fault is not None:
+            self.fault("after_commit", connection)
+        return int(txid_row[0]), outcome
+
+    @staticmethod
+    def _decide(batch: list[_Request], outcome: _Batch) -> list[str]:
+        """Check each request's expected versions in order, build its records and rows;
+        returns the sessions whose index entry changes."""
+        touched: dict[str, None] = {}
+        now = datetime.now(timezone.utc)
+        for number, request in enumerate(batch):
+            conflict = None
+            for append in request.appends:
+                current = outcome.index.get(append.session_id, (0, None))[0]
+                if current != append.expected_version:
+                    conflict = ConcurrencyError(append.session_id, append.expected_version,
+                                                current)
+                    break
+            if conflict is not None:
+                outcome.answers[number] = conflict
+                continue
+            lists: list[list[Recorded]] = []
+            for append in request.appends:
+                version, info = outcome.index.get(
+                    append.session_id, (0, SessionInfo(session_id=append.session_id)))
+                times = append.recorded_at or [now] * len(append.events)
+                records: list[Recorded] = []
+                for event, encoded, recorded_at in zip(append.events, append.encoded, times,
+                                                       strict=True):
+                    version += 1
+                    recorded = Recorded(
+                        position=0, session_id=append.session_id, version=version,
+                        recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
+                        prev_session_hash=GENESIS, prev_log_hash=GENESIS, event=event,
+                    )
+                    info = evolve(info, recorded)
+                    records.append(recorded)
+                    for column, value in zip(outcome.columns, (
+                            append.session_id, version, recorded_at, SCHEMA_VERSION, encoded),
+                            strict=True):
+                        column.append(value)
+                outcome.first_rows.append((append.session_id, records[0].version,
+                                           records[0].recorded_at, append.encoded[0]))
+                outcome.index[append.session_id] = (version, info)
+                touched[append.session_id] = None
+                lists.append(records)
+            outcome.answers[number] = lists
+        return list(touched)
+
+    def _committed(self, outcome: _Batch) -> int | bool | None:
+        """After a lost connection: the txid if our rows are there (committed), False if they
+        are not, None if the server cannot tell us yet."""
+        keys = outcome.first_rows
+        try:
+            with self._pool.connection() as connection:
+                rows = connection.execute(_FIND, [[key[0] for key in keys],
+                                                  [key[1] for key in keys]]).fetchall()
+                connection.rollback()
+        except (psycopg.Error, LedgerError):
+            return None
+        found = {(row[0], int(row[1])): row for row in rows}
+        txids = set()
+        for session_id, version, recorded_at, encoded in keys:
+            row = found.get((session_id, version))
+            if row is None:
+                return False
+            stored_event = (bytes(row[4]) if row[4] is not None
+                            else bytes(decode_envelope(bytes(row[5])).event))
+            if stored_event != encoded or row[3] != recorded_at:
+                return False  # another writer's rows: ours did not commit
+            txids.add(int(row[2]))
+        return txids.pop() if len(txids) == 1 else False
+
+    def _answer(self, batch: list[_Request], txid: int | None, outcome: _Batch) -> None:
+        for request, answer in zip(batch, outcome.answers, strict=True):
+            if isinstance(answer, ConcurrencyError):
+                request.future.set_exception(answer)
+            elif answer is not None:
+                if txid is not None and self._wait_for_seal:
+                    self._sealer.expect(txid, request.future, answer)
+                else:
+                    request.future.set_result(answer)
+        if txid is not None and not self._wait_for_seal:
+            self._sealer.wake()
