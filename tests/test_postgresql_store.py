@@ -421,23 +421,32 @@ def test_a_lost_answer_after_commit_is_resolved_by_rereading(store: PostgresStor
     assert store.verify().ok
 
 
-def test_a_lost_seal_is_redone_identically(store: PostgresStore) -> None:
+def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:  # noqa: F811
     """Seals commit asynchronously because the order is a function of the committed rows:
     undoing every seal (as a crash before its WAL flush would) and sealing again gives the
     same positions, links and hashes."""
-    for number in range(4):
-        create(store, f"s{number}", messages=2)
-    before = list(store.read_raw())
-    rows = sql(store.url, "SELECT session_id, version, record FROM chatledger.events")
-    from chatledger.events.codec import decode_envelope
+    with open_postgresql_store(postgres_url, seal=False) as store:  # no sealer thread
+        for number in range(4):
+            create(store, f"s{number}", messages=2)
+            store.seal_now()
+        create(store, "last", messages=1)
+        store.seal_now()
+        before = list(store.read_raw())
+        assert len(before) == 14
+        rows = sql(postgres_url, "SELECT session_id, version, record FROM chatledger.events")
+        from chatledger.events.codec import decode_envelope
 
-    for session_id, version, record in rows:
-        sql(store.url, "UPDATE chatledger.events SET event = %s, position = NULL, hash = NULL,"
-                       " record = NULL WHERE session_id = %s AND version = %s",
-            [bytes(decode_envelope(bytes(record)).event), session_id, version])  # type: ignore[arg-type]
-    sql(store.url, "UPDATE chatledger.seal SET position = 0, hash = %s, sealed_below = '0'",
-        [bytes(32)])
-    assert store.head().position == 0
-    store.seal_now()
-    assert list(store.read_raw()) == before
-    assert store.verify().ok
+        events = {(row[0], row[1]): bytes(decode_envelope(bytes(row[2])).event)  # type: ignore[arg-type]
+                  for row in rows}
+        with psycopg.connect(postgres_url) as connection:  # one transaction: undo every seal
+            for (session_id, version), event in events.items():
+                connection.execute(
+                    "UPDATE chatledger.events SET event = %s, position = NULL, hash = NULL,"
+                    " record = NULL WHERE session_id = %s AND version = %s",
+                    [event, session_id, version])
+            connection.execute("UPDATE chatledger.seal SET position = 0, hash = %s,"
+                               " sealed_below = '0'", [bytes(32)])
+        assert store.head().position == 0
+        store.seal_now()
+        assert list(store.read_raw()) == before
+        assert store.verify().ok

@@ -42,18 +42,24 @@ logger = logging.getLogger(__name__)
 SealKey = tuple[str, int]
 """(session id, version)"""
 
-_HORIZON = (
-    "SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'off', true),"
-    " pg_snapshot_xmin(pg_current_snapshot())::text"
+_SETTINGS = (
+    "SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'off', true)"
 )
 _LOCK_HEAD = "SELECT position, hash FROM chatledger.seal FOR UPDATE"
+# The horizon and the rows come from one statement, hence one snapshot (pg_current_snapshot()
+# is the statement's): every transaction below its xmin has ended and is visible or gone.
 _UNSEALED = (
-    "SELECT e.txid::text, e.session_id, e.version, e.recorded_at, e.schema_version, e.event,"
-    " previous.hash"
-    " FROM chatledger.events e LEFT JOIN chatledger.events previous"
-    "  ON previous.session_id = e.session_id AND previous.version = e.version - 1"
-    " WHERE e.position IS NULL AND e.txid < %s::xid8"
-    " ORDER BY e.txid, e.seq LIMIT %s"
+    "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS below)"
+    " SELECT horizon.below::text, e.txid::text, e.session_id, e.version, e.recorded_at,"
+    "  e.schema_version, e.event, e.previous_hash"
+    " FROM horizon LEFT JOIN LATERAL ("
+    "  SELECT e.txid, e.seq, e.session_id, e.version, e.recorded_at, e.schema_version, e.event,"
+    "   previous.hash AS previous_hash"
+    "  FROM chatledger.events e LEFT JOIN chatledger.events previous"
+    "   ON previous.session_id = e.session_id AND previous.version = e.version - 1"
+    "  WHERE e.position IS NULL AND e.txid < horizon.below"
+    "  ORDER BY e.txid, e.seq LIMIT %s) e ON true"
+    " ORDER BY e.txid, e.seq"
 )
 _STORE_SEALS = (
     "UPDATE chatledger.events AS e"
@@ -98,16 +104,16 @@ def seal_once(pool: Pool, limit: int, lock_timeout: float = 5.0) -> SealResult:
 
 
 def _seal(connection: psycopg.Connection[Any], limit: int, lock_timeout: float) -> SealResult:
-    row = connection.execute(_HORIZON, [f"{int(lock_timeout * 1000)}ms"]).fetchone()
-    assert row is not None
-    horizon = int(row[2])
     with connection.pipeline():
+        connection.execute(_SETTINGS, [f"{int(lock_timeout * 1000)}ms"])
         head_cursor = connection.execute(_LOCK_HEAD)
-        rows_cursor = connection.execute(_UNSEALED, [str(horizon), limit])
-        head_row = head_cursor.fetchone()
-        rows = rows_cursor.fetchall()
+        rows_cursor = connection.execute(_UNSEALED, [limit], binary=True)
+    head_row = head_cursor.fetchone()
+    rows = rows_cursor.fetchall()
     assert head_row is not None, "the seal row is missing: the schema was damaged"
     position, log_hash = int(head_row[0]), bytes(head_row[1])
+    horizon = int(rows[0][0])
+    rows = [row[1:] for row in rows if row[1] is not None]
     if not rows:
         connection.rollback()
         return SealResult({}, horizon, Head(position, log_hash), True)
@@ -124,6 +130,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int, lock_timeout: float) 
         else:
             earlier = last_in_batch.get(session_id)
             if earlier is None or earlier[0] != version - 1:
+                connection.rollback()
                 raise LedgerError(
                     f"the sealer found version {version} of session {session_id!r} before "
                     f"version {version - 1}: appends are not taking their session locks"
@@ -138,14 +145,12 @@ def _seal(connection: psycopg.Connection[Any], limit: int, lock_timeout: float) 
         for column, value in zip(columns, (session_id, version, position, digest, record),
                                  strict=True):
             column.append(value)
+    # Nobody else writes these rows (appenders only insert, other sealers wait for the lock).
     with connection.pipeline():
-        updated = connection.execute(_STORE_SEALS, list(columns))
+        connection.execute(_STORE_SEALS, list(columns))
         connection.execute(_STORE_HEAD, [position, log_hash, str(sealed_below)])
         connection.execute("SELECT pg_notify(%s, %s)", [SEAL_CHANNEL, str(position)])
-    if updated.rowcount != len(rows):
-        connection.rollback()
-        raise LedgerError("the sealer could not place every row it read: seal again")
-    connection.commit()
+        connection.commit()
     return SealResult(placed, sealed_below, Head(position, log_hash), complete)
 
 
@@ -183,12 +188,14 @@ class Sealer:
         """Ask the thread to seal now (non-blocking)."""
         self._wake.set()
 
-    def expect(self, txid: int, future: Future[Any], lists: list[list[Recorded]]) -> None:
+    def expect(self, txid: int, future: Future[Any], lists: list[list[Recorded]], *,
+               wake: bool = True) -> None:
         """Complete `future` with `lists` as sealed, once transaction `txid` is sealed."""
         with self._lock:
             self._waiters.append(_Waiter(txid, time.monotonic() + self._wait_timeout, future,
                                          lists))
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def seal_now(self) -> Head:
         """Seal everything below the horizon now; returns the sealed head. Blocks."""
@@ -209,11 +216,16 @@ class Sealer:
             try:
                 if self._has_waiters() or self._anything_unsealed():
                     self.seal_now()
-                backoff = self._interval
+                # An older transaction still holds the horizon: look again soon.
+                backoff = 0.002 if self._has_waiters() else self._interval
             except (LedgerError, psycopg.Error) as error:
                 logger.warning("chatledger sealer: %s (retrying)", describe(error))
                 backoff = min(max(backoff * 2, 0.05), 2.0)
             self._expire()
+
+    def waiting(self) -> bool:
+        """Whether appends are still waiting for their seal."""
+        return self._has_waiters()
 
     def _has_waiters(self) -> bool:
         with self._lock:

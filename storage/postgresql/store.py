@@ -111,6 +111,7 @@ class PostgresStore:
         seal_wait_timeout: float = 10.0,
         seal_lag_limit: float = 30.0,
         max_batch: int = 1024,
+        writers: int = 3,
         append_timeout: float = 60.0,
         reconnect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 30.0,
@@ -138,7 +139,8 @@ class PostgresStore:
         if seal:
             self.sealer.start()
         self.writer = AppendWriter(self._pool, self.sealer, wait_for_seal=wait_for_seal and seal,
-                                   max_batch=max_batch, reconnect_timeout=reconnect_timeout)
+                                   max_batch=max_batch, reconnect_timeout=reconnect_timeout,
+                                   writers=writers)
         self._listener: SealListener | None = None
         self._listener_lock = threading.Lock()
 
@@ -204,14 +206,12 @@ class PostgresStore:
     def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:
         if self._closed:
             raise LedgerClosedError(f"the ledger at {self.path} was closed")
-        future = self.writer.submit(payloads)
         try:
-            result: list[list[Recorded]] = future.result(timeout=self._append_timeout)
+            return self.writer.write(payloads, self._append_timeout)
         except FutureTimeout:
             raise AppendOutcomeUnknownError(
                 f"an append to {self.path} took over {self._append_timeout:g} s: read the "
                 "session's version before appending again") from None
-        return result
 
     def seal_now(self) -> Head:
         """Seal every committed record below the horizon now; returns the sealed head."""
@@ -223,7 +223,7 @@ class PostgresStore:
         """One session's records from a version on (those not sealed yet at position 0)."""
         validate_session_id(session_id)
         rows = self._read(lambda connection: connection.execute(
-            _SESSION_ROWS, [session_id, max(from_version, 1)]).fetchall())
+            _SESSION_ROWS, [session_id, max(from_version, 1)], binary=True).fetchall())
         return [row_record(row[0], row[1], row[2], row[3], _bytes(row[4]), _bytes(row[5]))
                 for row in rows]
 
@@ -231,7 +231,7 @@ class PostgresStore:
         """A session's current info and its last `count` records, as of one moment."""
         validate_session_id(session_id)
         rows = self._read(lambda connection: connection.execute(
-            _LATEST, {"id": session_id, "count": max(count, 1)}).fetchall())
+            _LATEST, {"id": session_id, "count": max(count, 1)}, binary=True).fetchall())
         if not rows:
             return None, []
         records = [row_record(row[2], row[3], row[4], row[5], _bytes(row[6]), _bytes(row[7]))
@@ -263,7 +263,7 @@ class PostgresStore:
         """One session's sealed records as (position, stored hash + record), for audits."""
         validate_session_id(session_id)
         rows = self._read(lambda connection: connection.execute(
-            _SESSION_RAW, [session_id, max(from_version, 1)]).fetchall())
+            _SESSION_RAW, [session_id, max(from_version, 1)], binary=True).fetchall())
         return [(int(row[0]), bytes(row[1]) + bytes(row[2])) for row in rows]
 
     def head(self) -> Head:
@@ -289,7 +289,7 @@ class PostgresStore:
         """A session's index entry: its info and its last sealed record's hash (None if
         unknown; genesis if its last record is not sealed yet)."""
         validate_session_id(session_id)
-        row = self._read(lambda connection: connection.execute(_INFO, [session_id]).fetchone())
+        row = self._read(lambda connection: connection.execute(_INFO, [session_id], binary=True).fetchone())
         if row is None:
             return None
         return IndexEntry(info=decode_info(bytes(row[0]), row[1]),
@@ -304,7 +304,7 @@ class PostgresStore:
 
     def sessions(self) -> list[SessionInfo]:
         """Every session's info from the index."""
-        rows = self._read(lambda connection: connection.execute(_ALL_INFO).fetchall())
+        rows = self._read(lambda connection: connection.execute(_ALL_INFO, binary=True).fetchall())
         return [decode_info(bytes(info), position) for info, position in rows]
 
     def subscribe(self, from_position: int = 1, poll_interval: float = 0.2) -> Subscription:
@@ -385,17 +385,17 @@ class PostgresStore:
         """Finish queued appends, stop the threads and close every connection."""
         if self._closed:
             return
+        self._closed = True  # new calls are refused from here on
         self.writer.close()
         self.sealer.close()
         if self._listener is not None:
             self._listener.close()
-        self._closed = True
         self._pool.close()
 
 
 def _raw_chunk(connection: psycopg.Connection[Any], *, start: int, last: int) -> list[Any]:
     """Up to READ_CHUNK sealed rows from position `start` to `last`."""
-    return connection.execute(_RAW_FROM, [start, last, READ_CHUNK]).fetchall()
+    return connection.execute(_RAW_FROM, [start, last, READ_CHUNK], binary=True).fetchall()
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -1,11 +1,15 @@
-"""The group-commit writer of the PostgreSQL store: one thread turns whatever appends are
-waiting (from any number of sessions of this node) into one transaction, one commit.
+"""The group-commit writers of the PostgreSQL store: a few threads (`writers`, default 3)
+share one queue; each turns whatever appends are waiting (from any number of sessions of this
+node) into one transaction, one commit.
 
-Why a writer thread rather than pipelining each caller's transaction: a commit costs one WAL
-flush whatever it holds, and the flush is the price of an append; sixteen sessions appending
-on sixteen connections pay sixteen flushes (PostgreSQL's own group commit merges only those
-that happen to overlap), while one transaction for all sixteen pays one. Pipelining saves round
-trips, which the writer does as well inside its transaction.
+Why group commit rather than pipelining each caller's transaction: a commit costs one WAL
+flush request and a round of locks and latches whatever it holds; sixteen sessions appending
+on sixteen connections pay that sixteen times (PostgreSQL's own group commit merges only the
+flushes that happen to overlap), one transaction for many sessions pays it once. Why more than
+one writer: with a single one, a session that arrives while a commit is being flushed waits for
+that flush and then its own; with a few, the next batch commits while the previous one is
+flushed, and PostgreSQL merges their flushes. Pipelining saves round trips, which each writer
+does inside its transaction.
 
 One transaction:
 1. take every touched session's advisory lock, in key order (no deadlock between nodes), and
@@ -24,9 +28,10 @@ append committed and is answered as such, if not it is tried again; never twice.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +74,7 @@ class EncodedAppend(msgspec.Struct):
 class _Request(msgspec.Struct):
     appends: list[EncodedAppend]
     future: Future[Any]
+    taken: bool = False
 
 
 _LOCK = "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key"
@@ -107,59 +113,70 @@ class _Batch:
 
 
 class AppendWriter:
-    """The writer thread and its queue. `submit` is called from any thread."""
+    """Group commit by leaders: a caller whose request is waiting becomes a leader if fewer
+    than `writers` are writing, takes every waiting request (its own and others') and commits
+    them in one transaction on its own thread; the others wait for their answer. No hand-off
+    to another thread when nobody else is appending. `write` is called from any thread."""
 
     def __init__(self, pool: Pool, sealer: Sealer, *, wait_for_seal: bool, max_batch: int,
-                 reconnect_timeout: float) -> None:
+                 reconnect_timeout: float, writers: int = 3) -> None:
         self._pool = pool
         self._sealer = sealer
         self._wait_for_seal = wait_for_seal
         self._max_batch = max_batch
         self._reconnect_timeout = reconnect_timeout
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._max_leaders = max(writers, 1)
+        self._leaders = 0
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._changed = threading.Condition()
         self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
         """Tests only: called with "before_commit" and "after_commit" in the transaction."""
+        self._commits = itertools.count(1)
         self.commits = 0
-        self._thread = threading.Thread(target=self._run, name="chatledger-pg-writer",
-                                        daemon=True)
-        self._thread.start()
+        """How many transactions the writers committed."""
 
-    def submit(self, appends: list[EncodedAppend]) -> Future[Any]:
-        """Queue an all-or-nothing request; its future gets one list of records per append."""
-        future: Future[Any] = Future()
-        self._queue.put(_Request(appends, future))
-        return future
-
-    def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        """The writer loop. Runs on the writer thread."""
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    request = self._queue.get_nowait()
-                except queue.Empty:
+    def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
+        """Append all or nothing; one list of records per append. Blocks the calling thread
+        (which may commit other callers' appends as well) up to `timeout` seconds."""
+        request = _Request(appends, Future())
+        with self._changed:
+            self._waiting.append(request)
+        while True:
+            with self._changed:
+                while not request.taken and self._leaders >= self._max_leaders:
+                    self._changed.wait()
+                if request.taken:
                     break
-                if request is None:
-                    stopping = True
-                    break
-                batch.append(request)
+                self._leaders += 1
+                batch: list[_Request] = []
+                while self._waiting and len(batch) < self._max_batch:
+                    taken = self._waiting.popleft()
+                    taken.taken = True
+                    batch.append(taken)
             try:
-                self._write(batch)
-            except BaseException as error:  # never leave a caller waiting
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                if not isinstance(error, Exception):
-                    raise
+                self._write_batch(batch)
+            finally:
+                with self._changed:
+                    self._leaders -= 1
+                    self._changed.notify_all()
+        result: list[list[Recorded]] = request.future.result(timeout=timeout)
+        return result
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait (up to `timeout` seconds) until no append is being written or waiting."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (self._leaders or self._waiting) and time.monotonic() < deadline:
+                self._changed.wait(0.1)
+
+    def _write_batch(self, batch: list[_Request]) -> None:
+        try:
+            self._write(batch)
+        except BaseException as error:  # never leave a caller waiting
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            raise
 
     def _write(self, batch: list[_Request]) -> None:
         """Write one batch, retrying a lost connection until `reconnect_timeout`; an
@@ -229,7 +246,7 @@ class AppendWriter:
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
         with connection.pipeline():
             connection.execute(_LOCK, [SESSION_LOCK_CLASS, keys])
-            versions = connection.execute(_VERSIONS, [session_ids])
+            versions = connection.execute(_VERSIONS, [session_ids], binary=True)
             rows = versions.fetchall()
         outcome = _Batch(len(batch))
         for session_id, version, info in rows:
@@ -245,20 +262,22 @@ class AppendWriter:
             upsert[0].append(session_id)
             upsert[1].append(version)
             upsert[2].append(encode_info(info))
+        state["outcome"] = outcome
         with connection.pipeline():
             connection.execute(_INSERT, list(outcome.columns))
             connection.execute(_UPSERT, list(upsert))
             txid_cursor = connection.execute(_TXID)
-            txid_row = txid_cursor.fetchone()
-        assert txid_row is not None
-        state["outcome"] = outcome
+            if self.fault is None:
+                state["sent_commit"] = True
+                connection.commit()  # in the same round trip
         if self.fault is not None:
             self.fault("before_commit", connection)
-        state["sent_commit"] = True
-        connection.commit()
-        self.commits += 1
-        if self.fault is not None:
+            state["sent_commit"] = True
+            connection.commit()
             self.fault("after_commit", connection)
+        self.commits = next(self._commits)
+        txid_row = txid_cursor.fetchone()
+        assert txid_row is not None
         return int(txid_row[0]), outcome
 
     @staticmethod
@@ -313,7 +332,8 @@ class AppendWriter:
         try:
             with self._pool.connection() as connection:
                 rows = connection.execute(_FIND, [[key[0] for key in keys],
-                                                  [key[1] for key in keys]]).fetchall()
+                                                  [key[1] for key in keys]],
+                                          binary=True).fetchall()
                 connection.rollback()
         except (psycopg.Error, LedgerError):
             return None
@@ -331,13 +351,22 @@ class AppendWriter:
         return txids.pop() if len(txids) == 1 else False
 
     def _answer(self, batch: list[_Request], txid: int | None, outcome: _Batch) -> None:
+        """Answer each request; with `wait_for_seal`, seal right away on this thread (the
+        sealer thread finishes the job if an older transaction still holds the horizon)."""
+        waiting = False
         for request, answer in zip(batch, outcome.answers, strict=True):
             if isinstance(answer, ConcurrencyError):
                 request.future.set_exception(answer)
             elif answer is not None:
                 if txid is not None and self._wait_for_seal:
-                    self._sealer.expect(txid, request.future, answer)
+                    self._sealer.expect(txid, request.future, answer, wake=False)
+                    waiting = True
                 else:
                     request.future.set_result(answer)
-        if txid is not None and not self._wait_for_seal:
+        if waiting:
+            try:
+                self._sealer.seal_now()
+            except (LedgerError, psycopg.Error) as error:
+                logger.warning("chatledger writer: sealing failed: %s", describe(error))
+        if txid is not None and (not waiting or self._sealer.waiting()):
             self._sealer.wake()
