@@ -361,7 +361,7 @@ def test_opening_twice_creates_the_schema_once(postgres_url: str) -> None:  # no
         create(first, "alpha")
     with open_postgresql_store(postgres_url) as second:
         assert second.info("alpha") is not None
-    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(1,)]
+    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]
 
 
 def test_server_down_at_open_is_a_clear_ledger_error(postgres_server) -> None:  # noqa: F811
@@ -450,3 +450,52 @@ def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:  # noqa: 
         store.seal_now()
         assert list(store.read_raw()) == before
         assert store.verify().ok
+
+
+# -- ownership -------------------------------------------------------------------------
+
+
+def test_a_node_that_lost_its_lease_can_never_append_again(postgres_url: str) -> None:  # noqa: F811
+    from chatledger.storage.postgresql import SessionFencedError
+
+    node_a = open_postgresql_store(postgres_url)
+    node_b = open_postgresql_store(postgres_url)
+    try:
+        create(node_a, "alpha")
+        lease_a = node_a.acquire_lease("alpha", "node-a", ttl=0.5)
+        assert lease_a is not None and lease_a.epoch == 1
+        node_a.append("alpha", [MessageSent(turn=1, text="a owns it")], 1, lease=lease_a)
+        assert node_b.acquire_lease("alpha", "node-b", ttl=30) is None  # a's lease is valid
+        # Node A is paused past its lease; node B takes the session over.
+        deadline = time.monotonic() + 10
+        lease_b = None
+        while lease_b is None and time.monotonic() < deadline:
+            lease_b = node_b.acquire_lease("alpha", "node-b", ttl=30)
+        assert lease_b is not None and lease_b.epoch == 2
+        with pytest.raises(SessionFencedError, match="epoch 1"):
+            node_a.append("alpha", [MessageSent(turn=2, text="a, late")], 2, lease=lease_a)
+        assert node_a.renew_lease(lease_a, ttl=30) is None
+        node_b.append("alpha", [MessageSent(turn=2, text="b owns it")], 2, lease=lease_b)
+        texts = [record.event.text for record in node_b.read_session("alpha")[1:]]
+        assert texts == ["a owns it", "b owns it"]
+        renewed = node_b.renew_lease(lease_b, ttl=30)
+        assert renewed is not None and renewed.epoch == 2
+        node_b.release_lease(renewed)
+        lease_a2 = node_a.acquire_lease("alpha", "node-a", ttl=30)
+        assert lease_a2 is not None and lease_a2.epoch == 3  # epochs are never reused
+        assert node_a.lease_holder("alpha") == lease_a2
+        assert node_a.verify().ok
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str) -> None:  # noqa: F811
+    with open_postgresql_store(postgres_url) as store:
+        create(store, "alpha")
+    sql(postgres_url, "DROP TABLE chatledger.leases")
+    sql(postgres_url, "UPDATE chatledger.schema_version SET version = 1")
+    with open_postgresql_store(postgres_url) as store:
+        assert store.info("alpha") is not None
+        assert store.acquire_lease("alpha", "node", ttl=5) is not None
+    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]

@@ -12,6 +12,8 @@ Tables (all in the `chatledger` schema):
   reading), updated in the append's transaction.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
   sealed so far; the sealer's lock.
+- `leases` (since schema 2): a session's owner node, its fencing epoch and expiry
+  (`leases.py`); rows are never deleted, so an epoch is never reused.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -20,6 +22,7 @@ advisory lock so that nodes starting together migrate once. This module only run
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import psycopg
@@ -27,12 +30,20 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
 SESSION_LOCK_CLASS = 0x6368_6C73  # "chls": the first key of per-session advisory locks
 SEAL_CHANNEL = "chatledger_sealed"
+
+
+
+def session_lock_key(session_id: str) -> int:
+    """The second key of a session's advisory lock (collisions only make two sessions wait)."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
 
 _V1 = f"""
 CREATE TABLE chatledger.events (
@@ -66,7 +77,16 @@ INSERT INTO chatledger.seal (position, hash, sealed_below)
     VALUES (0, '\\x{GENESIS.hex()}', '0');
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1}
+_V2 = """
+CREATE TABLE chatledger.leases (
+    session_id text PRIMARY KEY,
+    owner text NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 """Target version -> the DDL that brings the previous version to it."""
 
 

@@ -29,7 +29,9 @@ from ...events.projections import ProjectionError, SessionInfo, evolve
 from .. import IndexEntry, Subscription
 from ..hashing import GENESIS, HASH_SIZE, Head
 from ..ids import validate_session_id
+from . import leases
 from .connection import ConnectionLostError, Pool, connect, describe, redact
+from .leases import Lease
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
 from .schema import migrate
@@ -79,7 +81,8 @@ _MAX_POSITION = 2**62
 
 
 def _encode_append(session_id: str, events: Iterable[Event | UnknownEvent],
-                   expected_version: int, recorded_at: Sequence[Any] | None) -> EncodedAppend:
+                   expected_version: int, recorded_at: Sequence[Any] | None,
+                   lease: Lease | None = None) -> EncodedAppend:
     """Validate and encode one session's append in the caller's thread."""
     validate_session_id(session_id)
     if isinstance(expected_version, bool) or not isinstance(expected_version, int):
@@ -88,9 +91,12 @@ def _encode_append(session_id: str, events: Iterable[Event | UnknownEvent],
     times = list(recorded_at) if recorded_at is not None else None
     if times is not None and len(times) != len(event_list):
         raise ValueError("recorded_at needs one time per event")
+    if lease is not None and lease.session_id != session_id:
+        raise ValueError(f"the lease is for session {lease.session_id!r}, not {session_id!r}")
     return EncodedAppend(session_id=session_id, events=event_list,
                          encoded=[encode_event(event) for event in event_list],
-                         expected_version=expected_version, recorded_at=times)
+                         expected_version=expected_version, recorded_at=times,
+                         fence=(lease.owner, lease.epoch) if lease is not None else None)
 
 
 class PostgresStore:
@@ -181,10 +187,11 @@ class PostgresStore:
     # -- writing -------------------------------------------------------------------------
 
     def append(self, session_id: str, events: Iterable[Event | UnknownEvent],
-               expected_version: int) -> list[Recorded]:
-        """Append atomically and durably; raise ConcurrencyError if the version is stale.
-        Blocks until committed (and, by default, sealed)."""
-        append = _encode_append(session_id, events, expected_version, None)
+               expected_version: int, *, lease: Lease | None = None) -> list[Recorded]:
+        """Append atomically and durably; raise ConcurrencyError if the version is stale, and
+        SessionFencedError if `lease` (when given) is no longer the session's. Blocks until
+        committed (and, by default, sealed)."""
+        append = _encode_append(session_id, events, expected_version, None, lease)
         if not append.events:
             return []
         result: list[list[Recorded]] = self._submit([append])
@@ -212,6 +219,27 @@ class PostgresStore:
             raise AppendOutcomeUnknownError(
                 f"an append to {self.path} took over {self._append_timeout:g} s: read the "
                 "session's version before appending again") from None
+
+    # -- ownership ---------------------------------------------------------------------
+
+    def acquire_lease(self, session_id: str, owner: str, ttl: float) -> Lease | None:
+        """Own a session for `ttl` seconds of server time (a takeover gets a new epoch);
+        None while another owner's lease is valid. Re-acquiring our own extends it."""
+        validate_session_id(session_id)
+        return self._read(lambda connection: leases.acquire(connection, session_id, owner, ttl))
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a lease we still hold; None if it expired or another node took it."""
+        return self._read(lambda connection: leases.renew(connection, lease, ttl))
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give a lease up now, so another node can take the session without waiting."""
+        self._read(lambda connection: leases.release(connection, lease))
+
+    def lease_holder(self, session_id: str) -> Lease | None:
+        """The session's lease as stored (possibly expired), or None if never leased."""
+        validate_session_id(session_id)
+        return self._read(lambda connection: leases.holder(connection, session_id))
 
     def seal_now(self) -> Head:
         """Seal every committed record below the horizon now; returns the sealed head."""

@@ -1,23 +1,24 @@
-"""The group-commit writers of the PostgreSQL store: a few threads (`writers`, default 3)
-share one queue; each turns whatever appends are waiting (from any number of sessions of this
-node) into one transaction, one commit.
+"""Group commit for the PostgreSQL store: appends waiting at the same moment, from any number
+of sessions of this node, go into one transaction and one commit, written by one of the
+callers (the leader, at most `writers` at once, default 3) on its own thread.
 
 Why group commit rather than pipelining each caller's transaction: a commit costs one WAL
 flush request and a round of locks and latches whatever it holds; sixteen sessions appending
 on sixteen connections pay that sixteen times (PostgreSQL's own group commit merges only the
-flushes that happen to overlap), one transaction for many sessions pays it once. Why more than
-one writer: with a single one, a session that arrives while a commit is being flushed waits for
-that flush and then its own; with a few, the next batch commits while the previous one is
-flushed, and PostgreSQL merges their flushes. Pipelining saves round trips, which each writer
-does inside its transaction.
+flushes that happen to overlap), one transaction for many sessions pays it once. Why leaders
+rather than a writer thread: an append nobody else competes with runs on the caller's thread
+with no hand-off; and with a few leaders the next batch commits while the previous one is
+being flushed, and PostgreSQL merges their flushes. Pipelining saves round trips, which every
+transaction does as well (two per batch).
 
 One transaction:
 1. take every touched session's advisory lock, in key order (no deadlock between nodes), and
    only then read the sessions' versions; the transaction gets its id at its first insert,
    after the locks, so a later append to a session always has a larger `txid` than the one
    before it (the sealer's order relies on this);
-2. check each caller's expected versions (a stale one is answered with ConcurrencyError and
-   writes nothing, the others go on), fold the session index entries;
+2. check each caller's expected versions and, for a fenced append, that its lease is still
+   the session's (`leases.py`; a stale one is answered with ConcurrencyError or
+   SessionFencedError and writes nothing, the others go on), fold the session index entries;
 3. insert the events (the primary key (session, version) is the last guard against a
    duplicate) and upsert the index entries, and commit: no NOTIFY here, since NOTIFY takes a
    database-wide lock at commit.
@@ -29,7 +30,6 @@ append committed and is answered as such, if not it is tried again; never twice.
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import logging
 import threading
@@ -49,8 +49,9 @@ from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS
 from .connection import ConnectionLostError, Pool, describe
+from .leases import VALID_LEASES, SessionFencedError
 from .records import encode_info
-from .schema import SESSION_LOCK_CLASS
+from .schema import SESSION_LOCK_CLASS, session_lock_key
 from .sealer import Sealer
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class EncodedAppend(msgspec.Struct):
     encoded: list[bytes]
     expected_version: int
     recorded_at: Sequence[datetime] | None = None
+    fence: tuple[str, int] | None = None
+    """(owner, epoch) of the lease the append must still hold, if any."""
 
 
 class _Request(msgspec.Struct):
@@ -96,20 +99,17 @@ _FIND = (
 )
 
 
-def session_lock_key(session_id: str) -> int:
-    """The second key of a session's advisory lock (collisions only make two sessions wait)."""
-    digest = hashlib.blake2b(session_id.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 class _Batch:
     """The rows one transaction writes and each request's answer."""
 
     def __init__(self, size: int) -> None:
-        self.answers: list[list[list[Recorded]] | ConcurrencyError | None] = [None] * size
+        self.answers: list[list[list[Recorded]] | ConcurrencyError | SessionFencedError | None
+                           ] = [None] * size
         self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
         self.first_rows: list[tuple[str, int, datetime, bytes]] = []
         self.index: dict[str, tuple[int, SessionInfo]] = {}
+        self.leases: dict[str, tuple[str, int, bool]] = {}
+        """session -> (owner, epoch, still valid) of its lease, when an append is fenced"""
 
 
 class AppendWriter:
@@ -244,11 +244,17 @@ class AppendWriter:
         session_ids = sorted({append.session_id for request in batch
                               for append in request.appends})
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
+        fenced = sorted({append.session_id for request in batch for append in request.appends
+                         if append.fence is not None})
         with connection.pipeline():
             connection.execute(_LOCK, [SESSION_LOCK_CLASS, keys])
             versions = connection.execute(_VERSIONS, [session_ids], binary=True)
-            rows = versions.fetchall()
+            leases = connection.execute(VALID_LEASES, [fenced]) if fenced else None
+        rows = versions.fetchall()
         outcome = _Batch(len(batch))
+        if leases is not None:
+            for session_id, owner, epoch, valid in leases.fetchall():
+                outcome.leases[session_id] = (owner, int(epoch), bool(valid))
         for session_id, version, info in rows:
             outcome.index[session_id] = (int(version), msgspec.msgpack.decode(
                 bytes(info), type=SessionInfo))
@@ -287,9 +293,13 @@ class AppendWriter:
         touched: dict[str, None] = {}
         now = datetime.now(timezone.utc)
         for number, request in enumerate(batch):
-            conflict = None
+            conflict: ConcurrencyError | SessionFencedError | None = None
             for append in request.appends:
                 current = outcome.index.get(append.session_id, (0, None))[0]
+                if append.fence is not None and outcome.leases.get(append.session_id) != (
+                        *append.fence, True):
+                    conflict = SessionFencedError(append.session_id, *append.fence)
+                    break
                 if current != append.expected_version:
                     conflict = ConcurrencyError(append.session_id, append.expected_version,
                                                 current)
@@ -355,7 +365,7 @@ class AppendWriter:
         sealer thread finishes the job if an older transaction still holds the horizon)."""
         waiting = False
         for request, answer in zip(batch, outcome.answers, strict=True):
-            if isinstance(answer, ConcurrencyError):
+            if isinstance(answer, (ConcurrencyError, SessionFencedError)):
                 request.future.set_exception(answer)
             elif answer is not None:
                 if txid is not None and self._wait_for_seal:
