@@ -88,7 +88,9 @@ class Pool:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=size, timeout=timeout, open=False,
             kwargs={"connect_timeout": max(int(connect_timeout), 1)},
-            configure=configure, check=psycopg_pool.ConnectionPool.check_connection,
+            # No check on every checkout (a round trip each): a connection found broken
+            # on use is discarded by the pool, and reads and appends try again once.
+            configure=configure,
             reconnect_timeout=max(connect_timeout * 4, 10.0), name="chatledger",
         )
         try:

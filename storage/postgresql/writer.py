@@ -77,6 +77,7 @@ class EncodedAppend(msgspec.Struct):
 class _Request(msgspec.Struct):
     appends: list[EncodedAppend]
     future: Future[Any]
+    wake: threading.Event
     taken: bool = False
 
 
@@ -128,7 +129,11 @@ class AppendWriter:
         self._max_leaders = max(writers, 1)
         self._leaders = 0
         self._waiting: collections.deque[_Request] = collections.deque()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._sleeping: collections.deque[_Request] = collections.deque()
+        """Callers waiting for a leader's place."""
+        self._idle = threading.Condition(self._lock)
+        """Notified when nothing is being written or waiting (for close)."""
         self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
         """Tests only: called with "before_commit" and "after_commit" in the transaction."""
         self._commits = itertools.count(1)
@@ -138,36 +143,54 @@ class AppendWriter:
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
         (which may commit other callers' appends as well) up to `timeout` seconds."""
-        request = _Request(appends, Future())
-        with self._changed:
+        request = _Request(appends, Future(), threading.Event())
+        request.future.add_done_callback(lambda _: request.wake.set())
+        with self._lock:
             self._waiting.append(request)
         while True:
-            with self._changed:
-                while not request.taken and self._leaders >= self._max_leaders:
-                    self._changed.wait()
+            batch: list[_Request] = []
+            with self._lock:
                 if request.taken:
                     break
-                self._leaders += 1
-                batch: list[_Request] = []
-                while self._waiting and len(batch) < self._max_batch:
-                    taken = self._waiting.popleft()
-                    taken.taken = True
-                    batch.append(taken)
+                if self._leaders < self._max_leaders:
+                    self._leaders += 1
+                    while self._waiting and len(batch) < self._max_batch:
+                        taken = self._waiting.popleft()
+                        taken.taken = True
+                        batch.append(taken)
+                else:
+                    self._sleeping.append(request)
+            if not batch:
+                # Woken when a leader's place is free for us, or when our answer is ready.
+                request.wake.wait(timeout)
+                request.wake.clear()
+                continue
             try:
                 self._write_batch(batch)
             finally:
-                with self._changed:
-                    self._leaders -= 1
-                    self._changed.notify_all()
+                self._hand_over()
         result: list[list[Recorded]] = request.future.result(timeout=timeout)
         return result
+
+    def _hand_over(self) -> None:
+        """A leader is done: wake one caller still waiting to be written (no thundering
+        herd), or tell `close` that all is quiet."""
+        with self._lock:
+            self._leaders -= 1
+            while self._sleeping:
+                sleeper = self._sleeping.popleft()
+                if not sleeper.taken:
+                    sleeper.wake.set()
+                    break
+            if not self._leaders and not self._waiting:
+                self._idle.notify_all()
 
     def close(self, timeout: float = 60.0) -> None:
         """Wait (up to `timeout` seconds) until no append is being written or waiting."""
         deadline = time.monotonic() + timeout
-        with self._changed:
+        with self._idle:
             while (self._leaders or self._waiting) and time.monotonic() < deadline:
-                self._changed.wait(0.1)
+                self._idle.wait(0.1)
 
     def _write_batch(self, batch: list[_Request]) -> None:
         try:
