@@ -104,6 +104,9 @@ def test_atomic_multi_session_append_commits_all_or_none(store: PostgresStore) -
         SessionAppend("alpha", [MessageSent(turn=1, text="x")], 1),
     ])
     assert [[record.position for record in records] for records in written] == [[2], [3]]
+    nothing_for_alpha = store.append_atomically([
+        SessionAppend("gamma", [SessionCreated()], 0), SessionAppend("alpha", [], 2)])
+    assert [len(records) for records in nothing_for_alpha] == [1, 0]
     assert store.verify().ok
 
 

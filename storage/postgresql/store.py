@@ -205,9 +205,8 @@ class PostgresStore:
         session_ids = [payload.session_id for payload in payloads]
         if len(set(session_ids)) != len(session_ids):
             raise ValueError("an atomic append names a session twice: join its events instead")
-        payloads = [payload for payload in payloads if payload.events]
-        if not payloads:
-            return [[] for _ in appends]
+        if not any(payload.events for payload in payloads):
+            return [[] for _ in payloads]
         return self._submit(payloads)
 
     def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:

@@ -332,6 +332,9 @@ class AppendWriter:
                 continue
             lists: list[list[Recorded]] = []
             for append in request.appends:
+                if not append.events:
+                    lists.append([])
+                    continue
                 version, info = outcome.index.get(
                     append.session_id, (0, SessionInfo(session_id=append.session_id)))
                 times = append.recorded_at or [now] * len(append.events)
