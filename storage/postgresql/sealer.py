@@ -42,10 +42,11 @@ logger = logging.getLogger(__name__)
 SealKey = tuple[str, int]
 """(session id, version)"""
 
-_SETTINGS = (
-    "SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'off', true)"
+# Seals commit asynchronously (see the module docstring); the seal row is their lock.
+_LOCK_HEAD = (
+    "SELECT set_config('synchronous_commit', 'off', true), position, hash"
+    " FROM chatledger.seal FOR UPDATE"
 )
-_LOCK_HEAD = "SELECT position, hash FROM chatledger.seal FOR UPDATE"
 # The horizon and the rows come from one statement, hence one snapshot (pg_current_snapshot()
 # is the statement's): every transaction below its xmin has ended and is visible or gone.
 _UNSEALED = (
@@ -61,16 +62,15 @@ _UNSEALED = (
     "  ORDER BY e.txid, e.seq LIMIT %s) e ON true"
     " ORDER BY e.txid, e.seq"
 )
-_STORE_SEALS = (
-    "UPDATE chatledger.events AS e"
-    " SET position = u.position, hash = u.hash, record = u.record, event = NULL"
-    " FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::bytea[], %s::bytea[])"
-    "  AS u(session_id, version, position, hash, record)"
-    " WHERE e.session_id = u.session_id AND e.version = u.version"
-)
-_STORE_HEAD = (
-    "UPDATE chatledger.seal SET position = %s, hash = %s, sealed_below = %s::xid8,"
-    " sealed_at = now()"
+_STORE = (
+    "WITH placed AS (UPDATE chatledger.events AS e"
+    "  SET position = u.position, hash = u.hash, record = u.record, event = NULL"
+    "  FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::bytea[], %s::bytea[])"
+    "   AS u(session_id, version, position, hash, record)"
+    "  WHERE e.session_id = u.session_id AND e.version = u.version),"
+    " head AS (UPDATE chatledger.seal SET position = %s, hash = %s, sealed_below = %s::xid8,"
+    "  sealed_at = now())"
+    " SELECT pg_notify(%s, %s)"
 )
 _ANY_UNSEALED = "SELECT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
 _SEALED_RECORDS = (
@@ -93,25 +93,21 @@ class SealResult(NamedTuple):
     """False when the batch limit cut the work short: seal again."""
 
 
-def seal_once(pool: Pool, limit: int, lock_timeout: float = 5.0) -> SealResult:
+def seal_once(pool: Pool, limit: int) -> SealResult:
     """Run one seal transaction (see the module docstring). Blocks the calling thread."""
     with pool.connection() as connection:
         try:
-            return _seal(connection, limit, lock_timeout)
+            return _seal(connection, limit)
         except psycopg.Error:
             connection.rollback()
             raise
 
 
-def _seal(connection: psycopg.Connection[Any], limit: int, lock_timeout: float) -> SealResult:
-    with connection.pipeline():
-        connection.execute(_SETTINGS, [f"{int(lock_timeout * 1000)}ms"])
-        head_cursor = connection.execute(_LOCK_HEAD)
-        rows_cursor = connection.execute(_UNSEALED, [limit], binary=True)
-    head_row = head_cursor.fetchone()
-    rows = rows_cursor.fetchall()
+def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
+    head_row = connection.execute(_LOCK_HEAD).fetchone()
+    rows = connection.execute(_UNSEALED, [limit], binary=True).fetchall()
     assert head_row is not None, "the seal row is missing: the schema was damaged"
-    position, log_hash = int(head_row[0]), bytes(head_row[1])
+    position, log_hash = int(head_row[1]), bytes(head_row[2])
     horizon = int(rows[0][0])
     rows = [row[1:] for row in rows if row[1] is not None]
     if not rows:
@@ -146,11 +142,9 @@ def _seal(connection: psycopg.Connection[Any], limit: int, lock_timeout: float) 
                                  strict=True):
             column.append(value)
     # Nobody else writes these rows (appenders only insert, other sealers wait for the lock).
-    with connection.pipeline():
-        connection.execute(_STORE_SEALS, list(columns))
-        connection.execute(_STORE_HEAD, [position, log_hash, str(sealed_below)])
-        connection.execute("SELECT pg_notify(%s, %s)", [SEAL_CHANNEL, str(position)])
-        connection.commit()
+    connection.execute(_STORE, [*columns, position, log_hash, str(sealed_below), SEAL_CHANNEL,
+                                str(position)])
+    connection.commit()
     return SealResult(placed, sealed_below, Head(position, log_hash), complete)
 
 
