@@ -2,16 +2,20 @@
 
 Appends commit without any global lock; the sealer gives their rows positions afterwards. One
 seal is one short transaction:
-1. take the horizon `X = pg_snapshot_xmin(pg_current_snapshot())`: every transaction with an
-   id below X has ended, so no row with `txid < X` can appear later;
-2. lock the `seal` row (sealers of several nodes take turns here; appenders never touch it);
-3. read the unsealed rows with `txid < X` in `(txid, seq)` order, and give them the next
-   positions, the link to the previous record of the log and of their session, and their
-   stored record and hash, exactly as LMDB would have written them;
+1. lock the `seal` row (sealers of several nodes take turns here; appenders never touch it);
+2. in one statement, hence one snapshot, take the horizon
+   `X = pg_snapshot_xmin(pg_current_snapshot())` (every transaction with an id below X has
+   ended, so no row with `txid < X` can appear later) and read the unsealed rows with
+   `txid < X` in `(txid, seq)` order;
+3. give them the next positions, the link to the previous record of the log and of their
+   session, and their stored record and hash, exactly as LMDB would have written them;
 4. one NOTIFY for the whole batch (a wake-up for other nodes' subscriptions), and commit.
 
-The order is a pure function of the committed rows, so a reader that checkpoints a position
-never misses a record, and a seal lost in a crash is redone identically: that is why seals
+Positions are handed out under the row lock, in commit order of the seals, so a reader that
+checkpoints a position never misses a record.
+
+The horizon makes the order a pure function of the committed rows: a seal lost in a crash
+is redone identically (same positions, links and hashes), which is why seals
 commit with `synchronous_commit = off` (an append's own commit is always synchronous).
 Per-session order agrees with `txid` order because an append takes its sessions' advisory
 locks before its transaction has an id (see `writer.py`). The sealer never waits on an
