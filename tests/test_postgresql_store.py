@@ -502,3 +502,12 @@ def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str
         assert store.info("alpha") is not None
         assert store.acquire_lease("alpha", "node", ttl=5) is not None
     assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]
+
+
+def test_an_index_behind_its_events_fails_the_append_clearly(store: PostgresStore) -> None:
+    create(store, "alpha", messages=1)
+    sql(store.url, "DELETE FROM chatledger.sessions")  # the index now says alpha is new
+    with pytest.raises(LedgerError, match="rebuild"):
+        store.append("alpha", [SessionCreated()], 0)
+    store.rebuild_index()
+    assert store.append("alpha", [MessageSent(turn=2, text="on")], 2)[0].version == 3

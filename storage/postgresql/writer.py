@@ -207,6 +207,7 @@ class AppendWriter:
         interrupted commit is resolved by re-reading before anything is tried again."""
         deadline = time.monotonic() + self._reconnect_timeout
         pause = 0.05
+        duplicates = 0
         while True:
             state: dict[str, Any] = {"sent_commit": False}
             try:
@@ -214,9 +215,15 @@ class AppendWriter:
                 self._answer(batch, txid, outcome)
                 return
             except pg_errors.UniqueViolation:
-                # Someone wrote without the session locks: the next try sees their rows.
-                logger.warning("chatledger writer: a (session, version) was taken meanwhile")
-                continue
+                # Someone wrote without the session locks (the next try sees their rows), or
+                # the session index lags behind the events (it needs a rebuild).
+                duplicates += 1
+                if duplicates < 3:
+                    continue
+                self._fail(batch, LedgerError(
+                    "an append's (session, version) is taken although the session index says "
+                    "it is free: run `chatledger verify`, then `chatledger rebuild`"))
+                return
             except (psycopg.OperationalError, ConnectionLostError) as error:
                 logger.warning("chatledger writer: %s", describe(error))
                 if state["sent_commit"]:
