@@ -260,7 +260,5 @@ def _pytest_fixtures() -> tuple[object, object]:
     return postgres_server, postgres_url
 
 
-try:
+with contextlib.suppress(ImportError):  # the benchmark may run without pytest
     postgres_server, postgres_url = _pytest_fixtures()
-except ImportError:  # used without pytest (the benchmark)
-    pass
