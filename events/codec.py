@@ -175,6 +175,11 @@ def encode_record(envelope: Envelope[Any]) -> bytes:
     return _event_encoder.encode(envelope)
 
 
+def decode_envelope(data: bytes | memoryview) -> StoredEnvelope:
+    """Decode a stored record's envelope, leaving its event as raw MessagePack."""
+    return _envelope_decoder.decode(data)
+
+
 def decode_record(data: bytes | memoryview) -> Recorded:
     """Decode a stored record into a `Recorded`, on the fast path whenever possible."""
     try:

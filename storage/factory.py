@@ -3,8 +3,8 @@
 `open_store(location, **options)`:
 - a directory path (a `str` or an `os.PathLike`) is an LMDB ledger, as always;
 - `memory:` is a new in-memory store, `memory:NAME` the process's in-memory store NAME;
-- `postgresql://...` (or `postgres://`) is reserved for the shared PostgreSQL store, which
-  is not in this release: it raises ConfigError saying so.
+- `postgresql://...` (or `postgres://`) is the shared PostgreSQL store for several nodes
+  (storage/postgresql; needs the `postgresql` extra, psycopg 3).
 
 Everything above `storage/` opens its store here and holds it by the port's Protocols. The
 implementations are imported only when asked for, so importing `chatledger.storage` does
@@ -48,10 +48,14 @@ def open_store(
     `max_map_size` and `readonly`; the memory store takes none."""
     kind = store_kind(location)
     if kind == "postgresql":
-        raise ConfigError(
-            "a PostgreSQL ledger (postgresql://...) is not available in this release: "
-            "give a ledger directory, or memory: for an in-memory store"
-        )
+        try:
+            from .postgresql import open_postgresql_store
+        except ImportError as error:
+            raise ConfigError(
+                f"a PostgreSQL ledger needs psycopg 3 ({error}): "
+                "pip install 'chatledger[postgresql]'"
+            ) from None
+        return open_postgresql_store(str(location), **options)  # type: ignore[return-value]
     if kind == "memory":
         if options:
             raise TypeError(f"the memory store takes no options: {', '.join(sorted(options))}")

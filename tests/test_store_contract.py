@@ -20,9 +20,9 @@ from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, truncate
 from chatledger.audit.session_check import verify_session
 from chatledger.errors import (
     ConcurrencyError,
-    ConfigError,
     InvalidSessionIdError,
     LedgerClosedError,
+    LedgerError,
     LedgerMissingError,
     UnknownSessionError,
 )
@@ -288,9 +288,9 @@ def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
     assert all(other == first for other in others)
 
 
-def test_a_postgresql_location_says_that_store_is_not_available_yet() -> None:
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        open_store("postgresql://ledger@localhost/chatledger")
+def test_a_postgresql_location_opens_the_postgresql_store_and_a_dead_server_is_named() -> None:
+    with pytest.raises(LedgerError, match="127.0.0.1"):
+        open_store("postgresql://ledger@127.0.0.1:1/chatledger", connect_timeout=2)
 
 
 def test_the_port_and_the_factory_load_no_store_implementation_until_asked() -> None:

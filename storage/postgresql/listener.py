@@ -1,0 +1,74 @@
+"""The wake-up for subscriptions: one LISTEN connection per store, reconnected when dropped.
+
+A notification only says "the sealed head moved"; subscribers then read the log themselves,
+so a notification lost while the connection was down costs nothing: after reconnecting the
+listener wakes every subscriber once, and they catch up. It never reads events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+
+from ...errors import LedgerError
+from .connection import connect, describe
+from .schema import SEAL_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+class SealListener:
+    """LISTENs for seals in a background thread and notifies `condition` on each."""
+
+    def __init__(self, url: str, condition: threading.Condition, *, connect_timeout: float
+                 ) -> None:
+        self._url = url
+        self._condition = condition
+        self._connect_timeout = connect_timeout
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        """Set while the LISTEN connection is up (tests wait on it)."""
+        self.backend_pid: int | None = None
+        self.connections = 0
+        self._thread = threading.Thread(target=self._run, name="chatledger-pg-listener",
+                                        daemon=True)
+        self._thread.start()
+
+    def _wake(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+    def _run(self) -> None:
+        """Listen, and reconnect with a bounded back-off. Runs on the listener thread."""
+        pause = 0.05
+        while not self._stop.is_set():
+            connection: psycopg.Connection[Any] | None = None
+            try:
+                connection = connect(self._url, connect_timeout=self._connect_timeout,
+                                     autocommit=True)
+                connection.execute(f"LISTEN {SEAL_CHANNEL}")
+                self.backend_pid = connection.info.backend_pid
+                self.connections += 1
+                self.connected.set()
+                pause = 0.05
+                self._wake()  # anything sealed while we were away
+                while not self._stop.is_set():
+                    for _ in connection.notifies(timeout=0.5):
+                        self._wake()
+            except (psycopg.Error, LedgerError) as error:
+                if not self._stop.is_set():
+                    logger.info("chatledger listener: %s (reconnecting)", describe(error))
+            finally:
+                self.connected.clear()
+                if connection is not None:
+                    connection.close()
+            self._stop.wait(pause)
+            pause = min(pause * 2, 2.0)
+
+    def close(self) -> None:
+        """Stop listening (within half a second)."""
+        self._stop.set()
+        self._thread.join(timeout=5)

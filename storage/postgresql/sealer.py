@@ -1,0 +1,306 @@
+"""The sealer: places committed events in the global order and chains them, in batches.
+
+Appends commit without any global lock; the sealer gives their rows positions afterwards. One
+seal is one short transaction:
+1. lock the `seal` row (sealers of several nodes take turns here; appenders never touch it);
+2. in one statement, hence one snapshot, take the horizon
+   `X = pg_snapshot_xmin(pg_current_snapshot())` (every transaction with an id below X has
+   ended, so no row with `txid < X` can appear later) and read the unsealed rows with
+   `txid < X` in `(txid, seq)` order;
+3. give them the next positions, the link to the previous record of the log and of their
+   session, and their stored record and hash, exactly as LMDB would have written them;
+4. one NOTIFY for the whole batch (a wake-up for other nodes' subscriptions), and commit.
+
+Positions are handed out under the row lock, in commit order of the seals, so a reader that
+checkpoints a position never misses a record.
+
+The horizon makes the order a pure function of the committed rows: a seal lost in a crash
+is redone identically (same positions, links and hashes), which is why seals
+commit with `synchronous_commit = off` (an append's own commit is always synchronous).
+Per-session order agrees with `txid` order because an append takes its sessions' advisory
+locks before its transaction has an id (see `writer.py`). The sealer never waits on an
+appender, and appenders never wait on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, NamedTuple
+
+import psycopg
+
+from ...errors import LedgerError
+from ...events.codec import decode_envelope
+from ...events.model import Recorded
+from ..hashing import GENESIS, Head
+from .connection import Pool, describe
+from .records import seal_record, with_seal
+from .schema import SEAL_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+SealKey = tuple[str, int]
+"""(session id, version)"""
+
+# Seals commit asynchronously (see the module docstring); the seal row is their lock.
+_LOCK_HEAD = (
+    "SELECT set_config('synchronous_commit', 'off', true), position, hash"
+    " FROM chatledger.seal FOR UPDATE"
+)
+# The horizon and the rows come from one statement, hence one snapshot (pg_current_snapshot()
+# is the statement's): every transaction below its xmin has ended and is visible or gone.
+_UNSEALED = (
+    "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS below)"
+    " SELECT horizon.below::text, e.txid::text, e.session_id, e.version, e.recorded_at,"
+    "  e.schema_version, e.event, e.previous_hash"
+    " FROM horizon LEFT JOIN LATERAL ("
+    "  SELECT e.txid, e.seq, e.session_id, e.version, e.recorded_at, e.schema_version, e.event,"
+    "   previous.hash AS previous_hash"
+    "  FROM chatledger.events e LEFT JOIN chatledger.events previous"
+    "   ON previous.session_id = e.session_id AND previous.version = e.version - 1"
+    "  WHERE e.position IS NULL AND e.txid < horizon.below"
+    "  ORDER BY e.txid, e.seq LIMIT %s) e ON true"
+    " ORDER BY e.txid, e.seq"
+)
+_STORE = (
+    "WITH placed AS (UPDATE chatledger.events AS e"
+    "  SET position = u.position, hash = u.hash, record = u.record, event = NULL"
+    "  FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::bytea[], %s::bytea[])"
+    "   AS u(session_id, version, position, hash, record)"
+    "  WHERE e.session_id = u.session_id AND e.version = u.version),"
+    " head AS (UPDATE chatledger.seal SET position = %s, hash = %s, sealed_below = %s::xid8,"
+    "  sealed_at = now())"
+    " SELECT pg_notify(%s, %s)"
+)
+_ANY_UNSEALED = "SELECT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
+_SEALED_RECORDS = (
+    "SELECT e.session_id, e.version, e.record FROM chatledger.events e"
+    " JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
+    "  ON e.session_id = k.session_id AND e.version = k.version"
+    " WHERE e.record IS NOT NULL"
+)
+
+
+class SealResult(NamedTuple):
+    """What one seal transaction did."""
+
+    placed: dict[SealKey, tuple[int, bytes, bytes]]
+    """(session, version) -> (position, previous session hash, previous log hash)"""
+    sealed_below: int
+    """Every transaction with a lower id is now sealed."""
+    head: Head
+    complete: bool
+    """False when the batch limit cut the work short: seal again."""
+
+
+def seal_once(pool: Pool, limit: int) -> SealResult:
+    """Run one seal transaction (see the module docstring). Blocks the calling thread."""
+    with pool.connection() as connection:
+        try:
+            return _seal(connection, limit)
+        except psycopg.Error:
+            connection.rollback()
+            raise
+
+
+def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
+    head_row = connection.execute(_LOCK_HEAD).fetchone()
+    rows = connection.execute(_UNSEALED, [limit], binary=True).fetchall()
+    assert head_row is not None, "the seal row is missing: the schema was damaged"
+    position, log_hash = int(head_row[1]), bytes(head_row[2])
+    horizon = int(rows[0][0])
+    rows = [row[1:] for row in rows if row[1] is not None]
+    if not rows:
+        connection.rollback()
+        return SealResult({}, horizon, Head(position, log_hash), True)
+    complete = len(rows) < limit
+    sealed_below = horizon if complete else int(rows[-1][0])
+    last_in_batch: dict[str, tuple[int, bytes]] = {}
+    placed: dict[SealKey, tuple[int, bytes, bytes]] = {}
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])
+    for _txid, session_id, version, recorded_at, schema_version, event, previous_hash in rows:
+        if version == 1:
+            session_hash = GENESIS
+        elif previous_hash is not None:
+            session_hash = bytes(previous_hash)
+        else:
+            earlier = last_in_batch.get(session_id)
+            if earlier is None or earlier[0] != version - 1:
+                connection.rollback()
+                raise LedgerError(
+                    f"the sealer found version {version} of session {session_id!r} before "
+                    f"version {version - 1}: appends are not taking their session locks"
+                )
+            session_hash = earlier[1]
+        position += 1
+        record, digest = seal_record(position, session_id, version, recorded_at,
+                                     schema_version, session_hash, log_hash, bytes(event))
+        placed[(session_id, version)] = (position, session_hash, log_hash)
+        last_in_batch[session_id] = (version, digest)
+        log_hash = digest
+        for column, value in zip(columns, (session_id, version, position, digest, record),
+                                 strict=True):
+            column.append(value)
+    # Nobody else writes these rows (appenders only insert, other sealers wait for the lock).
+    connection.execute(_STORE, [*columns, position, log_hash, str(sealed_below), SEAL_CHANNEL,
+                                str(position)])
+    connection.commit()
+    return SealResult(placed, sealed_below, Head(position, log_hash), complete)
+
+
+class _Waiter(NamedTuple):
+    txid: int
+    deadline: float
+    future: Future[Any]
+    lists: list[list[Recorded]]
+
+
+class Sealer:
+    """Seals in a background thread (when started) and completes appends waiting for their
+    seal. `seal_now` seals from the calling thread."""
+
+    def __init__(self, pool: Pool, *, interval: float, batch: int, wait_timeout: float,
+                 on_sealed: Callable[[Head], None]) -> None:
+        self._pool = pool
+        self._interval = interval
+        self._batch = batch
+        self._wait_timeout = wait_timeout
+        self._on_sealed = on_sealed
+        self._lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the background sealing thread."""
+        self._thread = threading.Thread(target=self._run, name="chatledger-pg-sealer",
+                                        daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Ask the thread to seal now (non-blocking)."""
+        self._wake.set()
+
+    def expect(self, txid: int, future: Future[Any], lists: list[list[Recorded]], *,
+               wake: bool = True) -> None:
+        """Complete `future` with `lists` as sealed, once transaction `txid` is sealed."""
+        with self._lock:
+            self._waiters.append(_Waiter(txid, time.monotonic() + self._wait_timeout, future,
+                                         lists))
+        if wake:
+            self._wake.set()
+
+    def seal_now(self) -> Head:
+        """Seal everything below the horizon now; returns the sealed head. Blocks."""
+        while True:
+            result = seal_once(self._pool, self._batch)
+            self._complete(result)
+            if result.complete:
+                return result.head
+
+    def _run(self) -> None:
+        """The sealing loop. Runs on the sealer thread."""
+        backoff = self._interval
+        while not self._stop.is_set():
+            self._wake.wait(backoff)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if self._has_waiters() or self._anything_unsealed():
+                    self.seal_now()
+                # An older transaction still holds the horizon: look again soon.
+                backoff = 0.002 if self._has_waiters() else self._interval
+            except (LedgerError, psycopg.Error) as error:
+                logger.warning("chatledger sealer: %s (retrying)", describe(error))
+                backoff = min(max(backoff * 2, 0.05), 2.0)
+            self._expire()
+
+    def waiting(self) -> bool:
+        """Whether appends are still waiting for their seal."""
+        return self._has_waiters()
+
+    def _has_waiters(self) -> bool:
+        with self._lock:
+            return bool(self._waiters)
+
+    def _anything_unsealed(self) -> bool:
+        """Whether any row waits for its seal (a cheap look at the partial index)."""
+        with self._pool.connection() as connection:
+            row = connection.execute(_ANY_UNSEALED).fetchone()
+            connection.rollback()
+        return bool(row and row[0])
+
+    def _complete(self, result: SealResult) -> None:
+        if result.placed:
+            self._on_sealed(result.head)
+        with self._lock:
+            ready = [waiter for waiter in self._waiters if waiter.txid < result.sealed_below]
+            if not ready:
+                return
+            self._waiters = [waiter for waiter in self._waiters
+                             if waiter.txid >= result.sealed_below]
+        missing = [(recorded.session_id, recorded.version)
+                   for waiter in ready for records in waiter.lists for recorded in records
+                   if (recorded.session_id, recorded.version) not in result.placed]
+        placed = dict(result.placed)
+        if missing:
+            try:
+                placed.update(self._placed_elsewhere(missing))
+            except (LedgerError, psycopg.Error) as error:
+                logger.warning("chatledger sealer: %s", describe(error))
+        for waiter in ready:
+            self._resolve(waiter, placed)
+
+    def _placed_elsewhere(self, keys: list[SealKey]) -> dict[SealKey, tuple[int, bytes, bytes]]:
+        """Seals of these rows made by another node's sealer (or an earlier batch)."""
+        with self._pool.connection() as connection:
+            rows = connection.execute(_SEALED_RECORDS, [[key[0] for key in keys],
+                                                        [key[1] for key in keys]]).fetchall()
+            connection.rollback()
+        placed: dict[SealKey, tuple[int, bytes, bytes]] = {}
+        for session_id, version, record in rows:
+            envelope = decode_envelope(bytes(record))
+            placed[(session_id, version)] = (envelope.position, envelope.prev_session_hash,
+                                             envelope.prev_log_hash)
+        return placed
+
+    @staticmethod
+    def _resolve(waiter: _Waiter, placed: dict[SealKey, tuple[int, bytes, bytes]]) -> None:
+        lists = []
+        for records in waiter.lists:
+            sealed = []
+            for recorded in records:
+                seal = placed.get((recorded.session_id, recorded.version))
+                sealed.append(with_seal(recorded, *seal) if seal is not None else recorded)
+            lists.append(sealed)
+        if not waiter.future.done():
+            waiter.future.set_result(lists)
+
+    def _expire(self) -> None:
+        """Answer appends whose seal is overdue with their unsealed records (position 0)."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [waiter for waiter in self._waiters if waiter.deadline <= now]
+            self._waiters = [waiter for waiter in self._waiters if waiter.deadline > now]
+        if overdue:
+            logger.warning("chatledger sealer: %d appends answered before their seal "
+                           "(is a long transaction holding back the horizon?)", len(overdue))
+        for waiter in overdue:
+            self._resolve(waiter, {})
+
+    def close(self) -> None:
+        """Stop the thread; appends still waiting get their unsealed records."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            waiting, self._waiters = self._waiters, []
+        for waiter in waiting:
+            self._resolve(waiter, {})
