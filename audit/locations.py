@@ -2,19 +2,42 @@
 
 By default both sit beside the ledger directory (`<ledger>.signing-key`, its `.pub`, and
 `<ledger>.anchors.jsonl`), outside the LMDB files, so `compact` and copies of the ledger
-leave them alone. This module only computes paths.
+leave them alone. A ledger that is not a directory has no "beside": an in-memory store's
+key lives in a private temporary directory of this process (as ephemeral as the store), and
+a PostgreSQL ledger's in the user data directory under a name derived from its URL (several
+nodes must then be given one shared `signing_key` and `anchor_file`). This module only
+computes paths.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import platformdirs
 
 from ..config import Config
+from ..storage import store_kind
 
 
 def _beside(ledger_path: str, suffix: str) -> Path:
-    ledger = Path(ledger_path)
-    return ledger.with_name(ledger.name + suffix)
+    kind = store_kind(ledger_path)
+    if kind == "lmdb":
+        ledger = Path(ledger_path)
+        return ledger.with_name(ledger.name + suffix)
+    if kind == "memory":
+        folder = Path(tempfile.gettempdir()) / f"chatledger-memory-keys-{os.getpid()}"
+        name = ledger_path.removeprefix("memory:") or "anonymous"
+    else:
+        parts = urlsplit(ledger_path)  # the password never names a file
+        where = f"{parts.hostname}:{parts.port}{parts.path}"
+        folder = Path(platformdirs.user_data_dir("chatledger")) / "keys"
+        name = "postgresql-" + hashlib.sha256(where.encode()).hexdigest()[:16]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder / (hashlib.sha256(name.encode()).hexdigest()[:16] + suffix)
 
 
 def signing_key_path(config: Config) -> Path:

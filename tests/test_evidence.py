@@ -417,3 +417,12 @@ def test_processes_racing_to_create_the_key_end_up_with_one_key(tmp_path: Path) 
     assert sorted(file.name for file in path.parent.iterdir()) == [
         "ledger.signing-key", "ledger.signing-key.pub"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_ledger_that_is_no_directory_keeps_its_key_out_of_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Ledger("memory:no-litter", agent_command=STANDIN) as ledger:
+        ledger.create_session()
+    assert list(tmp_path.iterdir()) == []
