@@ -338,7 +338,7 @@ class PostgresStore:
         """Catch up, then follow live seals (of every node: LISTEN wakes it, polling backs it)."""
         self._ensure_listener()
         # The shared subscription only needs `read_all` and a condition that wakes it.
-        return Subscription(self, from_position, self._sealed, poll_interval)  # type: ignore[arg-type]
+        return Subscription(self.read_all, from_position, self._sealed, poll_interval)
 
     def _ensure_listener(self) -> SealListener:
         with self._listener_lock:
