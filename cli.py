@@ -37,6 +37,8 @@ from .audit.html import render_html
 from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
 from .audit.session_check import verify_session
 from .audit.stats import ledger_stats
+from .catalog import list_sessions
+from .cli_labels import label_pairs as _label_pairs
 from .config import load_config
 from .console import (
     describe_event,
@@ -185,6 +187,7 @@ def _info_pairs(info: SessionInfo) -> list[tuple[str, Any]]:
         ("open turn", info.open_turn),
         ("version", info.version),
         ("last position", info.last_position),
+        *_label_pairs(info),
     ]
 
 
@@ -258,16 +261,19 @@ def main(ctx: click.Context, ledger_path: str | None) -> None:
               help="Permission mode of the agent.")
 @click.option("--study", "study_id", help="Study the session works on.")
 @click.option("--id", "session_id", help="Use this session id instead of a new uuid.")
+@click.option("--owner", help="The user the session belongs to (an opaque id).")
+@click.option("--title", help="The session's title.")
 @json_option
 @pass_state
 def new(state: State, mode: str, study_id: str | None, session_id: str | None,
-        as_json: bool) -> None:
+        owner: str | None, title: str | None, as_json: bool) -> None:
     """Create a session and print its id.
 
-    Example: chatledger new --mode user --study beam-1
+    Example: chatledger new --mode user --study beam-1 --owner alice
     """
     with state.ledger() as ledger:
-        info = ledger.create_session(session_id, mode=mode, study_id=study_id)
+        info = ledger.create_session(session_id, mode=mode, study_id=study_id, owner=owner,
+                                     title=title)
     if as_json:
         _emit_json({"session_id": info.session_id, "mode": info.mode, "study_id": info.study_id})
     else:
@@ -362,14 +368,20 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
 @click.option("--study", "study_id", help="Only sessions of this study.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only sessions with this status.")
 @click.option("--since", help="Only sessions active since a time (ISO) or for a duration (2h).")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions.")
+@click.option("--owner", help="Only sessions of this owner.")
+@click.option("--tag", "tags", multiple=True, help="Only sessions with this tag (repeatable).")
+@click.option("--archived", is_flag=True, help="Only archived sessions (they are left out otherwise).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions (a page).")
+@click.option("--cursor", help="Continue after the page that printed this cursor.")
 @json_option
 @pass_state
 def sessions(state: State, mode: str | None, study_id: str | None, status: str | None,
-             since: str | None, limit: int | None, as_json: bool) -> None:
-    """List sessions, newest activity first (from the index: no replay).
+             since: str | None, owner: str | None, tags: tuple[str, ...], archived: bool,
+             limit: int | None, cursor: str | None, as_json: bool) -> None:
+    """List sessions, newest activity first (from the index: no replay), a page at a time.
 
-    Example: chatledger sessions --status idle --since 24h --json
+    With --limit, a page that has more after it ends with the cursor of the next page
+    (on stderr with --json). Example: chatledger sessions --owner alice --tag bug --limit 20
     """
     try:
         since_moment = parse_moment(since) if since else None
@@ -378,18 +390,23 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
     with state.log() as log:
         infos = log.sessions()
     epoch = datetime.min.replace(tzinfo=timezone.utc)
-    selected = [
+    candidates = [
         info for info in infos
         if (mode is None or info.mode == mode)
         and (study_id is None or info.study_id == study_id)
         and (status is None or info.status == status)
         and (since_moment is None or (info.last_active or epoch) >= since_moment)
     ]
-    selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
-    if limit is not None:
-        selected = selected[:limit]
+    try:
+        page = list_sessions(candidates, owner=owner, tags=tags, archived=archived,
+                             limit=limit or max(len(candidates), 1), cursor=cursor)
+    except InvalidCommandError as error:
+        raise click.BadParameter(str(error), param_hint="--cursor") from None
+    selected = page.sessions
     if as_json:
         _emit_json(selected)
+        if page.next_cursor:
+            click.echo(f"next cursor: {page.next_cursor}", err=True)
         return
     rows = [
         (info.session_id, info.mode, info.study_id, info.status, info.message_count,
@@ -398,6 +415,8 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
     ]
     click.echo(table(("session", "mode", "study", "status", "messages", "turns", "cost $",
                       "last active (UTC)"), rows))
+    if page.next_cursor:
+        click.echo(f"next cursor: {page.next_cursor}")
 
 
 @main.command()
@@ -813,3 +832,6 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary and not as_json:
             click.echo(f"ledger kept at {path}")
+
+
+from . import cli_manage  # noqa: E402, F401  (registers the commands that manage sessions)

@@ -58,6 +58,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     kill_grace: float = 2.0
     agent_cwd: str | None = None
     agent_env: dict[str, str] = msgspec.field(default_factory=dict)
+    auto_title: bool = False
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -79,6 +80,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_MAX_OUTPUT_BYTES": "max_output_bytes",
     "CHATLEDGER_KILL_GRACE": "kill_grace",
     "CHATLEDGER_AGENT_CWD": "agent_cwd",
+    "CHATLEDGER_AUTO_TITLE": "auto_title",
 }
 """Environment variable -> setting."""
 
@@ -96,7 +98,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting] = tuple(shlex.split(raw))
             except ValueError as error:
                 raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
-        elif setting == "allow_power_mode" or setting == "partial_messages":
+        elif setting in ("allow_power_mode", "partial_messages", "auto_title"):
             lowered = raw.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")

@@ -9,11 +9,12 @@ the log.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 
+from .actors.annotations import retag, retitle, set_archived
 from .actors.runtime import Runtime
 from .actors.updates import (
     AnyTurnUpdate,
@@ -22,6 +23,8 @@ from .actors.updates import (
     TextUpdate,
     TurnDone,
 )
+from .catalog import SessionPage, list_sessions
+from .catalog.listing import DEFAULT_PAGE_SIZE
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
@@ -79,10 +82,50 @@ class Ledger:
         return self.runtime.log
 
     def create_session(
-        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+        self,
+        session_id: str | None = None,
+        *,
+        mode: str = "user",
+        study_id: str | None = None,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Create a session; returns its info (a new uuid4 id unless one is given)."""
-        return self.runtime.create_session(session_id, mode=mode, study_id=study_id)
+        """Create a session; returns its info (a new uuid4 id unless one is given), for an
+        `owner` (an opaque user id) and with a `title`, if given."""
+        return self.runtime.create_session(
+            session_id, mode=mode, study_id=study_id, owner=owner, title=title
+        )
+
+    def set_title(self, session_id: str, title: str) -> SessionInfo:
+        """Set a session's title ("" clears it)."""
+        return self.runtime.annotate(session_id, retitle(title))
+
+    def tag(
+        self, session_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> SessionInfo:
+        """Add tags to and remove tags from a session."""
+        return self.runtime.annotate(session_id, retag(add, remove))
+
+    def archive(self, session_id: str) -> SessionInfo:
+        """Archive a session (listings leave it out unless asked for archived ones)."""
+        return self.runtime.annotate(session_id, set_archived(True))
+
+    def unarchive(self, session_id: str) -> SessionInfo:
+        """Take a session out of the archive."""
+        return self.runtime.annotate(session_id, set_archived(False))
+
+    def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        archived: bool | None = False,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions, newest activity first, and the cursor of the next page."""
+        return list_sessions(self.runtime.sessions(), owner=owner, tags=tags,
+                             archived=archived, limit=limit, cursor=cursor)
 
     def resume_session(
         self, session_id: str, *, mode: str | None = None, study_id: str | None = None

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 
+from .actors.annotations import Decider, retag, retitle, set_archived
 from .actors.runtime import Runtime
 from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
+from .catalog import SessionPage, list_sessions
+from .catalog.listing import DEFAULT_PAGE_SIZE
 from .config import Config, load_config
 from .errors import (
     SESSION_NOT_FOUND,
@@ -133,9 +136,13 @@ class SessionManager:
         mode: str = DEFAULT_MODE,
         study_id: str | None = None,
         resume_session_id: str | None = None,
+        *,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> ClaudeSession:
         """Create a session, or resume one by id (its mode and study are kept unless new ones
-        are given; an id never seen creates a session with that id)."""
+        are given; an id never seen creates a session with that id). A new session belongs to
+        `owner` (an opaque user id) and has `title`, if given."""
         runtime = await self._runtime_async()
         if resume_session_id is not None:
             info = await asyncio.to_thread(
@@ -147,7 +154,8 @@ class SessionManager:
             )
         else:
             info = await asyncio.to_thread(
-                runtime.create_session, None, mode=str(mode), study_id=study_id
+                runtime.create_session, None, mode=str(mode), study_id=study_id, owner=owner,
+                title=title,
             )
         return ClaudeSession.from_info(info)
 
@@ -224,6 +232,48 @@ class SessionManager:
             await asyncio.to_thread(runtime.set_study, session_id, study_id)
         except (UnknownSessionError, InvalidSessionIdError):
             raise _not_found(session_id) from None
+
+    # -- labels and listings (new: keyword-friendly, return the ledger's SessionInfo) -------
+
+    async def _annotate(self, session_id: str, decide: Decider) -> SessionInfo:
+        runtime = await self._runtime_async()
+        try:
+            return await asyncio.to_thread(runtime.annotate, session_id, decide)
+        except (UnknownSessionError, InvalidSessionIdError):
+            raise _not_found(session_id) from None
+
+    async def set_title(self, session_id: str, title: str) -> SessionInfo:
+        """Set a session's title ("" clears it); ValueError for an unknown session."""
+        return await self._annotate(session_id, retitle(title))
+
+    async def tag(
+        self, session_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> SessionInfo:
+        """Add tags to and remove tags from a session; ValueError for an unknown session."""
+        return await self._annotate(session_id, retag(add, remove))
+
+    async def archive(self, session_id: str) -> SessionInfo:
+        """Archive a session; ValueError for an unknown session."""
+        return await self._annotate(session_id, set_archived(True))
+
+    async def unarchive(self, session_id: str) -> SessionInfo:
+        """Take a session out of the archive; ValueError for an unknown session."""
+        return await self._annotate(session_id, set_archived(False))
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        archived: bool | None = False,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions, newest activity first, and the cursor of the next page."""
+        runtime = await self._runtime_async()
+        infos = await asyncio.to_thread(runtime.sessions)
+        return list_sessions(infos, owner=owner, tags=tuple(tags), archived=archived,
+                             limit=limit, cursor=cursor)
 
     def get_session(self, session_id: str) -> ClaudeSession | None:
         """The session, or None if unknown (a short index read)."""

@@ -8,13 +8,14 @@ the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import pykka
 
 from ..agent import CancelSwitch, RunOutcome
-from ..events import SessionInfo
+from ..events import Event, SessionInfo
 from .updates import TurnSink
 
 if TYPE_CHECKING:  # session.py imports this module; the name is only in a string below
@@ -38,10 +39,12 @@ def ask(ref: pykka.ActorRef[Any], message: Ask[Answer], timeout: float) -> Answe
 
 @dataclass(frozen=True)
 class CreateSession(Ask[SessionInfo]):
-    """Open a new session in a mode and study."""
+    """Open a new session in a mode and study, for an owner and with a title (if given)."""
 
     mode: str = "user"
     study_id: str | None = None
+    owner: str | None = None
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,14 @@ class SetStudy(Ask[SessionInfo]):
     """Set or clear the study the session works on."""
 
     study_id: str | None
+
+
+@dataclass(frozen=True)
+class Annotate(Ask[SessionInfo]):
+    """Record a change of the session's labels (title, tags, archive, caps): `decide` returns
+    its events from the session's current info (see `annotations.py`)."""
+
+    decide: Callable[[SessionInfo], list[Event]]
 
 
 @dataclass(frozen=True)

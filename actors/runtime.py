@@ -26,8 +26,10 @@ from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
+from .annotations import Decider
 from .messages import (
     Activate,
+    Annotate,
     Answer,
     Ask,
     CancelTurn,
@@ -178,13 +180,25 @@ class Runtime:
     # -- commands ---------------------------------------------------------------------------
 
     def create_session(
-        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+        self,
+        session_id: str | None = None,
+        *,
+        mode: str = "user",
+        study_id: str | None = None,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Create a session (a new uuid4 id unless one is given)."""
+        """Create a session (a new uuid4 id unless one is given), for an owner, with a title."""
         session_id = session_id or str(uuid.uuid4())
         return self.ask(
-            session_id, CreateSession(mode=mode, study_id=study_id), must_exist=False
+            session_id,
+            CreateSession(mode=mode, study_id=study_id, owner=owner, title=title),
+            must_exist=False,
         )
+
+    def annotate(self, session_id: str, decide: Decider) -> SessionInfo:
+        """Record a label change (title, tags, archive, caps) decided by `decide`."""
+        return self.ask(session_id, Annotate(decide))
 
     def resume_session(
         self,

@@ -42,14 +42,17 @@ from ..events import (
     SessionExpired,
     SessionInfo,
     SessionResumed,
+    SessionTitled,
     StudyContextSet,
     conversation,
     evolve,
 )
 from ..storage import EventStore
+from .annotations import check_owner, check_title
 from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
 from .expiry import expiry_due
 from .messages import (
+    Annotate,
     CancelTurn,
     CreateSession,
     ExpireSession,
@@ -213,6 +216,9 @@ class SessionActor(pykka.ThreadingActor):
             return self._cancel(message)
         if isinstance(message, ExpireSession):
             return self._expire(message)
+        if isinstance(message, Annotate):
+            self._append(lambda: message.decide(self.info))
+            return self.info
         raise TypeError(f"SessionActor cannot handle {message!r}")
 
     # -- commands ---------------------------------------------------------------------------
@@ -264,11 +270,15 @@ class SessionActor(pykka.ThreadingActor):
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
         check_text("study_id", command.study_id, optional=True)
+        check_owner(command.owner)
+        title = check_title(command.title) if command.title is not None else ""
 
         def decide() -> list[Event]:
             if self.info.version:
                 raise InvalidCommandError(f"session {self.session_id} already exists")
-            return [SessionCreated(mode=command.mode, study_id=command.study_id)]
+            created = SessionCreated(mode=command.mode, study_id=command.study_id,
+                                     owner=command.owner)
+            return [created, SessionTitled(title=title)] if title else [created]
 
         self._append(decide)
         return self.info

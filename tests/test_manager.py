@@ -37,7 +37,12 @@ async def collect(manager: SessionManager, *args: Any, **kwargs: Any) -> list[di
 
 def test_the_interface_matches_the_old_manager() -> None:
     signature = inspect.signature(SessionManager.create_session)
-    assert list(signature.parameters) == ["self", "mode", "study_id", "resume_session_id"]
+    positional = [name for name, parameter in signature.parameters.items()
+                  if parameter.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert positional == ["self", "mode", "study_id", "resume_session_id"]
+    # what was added later is keyword-only and defaulted, so old calls mean the same
+    assert all(parameter.default is None for parameter in signature.parameters.values()
+               if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
     assert signature.parameters["mode"].default == "user"
     assert signature.parameters["study_id"].default is None
     send = inspect.signature(SessionManager.send_message)
