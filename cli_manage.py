@@ -1,4 +1,4 @@
-"""The CLI commands that manage sessions as users and operators do: title, tag, archive.
+"""The CLI commands that manage sessions as users and operators do: title, tag, archive, search.
 
 Registered on `cli.main` when `cli` is imported (its last line imports this module); each
 records its change through the ledger's runtime, like `mode` and `study` do. Output follows
@@ -8,8 +8,12 @@ records its change through the ledger's runtime, like `mode` and `study` do. Out
 from __future__ import annotations
 
 import click
+import msgspec
 
+from .catalog.search import DEFAULT_HIT_LIMIT, SearchIndex
 from .cli import State, _emit_json, json_option, main, pass_state
+from .config import load_config
+from .console import format_time, parse_moment, table
 from .events import SessionInfo
 
 
@@ -78,3 +82,37 @@ def archive(state: State, session_id: str, undo: bool, as_json: bool) -> None:
     with state.ledger() as ledger:
         info = ledger.unarchive(session_id) if undo else ledger.archive(session_id)
     _print_labels(info, as_json)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--owner", help="Only sessions of this owner.")
+@click.option("--since", help="Only what was said since a time (ISO) or for a duration (2h).")
+@click.option("--limit", type=click.IntRange(min=1), default=DEFAULT_HIT_LIMIT, show_default=True,
+              help="At most this many hits.")
+@click.option("--reindex", is_flag=True, help="Rebuild the search index from the log first.")
+@json_option
+@pass_state
+def search(state: State, text: str, owner: str | None, since: str | None, limit: int,
+           reindex: bool, as_json: bool) -> None:
+    """Find messages and answers holding every word of TEXT, newest first.
+
+    The side index (a SQLite file beside the ledger) catches up with the log first.
+    Example: chatledger search "beam deflection" --owner alice --since 7d --json
+    """
+    try:
+        since_moment = parse_moment(since) if since else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    search_path = load_config(path=state.ledger_path).search_path
+    with state.log() as log, SearchIndex(log, search_path) as index:
+        if reindex:
+            index.rebuild()
+        hits = index.search(text, owner=owner, since=since_moment, limit=limit)
+    if as_json:
+        for hit in hits:
+            click.echo(msgspec.json.encode(hit).decode())
+        return
+    rows = [(hit.session_id, hit.turn, hit.role, format_time(hit.recorded_at), hit.snippet)
+            for hit in hits]
+    click.echo(table(("session", "turn", "role", "time (UTC)", "text"), rows))

@@ -59,6 +59,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     agent_cwd: str | None = None
     agent_env: dict[str, str] = msgspec.field(default_factory=dict)
     auto_title: bool = False
+    search_path: str | None = None
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -81,6 +82,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_KILL_GRACE": "kill_grace",
     "CHATLEDGER_AGENT_CWD": "agent_cwd",
     "CHATLEDGER_AUTO_TITLE": "auto_title",
+    "CHATLEDGER_SEARCH_PATH": "search_path",
 }
 """Environment variable -> setting."""
 
@@ -156,7 +158,7 @@ def load_config(
         values[key] = value
         origin[key] = "environment"
     for key, value in overrides.items():
-        if value is None and key != "mcp_config" and key != "agent_cwd":
+        if value is None and key not in ("mcp_config", "agent_cwd", "search_path"):
             continue
         if key in ("agent_command", "allowed_tools") and isinstance(value, str):
             value = tuple(shlex.split(value))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from .actors.updates import (
 )
 from .catalog import SessionPage, list_sessions
 from .catalog.listing import DEFAULT_PAGE_SIZE
+from .catalog.search import DEFAULT_HIT_LIMIT, SearchHit
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
@@ -207,6 +209,18 @@ class Ledger:
     def sessions(self) -> list[SessionInfo]:
         """Every session's info, from the index."""
         return self.runtime.sessions()
+
+    def search(
+        self,
+        text: str,
+        *,
+        owner: str | None = None,
+        since: datetime | None = None,
+        limit: int = DEFAULT_HIT_LIMIT,
+    ) -> list[SearchHit]:
+        """Messages and answers holding every word of `text`, newest first (of `owner`'s
+        sessions, since a time, if given); the index catches up with the log first."""
+        return self.runtime.search_index().search(text, owner=owner, since=since, limit=limit)
 
     def verify(self, saved_head: Head | None = None) -> VerifyReport:
         """Check the hash chains and indexes (and a saved head, if given)."""

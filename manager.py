@@ -26,6 +26,7 @@ from .actors.runtime import Runtime
 from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
 from .catalog import SessionPage, list_sessions
 from .catalog.listing import DEFAULT_PAGE_SIZE
+from .catalog.search import DEFAULT_HIT_LIMIT, SearchHit
 from .config import Config, load_config
 from .errors import (
     SESSION_NOT_FOUND,
@@ -274,6 +275,20 @@ class SessionManager:
         infos = await asyncio.to_thread(runtime.sessions)
         return list_sessions(infos, owner=owner, tags=tuple(tags), archived=archived,
                              limit=limit, cursor=cursor)
+
+    async def search(
+        self,
+        text: str,
+        *,
+        owner: str | None = None,
+        since: datetime | None = None,
+        limit: int = DEFAULT_HIT_LIMIT,
+    ) -> list[SearchHit]:
+        """Messages and answers holding every word of `text`, newest first (of `owner`'s
+        sessions, since a time, if given); the index catches up with the log first."""
+        runtime = await self._runtime_async()
+        index = await asyncio.to_thread(runtime.search_index)
+        return await asyncio.to_thread(index.search, text, owner=owner, since=since, limit=limit)
 
     def get_session(self, session_id: str) -> ClaudeSession | None:
         """The session, or None if unknown (a short index read)."""

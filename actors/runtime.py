@@ -22,6 +22,7 @@ from typing import Any
 import pykka
 
 from ..agent import McpConfigFiles
+from ..catalog.search import SearchIndex
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
@@ -100,6 +101,8 @@ class Runtime:
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
         self._closed = False
+        self._search: SearchIndex | None = None
+        self._search_lock = threading.Lock()
         services = SessionServices(
             config=config,
             log=self.log,
@@ -277,6 +280,14 @@ class Runtime:
         self._check_open()
         return self.log.sessions()
 
+    def search_index(self) -> SearchIndex:
+        """The ledger's full-text search index (opened on first use; caught up per query)."""
+        self._check_open()
+        with self._search_lock:
+            if self._search is None:
+                self._search = SearchIndex(self.log, self.config.search_path)
+            return self._search
+
     def live_sessions(self) -> list[str]:
         """Ids of the sessions with a live actor."""
         return ask(self.supervisor, LiveSessions(), ASK_TIMEOUT)
@@ -315,5 +326,7 @@ class Runtime:
         for ref in self.registry.take_all():
             ref.stop(block=True, timeout=timeout)
         self.mcp_files.remove_all()
+        if self._search is not None:
+            self._search.close()
         if self._owns_log:
             self.log.close()
