@@ -64,6 +64,7 @@ from .errors import (
 from .events import MODES, STATUSES, SessionExpired, at_version, history, session_info
 from .events.model import Recorded
 from .events.projections import HistoryMessage, SessionInfo
+from .spend import spend_report
 from .storage import AuditStore, Head, VerifyReport, open_store
 
 EXIT_CODES = {
@@ -740,14 +741,16 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
 @json_option
 @pass_state
 def stats(state: State, as_json: bool) -> None:
-    """Sessions by status, events, turns, failures by reason, cost, size, activity.
+    """Sessions by status, events, turns, failures by reason, cost, size, activity, and
+    spend (answers, USD, tokens, refused turns) per owner and per day.
 
     Example: chatledger stats --json
     """
     with state.log() as log, progress("counting", log.head().position) as advance:
         figures = ledger_stats(log, advance)
+        spend = spend_report(log.read_all())
     if as_json:
-        _emit_json(figures)
+        _emit_json({**msgspec.to_builtins(figures), "spend": msgspec.to_builtins(spend)})
         return
     by_status = ", ".join(f"{name} {count}" for name, count in sorted(figures.sessions_by_status.items()))
     failures = ", ".join(f"{name} {count}" for name, count in figures.failures_by_reason.items())
@@ -764,6 +767,7 @@ def stats(state: State, as_json: bool) -> None:
         ("newest activity", format_time(figures.newest_activity)),
         ("head", figures.head),
     ]))
+    click.echo(cli_manage.spend_lines(spend))
 
 
 # -- the demo -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The CLI commands that manage sessions as users and operators do: title, tag, archive, search.
+"""The CLI commands that manage sessions as users and operators do: title, tag, archive, search, budget.
 
 Registered on `cli.main` when `cli` is imported (its last line imports this module); each
 records its change through the ledger's runtime, like `mode` and `study` do. Output follows
@@ -6,6 +6,8 @@ records its change through the ledger's runtime, like `mode` and `study` do. Out
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 import msgspec
@@ -15,6 +17,7 @@ from .cli import State, _emit_json, json_option, main, pass_state
 from .config import load_config
 from .console import format_time, parse_moment, table
 from .events import SessionInfo
+from .spend import SpendReport, owner_budget, set_owner_budget
 
 
 def _print_labels(info: SessionInfo, as_json: bool) -> None:
@@ -116,3 +119,70 @@ def search(state: State, text: str, owner: str | None, since: str | None, limit:
     rows = [(hit.session_id, hit.turn, hit.role, format_time(hit.recorded_at), hit.snippet)
             for hit in hits]
     click.echo(table(("session", "turn", "role", "time (UTC)", "text"), rows))
+
+
+@main.command()
+@click.argument("session_id", required=False)
+@click.option("--owner", help="Cap an owner's sessions together instead of one session.")
+@click.option("--usd", type=click.FloatRange(min=0), help="The cap in USD.")
+@click.option("--tokens", type=click.IntRange(min=0), help="The cap in tokens (cache included).")
+@click.option("--clear", is_flag=True, help="Remove both caps.")
+@json_option
+@pass_state
+def budget(state: State, session_id: str | None, owner: str | None, usd: float | None,
+           tokens: int | None, clear: bool, as_json: bool) -> None:
+    """Show or set a spend cap of a session or an owner (a cap not given is kept).
+
+    A turn that would start with a cap reached is refused and recorded (TurnRefused);
+    raise the cap and the session goes on. Example: chatledger budget --owner alice --usd 5
+    """
+    if (session_id is None) == (owner is None):
+        raise click.UsageError("give a session id or --owner, not both")
+    changing = clear or usd is not None or tokens is not None
+    if owner is not None:
+        with state.log() as log:
+            current = owner_budget(log, owner)
+            if changing:
+                current = set_owner_budget(
+                    log, owner, usd=None if clear else (usd if usd is not None else current.usd),
+                    tokens=None if clear else (tokens if tokens is not None else current.tokens))
+        if as_json:
+            _emit_json(current)
+            return
+        click.echo(_budget_line(f"owner {owner}", current.usd, current.tokens,
+                                current.spent_usd, current.spent_tokens))
+        return
+    assert session_id is not None
+    with state.ledger() as ledger:
+        info = ledger.runtime.log.require_info(session_id)
+        if changing:
+            info = ledger.set_budget(
+                session_id, usd=None if clear else (usd if usd is not None else info.budget_usd),
+                tokens=None if clear else (tokens if tokens is not None else info.budget_tokens))
+    if as_json:
+        _emit_json(info)
+        return
+    click.echo(_budget_line(session_id, info.budget_usd, info.budget_tokens,
+                            info.total_cost_usd, info.total_tokens))
+
+
+def _budget_line(who: str, usd: float | None, tokens: int | None, spent_usd: float,
+                 spent_tokens: int) -> str:
+    cap = " and ".join(part for part in (
+        f"${usd:.4f}" if usd is not None else "", f"{tokens} tokens" if tokens is not None else ""
+    ) if part) or "none"
+    return f"{who}: spent ${spent_usd:.4f} and {spent_tokens} tokens; cap {cap}"
+
+
+def spend_lines(report: SpendReport) -> str:
+    """The `stats` tables of spend per owner and per day."""
+    header = ("answers", "cost $", "tokens", "refused")
+
+    def rows(groups: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [(key, spend.answers, f"{spend.usd:.4f}", spend.tokens, spend.refused)
+                for key, spend in groups.items()]
+
+    return "\n".join([
+        "", "spend per owner", table(("owner", *header), rows(report.by_owner)),
+        "", "spend per day (UTC)", table(("day", *header), rows(report.by_day)),
+    ])

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .actors.annotations import retag, retitle, set_archived
+from .actors.annotations import retag, retitle, set_archived, set_budget
 from .actors.runtime import Runtime
 from .actors.updates import (
     AnyTurnUpdate,
@@ -30,6 +30,7 @@ from .catalog.search import DEFAULT_HIT_LIMIT, SearchHit
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
+from .spend import OwnerBudget, SpendReport, owner_budget, set_owner_budget, spend_report
 from .storage import AuditStore, Head, VerifyReport
 
 TURN_WAIT_MARGIN = 60.0
@@ -209,6 +210,27 @@ class Ledger:
     def sessions(self) -> list[SessionInfo]:
         """Every session's info, from the index."""
         return self.runtime.sessions()
+
+    def set_budget(
+        self, session_id: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> SessionInfo:
+        """Cap a session's spend in USD and tokens (None: no cap of that kind); a turn that
+        would start with the cap reached is refused (TurnRefused, a `budget_exceeded` error)."""
+        return self.runtime.annotate(session_id, set_budget(usd, tokens))
+
+    def set_owner_budget(
+        self, owner: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> OwnerBudget:
+        """Cap the spend of all an owner's sessions together (None: no cap of that kind)."""
+        return set_owner_budget(self.runtime.log, owner, usd=usd, tokens=tokens)
+
+    def owner_budget(self, owner: str) -> OwnerBudget:
+        """An owner's caps and what the owner's sessions have spent."""
+        return owner_budget(self.runtime.log, owner)
+
+    def spend(self) -> SpendReport:
+        """What was spent per owner and per day (one pass over the log)."""
+        return spend_report(self.runtime.log.read_all())
 
     def search(
         self,

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from .actors.annotations import Decider, retag, retitle, set_archived
+from .actors.annotations import Decider, retag, retitle, set_archived, set_budget
 from .actors.runtime import Runtime
 from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
 from .catalog import SessionPage, list_sessions
@@ -35,6 +35,7 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import STATUS_EXPIRED, STATUS_IDLE, SessionInfo
+from .spend import OwnerBudget, owner_budget, set_owner_budget
 
 
 def update_to_dict(update: AnyTurnUpdate) -> dict[str, Any]:
@@ -275,6 +276,26 @@ class SessionManager:
         infos = await asyncio.to_thread(runtime.sessions)
         return list_sessions(infos, owner=owner, tags=tuple(tags), archived=archived,
                              limit=limit, cursor=cursor)
+
+    async def set_budget(
+        self, session_id: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> SessionInfo:
+        """Cap a session's spend in USD and tokens (None: no cap of that kind); a turn that
+        would start with the cap reached yields a `budget exceeded` error and is recorded."""
+        return await self._annotate(session_id, set_budget(usd, tokens))
+
+    async def set_owner_budget(
+        self, owner: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> OwnerBudget:
+        """Cap the spend of all an owner's sessions together (None: no cap of that kind)."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(set_owner_budget, runtime.log, owner, usd=usd,
+                                       tokens=tokens)
+
+    async def owner_budget(self, owner: str) -> OwnerBudget:
+        """An owner's caps and what the owner's sessions have spent."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(owner_budget, runtime.log, owner)
 
     async def search(
         self,

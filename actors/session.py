@@ -47,6 +47,7 @@ from ..events import (
     conversation,
     evolve,
 )
+from ..spend.caps import budget_refusal
 from ..storage import EventStore
 from .annotations import check_owner, check_title
 from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
@@ -371,6 +372,8 @@ class SessionActor(pykka.ThreadingActor):
             if self.services.closing.is_set():
                 emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
+            if self._refuse_over_budget(command):
+                continue
             try:
                 self._start_turn(command)
             except Exception as error:
@@ -378,6 +381,19 @@ class SessionActor(pykka.ThreadingActor):
                 emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self.services.touch(self.session_id, False)
+
+    def _refuse_over_budget(self, command: SendMessage) -> bool:
+        """Refuse (recorded, and told to the caller) a turn a spend cap does not allow. A cap
+        another process set is seen: a stale state is reloaded first (one index read)."""
+        indexed = self.services.log.info(self.session_id)
+        if indexed is not None and indexed.version != self.info.version:
+            self._reload()
+        refused = budget_refusal(self.info, self.services.log)
+        if refused is None:
+            return False
+        self._append([refused])
+        emit_all(command.sink, turn_failed(refused.message, "budget_exceeded"))
+        return True
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         """Record the turn's start (decided on the session as it is, again after a reload),
