@@ -8,6 +8,7 @@ the caller.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -16,6 +17,7 @@ import pykka
 
 from ..agent import CancelSwitch, RunOutcome
 from ..events import Event, SessionInfo
+from ..telemetry.otel import NO_TRACE, TurnTrace
 from .updates import TurnSink
 
 if TYPE_CHECKING:  # session.py imports this module; the name is only in a string below
@@ -87,6 +89,7 @@ class SendMessage(Ask[int]):
     sink: TurnSink
     ticket: int
     stream_deltas: bool = False
+    queued_at_ns: int = field(default_factory=time.time_ns)
 
 
 @dataclass(frozen=True)
@@ -173,3 +176,4 @@ class RunTicket:
     turn: int
     command: SendMessage
     cancel: CancelSwitch = field(default_factory=CancelSwitch)
+    trace: TurnTrace = NO_TRACE

@@ -27,6 +27,7 @@ from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
+from ..telemetry import instrument_store, watch_runtime
 from .annotations import Decider
 from .messages import (
     Activate,
@@ -105,7 +106,7 @@ class Runtime:
         self._search_lock = threading.Lock()
         services = SessionServices(
             config=config,
-            log=self.log,
+            log=instrument_store(self.log),
             pool=self.pool,
             route_completion=self._route_completion,
             mcp_config_path=self._mcp_config_path,
@@ -120,6 +121,7 @@ class Runtime:
             target=self._sweep_periodically, name="chatledger-sweeper", daemon=True
         )
         self._sweeper.start()
+        watch_runtime(self)
 
     # -- plumbing ---------------------------------------------------------------------------
 
