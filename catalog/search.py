@@ -11,11 +11,12 @@ without sorting. This module never writes to the log.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from ..storage.hashing import HASH_SIZE
 logger = logging.getLogger(__name__)
 
 INDEX_SUFFIX = ".search.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_HIT_LIMIT = 50
 _BATCH = 5000
 """Rows inserted per executemany while catching up."""
@@ -36,12 +37,16 @@ _BATCH = 5000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 CREATE TABLE IF NOT EXISTS owners (session_id TEXT PRIMARY KEY, owner TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS owners_by_owner ON owners (owner);
+CREATE TABLE IF NOT EXISTS moments (position INTEGER PRIMARY KEY, recorded_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS moments_by_time ON moments (recorded_at);
 CREATE VIRTUAL TABLE IF NOT EXISTS said USING fts5(
-    text, session_id UNINDEXED, turn UNINDEXED, role UNINDEXED, recorded_at UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2'
+    text, owner_key, session_id UNINDEXED, turn UNINDEXED, role UNINDEXED,
+    recorded_at UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
 );
 """
+# `owner_key` holds one token per row naming its session's owner, so an owner's hits are the
+# intersection of two doclists, not a filter over every match of the words; `moments` turns
+# `since` into a lower bound on the rowid (the log's order is its time order).
 
 
 class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,19 +75,21 @@ def word_query(text: str) -> str:
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
 
 
-def _rows(records: Iterable[Recorded], owners: list[tuple[str, str]]) -> Iterator[tuple]:
-    for recorded in records:
-        event = recorded.event
-        if isinstance(event, MessageSent):
-            role = "user"
-        elif isinstance(event, ResponseReceived):
-            role = "assistant"
-        else:
-            if isinstance(event, SessionCreated) and event.owner is not None:
-                owners.append((recorded.session_id, event.owner))
-            continue
-        yield (recorded.position, event.text, recorded.session_id, event.turn, role,
-               recorded.recorded_at.timestamp())
+def owner_key(owner: str | None) -> str:
+    """The single token that names an owner in the index ("" for no owner)."""
+    if owner is None:
+        return ""
+    return "o" + hashlib.sha256(owner.encode()).hexdigest()[:24]
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """Create the tables; an index file of another schema version is dropped (it is a cache)."""
+    connection.executescript(_SCHEMA)
+    row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is not None and int(row[0]) != SCHEMA_VERSION:
+        connection.executescript(
+            "DROP TABLE said; DROP TABLE owners; DROP TABLE moments; DROP TABLE meta;")
+        connection.executescript(_SCHEMA)
 
 
 class SearchIndex:
@@ -103,14 +110,14 @@ class SearchIndex:
                 connection = sqlite3.connect(target, check_same_thread=False, timeout=30,
                                              isolation_level=None)
                 connection.execute("PRAGMA journal_mode=WAL")
-                connection.executescript(_SCHEMA)
+                _create_schema(connection)
                 return connection
             except (OSError, sqlite3.OperationalError) as error:
                 logger.warning("search index %s cannot be written (%s): kept in memory",
                                self.path, error)
                 target = ":memory:"
         connection = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-        connection.executescript(_SCHEMA)
+        _create_schema(connection)
         return connection
 
     def close(self) -> None:
@@ -169,21 +176,16 @@ class SearchIndex:
                     logger.info("search index no longer matches the log: rebuilding")
                     connection.execute("DELETE FROM said")
                     connection.execute("DELETE FROM owners")
+                    connection.execute("DELETE FROM moments")
                     start = 0
                 head = self.log.head().position
                 if head <= start:
                     connection.execute("COMMIT")
                     return 0
-                owners: list[tuple[str, str]] = []
-                batch: list[tuple] = []
-                for row in _rows(self.log.read_all(start + 1, head), owners):
-                    batch.append(row)
-                    if len(batch) >= _BATCH:
-                        self._insert(batch)
-                        batch.clear()
-                self._insert(batch)
+                owners = self._index(self.log.read_all(start + 1, head))
                 connection.executemany(
-                    "INSERT OR REPLACE INTO owners (session_id, owner) VALUES (?, ?)", owners)
+                    "INSERT OR REPLACE INTO owners (session_id, owner) VALUES (?, ?)",
+                    owners.items())
                 connection.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('position', ?)", (head,))
                 connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hash', ?)",
@@ -197,11 +199,52 @@ class SearchIndex:
                 raise
             return head - start
 
-    def _insert(self, batch: list[tuple]) -> None:
+    def _index(self, records: Iterable[Recorded]) -> dict[str, str]:
+        """Insert the rows of what was said in `records`; returns the owners they created."""
+        owners: dict[str, str] = {}
+        keys: dict[str, str] = {}
+
+        def key_of(session_id: str) -> str:
+            key = keys.get(session_id)
+            if key is None:
+                owner = owners.get(session_id)
+                if owner is None:
+                    row = self._connection.execute(
+                        "SELECT owner FROM owners WHERE session_id = ?", (session_id,)
+                    ).fetchone()
+                    owner = row[0] if row else None
+                key = keys[session_id] = owner_key(owner)
+            return key
+
+        batch: list[tuple[object, ...]] = []
+        for recorded in records:
+            event = recorded.event
+            if isinstance(event, MessageSent):
+                role = "user"
+            elif isinstance(event, ResponseReceived):
+                role = "assistant"
+            else:
+                if isinstance(event, SessionCreated) and event.owner is not None:
+                    owners[recorded.session_id] = event.owner
+                    keys.pop(recorded.session_id, None)
+                continue
+            batch.append((recorded.position, event.text, key_of(recorded.session_id),
+                          recorded.session_id, event.turn, role,
+                          recorded.recorded_at.timestamp()))
+            if len(batch) >= _BATCH:
+                self._insert(batch)
+                batch.clear()
+        self._insert(batch)
+        return owners
+
+    def _insert(self, batch: list[tuple[object, ...]]) -> None:
         if batch:
             self._connection.executemany(
-                "INSERT INTO said (rowid, text, session_id, turn, role, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", batch)
+                "INSERT INTO said (rowid, text, owner_key, session_id, turn, role, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO moments (position, recorded_at) VALUES (?, ?)",
+                [(row[0], row[6]) for row in batch])
 
     def rebuild(self) -> int:
         """Drop the index and build it again from the whole log; returns records read."""
@@ -209,6 +252,7 @@ class SearchIndex:
             self._connection.execute("BEGIN IMMEDIATE")
             self._connection.execute("DELETE FROM said")
             self._connection.execute("DELETE FROM owners")
+            self._connection.execute("DELETE FROM moments")
             self._connection.execute("DELETE FROM meta")
             self._connection.execute("COMMIT")
         return self.catch_up()
@@ -226,22 +270,32 @@ class SearchIndex:
     ) -> list[SearchHit]:
         """Messages and answers holding every word of `text`, newest first: of `owner`'s
         sessions only, and recorded at or after `since`, if given. Catches up first."""
-        query = word_query(text)
-        if not query:
+        words = word_query(text)
+        if not words:
             return []
         if catch_up:
             self.catch_up()
+        query = f"text : ({words})"
+        if owner is not None:
+            query = f'owner_key : "{owner_key(owner)}" AND {query}'
         sql = ("SELECT said.rowid, snippet(said, 0, '[', ']', '…', 12), said.session_id, "
                "said.turn, said.role, said.recorded_at, owners.owner FROM said "
                "LEFT JOIN owners ON owners.session_id = said.session_id "
                "WHERE said MATCH ?")
         parameters: list[object] = [query]
         if owner is not None:
-            sql += " AND owners.owner = ?"
+            sql += " AND owners.owner = ?"  # a hash collision of owner keys cannot leak hits
             parameters.append(owner)
         if since is not None:
-            sql += " AND said.recorded_at >= ?"
-            parameters.append(since.timestamp())
+            moment = since.timestamp()
+            with self._lock:
+                first = self._connection.execute(
+                    "SELECT position FROM moments WHERE recorded_at >= ? "
+                    "ORDER BY recorded_at LIMIT 1", (moment,)).fetchone()
+            if first is None:
+                return []
+            sql += " AND said.rowid >= ? AND said.recorded_at >= ?"
+            parameters.extend((first[0], moment))
         sql += " ORDER BY said.rowid DESC LIMIT ?"
         parameters.append(limit)
         with self._lock:

@@ -49,6 +49,10 @@ def test_search_finds_messages_and_answers_with_session_turn_and_time(ledger: Le
     future = datetime.now(timezone.utc) + timedelta(hours=1)
     assert ledger.search("cantilever", since=future) == []
     assert "[cantilever]" in hits[0].snippet
+    ledger.send(bob, "cantilever again, after the index caught up once")
+    later = ledger.search("cantilever", owner="bob")  # bob's owner came from an earlier pass
+    assert len(later) == 4 and {hit.owner for hit in later} == {"bob"}
+    assert len(ledger.search("cantilever", since=hits[0].recorded_at)) >= 3
 
 
 def test_query_syntax_in_the_text_is_taken_as_words() -> None:
