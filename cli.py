@@ -738,17 +738,21 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
 
 
 @main.command()
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
+              help="Also write charts of turns, failures, run time and spend per day here.")
 @json_option
 @pass_state
-def stats(state: State, as_json: bool) -> None:
+def stats(state: State, html_file: str | None, as_json: bool) -> None:
     """Sessions by status, events, turns, failures by reason, cost, size, activity, and
     spend (answers, USD, tokens, refused turns) per owner and per day.
 
-    Example: chatledger stats --json
+    Example: chatledger stats --json, or chatledger stats --html stats.html
     """
     with state.log() as log, progress("counting", log.head().position) as advance:
         figures = ledger_stats(log, advance)
         spend = spend_report(log.read_all())
+        if html_file is not None:
+            cli_manage.write_stats_html(log, html_file)
     if as_json:
         _emit_json({**msgspec.to_builtins(figures), "spend": msgspec.to_builtins(spend)})
         return

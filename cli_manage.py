@@ -7,6 +7,8 @@ records its change through the ledger's runtime, like `mode` and `study` do. Out
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +19,9 @@ from .cli import State, _emit_json, json_option, main, pass_state
 from .config import load_config
 from .console import format_time, parse_moment, table
 from .events import SessionInfo
+from .reports import daily_figures, render_stats_html
 from .spend import SpendReport, owner_budget, set_owner_budget
+from .storage import AuditStore
 
 
 def _print_labels(info: SessionInfo, as_json: bool) -> None:
@@ -186,3 +190,13 @@ def spend_lines(report: SpendReport) -> str:
         "", "spend per owner", table(("owner", *header), rows(report.by_owner)),
         "", "spend per day (UTC)", table(("day", *header), rows(report.by_day)),
     ])
+
+
+def write_stats_html(log: AuditStore, html_file: str) -> None:
+    """Write the operators' page of `stats --html` (one more pass over the log)."""
+    page = render_stats_html(daily_figures(log.read_all()), ledger=log.location,
+                             generated_at=datetime.now(timezone.utc))
+    try:
+        Path(html_file).write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise click.FileError(html_file, hint=str(error)) from None
