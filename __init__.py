@@ -9,6 +9,7 @@ stays light and does not start importing actors and agent code.
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from .manager import ClaudeSession, SessionManager, get_session_manager
 
 __version__ = "0.1.0"
+
+# A library never decides where its logs go: records reach the host's handlers (if it set
+# any) and are otherwise dropped, never printed through logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Config": "config",

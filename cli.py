@@ -45,6 +45,8 @@ from .audit.locations import anchor_file_path, signing_key_path
 from .audit.replay import replay_history
 from .audit.signing import SigningKeyError, load_public_key, public_key_path, sign_head
 from .audit.stats import ledger_stats
+from .catalog import list_sessions
+from .cli_labels import label_pairs as _label_pairs
 from .config import Config, load_config
 from .console import (
     TurnPrinter,
@@ -79,6 +81,7 @@ from .events.projections import (
     HistoryMessage,
     SessionInfo,
 )
+from .spend import spend_report
 from .storage import AuditStore, Head, VerifyReport, open_store
 
 LARGEST_COUNT = 2**63 - 1
@@ -326,6 +329,7 @@ def _info_pairs(info: SessionInfo) -> list[tuple[str, Any]]:
         ("open turn", info.open_turn),
         ("version", info.version),
         ("last position", info.last_position),
+        *_label_pairs(info),
     ]
 
 
@@ -463,20 +467,23 @@ def main(ctx: click.Context, ledger_path: str | None, color: str) -> None:
               help="Permission mode of the agent.")
 @click.option("--study", "study_id", help="Study the session works on.")
 @click.option("--id", "session_id", help="Use this session id instead of a new uuid.")
+@click.option("--owner", help="The user the session belongs to (an opaque id).")
+@click.option("--title", help="The session's title.")
 @json_option
 @pass_state
 def new(state: State, mode: str, study_id: str | None, session_id: str | None,
-        as_json: bool) -> None:
+        owner: str | None, title: str | None, as_json: bool) -> None:
     """Create a session and print its id.
 
-    Example: chatledger new --mode user --study beam-1
+    Example: chatledger new --mode user --study beam-1 --owner alice
     """
     with state.ledger() as ledger:
         if session_id is not None and ledger.info(session_id) is not None:
             _fail(f"session {session_id} already exists: send to it with `chatledger send "
                   f"{session_id} MESSAGE`, or reopen it after expiry with `chatledger resume "
                   f"{session_id}`", 2)
-        info = ledger.create_session(session_id, mode=mode, study_id=study_id)
+        info = ledger.create_session(session_id, mode=mode, study_id=study_id, owner=owner,
+                                     title=title)
     if as_json:
         _emit_json({"session_id": info.session_id, "mode": info.mode, "study_id": info.study_id})
     else:
@@ -588,14 +595,21 @@ def study(state: State, session_id: str, study_id: str, as_json: bool) -> None:
 @click.option("--study", "study_id", help="Only sessions of this study.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only sessions with this status.")
 @click.option("--since", help="Only sessions active since a time (ISO) or for a duration (2h).")
-@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT), help="At most this many sessions.")
+@click.option("--owner", help="Only sessions of this owner.")
+@click.option("--tag", "tags", multiple=True, help="Only sessions with this tag (repeatable).")
+@click.option("--archived", is_flag=True, help="Only archived sessions (they are left out otherwise).")
+@click.option("--limit", type=click.IntRange(1, LARGEST_COUNT),
+              help="At most this many sessions (a page).")
+@click.option("--cursor", help="Continue after the page that printed this cursor.")
 @json_option
 @pass_state
 def sessions(state: State, mode: str | None, study_id: str | None, status: str | None,
-             since: str | None, limit: int | None, as_json: bool) -> None:
-    """List sessions, newest activity first (from the index: no replay).
+             since: str | None, owner: str | None, tags: tuple[str, ...], archived: bool,
+             limit: int | None, cursor: str | None, as_json: bool) -> None:
+    """List sessions, newest activity first (from the index: no replay), a page at a time.
 
-    Example: chatledger sessions --status idle --since 24h --json
+    With --limit, a page that has more after it ends with the cursor of the next page
+    (on stderr with --json). Example: chatledger sessions --owner alice --tag bug --limit 20
     """
     try:
         since_moment = parse_moment(since) if since else None
@@ -608,16 +622,21 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
             if (mode is None or info.mode == mode)
             and (study_id is None or info.study_id == study_id)
         ]
-    selected = [
+    candidates = [
         info for info in infos
         if (status is None or info.status == status)
         and (since_moment is None or (info.last_active or epoch) >= since_moment)
     ]
-    selected.sort(key=lambda info: info.last_active or epoch, reverse=True)
-    if limit is not None:
-        selected = selected[:limit]
+    try:
+        page = list_sessions(candidates, owner=owner, tags=tags, archived=archived,
+                             limit=limit or max(len(candidates), 1), cursor=cursor)
+    except InvalidCommandError as error:
+        raise click.BadParameter(str(error), param_hint="--cursor") from None
+    selected = page.sessions
     if as_json:
         _emit_json(selected)
+        if page.next_cursor:
+            click.echo(f"next cursor: {page.next_cursor}", err=True)
         return
     rows = [
         (info.session_id, info.mode, info.study_id, info.status, info.message_count,
@@ -626,6 +645,8 @@ def sessions(state: State, mode: str | None, study_id: str | None, status: str |
     ]
     click.echo(table(("session", "mode", "study", "status", "messages", "turns", "cost $",
                       "last active (UTC)"), rows))
+    if page.next_cursor:
+        click.echo(f"next cursor: {page.next_cursor}")
 
 
 @main.command()
@@ -1103,17 +1124,23 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
 
 
 @main.command()
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
+              help="Also write charts of turns, failures, run time and spend per day here.")
 @json_option
 @pass_state
-def stats(state: State, as_json: bool) -> None:
-    """Sessions by status, events, turns, failures by reason, cost, size, activity.
+def stats(state: State, html_file: str | None, as_json: bool) -> None:
+    """Sessions by status, events, turns, failures by reason, cost, size, activity, and
+    spend (answers, USD, tokens, refused turns) per owner and per day.
 
-    Example: chatledger stats --json
+    Example: chatledger stats --json, or chatledger stats --html stats.html
     """
     with state.log() as log, progress("counting", log.head().position) as advance:
         figures = ledger_stats(log, advance)
+        spend = spend_report(log.read_all())
+        if html_file is not None:
+            cli_manage.write_stats_html(log, html_file)
     if as_json:
-        _emit_json(figures)
+        _emit_json({**msgspec.to_builtins(figures), "spend": msgspec.to_builtins(spend)})
         return
     by_status = ", ".join(f"{name} {count}" for name, count in sorted(figures.sessions_by_status.items()))
     failures = ", ".join(f"{name} {count}" for name, count in figures.failures_by_reason.items())
@@ -1130,6 +1157,7 @@ def stats(state: State, as_json: bool) -> None:
         ("newest activity", format_time(figures.newest_activity)),
         ("head", figures.head),
     ]))
+    click.echo(cli_manage.spend_lines(spend))
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -1201,5 +1229,7 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
 
 
 # The command list shows each command's whole first line, never a sentence cut short.
+from . import cli_manage  # noqa: E402, F401  (registers the commands that manage sessions)
+
 for _command in main.commands.values():
     _command.short_help = (_command.help or "").strip().splitlines()[0]

@@ -64,6 +64,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     signing_key: str | None = None
     anchor_file: str | None = None
     anchor_interval: float = 300.0
+    auto_title: bool = False
+    search_path: str | None = None
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -91,6 +93,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_SIGNING_KEY": "signing_key",
     "CHATLEDGER_ANCHOR_FILE": "anchor_file",
     "CHATLEDGER_ANCHOR_INTERVAL": "anchor_interval",
+    "CHATLEDGER_AUTO_TITLE": "auto_title",
+    "CHATLEDGER_SEARCH_PATH": "search_path",
 }
 """Environment variable -> setting."""
 
@@ -130,7 +134,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting] = tuple(shlex.split(raw))
             except ValueError as error:
                 raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
-        elif setting == "allow_power_mode" or setting == "partial_messages":
+        elif setting in ("allow_power_mode", "partial_messages", "auto_title"):
             lowered = raw.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")
@@ -188,7 +192,7 @@ def load_config(
         values[key] = value
         origin[key] = "environment"
     for key, value in overrides.items():
-        if value is None and key != "mcp_config" and key != "agent_cwd":
+        if value is None and key not in ("mcp_config", "agent_cwd", "search_path"):
             continue
         if key in ("agent_command", "allowed_tools") and isinstance(value, str):
             try:

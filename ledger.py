@@ -9,11 +9,13 @@ the log.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from .actors.annotations import retag, retitle, set_archived, set_budget
 from .actors.runtime import Runtime
 from .actors.updates import (
     AnyTurnUpdate,
@@ -23,9 +25,13 @@ from .actors.updates import (
     TurnDone,
 )
 from .audit.checkpointer import start_checkpoints
+from .catalog import SessionPage, list_sessions
+from .catalog.listing import DEFAULT_PAGE_SIZE
+from .catalog.search import DEFAULT_HIT_LIMIT, SearchHit
 from .config import Config, load_config
 from .errors import ChatledgerError
 from .events import HistoryMessage, Recorded, SessionInfo
+from .spend import OwnerBudget, SpendReport, owner_budget, set_owner_budget, spend_report
 from .storage import AuditStore, Head, VerifyReport
 
 TURN_WAIT_MARGIN = 60.0
@@ -81,10 +87,50 @@ class Ledger:
         return self.runtime.log
 
     def create_session(
-        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+        self,
+        session_id: str | None = None,
+        *,
+        mode: str = "user",
+        study_id: str | None = None,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Create a session; returns its info (a new uuid4 id unless one is given)."""
-        return self.runtime.create_session(session_id, mode=mode, study_id=study_id)
+        """Create a session; returns its info (a new uuid4 id unless one is given), for an
+        `owner` (an opaque user id) and with a `title`, if given."""
+        return self.runtime.create_session(
+            session_id, mode=mode, study_id=study_id, owner=owner, title=title
+        )
+
+    def set_title(self, session_id: str, title: str) -> SessionInfo:
+        """Set a session's title ("" clears it)."""
+        return self.runtime.annotate(session_id, retitle(title))
+
+    def tag(
+        self, session_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> SessionInfo:
+        """Add tags to and remove tags from a session."""
+        return self.runtime.annotate(session_id, retag(add, remove))
+
+    def archive(self, session_id: str) -> SessionInfo:
+        """Archive a session (listings leave it out unless asked for archived ones)."""
+        return self.runtime.annotate(session_id, set_archived(True))
+
+    def unarchive(self, session_id: str) -> SessionInfo:
+        """Take a session out of the archive."""
+        return self.runtime.annotate(session_id, set_archived(False))
+
+    def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        archived: bool | None = False,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions, newest activity first, and the cursor of the next page."""
+        return list_sessions(self.runtime.sessions(), owner=owner, tags=tags,
+                             archived=archived, limit=limit, cursor=cursor)
 
     def resume_session(
         self, session_id: str, *, mode: str | None = None, study_id: str | None = None
@@ -166,6 +212,39 @@ class Ledger:
     def sessions(self) -> list[SessionInfo]:
         """Every session's info, from the index."""
         return self.runtime.sessions()
+
+    def set_budget(
+        self, session_id: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> SessionInfo:
+        """Cap a session's spend in USD and tokens (None: no cap of that kind); a turn that
+        would start with the cap reached is refused (TurnRefused, a `budget_exceeded` error)."""
+        return self.runtime.annotate(session_id, set_budget(usd, tokens))
+
+    def set_owner_budget(
+        self, owner: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> OwnerBudget:
+        """Cap the spend of all an owner's sessions together (None: no cap of that kind)."""
+        return set_owner_budget(self.runtime.log, owner, usd=usd, tokens=tokens)
+
+    def owner_budget(self, owner: str) -> OwnerBudget:
+        """An owner's caps and what the owner's sessions have spent."""
+        return owner_budget(self.runtime.log, owner)
+
+    def spend(self) -> SpendReport:
+        """What was spent per owner and per day (one pass over the log)."""
+        return spend_report(self.runtime.log.read_all())
+
+    def search(
+        self,
+        text: str,
+        *,
+        owner: str | None = None,
+        since: datetime | None = None,
+        limit: int = DEFAULT_HIT_LIMIT,
+    ) -> list[SearchHit]:
+        """Messages and answers holding every word of `text`, newest first (of `owner`'s
+        sessions, since a time, if given); the index catches up with the log first."""
+        return self.runtime.search_index().search(text, owner=owner, since=since, limit=limit)
 
     def verify(self, saved_head: Head | None = None) -> VerifyReport:
         """Check the hash chains and indexes (and a saved head, if given)."""

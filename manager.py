@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 
+from .actors.annotations import Decider, retag, retitle, set_archived, set_budget
 from .actors.runtime import Runtime
 from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
 from .audit.checkpointer import Checkpointer, start_checkpoints
+from .catalog import SessionPage, list_sessions
+from .catalog.listing import DEFAULT_PAGE_SIZE
+from .catalog.search import DEFAULT_HIT_LIMIT, SearchHit
 from .config import Config, load_config
 from .errors import (
     SESSION_NOT_FOUND,
@@ -32,6 +36,7 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import STATUS_EXPIRED, STATUS_IDLE, SessionInfo
+from .spend import OwnerBudget, owner_budget, set_owner_budget
 
 
 def update_to_dict(update: AnyTurnUpdate) -> dict[str, Any]:
@@ -140,9 +145,13 @@ class SessionManager:
         mode: str = DEFAULT_MODE,
         study_id: str | None = None,
         resume_session_id: str | None = None,
+        *,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> ClaudeSession:
         """Create a session, or resume one by id (its mode and study are kept unless new ones
-        are given; an id never seen creates a session with that id)."""
+        are given; an id never seen creates a session with that id). A new session belongs to
+        `owner` (an opaque user id) and has `title`, if given."""
         runtime = await self._runtime_async()
         if resume_session_id is not None:
             info = await asyncio.to_thread(
@@ -154,7 +163,8 @@ class SessionManager:
             )
         else:
             info = await asyncio.to_thread(
-                runtime.create_session, None, mode=str(mode), study_id=study_id
+                runtime.create_session, None, mode=str(mode), study_id=study_id, owner=owner,
+                title=title,
             )
         return ClaudeSession.from_info(info)
 
@@ -232,6 +242,82 @@ class SessionManager:
             await asyncio.to_thread(runtime.set_study, session_id, study_id)
         except (UnknownSessionError, InvalidSessionIdError):
             raise _not_found(session_id) from None
+
+    # -- labels and listings (new: keyword-friendly, return the ledger's SessionInfo) -------
+
+    async def _annotate(self, session_id: str, decide: Decider) -> SessionInfo:
+        runtime = await self._runtime_async()
+        try:
+            return await asyncio.to_thread(runtime.annotate, session_id, decide)
+        except (UnknownSessionError, InvalidSessionIdError):
+            raise _not_found(session_id) from None
+
+    async def set_title(self, session_id: str, title: str) -> SessionInfo:
+        """Set a session's title ("" clears it); ValueError for an unknown session."""
+        return await self._annotate(session_id, retitle(title))
+
+    async def tag(
+        self, session_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> SessionInfo:
+        """Add tags to and remove tags from a session; ValueError for an unknown session."""
+        return await self._annotate(session_id, retag(add, remove))
+
+    async def archive(self, session_id: str) -> SessionInfo:
+        """Archive a session; ValueError for an unknown session."""
+        return await self._annotate(session_id, set_archived(True))
+
+    async def unarchive(self, session_id: str) -> SessionInfo:
+        """Take a session out of the archive; ValueError for an unknown session."""
+        return await self._annotate(session_id, set_archived(False))
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        archived: bool | None = False,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions, newest activity first, and the cursor of the next page."""
+        runtime = await self._runtime_async()
+        infos = await asyncio.to_thread(runtime.sessions)
+        return list_sessions(infos, owner=owner, tags=tuple(tags), archived=archived,
+                             limit=limit, cursor=cursor)
+
+    async def set_budget(
+        self, session_id: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> SessionInfo:
+        """Cap a session's spend in USD and tokens (None: no cap of that kind); a turn that
+        would start with the cap reached yields a `budget exceeded` error and is recorded."""
+        return await self._annotate(session_id, set_budget(usd, tokens))
+
+    async def set_owner_budget(
+        self, owner: str, *, usd: float | None = None, tokens: int | None = None
+    ) -> OwnerBudget:
+        """Cap the spend of all an owner's sessions together (None: no cap of that kind)."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(set_owner_budget, runtime.log, owner, usd=usd,
+                                       tokens=tokens)
+
+    async def owner_budget(self, owner: str) -> OwnerBudget:
+        """An owner's caps and what the owner's sessions have spent."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(owner_budget, runtime.log, owner)
+
+    async def search(
+        self,
+        text: str,
+        *,
+        owner: str | None = None,
+        since: datetime | None = None,
+        limit: int = DEFAULT_HIT_LIMIT,
+    ) -> list[SearchHit]:
+        """Messages and answers holding every word of `text`, newest first (of `owner`'s
+        sessions, since a time, if given); the index catches up with the log first."""
+        runtime = await self._runtime_async()
+        index = await asyncio.to_thread(runtime.search_index)
+        return await asyncio.to_thread(index.search, text, owner=owner, since=since, limit=limit)
 
     def get_session(self, session_id: str) -> ClaudeSession | None:
         """The session, or None if unknown (a short index read)."""

@@ -8,13 +8,16 @@ the caller.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import pykka
 
 from ..agent import CancelSwitch, RunOutcome
-from ..events import SessionInfo
+from ..events import Event, SessionInfo
+from ..telemetry.otel import NO_TRACE, TurnTrace
 from .updates import TurnSink
 
 if TYPE_CHECKING:  # session.py imports this module; the name is only in a string below
@@ -38,10 +41,12 @@ def ask(ref: pykka.ActorRef[Any], message: Ask[Answer], timeout: float) -> Answe
 
 @dataclass(frozen=True)
 class CreateSession(Ask[SessionInfo]):
-    """Open a new session in a mode and study."""
+    """Open a new session in a mode and study, for an owner and with a title (if given)."""
 
     mode: str = "user"
     study_id: str | None = None
+    owner: str | None = None
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,14 @@ class SetStudy(Ask[SessionInfo]):
 
 
 @dataclass(frozen=True)
+class Annotate(Ask[SessionInfo]):
+    """Record a change of the session's labels (title, tags, archive, caps): `decide` returns
+    its events from the session's current info (see `annotations.py`)."""
+
+    decide: Callable[[SessionInfo], list[Event]]
+
+
+@dataclass(frozen=True)
 class SendMessage(Ask[int]):
     """Queue a turn: the message, its canvas state, and where to stream its updates."""
 
@@ -76,6 +89,7 @@ class SendMessage(Ask[int]):
     sink: TurnSink
     ticket: int
     stream_deltas: bool = False
+    queued_at_ns: int = field(default_factory=time.time_ns)
 
 
 @dataclass(frozen=True)
@@ -164,3 +178,4 @@ class RunTicket:
     turn: int
     command: SendMessage
     cancel: CancelSwitch = field(default_factory=CancelSwitch)
+    trace: TurnTrace = NO_TRACE

@@ -22,12 +22,16 @@ from typing import Any
 import pykka
 
 from ..agent import McpConfigFiles, select_dialect
+from ..catalog.search import SearchIndex
 from ..config import Config
 from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
+from ..telemetry import instrument_store, watch_runtime
+from .annotations import Decider
 from .messages import (
     Activate,
+    Annotate,
     Answer,
     Ask,
     CancelTurn,
@@ -101,10 +105,12 @@ class Runtime:
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
         self._closed = False
+        self._search: SearchIndex | None = None
+        self._search_lock = threading.Lock()
         services = SessionServices(
             config=config,
             dialect=self.dialect,
-            log=self.log,
+            log=instrument_store(self.log),
             pool=self.pool,
             route_completion=self._route_completion,
             mcp_config_path=self._mcp_config_path,
@@ -119,6 +125,7 @@ class Runtime:
             target=self._sweep_periodically, name="chatledger-sweeper", daemon=True
         )
         self._sweeper.start()
+        watch_runtime(self)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -194,13 +201,25 @@ class Runtime:
     # -- commands ---------------------------------------------------------------------------
 
     def create_session(
-        self, session_id: str | None = None, *, mode: str = "user", study_id: str | None = None
+        self,
+        session_id: str | None = None,
+        *,
+        mode: str = "user",
+        study_id: str | None = None,
+        owner: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
-        """Create a session (a new uuid4 id unless one is given)."""
+        """Create a session (a new uuid4 id unless one is given), for an owner, with a title."""
         session_id = session_id or str(uuid.uuid4())
         return self.ask(
-            session_id, CreateSession(mode=mode, study_id=study_id), must_exist=False
+            session_id,
+            CreateSession(mode=mode, study_id=study_id, owner=owner, title=title),
+            must_exist=False,
         )
+
+    def annotate(self, session_id: str, decide: Decider) -> SessionInfo:
+        """Record a label change (title, tags, archive, caps) decided by `decide`."""
+        return self.ask(session_id, Annotate(decide))
 
     def resume_session(
         self,
@@ -280,6 +299,14 @@ class Runtime:
         self._check_open()
         return self.log.sessions()
 
+    def search_index(self) -> SearchIndex:
+        """The ledger's full-text search index (opened on first use; caught up per query)."""
+        self._check_open()
+        with self._search_lock:
+            if self._search is None:
+                self._search = SearchIndex(self.log, self.config.search_path)
+            return self._search
+
     def live_sessions(self) -> list[str]:
         """Ids of the sessions with a live actor."""
         return ask(self.supervisor, LiveSessions(), ASK_TIMEOUT)
@@ -324,5 +351,7 @@ class Runtime:
         for ref in self.registry.take_all():
             ref.stop(block=True, timeout=timeout)
         self.mcp_files.remove_all()
+        if self._search is not None:
+            self._search.close()
         if self._owns_log:
             self.log.close()

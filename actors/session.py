@@ -42,14 +42,19 @@ from ..events import (
     SessionExpired,
     SessionInfo,
     SessionResumed,
+    SessionTitled,
     StudyContextSet,
     conversation,
     evolve,
 )
+from ..spend.caps import budget_refusal
 from ..storage import EventStore
+from ..telemetry import TrackedQueue, record_refusal, session_logger, start_turn_trace
+from .annotations import check_owner, check_title
 from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
 from .expiry import expiry_due
 from .messages import (
+    Annotate,
     CancelTurn,
     CreateSession,
     ExpireSession,
@@ -126,8 +131,11 @@ class SessionActor(pykka.ThreadingActor):
         )
         self.last_run_started: RunStarted | None = None
         self.info = SessionInfo(session_id=session_id)
-        self.queue: collections.deque[SendMessage] = collections.deque()
+        self.queue: collections.deque[SendMessage] = TrackedQueue()
         self.current: RunTicket | None = None
+        self.log = session_logger(
+            logger, session_id,
+            lambda: self.current.turn if self.current else self.info.open_turn)
 
     # -- lifecycle (run in the actor's own thread) ------------------------------------------
 
@@ -143,7 +151,7 @@ class SessionActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A bug killed this actor: tell queued callers and drop out of the registry; the
         next use (or the run still in flight) restarts the session from the log."""
-        logger.error("session actor %s crashed: %r", self.session_id, exception_value)
+        self.log.error("session actor %s crashed: %r", self.session_id, exception_value)
         self.services.forget(self.session_id, self.actor_ref)
         self._fail_queue(f"the session actor crashed: {exception_value}")
 
@@ -215,6 +223,9 @@ class SessionActor(pykka.ThreadingActor):
             return self._cancel(message)
         if isinstance(message, ExpireSession):
             return self._expire(message)
+        if isinstance(message, Annotate):
+            self._append(lambda: message.decide(self.info))
+            return self.info
         raise TypeError(f"SessionActor cannot handle {message!r}")
 
     # -- commands ---------------------------------------------------------------------------
@@ -268,11 +279,15 @@ class SessionActor(pykka.ThreadingActor):
     def _create(self, command: CreateSession) -> SessionInfo:
         self._check_mode(command.mode)
         check_text("study_id", command.study_id, optional=True)
+        check_owner(command.owner)
+        title = check_title(command.title) if command.title is not None else ""
 
         def decide() -> list[Event]:
             if self.info.version:
                 raise InvalidCommandError(f"session {self.session_id} already exists")
-            return [SessionCreated(mode=command.mode, study_id=command.study_id)]
+            created = SessionCreated(mode=command.mode, study_id=command.study_id,
+                                     owner=command.owner)
+            return [created, SessionTitled(title=title)] if title else [created]
 
         self._append(decide)
         return self.info
@@ -365,13 +380,29 @@ class SessionActor(pykka.ThreadingActor):
             if self.services.closing.is_set():
                 emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
+            if self._refuse_over_budget(command):
+                continue
             try:
                 self._start_turn(command)
             except Exception as error:
-                logger.exception("could not start a turn of %s", self.session_id)
+                self.log.exception("could not start a turn of %s", self.session_id)
                 emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self.services.touch(self.session_id, False)
+
+    def _refuse_over_budget(self, command: SendMessage) -> bool:
+        """Refuse (recorded, and told to the caller) a turn a spend cap does not allow. A cap
+        another process set is seen: a stale state is reloaded first (one index read)."""
+        indexed = self.services.log.info(self.session_id)
+        if indexed is not None and indexed.version != self.info.version:
+            self._reload()
+        refused = budget_refusal(self.info, self.services.log)
+        if refused is None:
+            return False
+        self._append([refused])
+        record_refusal(self.session_id, refused.scope)
+        emit_all(command.sink, turn_failed(refused.message, "budget_exceeded"))
+        return True
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         """Record the turn's start (decided on the session as it is, again after a reload),
@@ -398,12 +429,14 @@ class SessionActor(pykka.ThreadingActor):
         ticket = RunTicket(
             session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )
+        ticket.trace = start_turn_trace(self.session_id, plan.turn, command.queued_at_ns, attempt)
         self.current = ticket
         stream = TurnStream(stream_deltas=command.stream_deltas)
         config = self.services.config
 
         def forward(event: AgentUpdate) -> None:
             """Stream one agent event to the caller. Runs on the pool thread."""
+            ticket.trace.agent_event(event)
             emit_all(command.sink, stream.updates_for(event))
 
         def run(cancel: CancelSwitch) -> RunOutcome:
@@ -424,15 +457,17 @@ class SessionActor(pykka.ThreadingActor):
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
             """Report the run's end to the session. Runs on the pool thread."""
+            finished.trace.result(outcome)
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
                                streamed_modifications=stream.streamed_modifications))
 
         self.services.pool.submit(ticket, run, done)
+        ticket.trace.agent_started()
 
     def _on_run_completed(self, message: RunCompleted) -> None:
         ticket = self.current
         if ticket is None or ticket.ticket != message.ticket.ticket:
-            logger.warning("%s: a run completion for ticket %s arrived unexpectedly",
+            self.log.warning("%s: a run completion for ticket %s arrived unexpectedly",
                            self.session_id, message.ticket.ticket)
             return
         self.current = None
@@ -447,6 +482,8 @@ class SessionActor(pykka.ThreadingActor):
                 streamed_modifications=message.streamed_modifications,
             )
             if isinstance(decision, RetryWithPromptHistory):
+                ticket.trace.finished(turn_failed("retried with prompt history",
+                                                  "agent_error", turn))
                 self._append([decision.lost])
                 self._start_turn(command, attempt=2, resume=False)
                 return
@@ -455,11 +492,13 @@ class SessionActor(pykka.ThreadingActor):
             except InvalidEventError:  # refused before anything was written
                 self._append([storable_event(event) for event in decision.events])
             emit_all(command.sink, decision.updates)
+            ticket.trace.finished(decision.updates)
         except Exception as error:
-            logger.exception("%s: could not record the outcome of turn %s",
+            self.log.exception("%s: could not record the outcome of turn %s",
                              self.session_id, turn)
-            emit_all(command.sink,
-                     turn_failed(f"could not record the answer: {error}", "ledger_error", turn))
+            failed = turn_failed(f"could not record the answer: {error}", "ledger_error", turn)
+            emit_all(command.sink, failed)
+            ticket.trace.finished(failed)
         self._start_next_turn()
 
 

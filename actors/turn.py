@@ -43,9 +43,11 @@ from ..events import (
     RunFailed,
     RunStarted,
     SessionInfo,
+    SessionTitled,
     is_failure_reason,
     storable,
 )
+from .annotations import title_from_message
 from .updates import (
     AnyTurnUpdate,
     CanvasModificationUpdate,
@@ -125,6 +127,10 @@ def plan_turn(
     events: list[Event] = []
     if attempt == 1:
         events.append(MessageSent(turn=turn, text=text, canvas_state=canvas_state))
+        if config.auto_title and info.title is None and info.message_count == 0:
+            title = title_from_message(text)
+            if title:
+                events.append(SessionTitled(title=title, source="first_message"))
     events.append(
         RunStarted(
             turn=turn,

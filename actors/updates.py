@@ -18,9 +18,10 @@ from msgspec import UNSET, UnsetType
 
 from ..events import FailureReason, ToolCall
 
-TurnEndReason = FailureReason | Literal["ledger_error"]
-"""Why a turn ended without an answer: a recorded run failure, or `ledger_error` when the
-answer could not be recorded (so nothing says so in the ledger)."""
+TurnEndReason = FailureReason | Literal["ledger_error", "budget_exceeded"]
+"""Why a turn ended without an answer: a recorded run failure, `ledger_error` when the
+answer could not be recorded (so nothing says so in the ledger), or `budget_exceeded` when
+a spend cap refused the turn before it started (recorded as TurnRefused)."""
 
 
 class TurnUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

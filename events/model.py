@@ -67,10 +67,12 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
 
 
 class SessionCreated(Event, tag="session_created", kw_only=True, frozen=True):
-    """A session was opened in a permission mode, optionally inside a study."""
+    """A session was opened in a permission mode, optionally inside a study, for an owner
+    (an opaque user id the backend passes; None when it passes none)."""
 
     mode: str = "user"
     study_id: str | None = None
+    owner: str | None = None
 
 
 class SessionResumed(Event, tag="session_resumed", kw_only=True, frozen=True):
@@ -206,6 +208,52 @@ class SessionExpired(Event, tag="session_expired", kw_only=True, frozen=True):
     idle_seconds: float = 0.0
 
 
+class SessionTitled(Event, tag="session_titled", kw_only=True, frozen=True):
+    """The session's title was set (`source`: "caller", or "first_message" when it was taken
+    from the first message by the `auto_title` setting); an empty title clears it."""
+
+    title: str = ""
+    source: str = "caller"
+
+
+class SessionTagged(Event, tag="session_tagged", kw_only=True, frozen=True):
+    """Tags were added to and removed from the session."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+class SessionArchived(Event, tag="session_archived", kw_only=True, frozen=True):
+    """The session was archived: it is left out of listings unless they ask for archived ones."""
+
+
+class SessionUnarchived(Event, tag="session_unarchived", kw_only=True, frozen=True):
+    """The session was taken out of the archive."""
+
+
+class BudgetSet(Event, tag="budget_set", kw_only=True, frozen=True):
+    """A spend cap was set: USD and tokens (None: no cap of that kind). On a session's stream
+    it caps that session; on an owner's budget stream (`owner` set) it caps the owner."""
+
+    owner: str | None = None
+    usd: float | None = None
+    tokens: int | None = None
+
+
+class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
+    """A turn was refused before it started (no message was recorded for it); `reason` is
+    "budget_exceeded", `scope` is "session" or "owner", and the spend and cap that refused it."""
+
+    reason: str = "budget_exceeded"
+    scope: str = "session"
+    message: str = ""
+    text_digest: str = ""
+    spent_usd: float = 0.0
+    spent_tokens: int = 0
+    cap_usd: float | None = None
+    cap_tokens: int | None = None
+
+
 AnyEvent = (
     SessionCreated
     | SessionResumed
@@ -221,6 +269,12 @@ AnyEvent = (
     | TranscriptEntriesAppended
     | TranscriptDeleted
     | TranscriptRestored
+    | SessionTitled
+    | SessionTagged
+    | SessionArchived
+    | SessionUnarchived
+    | BudgetSet
+    | TurnRefused
 )
 """The tagged union of every event this release knows."""
 

@@ -14,6 +14,7 @@ import msgspec
 
 from .model import (
     AgentSessionLost,
+    BudgetSet,
     CanvasModified,
     MessageSent,
     ModeSwitched,
@@ -21,13 +22,18 @@ from .model import (
     ResponseReceived,
     RunFailed,
     RunStarted,
+    SessionArchived,
     SessionCreated,
     SessionExpired,
     SessionResumed,
+    SessionTagged,
+    SessionTitled,
+    SessionUnarchived,
     StudyContextSet,
     ToolCall,
     TranscriptDeleted,
     TranscriptEntriesAppended,
+    TurnRefused,
 )
 
 STATUS_NEW = "new"
@@ -43,7 +49,12 @@ class ProjectionError(ValueError):
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What a session is now: mode, study, activity, counts, status, last error, cost."""
+    """What a session is now: mode, study, activity, counts, status, last error, cost; its
+    owner, title, tags and archive flag; its tokens and spend caps.
+
+    Stored in the session index as a map, so fields added later decode from older entries
+    with their defaults (and `rebuild` recomputes them from the log).
+    """
 
     session_id: str
     version: int = 0
@@ -60,6 +71,35 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent_session_id: str | None = None
     open_turn: int | None = None
     failure_count: int = 0
+    owner: str | None = None
+    title: str | None = None
+    tags: tuple[str, ...] = ()
+    archived: bool = False
+    total_tokens: int = 0
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    refused_count: int = 0
+
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+"""The `usage` counts that make up a turn's tokens (cache writes and reads included)."""
+
+
+def usage_tokens(usage: dict[str, Any] | None) -> int:
+    """A turn's tokens from its `usage`: input, output and both kinds of cache tokens."""
+    if not usage:
+        return 0
+    total = 0
+    for name in TOKEN_FIELDS:
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            total += value
+    return total
 
 
 def evolve(info: SessionInfo, recorded: Recorded) -> SessionInfo:
@@ -85,7 +125,8 @@ _replace = msgspec.structs.replace
 def _created(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
     return _replace(info, version=recorded.version, last_position=recorded.position,
                     last_active=recorded.recorded_at, mode=event.mode, study_id=event.study_id,
-                    created_at=recorded.recorded_at, status=STATUS_IDLE)
+                    created_at=recorded.recorded_at, status=STATUS_IDLE,
+                    owner=event.owner)
 
 
 def _resumed(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
@@ -125,6 +166,7 @@ def _response_received(info: SessionInfo, recorded: Recorded, event: Any) -> Ses
                     last_active=recorded.recorded_at, status=STATUS_IDLE, open_turn=None,
                     message_count=info.message_count + 1,
                     total_cost_usd=info.total_cost_usd + (event.cost_usd or 0.0),
+                    total_tokens=info.total_tokens + usage_tokens(event.usage),
                     agent_session_id=event.agent_session_id or info.agent_session_id,
                     last_error=None)
 
@@ -161,6 +203,40 @@ def _transcript_appended(info: SessionInfo, recorded: Recorded, event: Any) -> S
                     agent_session_id=event.agent_session_id)
 
 
+def _titled(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, title=event.title or None)
+
+
+def _tagged(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    removed = set(event.removed)
+    tags = [tag for tag in info.tags if tag not in removed]
+    tags.extend(tag for tag in dict.fromkeys(event.added) if tag not in tags)
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, tags=tuple(tags))
+
+
+def _archived(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, archived=True)
+
+
+def _unarchived(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, archived=False)
+
+
+def _budget_set(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, budget_usd=event.usd,
+                    budget_tokens=event.tokens)
+
+
+def _turn_refused(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, refused_count=info.refused_count + 1)
+
+
 _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     SessionCreated: _created,
     SessionResumed: _resumed,
@@ -173,6 +249,12 @@ _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     AgentSessionLost: _agent_session_lost,
     SessionExpired: _expired,
     TranscriptEntriesAppended: _transcript_appended,
+    SessionTitled: _titled,
+    SessionTagged: _tagged,
+    SessionArchived: _archived,
+    SessionUnarchived: _unarchived,
+    BudgetSet: _budget_set,
+    TurnRefused: _turn_refused,
 }
 
 

@@ -9,6 +9,8 @@ parent, or with chatledger installed: `uvicorn backend:app --app-dir examples`).
 - `WS /sessions/{id}/chat`: send `{"message": ..., "canvas_state": ...}`; receive the turn's
   updates as JSON (`canvas_modification`, `text_delta`, `text`, `error`, `done`). Closing the
   socket mid-turn cancels the agent run, and the ledger records it.
+- `GET /metrics`: chatledger's OpenTelemetry metrics in Prometheus' text format, when the
+  `otel` extra and `opentelemetry-exporter-prometheus` are installed (404 otherwise).
 """
 
 from __future__ import annotations
@@ -18,11 +20,27 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chatledger import get_session_manager
+
+
+def _prometheus_metrics() -> bool:
+    """Send OpenTelemetry metrics to Prometheus' registry, if the exporter is installed.
+    The application, not the library, chooses where telemetry goes: this is that choice."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+    except ImportError:
+        return False
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    return True
+
+
+PROMETHEUS = _prometheus_metrics()
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +75,16 @@ async def session_info(request: Request) -> JSONResponse:
     return JSONResponse(info)
 
 
+async def prometheus(request: Request) -> Response:
+    """The metrics in Prometheus' text exposition format (404 without the exporter)."""
+    if not PROMETHEUS:
+        return JSONResponse({"error": "install chatledger[otel] and "
+                                      "opentelemetry-exporter-prometheus"}, status_code=404)
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def chat(websocket: WebSocket) -> None:
     """Stream each turn's updates back over the socket, one JSON object per update."""
     await websocket.accept()
@@ -84,6 +112,7 @@ app = Starlette(
     routes=[
         Route("/sessions", create_session, methods=["POST"]),
         Route("/sessions/{session_id}", session_info),
+        Route("/metrics", prometheus),
         WebSocketRoute("/sessions/{session_id}/chat", chat),
     ],
     lifespan=lifespan,

@@ -37,7 +37,12 @@ async def collect(manager: SessionManager, *args: Any, **kwargs: Any) -> list[di
 
 def test_the_interface_matches_the_old_manager() -> None:
     signature = inspect.signature(SessionManager.create_session)
-    assert list(signature.parameters) == ["self", "mode", "study_id", "resume_session_id"]
+    positional = [name for name, parameter in signature.parameters.items()
+                  if parameter.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert positional == ["self", "mode", "study_id", "resume_session_id"]
+    # what was added later is keyword-only and defaulted, so old calls mean the same
+    assert all(parameter.default is None for parameter in signature.parameters.values()
+               if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
     assert signature.parameters["mode"].default == "user"
     assert signature.parameters["study_id"].default is None
     send = inspect.signature(SessionManager.send_message)
@@ -346,6 +351,17 @@ def test_the_example_backend_streams_a_turn_over_a_websocket(
         kinds = [u["type"] for u in received]
         assert "canvas_modification" in kinds and "text_delta" in kinds
         assert kinds[-2:] == ["text", "done"]
+        try:
+            import opentelemetry.exporter.prometheus  # noqa: F401
+        except ImportError:
+            pass
+        else:  # the backend exposes chatledger's metrics to Prometheus
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                metrics = page.read().decode()
+            turns = [line for line in metrics.splitlines()
+                     if line.startswith("chatledger_turns_total{") and 'outcome="ok"' in line]
+            assert turns and turns[0].endswith(" 1.0"), metrics[-3000:]
+            assert "chatledger_run_duration_seconds_count" in metrics
     finally:
         server.terminate()
         server.wait(15)
