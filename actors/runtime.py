@@ -4,10 +4,15 @@ The sync `Ledger` and the async `SessionManager` are thin faces over it. It runs
 caller's threads: every call into an actor is an `ask()` with a timeout, made from a thread
 that is not an actor (never from inside one). `close()` stops only what it started, in
 reverse order: sweeper, runs (recorded as cancelled), session actors, supervisor, log.
+
+Every thread chatledger starts is a daemon, and an exit hook closes the runtimes still open
+when the interpreter ends (normally, on an uncaught exception, after Ctrl-C), so a program
+that never calls `close()` exits, and its turns in flight are recorded as cancelled.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -16,6 +21,7 @@ import os
 import tempfile
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,20 @@ logger = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 60.0
 """Seconds to wait for an actor to answer a command (appends are milliseconds)."""
+EXIT_CLOSE_TIMEOUT = 10.0
+"""Seconds the exit hook gives each open runtime to record its turns and close."""
+
+_open_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_runtimes() -> None:
+    """Close every runtime the program left open. Runs once, at interpreter exit."""
+    for runtime in list(_open_runtimes):
+        try:
+            runtime.close(timeout=EXIT_CLOSE_TIMEOUT)
+        except Exception:  # exiting anyway: say why this one did not close cleanly
+            logger.exception("closing chatledger at exit failed")
 
 
 def load_mcp_servers(path: str | None) -> dict[str, Any] | None:
@@ -115,6 +135,7 @@ class Runtime:
             target=self._sweep_periodically, name="chatledger-sweeper", daemon=True
         )
         self._sweeper.start()
+        _open_runtimes.add(self)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -282,11 +303,13 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        _open_runtimes.discard(self)
         self.closing.set()
         self._sweeper_stop.set()
         self._sweeper.join(timeout)
         self.pool.cancel_all()
-        self.pool.shutdown(wait=True)
+        if not self.pool.shutdown(wait=True, timeout=timeout):
+            logger.warning("an agent run did not end within %s s of its cancel", timeout)
         # Actors process what is in their mailboxes (run outcomes) before they stop.
         for ref in self.registry.take_all():
             try:

@@ -108,6 +108,8 @@ def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
 class SessionActor(pykka.ThreadingActor):
     """Owns one live session: its state, its queue of turns, and its appends."""
 
+    use_daemon_thread = True  # a program that never closes chatledger must still exit
+
     def __init__(
         self, session_id: str, services: SessionServices, adopt: RunTicket | None = None
     ) -> None:
