@@ -32,6 +32,7 @@ from .actors.updates import (
     TextDeltaUpdate,
     TextUpdate,
     TurnDone,
+    TurnWaiting,
 )
 from .audit.html import render_html
 from .audit.jsonl import ImportRejectedError, export_jsonl, import_jsonl, record_to_json
@@ -298,6 +299,10 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
     streamed = {"text": False}
 
     def show(update: AnyTurnUpdate) -> None:
+        if isinstance(update, TurnWaiting):
+            click.secho(f"[waiting] {update.owner} is running a turn of this session; "
+                        "this one starts after it", dim=True, err=True)
+            return
         if as_json:
             _emit_json(update)
             return

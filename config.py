@@ -58,6 +58,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     kill_grace: float = 2.0
     agent_cwd: str | None = None
     agent_env: dict[str, str] = msgspec.field(default_factory=dict)
+    lease_ttl: float = 5.0
+    turn_wait_timeout: float = 0.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -79,6 +81,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_MAX_OUTPUT_BYTES": "max_output_bytes",
     "CHATLEDGER_KILL_GRACE": "kill_grace",
     "CHATLEDGER_AGENT_CWD": "agent_cwd",
+    "CHATLEDGER_LEASE_TTL": "lease_ttl",
+    "CHATLEDGER_TURN_WAIT_TIMEOUT": "turn_wait_timeout",
 }
 """Environment variable -> setting."""
 
@@ -189,9 +193,12 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         fail("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
     if config.history_strategy not in HISTORY_STRATEGIES:
         fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
-    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):
+    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace",
+                    "lease_ttl"):
         if not getattr(config, setting) > 0:
             fail(setting, "must be a positive number of seconds")
+    if config.turn_wait_timeout < 0:
+        fail("turn_wait_timeout", "must be 0 (wait for ever) or a number of seconds")
     if config.max_runs < 1:
         fail("max_runs", "must be at least 1")
     if config.max_live_sessions < 1:

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from .actors.runtime import Runtime
-from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
+from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone, TurnWaiting
 from .config import Config, load_config
 from .errors import (
     SESSION_NOT_FOUND,
@@ -201,6 +201,8 @@ class SessionManager:
                     yield update_to_dict(item)
                     return
                 if isinstance(item, TextDeltaUpdate) and not stream_deltas:
+                    continue
+                if isinstance(item, TurnWaiting):  # not one of the old manager's dicts
                     continue
                 yield update_to_dict(item)
         finally:

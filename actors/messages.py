@@ -8,6 +8,7 @@ the caller.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -76,6 +77,8 @@ class SendMessage(Ask[int]):
     sink: TurnSink
     ticket: int
     stream_deltas: bool = False
+    asked_at: float = field(default_factory=time.monotonic)
+    """When it was asked for (monotonic), to bound its wait for another process."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,23 @@ class ExpireSession:
     now: float
     expiry_age: float
     reason: str = "idle"
+
+
+@dataclass(frozen=True)
+class RetryTurns:
+    """Look again whether the session's queued turns can start (another process held it)."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """The runtime lost this session's lease of `epoch` (another process took it over)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class RetryRecording:
+    """Try again to close a turn whose outcome could not be recorded."""
 
 
 # -- reports ---------------------------------------------------------------------------

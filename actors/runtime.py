@@ -31,7 +31,7 @@ from ..agent import McpConfigFiles
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
-from ..storage import AuditStore, local_directory, open_store, validate_session_id
+from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from .messages import (
     Activate,
     Answer,
@@ -39,6 +39,7 @@ from .messages import (
     CancelTurn,
     CreateSession,
     GetInfo,
+    LeaseLost,
     LiveSessions,
     Passivate,
     ResumeSession,
@@ -50,6 +51,7 @@ from .messages import (
     SwitchMode,
     ask,
 )
+from .ownership import LeaseKeeper
 from .runs import RunPool
 from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
@@ -118,6 +120,7 @@ class Runtime:
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
         self._closed = False
+        self.leases = LeaseKeeper(self.log, config.lease_ttl, self._lease_lost)
         services = SessionServices(
             config=config,
             log=self.log,
@@ -128,6 +131,7 @@ class Runtime:
             forget=self.registry.forget,
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
+            leases=self.leases,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
@@ -154,6 +158,13 @@ class Runtime:
             except pykka.ActorDeadError:
                 pass
         self.supervisor.tell(RouteCompletion(completion))
+
+    def _lease_lost(self, session_id: str, lease: Lease) -> None:
+        """Tell a session's actor its lease was taken over. Runs on the keeper's thread."""
+        ref = self.registry.get(session_id)
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(LeaseLost(lease.epoch))
 
     def _sweep_periodically(self) -> None:
         """Tell the supervisor to sweep every `sweep_interval` seconds. Sweeper thread."""
@@ -323,6 +334,7 @@ class Runtime:
         # Completions routed through the supervisor may have started actors late.
         for ref in self.registry.take_all():
             ref.stop(block=True, timeout=timeout)
+        self.leases.close()
         self.mcp_files.remove_all()
         if self._owns_log:
             self.log.close()

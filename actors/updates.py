@@ -18,9 +18,10 @@ from msgspec import UNSET, UnsetType
 
 from ..events import FailureReason, ToolCall
 
-TurnEndReason = FailureReason | Literal["ledger_error"]
-"""Why a turn ended without an answer: a recorded run failure, or `ledger_error` when the
-answer could not be recorded (so nothing says so in the ledger)."""
+TurnEndReason = FailureReason | Literal["ledger_error", "session_busy"]
+"""Why a turn ended without an answer: a recorded run failure, `ledger_error` when the
+answer could not be recorded (so nothing says so in the ledger), or `session_busy` when the
+session stayed busy in another process past `turn_wait_timeout` (nothing was recorded)."""
 
 
 class TurnUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -64,8 +65,16 @@ class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
     duration: float | UnsetType = UNSET
 
 
+class TurnWaiting(TurnUpdate, tag="waiting", frozen=True, kw_only=True):
+    """The session runs a turn in another process: this turn waits for it (sent once,
+    before the turn starts; not one of the old manager's dicts, so `manager.py` drops it)."""
+
+    owner: str
+
+
 AnyTurnUpdate = (
     TextDeltaUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate | TurnDone
+    | TurnWaiting
 )
 """Every update a turn can stream."""
 
