@@ -9,6 +9,7 @@ takes over within the bound, and a stopped owner cannot append once it was taken
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -225,3 +226,113 @@ def test_commands_from_three_processes_at_once_never_fail_for_a_race(tmp_path: P
         out, err = writer.communicate(timeout=PROCESS_BOUND)
         assert writer.returncode == 0, err[-2000:]
         assert out.strip() == "done"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_two_uvicorn_workers_give_websocket_clients_their_turns_in_order(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    websockets_client = pytest.importorskip("websockets.sync.client")
+    import threading
+
+    path, prompts = tmp_path / "ledger", tmp_path / "prompts"
+    prompts.mkdir()
+    create_session(path, "web")
+    port = free_port()
+    environment = sender_environment(prompts, CHATLEDGER_PATH=str(path))
+    examples = Path(__file__).parent.parent / "examples"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--workers", "2", "--app-dir", str(examples),
+         "--host", "127.0.0.1", "--port", str(port), "backend:app"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment,
+    )
+    url = f"ws://127.0.0.1:{port}/sessions/web/chat"
+    answers: dict[str, list[str]] = {}
+    failures: list[str] = []
+
+    def turn(socket: Any, message: str) -> str:
+        """Run one turn over `socket`; its final text."""
+        socket.send(json.dumps({"message": message, "stream_deltas": False}))
+        text = ""
+        while True:
+            update = json.loads(socket.recv(timeout=PROCESS_BOUND))
+            if update["type"] == "text":
+                text = update["content"]
+            if update["type"] == "done":
+                return text
+
+    def client(name: str, socket: Any) -> None:
+        """Two turns over one websocket; keep each turn's final text."""
+        try:
+            for number in range(2):
+                answers.setdefault(name, []).append(turn(socket, f"{name}-{number} [[slow 0.3]]"))
+        except Exception as error:  # reported below, with the server's stderr
+            failures.append(f"{name}: {error!r}")
+
+    sockets: list[Any] = []
+    stack = contextlib.ExitStack()
+    try:
+        def serving() -> bool:
+            try:
+                sockets.append(stack.enter_context(websockets_client.connect(url,
+                                                                             open_timeout=1)))
+                return True
+            except Exception:
+                return False
+
+        assert wait_until(serving, timeout=60)
+        # Find two sockets served by different workers: a warm-up turn on each names its pid.
+        by_worker: dict[int, Any] = {}
+        for attempt in range(16):
+            if attempt:
+                sockets.append(stack.enter_context(websockets_client.connect(url)))
+            socket = sockets[-1]
+            turn(socket, f"warm-up {attempt}")
+            pid = [r.event.pid for r in session_events(path, "web")
+                   if isinstance(r.event, RunStarted)][-1]
+            by_worker.setdefault(pid, socket)
+            if len(by_worker) == 2:
+                break
+        if len(by_worker) < 2:
+            pytest.skip("the kernel gave every connection to one uvicorn worker")
+        clients = [threading.Thread(target=client, args=(f"c{n}", socket))
+                   for n, socket in enumerate(by_worker.values())]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(PROCESS_BOUND)
+    finally:
+        with contextlib.suppress(Exception):
+            stack.close()
+        server.send_signal(signal.SIGINT)
+        try:
+            _, err = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+    assert not failures, (failures, err[-3000:])
+    assert sorted(answers) == ["c0", "c1"]
+    for name, texts in answers.items():
+        assert texts == [f"echo: {name}-0", f"echo: {name}-1"]  # each answer complete
+    records = session_events(path, "web")
+    assert_turns_never_overlap(records)
+    workers = {r.event.pid for r in records if isinstance(r.event, RunStarted)
+}
+    assert len(workers) == 2
+    sent = [r.event.text for r in records if isinstance(r.event, MessageSent)]
+    received = [r.event.text for r in records if isinstance(r.event, ResponseReceived)]
+    assert received == [f"echo: {text.split(' [[')[0]}" for text in sent]
+    prompt_texts = [file.read_text() for file in sorted(prompts.iterdir())]
+    for number, prompt in enumerate(prompt_texts):
+        for earlier in received[:number]:
+            assert earlier in prompt
