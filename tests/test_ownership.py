@@ -195,8 +195,8 @@ def test_a_stopped_owner_past_its_lease_cannot_append_afterwards(tmp_path: Path)
         "SessionCreated", "MessageSent", "RunStarted", "RunFailed",
         "MessageSent", "RunStarted", "ResponseReceived",
     ]
-    assert events[3].reason == "interrupted"  # type: ignore[union-attr]
-    assert events[6].text == "echo: taken over"  # type: ignore[union-attr]
+    assert events[3].reason == "interrupted"
+    assert events[6].text == "echo: taken over"
 
 
 def test_commands_from_three_processes_at_once_never_fail_for_a_race(tmp_path: Path) -> None:
