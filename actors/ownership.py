@@ -27,12 +27,23 @@ RENEWALS_PER_TTL = 4
 """How many times a lease is renewed within its time to live (so 3 renewals may be late)."""
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (None: not there)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_started_at(pid: int) -> float:
     """When process `pid` started (epoch seconds, to the clock tick) from /proc; 0.0 where
     that cannot be known (not Linux, no such process)."""
+    fields = _proc_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        if fields is None:
+            return 0.0
+        ticks = int(fields[19])
         with open("/proc/stat", encoding="ascii") as handle:
             boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
     except (OSError, ValueError, IndexError, StopIteration):
@@ -59,6 +70,9 @@ def holder_is_dead(owner: LeaseOwner) -> bool:
         return True
     except PermissionError:
         pass
+    fields = _proc_stat(owner.pid)
+    if fields is not None and fields[0] in ("Z", "X"):  # killed, not reaped yet
+        return True
     started = process_started_at(owner.pid)
     return bool(owner.started_at and started and started != owner.started_at)
 
