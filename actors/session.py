@@ -635,6 +635,9 @@ class SessionActor(pykka.ThreadingActor):
             except InvalidEventError:  # refused before anything was written
                 self._append([storable_event(event) for event in decision.events],
                              lease=self._fence())
+            if not self.queue:  # idle before the caller hears: it may passivate, or hand over
+                self._let_go_if_idle()
+                self.services.touch(self.session_id, False)
             emit_all(command.sink, decision.updates)
         except StaleLeaseError:
             logger.warning("%s: another process took the session over during turn %s",
