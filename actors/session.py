@@ -212,8 +212,12 @@ class SessionActor(pykka.ThreadingActor):
             started
         ):
             return  # run by a live process of a release without leases
-        if self._own_session():  # else its live owner elsewhere closes it
-            self._let_go_if_idle()
+        try:
+            if self._own_session():  # else its live owner elsewhere closes it
+                self._let_go_if_idle()
+        except Exception:  # the store refuses writes now: the next turn closes it
+            logger.warning("%s: could not close the turn left open", self.session_id,
+                           exc_info=True)
 
     # -- ownership across processes (run in the actor's own thread) -------------------------
 
@@ -506,6 +510,7 @@ class SessionActor(pykka.ThreadingActor):
         for queued in list(self.queue):
             if queued.ticket == command.ticket:
                 self.queue.remove(queued)
+                self.told_waiting.discard(queued.ticket)
                 emit_all(queued.sink, turn_failed("Turn cancelled", "cancelled"))
                 return True
         if self.current is not None and self.current.ticket == command.ticket:
