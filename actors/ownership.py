@@ -141,9 +141,11 @@ class LeaseKeeper:
                 logger.exception("could not release the lease of %s", session_id)
 
     def forget(self, session_id: str, lease: Lease) -> None:
-        """Drop a lease found lost (another process took the session over)."""
+        """Drop a lease without a store call: found lost (another process took the session
+        over), or let go by an append (`release_lease`)."""
         with self._lock:
-            if self._held.get(session_id) == lease:
+            held = self._held.get(session_id)
+            if held is not None and held.epoch == lease.epoch:
                 del self._held[session_id]
 
     def close(self) -> None:

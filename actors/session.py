@@ -374,7 +374,8 @@ class SessionActor(pykka.ThreadingActor):
     # -- commands ---------------------------------------------------------------------------
 
     def _record(
-        self, decide: Callable[[], tuple[list[Event], T]], lease: Lease | None = None
+        self, decide: Callable[[], tuple[list[Event], T]], lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> T:
         """Decide events from the session's state and append them at its known version
         (fenced by `lease` when given); returns what the successful decision returned with
@@ -394,7 +395,7 @@ class SessionActor(pykka.ThreadingActor):
                     self.services.log.append(self.session_id, batch, self.info.version)
                     if lease is None else
                     self.services.log.append(self.session_id, batch, self.info.version,
-                                             lease=lease)
+                                             lease=lease, release_lease=release_lease)
                 )
             except ConcurrencyError:
                 if time.monotonic() > deadline:
@@ -410,7 +411,8 @@ class SessionActor(pykka.ThreadingActor):
             return result
 
     def _append(
-        self, events: list[Event] | Callable[[], list[Event]], lease: Lease | None = None
+        self, events: list[Event] | Callable[[], list[Event]], lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> bool:
         """Append `events` (or the events a function decides, as `_record` does); whether
         anything was appended."""
@@ -420,7 +422,7 @@ class SessionActor(pykka.ThreadingActor):
             batch = decide()
             return batch, bool(batch)
 
-        return self._record(decided, lease)
+        return self._record(decided, lease, release_lease)
 
     def _require_open(self) -> None:
         check_open(self.info)
@@ -635,13 +637,16 @@ class SessionActor(pykka.ThreadingActor):
                 self._append([decision.lost], lease=self._fence())
                 self._start_turn(command, attempt=2, resume=False)
                 return
+            lease = self._fence()
+            last = not self.queue  # then the lease goes with the outcome: one write, not two
             try:
-                self._append(decision.events, lease=self._fence())
+                self._append(decision.events, lease=lease, release_lease=last)
             except InvalidEventError:  # refused before anything was written
                 self._append([storable_event(event) for event in decision.events],
-                             lease=self._fence())
-            if not self.queue:  # idle before the caller hears: it may passivate, or hand over
-                self._let_go_if_idle()
+                             lease=lease, release_lease=last)
+            if last:  # idle before the caller hears: it may passivate, or hand over
+                self.lease = None
+                self.services.leases.forget(self.session_id, lease)
                 self.services.touch(self.session_id, False)
             emit_all(command.sink, decision.updates)
         except StaleLeaseError:

@@ -7,7 +7,8 @@ each on a fresh LMDB ledger in a temporary directory:
 - per turn: a turn's store work as the session actor does it (MessageSent + RunStarted in one
   append, then ResponseReceived), without ownership, then with it (the keeper's look at the
   lease record, its grant, both appends fenced, the release); the difference in process CPU
-  (every thread: the writer's included) and in wall time is what ownership adds. The agent
+  (every thread: the writer's included) and in wall time is what ownership adds (the lease
+  is let go by the outcome's append, so a turn costs one more commit, the grant). The agent
   run is left out: it is the same either way;
 - hand-over: a turn sender runs a long turn, a second waits on the same session, the first
   is SIGKILLed; the time from the kill until the second's RunStarted is recorded (same host:
@@ -50,11 +51,13 @@ def turn_cost(store: AuditStore, turns: int, owned: bool) -> tuple[float, float]
             store.append(session_id, [MessageSent(turn=turn, text="hello"),
                                       RunStarted(turn=turn, argv=("agent",))], version,
                          lease=lease)
-            store.append(session_id, [ResponseReceived(turn=turn, text="hi")], version + 2,
-                         lease=lease)
+            if lease is None:
+                store.append(session_id, [ResponseReceived(turn=turn, text="hi")], version + 2)
+            else:  # as the actor does: the lease goes with the outcome
+                store.append(session_id, [ResponseReceived(turn=turn, text="hi")], version + 2,
+                             lease=lease, release_lease=True)
+                keeper.forget(session_id, lease)
             version += 3
-            if owned:
-                keeper.release(session_id)
         return ((time.process_time() - cpu) / turns, (time.perf_counter() - wall) / turns)
     finally:
         keeper.close()

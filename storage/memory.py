@@ -167,10 +167,13 @@ class MemoryStore:
         expected_version: int,
         *,
         lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
         """Append events to a session atomically; ConcurrencyError if the version is stale,
-        StaleLeaseError if `lease` is no longer the session's."""
-        append = SessionAppend(session_id, list(events), expected_version, lease=lease)
+        StaleLeaseError if `lease` is no longer the session's; `release_lease` lets it go
+        with the append."""
+        append = SessionAppend(session_id, list(events), expected_version, lease=lease,
+                               release_lease=release_lease)
         if not append.events:
             checked_append(append)
             return []
@@ -204,6 +207,11 @@ class MemoryStore:
                 )
                 data.index[stage.entry.info.session_id] = stage.entry
                 data.head = stage.head
+            for append in checked:
+                freed = (released(data.leases.get(append.session_id), append.lease)
+                         if append.release_lease and append.lease is not None else None)
+                if freed is not None:
+                    data.leases[append.session_id] = freed
             written = [stage.records for stage in staged]
         with data.appended:
             data.appended.notify_all()

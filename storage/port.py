@@ -38,9 +38,11 @@ class EventStore(Protocol):
         expected_version: int,
         *,
         lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
         """Append atomically and durably; raise ConcurrencyError if the version is stale,
-        StaleLeaseError if `lease` is no longer the session's (checked in the same step)."""
+        StaleLeaseError if `lease` is no longer the session's (checked in the same step);
+        `release_lease` lets that lease go in the same step, once the events are written."""
         ...
 
     def acquire_lease(

@@ -37,6 +37,8 @@ class SessionAppend(msgspec.Struct, frozen=True):
     recorded_at: Sequence[datetime] | None = None
     lease: Lease | None = None
     """When given, the append commits only while this is still the session's lease."""
+    release_lease: bool = False
+    """With `lease`: let the lease go in the same step, once the events are written."""
 
 
 def checked_append(append: SessionAppend) -> SessionAppend:
@@ -51,7 +53,10 @@ def checked_append(append: SessionAppend) -> SessionAppend:
         raise ValueError("recorded_at needs one time per event")
     if append.lease is not None and append.lease.session_id != append.session_id:
         raise ValueError("an append's lease must be its own session's")
-    return SessionAppend(append.session_id, events, expected_version, times, append.lease)
+    if append.release_lease and append.lease is None:
+        raise ValueError("release_lease needs the lease to release")
+    return SessionAppend(append.session_id, events, expected_version, times, append.lease,
+                         append.release_lease)
 
 
 def distinct_sessions(session_ids: Sequence[str]) -> None:

@@ -404,3 +404,18 @@ def wait_until_expired(store: AuditStore, session_id: str, timeout: float = 5.0)
             return True
         time.sleep(0.01)
     return False
+
+
+def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    lease = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert lease is not None
+    store.append("s", [MessageSent(turn=1, text="a")], 1, lease=lease, release_lease=True)
+    freed = store.lease("s")
+    assert freed is not None and freed.owner is None and freed.epoch == lease.epoch
+    with pytest.raises(StaleLeaseError):
+        store.append("s", [MessageSent(turn=2, text="b")], 2, lease=lease)
+    with pytest.raises(ValueError):
+        store.append("s", [MessageSent(turn=2, text="b")], 2, release_lease=True)
+    second = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert second is not None and second.epoch == lease.epoch + 1

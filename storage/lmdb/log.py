@@ -101,17 +101,18 @@ class EventLog:
         expected_version: int,
         *,
         lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
         """Append events to a session atomically; durable on return. Blocks the caller.
 
         `expected_version` is the session's current version (0 for a new session); if the
         session moved on, ConcurrencyError is raised and nothing is written. With `lease`,
         the writer's transaction also checks that it is still the session's lease
-        (StaleLeaseError, nothing written, if another process took the session over).
+        (StaleLeaseError, nothing written, if another process took the session over), and
+        `release_lease` lets it go in that same transaction.
         """
-        append = encode_append(
-            SessionAppend(session_id, list(events), expected_version, lease=lease)
-        )
+        append = encode_append(SessionAppend(session_id, list(events), expected_version,
+                                             lease=lease, release_lease=release_lease))
         if not append.events:
             return []
         return self._submit([append])[0]

@@ -22,7 +22,7 @@ from ...events.codec import SCHEMA_VERSION, encode_event, encode_record
 from ...events.model import Envelope, Event, Recorded, UnknownEvent
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head, record_hash
-from ..leases import Lease, decode_lease, fences
+from ..leases import Lease, decode_lease, encode_lease, fences, released
 from ..records import IndexEntry, SessionAppend, checked_append
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
@@ -38,6 +38,7 @@ class EncodedAppend(msgspec.Struct):
     expected_version: int
     recorded_at: Sequence[datetime] | None = None
     lease: Lease | None = None
+    release_lease: bool = False
 
 
 def encode_append(append: SessionAppend) -> EncodedAppend:
@@ -50,6 +51,7 @@ def encode_append(append: SessionAppend) -> EncodedAppend:
         expected_version=checked.expected_version,
         recorded_at=checked.recorded_at,
         lease=checked.lease,
+        release_lease=checked.release_lease,
     )
 
 
@@ -223,6 +225,11 @@ class LedgerStore:
                 txn, append, entries[append.session_id], touched, next_position, log_hash
             )
             written.append(recorded_list)
+            if append.release_lease and append.lease is not None:
+                freed = released(self.lease_in(txn, append.session_id), append.lease)
+                if freed is not None:
+                    txn.put(layout.lease_key(append.session_id), encode_lease(freed),
+                            db=self.meta_db)
         return written, next_position, log_hash
 
     def _write_append(
