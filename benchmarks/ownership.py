@@ -6,9 +6,10 @@ each on a fresh LMDB ledger in a temporary directory:
 
 - per turn: a turn's store work as the session actor does it (MessageSent + RunStarted in one
   append, then ResponseReceived), without ownership, then with it (the keeper's look at the
-  lease record, its grant, both appends fenced, the release); the difference in process CPU
-  (every thread: the writer's included) and in wall time is what ownership adds (the lease
-  is let go by the outcome's append, so a turn costs one more commit, the grant). The agent
+  lease record, its grant, both appends fenced, the release with the outcome); the
+  difference in process CPU (every thread: the writer's included) and in wall time is what
+  ownership adds (the lease is let go by the outcome's append, so a turn costs one more
+  commit, the grant). The agent
   run is left out: it is the same either way;
 - hand-over: a turn sender runs a long turn, a second waits on the same session, the first
   is SIGKILLed; the time from the kill until the second's RunStarted is recorded (same host:
