@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__
 from .actors.expiry import expiry_due
-from .actors.updates import AnyTurnUpdate
+from .actors.updates import AnyTurnUpdate, TurnWaiting
 from .audit.anchors import check_anchor
 from .audit.anchors import checkpoint as checkpoint_head
 from .audit.attest import LedgerCheck, check_ledger, describe_check, open_signing_key
@@ -542,6 +542,10 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
     printer = TurnPrinter(color=click.get_current_context().color)
 
     def show(update: AnyTurnUpdate) -> None:
+        if isinstance(update, TurnWaiting):
+            printer.annotate(f"[waiting] {update.owner} is running a turn of this session; "
+                             "this one starts after it", dim=True)
+            return
         if as_json:
             _emit_json(update)
         else:

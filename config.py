@@ -66,6 +66,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     anchor_interval: float = 300.0
     auto_title: bool = False
     search_path: str | None = None
+    lease_ttl: float = 5.0
+    turn_wait_timeout: float = 0.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -95,6 +97,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_ANCHOR_INTERVAL": "anchor_interval",
     "CHATLEDGER_AUTO_TITLE": "auto_title",
     "CHATLEDGER_SEARCH_PATH": "search_path",
+    "CHATLEDGER_LEASE_TTL": "lease_ttl",
+    "CHATLEDGER_TURN_WAIT_TIMEOUT": "turn_wait_timeout",
 }
 """Environment variable -> setting."""
 
@@ -112,6 +116,8 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "max_message_bytes": (1024, 1 << 30),
     "max_canvas_bytes": (1024, 1 << 30),
     "anchor_interval": (0, DAY),
+    "lease_ttl": (0.5, DAY),
+    "turn_wait_timeout": (0, 365 * DAY),
 }
 """Each numeric setting's documented range (inclusive): a value outside it is refused."""
 

@@ -51,6 +51,19 @@ class ConcurrencyError(ChatledgerError):
         self.actual = actual
 
 
+class StaleLeaseError(ChatledgerError):
+    """An append was made under a session lease another process has taken over since (a
+    higher epoch): the caller no longer owns the session; nothing was written."""
+
+    def __init__(self, session_id: str, epoch: int) -> None:
+        super().__init__(
+            f"session {session_id!r} was taken over by another process (lease epoch {epoch} "
+            "is stale): nothing was written"
+        )
+        self.session_id = session_id
+        self.epoch = epoch
+
+
 class LedgerError(ChatledgerError):
     """The ledger cannot be opened or written: wrong directory, corrupted file, newer format."""
 

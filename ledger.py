@@ -23,6 +23,7 @@ from .actors.updates import (
     ErrorUpdate,
     TextUpdate,
     TurnDone,
+    TurnWaiting,
 )
 from .audit.checkpointer import start_checkpoints
 from .catalog import SessionPage, list_sessions
@@ -152,7 +153,9 @@ class Ledger:
         timeout: float | None = None,
     ) -> TurnOutcome:
         """Run one turn and block until it ends; `on_update` sees each update as it comes
-        (on another thread). Waits at most `timeout` (default: run timeout + a margin)."""
+        (on another thread). Waits at most `timeout` (default: run timeout + a margin) for
+        each update; while another process runs a turn of the session (`TurnWaiting`), it
+        waits for that too, at most `turn_wait_timeout` more (0: as long as it takes)."""
         updates: queue.SimpleQueue[AnyTurnUpdate] = queue.SimpleQueue()
 
         def sink(item: AnyTurnUpdate) -> None:
@@ -163,16 +166,19 @@ class Ledger:
         self.runtime.send(
             session_id, message, sink, canvas_state=canvas_state, stream_deltas=stream_deltas
         )
-        wait = self.config.timeout + TURN_WAIT_MARGIN if timeout is None else timeout
+        wait: float | None = self.config.timeout + TURN_WAIT_MARGIN if timeout is None else timeout
         outcome = TurnOutcome(turn=None, ok=False)
         while True:
             try:
                 item = updates.get(timeout=wait)
             except queue.Empty:
                 raise TurnTimeoutError(
-                    f"no answer from session {session_id} within {wait:.0f} s"
+                    f"no answer from session {session_id} within {wait or 0:.0f} s"
                 ) from None
             outcome.updates.append(item)
+            if isinstance(item, TurnWaiting):
+                limit = self.config.turn_wait_timeout
+                wait = (wait + limit) if limit and wait is not None else None
             if isinstance(item, CanvasModificationUpdate):
                 outcome.canvas_modifications.append(item.modification)
             elif isinstance(item, TextUpdate):

@@ -23,7 +23,7 @@ import msgspec
 
 from .actors.annotations import Decider, retag, retitle, set_archived, set_budget
 from .actors.runtime import Runtime
-from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone
+from .actors.updates import AnyTurnUpdate, TextDeltaUpdate, TurnDone, TurnWaiting
 from .audit.checkpointer import Checkpointer, start_checkpoints
 from .catalog import SessionPage, list_sessions
 from .catalog.listing import DEFAULT_PAGE_SIZE
@@ -219,6 +219,8 @@ class SessionManager:
                     yield update_to_dict(item)
                     return
                 if isinstance(item, TextDeltaUpdate) and not stream_deltas:
+                    continue
+                if isinstance(item, TurnWaiting):  # not one of the old manager's dicts
                     continue
                 yield update_to_dict(item)
         finally:

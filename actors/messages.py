@@ -90,6 +90,8 @@ class SendMessage(Ask[int]):
     ticket: int
     stream_deltas: bool = False
     queued_at_ns: int = field(default_factory=time.time_ns)
+    asked_at: float = field(default_factory=time.monotonic)
+    """When it was asked for (monotonic), to bound its wait for another process."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,23 @@ class ExpireSession:
     now: float
     expiry_age: float
     reason: str = "idle"
+
+
+@dataclass(frozen=True)
+class RetryTurns:
+    """Look again whether the session's queued turns can start (another process held it)."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """The runtime lost this session's lease of `epoch` (another process took it over)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class RetryRecording:
+    """Try again to close a turn whose outcome could not be recorded."""
 
 
 # -- reports ---------------------------------------------------------------------------

@@ -3,16 +3,19 @@
 Every session shares it, so at most `max_runs` agent processes are alive at once. A run
 reports its outcome with a callback (which tells an actor: nothing here waits on an actor).
 Queued runs can be cancelled before they start; running ones through their cancel switch,
-which the agent runner turns into SIGINT, SIGTERM, SIGKILL of the process tree.
+which the agent runner turns into SIGINT, SIGTERM, SIGKILL of the process tree. Its threads
+are daemons, started as runs need them: a program that never closes chatledger still exits
+(the runtime's exit hook cancels what runs first, so those turns are recorded).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import subprocess
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from ..agent import CancelSwitch, RunOutcome
 from .messages import RunTicket
@@ -37,7 +40,9 @@ class RunPool:
 
     def __init__(self, max_runs: int) -> None:
         self.max_runs = max_runs
-        self._executor = ThreadPoolExecutor(max_workers=max_runs, thread_name_prefix="chatledger-run")
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._pending = 0  # runs queued or running
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], RunTicket] = {}
         self._closed = False
@@ -53,7 +58,27 @@ class RunPool:
             if self._closed:
                 raise RuntimeError("the run pool is shut down")
             self._tickets[(ticket.session_id, ticket.ticket)] = ticket
-        self._executor.submit(self._execute, ticket, run, on_done)
+            self._pending += 1
+            if self._pending > len(self._threads) and len(self._threads) < self.max_runs:
+                thread = threading.Thread(target=self._work_loop, daemon=True,
+                                          name=f"chatledger-run_{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+        self._work.put((ticket, run, on_done))
+
+    def _work_loop(self) -> None:
+        """Take runs off the queue, first come first served, until shutdown. Pool thread."""
+        while True:
+            work = self._work.get()
+            if work is None:
+                return
+            try:
+                self._execute(*work)
+            except Exception:  # a broken completion callback must not take the thread down
+                logger.exception("reporting a run's end failed")
+            finally:
+                with self._lock:
+                    self._pending -= 1
 
     def _execute(
         self,
@@ -100,8 +125,20 @@ class RunPool:
             ticket.cancel.set()
         return len(tickets)
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Refuse new runs; with `wait`, block until every queued run has reported."""
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Refuse new runs; with `wait`, block until every queued run has reported (at most
+        `timeout` seconds in all); whether every pool thread has ended."""
         with self._lock:
             self._closed = True
-        self._executor.shutdown(wait=wait)
+            threads = list(self._threads)
+        for _ in threads:
+            self._work.put(None)
+        if not wait:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+
+_Work = tuple[RunTicket, RunFunction, Callable[[RunTicket, RunOutcome], None]]

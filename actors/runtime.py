@@ -4,10 +4,15 @@ The sync `Ledger` and the async `SessionManager` are thin faces over it. It runs
 caller's threads: every call into an actor is an `ask()` with a timeout, made from a thread
 that is not an actor (never from inside one). `close()` stops only what it started, in
 reverse order: sweeper, runs (recorded as cancelled), session actors, supervisor, log.
+
+Every thread chatledger starts is a daemon, and an exit hook closes the runtimes still open
+when the interpreter ends (normally, on an uncaught exception, after Ctrl-C), so a program
+that never calls `close()` exits, and its turns in flight are recorded as cancelled.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -16,6 +21,7 @@ import os
 import tempfile
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ from ..catalog.search import SearchIndex
 from ..config import Config
 from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
-from ..storage import AuditStore, local_directory, open_store, validate_session_id
+from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from ..telemetry import instrument_store, watch_runtime
 from .annotations import Decider
 from .messages import (
@@ -37,6 +43,7 @@ from .messages import (
     CancelTurn,
     CreateSession,
     GetInfo,
+    LeaseLost,
     LiveSessions,
     Passivate,
     ResumeSession,
@@ -48,6 +55,7 @@ from .messages import (
     SwitchMode,
     ask,
 )
+from .ownership import LeaseKeeper
 from .preflight import check_turn_size
 from .runs import RunPool
 from .session import SessionActor, SessionServices
@@ -58,6 +66,20 @@ logger = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 60.0
 """Seconds to wait for an actor to answer a command (appends are milliseconds)."""
+EXIT_CLOSE_TIMEOUT = 10.0
+"""Seconds the exit hook gives each open runtime to record its turns and close."""
+
+_open_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_runtimes() -> None:
+    """Close every runtime the program left open. Runs once, at interpreter exit."""
+    for runtime in list(_open_runtimes):
+        try:
+            runtime.close(timeout=EXIT_CLOSE_TIMEOUT)
+        except Exception:  # exiting anyway: say why this one did not close cleanly
+            logger.exception("closing chatledger at exit failed")
 
 
 def load_mcp_servers(path: str | None) -> dict[str, Any] | None:
@@ -107,6 +129,7 @@ class Runtime:
         self._closed = False
         self._search: SearchIndex | None = None
         self._search_lock = threading.Lock()
+        self.leases = LeaseKeeper(self.log, config.lease_ttl, self._lease_lost)
         services = SessionServices(
             config=config,
             dialect=self.dialect,
@@ -118,6 +141,7 @@ class Runtime:
             forget=self.registry.forget,
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
+            leases=self.leases,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
@@ -126,6 +150,7 @@ class Runtime:
         )
         self._sweeper.start()
         watch_runtime(self)
+        _open_runtimes.add(self)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -144,6 +169,13 @@ class Runtime:
             except pykka.ActorDeadError:
                 pass
         self.supervisor.tell(RouteCompletion(completion))
+
+    def _lease_lost(self, session_id: str, lease: Lease) -> None:
+        """Tell a session's actor its lease was taken over. Runs on the keeper's thread."""
+        ref = self.registry.get(session_id)
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(LeaseLost(lease.epoch))
 
     def _sweep_periodically(self) -> None:
         """Tell the supervisor to sweep every `sweep_interval` seconds. Sweeper thread."""
@@ -332,11 +364,13 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        _open_runtimes.discard(self)
         self.closing.set()
         self._sweeper_stop.set()
         self._sweeper.join(timeout)
         self.pool.cancel_all()
-        self.pool.shutdown(wait=True)
+        if not self.pool.shutdown(wait=True, timeout=timeout):
+            logger.warning("an agent run did not end within %s s of its cancel", timeout)
         # Actors process what is in their mailboxes (run outcomes) before they stop.
         for ref in self.registry.take_all():
             try:
@@ -350,6 +384,7 @@ class Runtime:
         # Completions routed through the supervisor may have started actors late.
         for ref in self.registry.take_all():
             ref.stop(block=True, timeout=timeout)
+        self.leases.close()
         self.mcp_files.remove_all()
         if self._search is not None:
             self._search.close()

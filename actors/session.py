@@ -10,14 +10,25 @@ actor anything, and holds no LMDB transaction across a run.
 It keeps the commands, their order and the appending; what a turn runs and records is
 decided by the pure functions of `turn.py`, a command's checks are in `checks.py`, and how
 the session comes back from the log is in `rehydration.py`.
+
+Across processes, a turn starts only under the session's lease (`ownership.LeaseKeeper`):
+the actor takes it before a turn (reloading the session, so the prompt sees every earlier
+answer, and closing a turn its dead owner left open), appends the turn's events fenced by
+it, and lets it go when nothing is left to run. While another process holds it, queued
+turns wait (their callers hear `TurnWaiting` once) and the actor looks again every
+LEASE_POLL seconds. Other commands need no lease: they decide again on fresh state when
+another process wrote first, until APPEND_RETRY_SECONDS have passed.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +41,7 @@ from ..errors import (
     ConcurrencyError,
     InvalidCommandError,
     InvalidEventError,
+    StaleLeaseError,
 )
 from ..events import (
     Event,
@@ -48,7 +60,7 @@ from ..events import (
     evolve,
 )
 from ..spend.caps import budget_refusal
-from ..storage import EventStore
+from ..storage import EventStore, Lease
 from ..telemetry import TrackedQueue, record_refusal, session_logger, start_turn_trace
 from .annotations import check_owner, check_title
 from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
@@ -59,13 +71,17 @@ from .messages import (
     CreateSession,
     ExpireSession,
     GetInfo,
+    LeaseLost,
     ResumeSession,
+    RetryRecording,
+    RetryTurns,
     RunCompleted,
     RunTicket,
     SendMessage,
     SetStudy,
     SwitchMode,
 )
+from .ownership import LeaseKeeper, describe
 from .preflight import check_power_mode_runs
 from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
@@ -77,12 +93,18 @@ from .turn import (
     plan_turn,
     storable_event,
 )
-from .updates import AnyTurnUpdate, TurnSink, turn_failed
+from .updates import AnyTurnUpdate, TurnSink, TurnWaiting, turn_failed
 
 logger = logging.getLogger(__name__)
 
-MAX_APPEND_ATTEMPTS = 8
-"""How often an actor reloads and retries an append that another process raced."""
+APPEND_RETRY_SECONDS = 30.0
+"""How long an actor goes on deciding again a command another process keeps racing (each
+retry reloads the session; from the second on it backs off up to MAX_BACKOFF, jittered)."""
+MAX_BACKOFF = 0.05
+LEASE_POLL = 0.1
+"""Seconds between looks at a lease another process holds, while turns wait for it."""
+RECORDING_RETRY = (0.5, 30.0)
+"""First and longest delay between attempts to close a turn whose outcome was not written."""
 
 T = TypeVar("T")
 
@@ -101,6 +123,7 @@ class SessionServices:
     forget: Callable[[str, Any], None]
     remove_session_files: Callable[[str], None]
     closing: threading.Event
+    leases: LeaseKeeper
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
@@ -114,6 +137,8 @@ def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
 
 class SessionActor(pykka.ThreadingActor):
     """Owns one live session: its state, its queue of turns, and its appends."""
+
+    use_daemon_thread = True  # a program that never closes chatledger must still exit
 
     def __init__(
         self, session_id: str, services: SessionServices, adopt: RunTicket | None = None
@@ -136,6 +161,11 @@ class SessionActor(pykka.ThreadingActor):
         self.log = session_logger(
             logger, session_id,
             lambda: self.current.turn if self.current else self.info.open_turn)
+        self.lease: Lease | None = services.leases.held(session_id)
+        self.told_waiting: set[int] = set()  # tickets whose caller heard TurnWaiting
+        self.retries_pending: set[type] = set()
+        self.unrecorded: tuple[int, str] | None = None  # (turn, why) of an unwritten outcome
+        self.recording_delay = RECORDING_RETRY[0]
 
     # -- lifecycle (run in the actor's own thread) ------------------------------------------
 
@@ -145,8 +175,10 @@ class SessionActor(pykka.ThreadingActor):
         self._adopt_or_close_open_turn()
 
     def on_stop(self) -> None:
-        """Fail queued turns (their callers must hear back)."""
+        """Fail queued turns (their callers must hear back) and let the lease go."""
         self._fail_queue("the session was stopped before this message's turn began")
+        if self.current is None:
+            self.services.leases.release(self.session_id)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A bug killed this actor: tell queued callers and drop out of the registry; the
@@ -186,19 +218,131 @@ class SessionActor(pykka.ThreadingActor):
             self.services.touch(self.session_id, True)
             return
         started = self.last_run_started
-        if started is not None and owner_is_elsewhere_and_alive(started):
+        if started is not None and not started.lease_epoch and owner_is_elsewhere_and_alive(
+            started
+        ):
+            return  # run by a live process of a release without leases
+        try:
+            if self._own_session():  # else its live owner elsewhere closes it
+                self._let_go_if_idle()
+        except Exception:  # the store refuses writes now: the next turn closes it
+            logger.warning("%s: could not close the turn left open", self.session_id,
+                           exc_info=True)
+
+    # -- ownership across processes (run in the actor's own thread) -------------------------
+
+    def _own_session(self) -> bool:
+        """Whether this actor holds the session's lease, taking it if it is free (or its
+        holder dead). A fresh grant reloads the session (another process may have run turns)
+        and closes a turn its previous owner left open. Blocks briefly."""
+        if self.lease is not None:
+            return True
+        lease = self.services.leases.acquire(self.session_id)
+        if lease is None:
+            return False
+        self.lease = lease
+        self._reload()
+        self._close_cut_turn()
+        return True
+
+    def _close_cut_turn(self) -> None:
+        """Close the session's open turn, which nobody runs any more (this actor holds the
+        lease and runs nothing): `not_recorded` if it is the turn whose outcome this actor
+        could not write, else `interrupted`."""
+        turn = self.info.open_turn
+        if turn is None or self.current is not None or self.services.pool.in_flight(
+            self.session_id
+        ):
             return
+        reason: Any = "interrupted"
+        message = "the process running this turn stopped before the agent answered"
+        if self.unrecorded is not None and self.unrecorded[0] == turn:
+            reason = "not_recorded"
+            message = f"the outcome of this turn could not be recorded: {self.unrecorded[1]}"
         self._append(
-            lambda: [
-                RunFailed(
-                    turn=self.info.open_turn,
-                    reason="interrupted",
-                    message="the process running this turn stopped before the agent answered",
-                )
-            ]
-            if self.info.open_turn is not None
-            else []
+            lambda: [RunFailed(turn=turn, reason=reason, message=message)]
+            if self.info.open_turn == turn else [],
+            lease=self._fence(),
         )
+        self.unrecorded = None
+        self.recording_delay = RECORDING_RETRY[0]
+
+    def _fence(self) -> Lease:
+        """The lease a turn's appends are fenced by; StaleLeaseError if it was lost."""
+        if self.lease is None:
+            raise StaleLeaseError(self.session_id, 0)
+        return self.lease
+
+    def _let_go_if_idle(self) -> None:
+        """Let the lease go when nothing is left to run or to record (hand-over at once)."""
+        if (self.lease is not None and self.current is None and not self.queue
+                and self.unrecorded is None):
+            self.lease = None
+            self.services.leases.release(self.session_id)
+
+    def _lease_lost(self, message: LeaseLost) -> None:
+        """Another process took the session over: stop the run whose outcome can no longer
+        be recorded."""
+        if self.lease is None or self.lease.epoch != message.epoch:
+            return
+        self.lease = None
+        if self.current is not None:
+            logger.warning("%s: another process took the session over; cancelling turn %s",
+                           self.session_id, self.current.turn)
+            self.current.cancel.set()
+
+    def _wait_for_owner(self) -> None:
+        """Queued turns wait for the process that holds the lease: tell each caller once,
+        fail those waiting past `turn_wait_timeout`, and look again in LEASE_POLL s."""
+        holder = describe(self.services.leases.holder(self.session_id))
+        limit = self.services.config.turn_wait_timeout
+        now = time.monotonic()
+        for command in list(self.queue):
+            if limit and now - command.asked_at > limit:
+                self.queue.remove(command)
+                self.told_waiting.discard(command.ticket)
+                emit_all(command.sink, turn_failed(
+                    f"session {self.session_id} is busy in {holder}: gave up waiting after "
+                    f"{limit:g} s", "session_busy"))
+            elif command.ticket not in self.told_waiting:
+                self.told_waiting.add(command.ticket)
+                emit_all(command.sink, [TurnWaiting(owner=holder)])
+        if self.queue:
+            self._retry_later(RetryTurns(), LEASE_POLL)
+        else:
+            self.services.touch(self.session_id, False)
+
+    def _retry_later(self, message: RetryTurns | RetryRecording, delay: float) -> None:
+        """Tell this actor `message` in `delay` seconds (once at a time per kind)."""
+        if type(message) in self.retries_pending:
+            return
+        self.retries_pending.add(type(message))
+        ref = self.actor_ref
+
+        def tell() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
+
+        timer = threading.Timer(delay, tell)
+        timer.daemon = True
+        timer.start()
+
+    def _retry_recording(self) -> None:
+        """Try again to close the turn whose outcome could not be written."""
+        if self.unrecorded is None:
+            return
+        if self.lease is None:  # taken over: the new owner closes it
+            self.unrecorded = None
+            return
+        try:
+            self._close_cut_turn()
+        except Exception as error:
+            logger.warning("%s: still cannot close turn %s: %s", self.session_id,
+                           self.unrecorded[0], error)
+            self.recording_delay = min(self.recording_delay * 2, RECORDING_RETRY[1])
+            self._retry_later(RetryRecording(), self.recording_delay)
+            return
+        self._let_go_if_idle()
 
     # -- message dispatch (run in the actor's own thread) -----------------------------------
 
@@ -206,6 +350,18 @@ class SessionActor(pykka.ThreadingActor):
         """Handle one command or report. Runs in the actor's own thread."""
         if isinstance(message, RunCompleted):
             self._on_run_completed(message)
+            return None
+        if isinstance(message, RetryTurns):
+            self.retries_pending.discard(RetryTurns)
+            if self.current is None:
+                self._start_next_turn()
+            return None
+        if isinstance(message, LeaseLost):
+            self._lease_lost(message)
+            return None
+        if isinstance(message, RetryRecording):
+            self.retries_pending.discard(RetryRecording)
+            self._retry_recording()
             return None
         if isinstance(message, GetInfo):
             return self.info
@@ -230,31 +386,47 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _record(self, decide: Callable[[], tuple[list[Event], T]]) -> T:
-        """Decide events from the session's state and append them at its known version;
-        returns what the successful decision returned with them. On a conflict (another
-        process wrote to this session) reload the stream and decide again, up to
-        MAX_APPEND_ATTEMPTS times: `decide` raises if the command no longer applies, so
-        nothing is recorded twice or from a stale state. Appending is a short, blocking
-        call: the writer batches it with others."""
-        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+    def _record(
+        self, decide: Callable[[], tuple[list[Event], T]], lease: Lease | None = None,
+        release_lease: bool = False,
+    ) -> T:
+        """Decide events from the session's state and append them at its known version
+        (fenced by `lease` when given); returns what the successful decision returned with
+        them. On a conflict (another process wrote to this session) reload the stream and
+        decide again, backing off a little from the second retry, for up to
+        APPEND_RETRY_SECONDS: `decide` raises if the command no longer applies, so nothing
+        is recorded twice or from a stale state. Appending is a short, blocking call: the
+        writer batches it with others."""
+        deadline = time.monotonic() + APPEND_RETRY_SECONDS
+        backoff = 0.0
+        while True:
             batch, result = decide()
             if not batch:
                 return result
             try:
-                recorded = self.services.log.append(self.session_id, batch, self.info.version)
+                recorded = (
+                    self.services.log.append(self.session_id, batch, self.info.version)
+                    if lease is None else
+                    self.services.log.append(self.session_id, batch, self.info.version,
+                                             lease=lease, release_lease=release_lease)
+                )
             except ConcurrencyError:
-                if attempt == MAX_APPEND_ATTEMPTS:
+                if time.monotonic() > deadline:
                     raise
+                if backoff:
+                    time.sleep(random.uniform(0, backoff))
+                backoff = min(max(backoff * 2, 0.001), MAX_BACKOFF)
                 self._reload()
                 continue
             for item in recorded:
                 self.info = evolve(self.info, item)
             self._remember(recorded)
             return result
-        raise AssertionError("unreachable")
 
-    def _append(self, events: list[Event] | Callable[[], list[Event]]) -> bool:
+    def _append(
+        self, events: list[Event] | Callable[[], list[Event]], lease: Lease | None = None,
+        release_lease: bool = False,
+    ) -> bool:
         """Append `events` (or the events a function decides, as `_record` does); whether
         anything was appended."""
         decide = events if callable(events) else (lambda: events)
@@ -263,7 +435,7 @@ class SessionActor(pykka.ThreadingActor):
             batch = decide()
             return batch, bool(batch)
 
-        return self._record(decided)
+        return self._record(decided, lease, release_lease)
 
     def _require_open(self) -> None:
         check_open(self.info)
@@ -359,6 +531,7 @@ class SessionActor(pykka.ThreadingActor):
         for queued in list(self.queue):
             if queued.ticket == command.ticket:
                 self.queue.remove(queued)
+                self.told_waiting.discard(queued.ticket)
                 emit_all(queued.sink, turn_failed("Turn cancelled", "cancelled"))
                 return True
         if self.current is not None and self.current.ticket == command.ticket:
@@ -376,18 +549,30 @@ class SessionActor(pykka.ThreadingActor):
     def _start_next_turn(self) -> None:
         """Start queued turns until one is running (a turn that cannot start fails at once)."""
         while self.current is None and self.queue:
-            command = self.queue.popleft()
             if self.services.closing.is_set():
+                command = self.queue.popleft()
                 emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
             if self._refuse_over_budget(command):
                 continue
+            try:
+                owned = self._own_session()
+            except Exception as error:  # the store cannot be written: the turn cannot start
+                logger.exception("could not take the lease of %s", self.session_id)
+                emit_all(self.queue.popleft().sink, turn_failed(str(error), "ledger_error"))
+                continue
+            if not owned:
+                self._wait_for_owner()
+                return
+            command = self.queue.popleft()
+            self.told_waiting.discard(command.ticket)
             try:
                 self._start_turn(command)
             except Exception as error:
                 self.log.exception("could not start a turn of %s", self.session_id)
                 emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
+            self._let_go_if_idle()
             self.services.touch(self.session_id, False)
 
     def _refuse_over_budget(self, command: SendMessage) -> bool:
@@ -405,8 +590,12 @@ class SessionActor(pykka.ThreadingActor):
         return True
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
-        """Record the turn's start (decided on the session as it is, again after a reload),
-        then hand its run to the pool."""
+        """Record the turn's start (decided on the session as it is, again after a reload;
+        fenced by the lease), then hand its run to the pool. A turn left open before it is
+        closed first: no RunStarted stays dangling once a later turn has run."""
+        lease = self._fence()
+        if attempt == 1:
+            self._close_cut_turn()
 
         def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
@@ -422,10 +611,12 @@ class SessionActor(pykka.ThreadingActor):
                 resume=resume,
                 host=HOST,
                 pid=os.getpid(),
+                process_started_at=self.services.leases.owner.started_at,
+                lease_epoch=lease.epoch,
             )
             return plan.events, plan
 
-        plan = self._record(decide)
+        plan = self._record(decide, lease)
         ticket = RunTicket(
             session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )
@@ -484,18 +675,36 @@ class SessionActor(pykka.ThreadingActor):
             if isinstance(decision, RetryWithPromptHistory):
                 ticket.trace.finished(turn_failed("retried with prompt history",
                                                   "agent_error", turn))
-                self._append([decision.lost])
+                self._append([decision.lost], lease=self._fence())
                 self._start_turn(command, attempt=2, resume=False)
                 return
+            lease = self._fence()
+            last = not self.queue  # then the lease goes with the outcome: one write, not two
             try:
-                self._append(decision.events)
+                self._append(decision.events, lease=lease, release_lease=last)
             except InvalidEventError:  # refused before anything was written
-                self._append([storable_event(event) for event in decision.events])
+                self._append([storable_event(event) for event in decision.events],
+                             lease=lease, release_lease=last)
+            if last:  # idle before the caller hears: it may passivate, or hand over
+                self.lease = None
+                self.services.leases.forget(self.session_id, lease)
+                self.services.touch(self.session_id, False)
             emit_all(command.sink, decision.updates)
             ticket.trace.finished(decision.updates)
+        except StaleLeaseError:
+            logger.warning("%s: another process took the session over during turn %s",
+                           self.session_id, turn)
+            self.lease = None
+            failed = turn_failed(
+                "another process took this session over while this turn ran (it had stopped "
+                "renewing its lease): the answer was not recorded", "ledger_error", turn)
+            emit_all(command.sink, failed)
+            ticket.trace.finished(failed)
         except Exception as error:
             self.log.exception("%s: could not record the outcome of turn %s",
                              self.session_id, turn)
+            self.unrecorded = (turn, str(error))
+            self._retry_later(RetryRecording(), self.recording_delay)
             failed = turn_failed(f"could not record the answer: {error}", "ledger_error", turn)
             emit_all(command.sink, failed)
             ticket.trace.finished(failed)

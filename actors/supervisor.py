@@ -167,6 +167,8 @@ class SessionRegistry:
 class Supervisor(pykka.ThreadingActor):
     """Activates, passivates and expires session actors; routes run outcomes to them."""
 
+    use_daemon_thread = True  # a program that never closes chatledger must still exit
+
     def __init__(self, services: SessionServices, registry: SessionRegistry) -> None:
         super().__init__()
         self.services = services

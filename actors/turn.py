@@ -102,6 +102,8 @@ def plan_turn(
     resume: bool | None,
     host: str,
     pid: int,
+    process_started_at: float = 0.0,
+    lease_epoch: int = 0,
 ) -> TurnPlan:
     """Plan a turn of the session as it is now (`info`, its `recent` messages): the prompt,
     the argv, and the events that record it. A retry (`attempt` > 1) reuses the turn's
@@ -142,6 +144,8 @@ def plan_turn(
             resume_agent_session_id=resume_id,
             host=host,
             pid=pid,
+            process_started_at=process_started_at,
+            lease_epoch=lease_epoch,
         )
     )
     return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events)

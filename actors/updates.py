@@ -18,10 +18,12 @@ from msgspec import UNSET, UnsetType
 
 from ..events import FailureReason, ToolCall
 
-TurnEndReason = FailureReason | Literal["ledger_error", "budget_exceeded"]
+TurnEndReason = FailureReason | Literal["ledger_error", "budget_exceeded", "session_busy"]
 """Why a turn ended without an answer: a recorded run failure, `ledger_error` when the
-answer could not be recorded (so nothing says so in the ledger), or `budget_exceeded` when
-a spend cap refused the turn before it started (recorded as TurnRefused)."""
+answer could not be recorded (so nothing says so in the ledger), `budget_exceeded` when a
+spend cap refused the turn before it started (recorded as TurnRefused), or `session_busy`
+when the session stayed busy in another process past `turn_wait_timeout` (nothing was
+recorded)."""
 
 
 class TurnUpdate(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -73,9 +75,16 @@ class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
     duration: float | UnsetType = UNSET
 
 
+class TurnWaiting(TurnUpdate, tag="waiting", frozen=True, kw_only=True):
+    """The session runs a turn in another process: this turn waits for it (sent once,
+    before the turn starts; not one of the old manager's dicts, so `manager.py` drops it)."""
+
+    owner: str
+
+
 AnyTurnUpdate = (
     TextDeltaUpdate | ToolCallUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate
-    | TurnDone
+    | TurnDone | TurnWaiting
 )
 """Every update a turn can stream."""
 

@@ -30,9 +30,12 @@ FailureReason = Literal[
     "output_too_large",
     "spawn_failed",
     "internal_error",
+    "not_recorded",
 ]
 """Why an agent run can fail; `RunFailed.reason` holds one of these (`internal_error`: a bug
-in chatledger ended the run, not the agent)."""
+in chatledger ended the run, not the agent; `not_recorded`: the run ended but its outcome
+could not be written, e.g. the disk was full, and this closes the turn once writes work
+again)."""
 
 FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 """Every `FailureReason`, in order."""
@@ -103,8 +106,10 @@ class MessageSent(Event, tag="message_sent", kw_only=True, frozen=True):
 class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
     """An agent run began for a turn; `argv` is exactly what was run (no environment).
 
-    `host` and `pid` name the chatledger process that runs it, so another process that
-    activates the session can tell a run still in flight from one its owner never finished.
+    `host`, `pid` and `process_started_at` (epoch seconds; 0 unknown) name the chatledger
+    process that runs it, and `lease_epoch` the session lease it ran under (0: a release
+    without leases), so another process can tell a run still in flight from one its owner
+    never finished.
     """
 
     turn: int
@@ -116,6 +121,8 @@ class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
     resume_agent_session_id: str | None = None
     host: str = ""
     pid: int = 0
+    process_started_at: float = 0.0
+    lease_epoch: int = 0
 
 
 class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True):

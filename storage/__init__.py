@@ -19,10 +19,12 @@ from ..errors import (
     LedgerError,
     LedgerFullError,
     LedgerMissingError,
+    StaleLeaseError,
 )
 from .factory import local_directory, open_store, store_kind
 from .hashing import GENESIS, Head, record_hash
 from .ids import MAX_SESSION_ID_CHARS, validate_session_id
+from .leases import Lease, LeaseOwner
 from .memory import MemoryStore, forget_memory_store
 from .port import AuditStore, EventStore
 from .records import IndexEntry, SessionAppend, StoredValue
@@ -52,12 +54,15 @@ __all__ = [
     "Head",
     "IndexEntry",
     "InvalidSessionIdError",
+    "Lease",
+    "LeaseOwner",
     "LedgerClosedError",
     "LedgerError",
     "LedgerFullError",
     "LedgerMissingError",
     "MemoryStore",
     "SessionAppend",
+    "StaleLeaseError",
     "StoredValue",
     "Subscription",
     "VerifyReport",

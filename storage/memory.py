@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from ..errors import (
     LedgerClosedError,
     LedgerError,
     LedgerMissingError,
+    StaleLeaseError,
     UnknownSessionError,
 )
 from ..events.codec import SCHEMA_VERSION, decode_record, encode_event, encode_record
@@ -33,6 +35,7 @@ from ..events.model import Envelope, Event, Recorded, UnknownEvent
 from ..events.projections import ProjectionError, SessionInfo, evolve
 from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 from .ids import validate_session_id
+from .leases import Lease, LeaseOwner, acquired, fences, released, renewed
 from .records import IndexEntry, SessionAppend, StoredValue, checked_append, distinct_sessions
 from .subscription import Subscription
 from .verbatim import plan_verbatim
@@ -56,6 +59,7 @@ class MemoryData:
         self.streams: dict[str, list[int]] = {}  # session id -> positions, by version
         self.index: dict[str, IndexEntry] = {}
         self.head = Head(0, GENESIS)
+        self.leases: dict[str, Lease] = {}
 
 
 _named: dict[str, MemoryData] = {}
@@ -158,10 +162,19 @@ class MemoryStore:
     # -- writing -------------------------------------------------------------------------
 
     def append(
-        self, session_id: str, events: Iterable[Event | UnknownEvent], expected_version: int
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+        *,
+        lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
-        """Append events to a session atomically; ConcurrencyError if the version is stale."""
-        append = SessionAppend(session_id, list(events), expected_version)
+        """Append events to a session atomically; ConcurrencyError if the version is stale,
+        StaleLeaseError if `lease` is no longer the session's; `release_lease` lets it go
+        with the append."""
+        append = SessionAppend(session_id, list(events), expected_version, lease=lease,
+                               release_lease=release_lease)
         if not append.events:
             checked_append(append)
             return []
@@ -175,6 +188,9 @@ class MemoryStore:
         data = self.data
         with data.lock:
             for append in checked:
+                if append.lease is not None and not fences(data.leases.get(append.session_id),
+                                                           append.lease):
+                    raise StaleLeaseError(append.session_id, append.lease.epoch)
                 entry = data.index.get(append.session_id)
                 current = entry.info.version if entry is not None else 0
                 if current != append.expected_version:
@@ -192,6 +208,11 @@ class MemoryStore:
                 )
                 data.index[stage.entry.info.session_id] = stage.entry
                 data.head = stage.head
+            for append in checked:
+                freed = (released(data.leases.get(append.session_id), append.lease)
+                         if append.release_lease and append.lease is not None else None)
+                if freed is not None:
+                    data.leases[append.session_id] = freed
             written = [stage.records for stage in staged]
         with data.appended:
             data.appended.notify_all()
@@ -217,6 +238,49 @@ class MemoryStore:
         with data.appended:
             data.appended.notify_all()
         return plan.head
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, session_id: str, owner: LeaseOwner, ttl: float, *,
+        take_over: LeaseOwner | None = None,
+    ) -> Lease | None:
+        """Take the session's lease for `ttl` seconds, or None if a live owner holds it."""
+        validate_session_id(session_id)
+        data = self.data
+        with data.lock:
+            granted = acquired(data.leases.get(session_id), session_id, owner, ttl,
+                               self.clock(), take_over)
+            if granted is not None:
+                data.leases[session_id] = granted
+            return granted
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a lease for `ttl` seconds from now; None if it was taken over."""
+        data = self.data
+        with data.lock:
+            extended = renewed(data.leases.get(lease.session_id), lease, ttl, self.clock())
+            if extended is not None:
+                data.leases[lease.session_id] = extended
+            return extended
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Let a lease go at once (its epoch stays); whether it was still ours."""
+        data = self.data
+        with data.lock:
+            freed = released(data.leases.get(lease.session_id), lease)
+            if freed is not None:
+                data.leases[lease.session_id] = freed
+            return freed is not None
+
+    def lease(self, session_id: str) -> Lease | None:
+        """The session's lease record as stored, or None."""
+        validate_session_id(session_id)
+        return self.data.leases.get(session_id)
+
+    def clock(self) -> float:
+        """This process's wall clock, against which leases expire."""
+        return time.time()
 
     # -- reading -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import SessionInfo
 from .hashing import Head
+from .leases import Lease, LeaseOwner
 from .records import IndexEntry, SessionAppend, StoredValue
 from .subscription import Subscription
 from .verification import VerifyReport
@@ -31,9 +32,41 @@ class EventStore(Protocol):
         ...
 
     def append(
-        self, session_id: str, events: Iterable[Event | UnknownEvent], expected_version: int
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+        *,
+        lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
-        """Append atomically and durably; raise ConcurrencyError if the version is stale."""
+        """Append atomically and durably; raise ConcurrencyError if the version is stale,
+        StaleLeaseError if `lease` is no longer the session's (checked in the same step);
+        `release_lease` lets that lease go in the same step, once the events are written."""
+        ...
+
+    def acquire_lease(
+        self, session_id: str, owner: LeaseOwner, ttl: float, *,
+        take_over: LeaseOwner | None = None,
+    ) -> Lease | None:
+        """Take the session's lease for `ttl` seconds (store clock), or None if another
+        live owner holds it; `take_over` names a holder the caller knows is dead."""
+        ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a lease for `ttl` seconds from now; None if it was taken over."""
+        ...
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Let a lease go at once (its epoch stays); whether it was still ours."""
+        ...
+
+    def lease(self, session_id: str) -> Lease | None:
+        """The session's lease record as stored (held, expired or released), or None."""
+        ...
+
+    def clock(self) -> float:
+        """The store's clock (epoch seconds), against which leases expire."""
         ...
 
     def read_session(self, session_id: str, from_version: int = 1) -> list[Recorded]:

@@ -14,6 +14,7 @@ import msgspec
 from ..events.model import Event, UnknownEvent
 from ..events.projections import SessionInfo
 from .ids import validate_session_id
+from .leases import Lease
 
 StoredValue = tuple[int, bytes]
 """A record as kept: its position and its stored bytes (the 32-byte BLAKE2b hash of the
@@ -34,6 +35,10 @@ class SessionAppend(msgspec.Struct, frozen=True):
     events: Sequence[Event | UnknownEvent]
     expected_version: int
     recorded_at: Sequence[datetime] | None = None
+    lease: Lease | None = None
+    """When given, the append commits only while this is still the session's lease."""
+    release_lease: bool = False
+    """With `lease`: let the lease go in the same step, once the events are written."""
 
 
 def checked_append(append: SessionAppend) -> SessionAppend:
@@ -46,7 +51,12 @@ def checked_append(append: SessionAppend) -> SessionAppend:
     times = list(append.recorded_at) if append.recorded_at is not None else None
     if times is not None and len(times) != len(events):
         raise ValueError("recorded_at needs one time per event")
-    return SessionAppend(append.session_id, events, expected_version, times)
+    if append.lease is not None and append.lease.session_id != append.session_id:
+        raise ValueError("an append's lease must be its own session's")
+    if append.release_lease and append.lease is None:
+        raise ValueError("release_lease needs the lease to release")
+    return SessionAppend(append.session_id, events, expected_version, times, append.lease,
+                         append.release_lease)
 
 
 def distinct_sessions(session_ids: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from chatledger.errors import (
     LedgerClosedError,
     LedgerError,
     LedgerMissingError,
+    StaleLeaseError,
     UnknownSessionError,
 )
 from chatledger.events import MessageSent, ModeSwitched, ResponseReceived, SessionCreated
@@ -31,6 +33,7 @@ from chatledger.storage import (
     GENESIS,
     AuditStore,
     Head,
+    LeaseOwner,
     SessionAppend,
     forget_memory_store,
     open_store,
@@ -335,3 +338,113 @@ def test_verbatim_records_that_do_not_continue_the_log_write_nothing(store: Audi
     assert store.head() == Head(0, GENESIS)
     assert store.append_verbatim(records) == source.head()
     source.close()
+
+
+# -- session leases: one owner at a time, fenced appends ----------------------------------
+
+OWNER_A = LeaseOwner(host="host-a", pid=101, started_at=1.0, token="a")
+OWNER_B = LeaseOwner(host="host-b", pid=202, started_at=2.0, token="b")
+
+
+def test_a_lease_goes_to_one_owner_at_a_time(store: AuditStore) -> None:
+    first = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert first is not None and first.epoch == 1 and first.owner == OWNER_A
+    assert store.acquire_lease("s", OWNER_B, ttl=30) is None
+    assert store.lease("s") == first
+
+
+def test_reacquiring_ones_own_lease_keeps_its_epoch(store: AuditStore) -> None:
+    first = store.acquire_lease("s", OWNER_A, ttl=30)
+    again = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert first is not None and again is not None and again.epoch == first.epoch
+
+
+def test_a_released_lease_goes_to_the_next_owner_with_a_higher_epoch(store: AuditStore) -> None:
+    first = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert first is not None and store.release_lease(first)
+    assert not store.release_lease(first)  # no longer ours to release
+    second = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert second is not None and second.epoch == first.epoch + 1
+
+
+def test_an_expired_lease_can_be_taken_over(store: AuditStore) -> None:
+    first = store.acquire_lease("s", OWNER_A, ttl=0.05)
+    assert first is not None
+    assert wait_until_expired(store, "s")
+    second = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert second is not None and second.epoch == first.epoch + 1
+    assert store.renew_lease(first, ttl=30) is None  # the old owner lost it
+
+
+def test_a_holder_known_dead_can_be_taken_over_at_once(store: AuditStore) -> None:
+    store.acquire_lease("s", OWNER_A, ttl=30)
+    assert store.acquire_lease("s", OWNER_B, ttl=30, take_over=OWNER_B) is None
+    taken = store.acquire_lease("s", OWNER_B, ttl=30, take_over=OWNER_A)
+    assert taken is not None and taken.owner == OWNER_B and taken.epoch == 2
+
+
+def test_renewing_extends_a_lease_still_held(store: AuditStore) -> None:
+    first = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert first is not None
+    renewed = store.renew_lease(first, ttl=60)
+    assert renewed is not None and renewed.epoch == first.epoch
+    assert renewed.expires_at > first.expires_at
+
+
+def test_an_append_under_a_stale_lease_writes_nothing(store: AuditStore) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    first = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert first is not None
+    store.append("s", [MessageSent(turn=1, text="a")], 1, lease=first)
+    assert store.release_lease(first)
+    second = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert second is not None
+    head = store.head()
+    with pytest.raises(StaleLeaseError):
+        store.append("s", [MessageSent(turn=2, text="stale")], 2, lease=first)
+    with pytest.raises(StaleLeaseError):
+        store.append_atomically([SessionAppend("s", [MessageSent(turn=2, text="x")], 2,
+                                               lease=first)])
+    assert store.head() == head
+    store.append("s", [MessageSent(turn=2, text="b")], 2, lease=second)
+    assert store.version("s") == 3  # type: ignore[attr-defined]
+
+
+def test_appends_without_a_lease_are_not_fenced(store: AuditStore) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    store.acquire_lease("s", OWNER_A, ttl=30)
+    store.append("s", [ModeSwitched(from_mode="user", to_mode="power")], 1)
+    assert store.info("s").mode == "power"  # type: ignore[union-attr]
+
+
+def test_a_lease_is_seen_by_another_handle(location: str) -> None:
+    with open_store(location) as first, open_store(location) as second:
+        lease = first.acquire_lease("s", OWNER_A, ttl=30)
+        assert second.lease("s") == lease
+        assert second.acquire_lease("s", OWNER_B, ttl=30) is None
+
+
+def wait_until_expired(store: AuditStore, session_id: str, timeout: float = 5.0) -> bool:
+    """Whether the session's lease expires (store clock) within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lease = store.lease(session_id)
+        if lease is None or not lease.held_at(store.clock()):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    lease = store.acquire_lease("s", OWNER_A, ttl=30)
+    assert lease is not None
+    store.append("s", [MessageSent(turn=1, text="a")], 1, lease=lease, release_lease=True)
+    freed = store.lease("s")
+    assert freed is not None and freed.owner is None and freed.epoch == lease.epoch
+    with pytest.raises(StaleLeaseError):
+        store.append("s", [MessageSent(turn=2, text="b")], 2, lease=lease)
+    with pytest.raises(ValueError):
+        store.append("s", [MessageSent(turn=2, text="b")], 2, release_lease=True)
+    second = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert second is not None and second.epoch == lease.epoch + 1

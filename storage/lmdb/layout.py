@@ -5,7 +5,8 @@ Named databases in one environment:
               (MessagePack envelope + event); the stored hash pins a flipped byte to its record
 - `streams`:  session id (UTF-8), NUL, version (8-byte big-endian) -> position (a `log` key)
 - `sessions`: session id (UTF-8) -> index entry (the folded SessionInfo and the last hash)
-- `meta`:     `format` -> the format marker; `head` -> last position (8 bytes) + its hash
+- `meta`:     `format` -> the format marker; `head` -> last position (8 bytes) + its hash;
+              `lease`, NUL, session id -> the session's lease record (storage.leases)
 
 Every module of the LMDB store (and the test fixtures that forge damage) builds keys and
 values here. Changing anything here changes the file format. No I/O here.
@@ -31,6 +32,7 @@ META_HEAD = b"head"
 FORMAT_MARKER = b"chatledger-lmdb"
 FORMAT_VERSION = 1
 
+META_LEASE_PREFIX = b"lease\x00"
 POSITION_BYTES = 8
 _STREAM_SUFFIX = 1 + POSITION_BYTES  # NUL, then the version
 
@@ -77,6 +79,11 @@ def stream_key_session(key: bytes) -> bytes:
 def stream_key_version(key: bytes) -> int:
     """The version of a `streams` key."""
     return int.from_bytes(key[-POSITION_BYTES:], "big")
+
+
+def lease_key(session_id: str) -> bytes:
+    """The `meta` key of a session's lease record."""
+    return META_LEASE_PREFIX + session_id.encode()
 
 
 def encode_head(position: int, digest: bytes) -> bytes:

@@ -10,6 +10,7 @@ names it. This module knows nothing of actors or agents.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -21,6 +22,7 @@ from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import ProjectionError, SessionInfo, evolve
 from ..hashing import HASH_SIZE, Head, record_hash
 from ..ids import validate_session_id
+from ..leases import Lease, LeaseOwner, acquired, encode_lease, released, renewed
 from ..records import IndexEntry, SessionAppend, StoredValue, distinct_sessions
 from ..subscription import Subscription
 from ..verification import VerifyReport
@@ -97,13 +99,20 @@ class EventLog:
         session_id: str,
         events: Iterable[Event | UnknownEvent],
         expected_version: int,
+        *,
+        lease: Lease | None = None,
+        release_lease: bool = False,
     ) -> list[Recorded]:
         """Append events to a session atomically; durable on return. Blocks the caller.
 
         `expected_version` is the session's current version (0 for a new session); if the
-        session moved on, ConcurrencyError is raised and nothing is written.
+        session moved on, ConcurrencyError is raised and nothing is written. With `lease`,
+        the writer's transaction also checks that it is still the session's lease
+        (StaleLeaseError, nothing written, if another process took the session over), and
+        `release_lease` lets it go in that same transaction.
         """
-        append = encode_append(SessionAppend(session_id, list(events), expected_version))
+        append = encode_append(SessionAppend(session_id, list(events), expected_version,
+                                             lease=lease, release_lease=release_lease))
         if not append.events:
             return []
         return self._submit([append])[0]
@@ -148,6 +157,59 @@ class EventLog:
         """Run `function(txn)` in the writer's transaction (maintenance, and tests that
         forge damage). Blocks the caller until it has run."""
         return self.store.submit(WriterJob(function=function), self.path)
+
+    # -- leases (changed in the writer's transaction, so a fenced append sees them) -------
+
+    def acquire_lease(
+        self, session_id: str, owner: LeaseOwner, ttl: float, *,
+        take_over: LeaseOwner | None = None,
+    ) -> Lease | None:
+        """Take the session's lease for `ttl` seconds, or None if a live owner holds it.
+        Blocks the caller for one (group) commit."""
+        validate_session_id(session_id)
+        return self._change_lease(
+            session_id,
+            lambda current: acquired(current, session_id, owner, ttl, self.clock(), take_over),
+        )
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a lease for `ttl` seconds from now; None if it was taken over."""
+        return self._change_lease(
+            lease.session_id, lambda current: renewed(current, lease, ttl, self.clock())
+        )
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Let a lease go at once (its epoch stays); whether it was still ours."""
+        return self._change_lease(lease.session_id,
+                                  lambda current: released(current, lease)) is not None
+
+    def _change_lease(
+        self, session_id: str, decide: Callable[[Lease | None], Lease | None]
+    ) -> Lease | None:
+        """Read a session's lease record, decide, and write the new one in one writer
+        transaction; returns the new record (None: unchanged)."""
+        store = self.store
+        key = layout.lease_key(session_id)
+
+        def change(txn: Any) -> Lease | None:
+            new = decide(store.lease_in(txn, session_id))
+            if new is not None:
+                txn.put(key, encode_lease(new), db=store.meta_db)
+            return new
+
+        result: Lease | None = self.run_in_writer(change)
+        return result
+
+    def lease(self, session_id: str) -> Lease | None:
+        """The session's lease record as stored, or None."""
+        validate_session_id(session_id)
+        with self.store.shared.transaction() as txn:
+            return self.store.lease_in(txn, session_id)
+
+    def clock(self) -> float:
+        """This host's wall clock, against which leases expire (all writers of an LMDB
+        ledger share the host)."""
+        return time.time()
 
     # -- reading -------------------------------------------------------------------------
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import msgspec
 
-from ...errors import ConcurrencyError, LedgerError
+from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
 from ...events.codec import SCHEMA_VERSION, encode_event, encode_record
 from ...events.model import Envelope, Event, Recorded, UnknownEvent
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head, record_hash
+from ..leases import Lease, decode_lease, encode_lease, fences, released
 from ..records import IndexEntry, SessionAppend, checked_append
 from ..verbatim import plan_verbatim
 from . import layout
@@ -37,6 +38,8 @@ class EncodedAppend(msgspec.Struct):
     encoded: list[bytes]
     expected_version: int
     recorded_at: Sequence[datetime] | None = None
+    lease: Lease | None = None
+    release_lease: bool = False
 
 
 def encode_append(append: SessionAppend) -> EncodedAppend:
@@ -48,6 +51,8 @@ def encode_append(append: SessionAppend) -> EncodedAppend:
         encoded=[encode_event(event) for event in checked.events],
         expected_version=checked.expected_version,
         recorded_at=checked.recorded_at,
+        lease=checked.lease,
+        release_lease=checked.release_lease,
     )
 
 
@@ -119,6 +124,11 @@ class LedgerStore:
         """A session's index entry as `txn` sees it (None if the session is unknown)."""
         data = txn.get(layout.session_key(session_id), db=self.sessions_db)
         return layout.decode_index_entry(data) if data is not None else None
+
+    def lease_in(self, txn: Any, session_id: str) -> Lease | None:
+        """A session's lease record as `txn` sees it (None if it never had one)."""
+        data = txn.get(layout.lease_key(session_id), db=self.meta_db)
+        return decode_lease(data) if data is not None else None
 
     def head_in(self, txn: Any) -> Head:
         """The stored head as `txn` sees it."""
@@ -193,11 +203,17 @@ class LedgerStore:
         touched: dict[str, IndexEntry | None],
         next_position: int,
         log_hash: bytes,
-    ) -> tuple[list[list[Recorded]] | ConcurrencyError, int, bytes]:
-        """Check every expected version, then write all the appends (or none, returning the
-        conflict); returns the result, the next free position and the log hash."""
+    ) -> tuple[list[list[Recorded]] | ConcurrencyError | StaleLeaseError, int, bytes]:
+        """Check every lease and expected version, then write all the appends (or none,
+        returning the conflict); returns the result, the next free position and the log
+        hash."""
         entries: dict[str, IndexEntry | None] = {}
         for append in appends:
+            if append.lease is not None and not fences(
+                self.lease_in(txn, append.session_id), append.lease
+            ):
+                return (StaleLeaseError(append.session_id, append.lease.epoch),
+                        next_position, log_hash)
             entry = self._index_entry(txn, append.session_id, touched)
             current = entry.info.version if entry is not None else 0
             if current != append.expected_version:
@@ -210,6 +226,11 @@ class LedgerStore:
                 txn, append, entries[append.session_id], touched, next_position, log_hash
             )
             written.append(recorded_list)
+            if append.release_lease and append.lease is not None:
+                freed = released(self.lease_in(txn, append.session_id), append.lease)
+                if freed is not None:
+                    txn.put(layout.lease_key(append.session_id), encode_lease(freed),
+                            db=self.meta_db)
         return written, next_position, log_hash
 
     def _write_append(
