@@ -553,8 +553,6 @@ class SessionActor(pykka.ThreadingActor):
                 command = self.queue.popleft()
                 emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
-            if self._refuse_over_budget(command):
-                continue
             try:
                 owned = self._own_session()
             except Exception as error:  # the store cannot be written: the turn cannot start
@@ -566,6 +564,8 @@ class SessionActor(pykka.ThreadingActor):
                 return
             command = self.queue.popleft()
             self.told_waiting.discard(command.ticket)
+            if self._refuse_over_budget(command):
+                continue
             try:
                 self._start_turn(command)
             except Exception as error:

@@ -215,11 +215,13 @@ class _InstrumentedStore:
     def __init__(self, store: Any) -> None:
         self._store = store
 
-    def append(self, session_id: str, events: Iterable[Any], expected_version: int) -> Any:
+    def append(self, session_id: str, events: Iterable[Any], expected_version: int,
+               **fencing: Any) -> Any:
+        """Append through the store (its lease options passed on), timed and counted."""
         batch = list(events)
         started = time.perf_counter()
         try:
-            return self._store.append(session_id, batch, expected_version)
+            return self._store.append(session_id, batch, expected_version, **fencing)
         finally:
             instruments = _meter()
             if instruments is not None:
