@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import pykka
 
 from ..agent import CancelSwitch, RunOutcome
-from ..events import SessionInfo
+from ..events import Event, SessionInfo
 from .updates import TurnSink
 
 if TYPE_CHECKING:  # session.py imports this module; the name is only in a string below
@@ -111,6 +111,9 @@ class RunCompleted:
     ticket: RunTicket
     outcome: RunOutcome
     streamed_modifications: tuple[Any, ...] = ()
+    recorded_first: tuple[Event, ...] = ()
+    """Events the run job asks the session to record before the outcome's own (a
+    `TranscriptRestored`)."""
 
 
 # -- commands to the Supervisor ----------------------------------------------------------

@@ -25,6 +25,7 @@ from ..agent import McpConfigFiles, select_dialect
 from ..config import Config
 from ..errors import ConfigError, LedgerClosedError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
+from ..sdk_store import LedgerSessionStore
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
 from .messages import (
     Activate,
@@ -111,6 +112,7 @@ class Runtime:
             forget=self.registry.forget,
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
+            transcripts=LedgerSessionStore(self.log),
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
