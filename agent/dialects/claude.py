@@ -1,8 +1,8 @@
 """The claude dialect: Claude Code's `--print` command line, environment and stream-json.
 
 One turn is `claude --print --output-format FORMAT [--verbose --include-partial-messages]
-[--mcp-config=FILE --strict-mcp-config] <permissions> [--resume=ID | --session-id=ID]
-[--session-mirror]`, the prompt on stdin (current releases take a literal `-` argument as prompt text). Permissions
+[--mcp-config=FILE --strict-mcp-config] <permissions> [--session-mirror] [--resume=ID |
+--session-id=ID]`, the prompt on stdin (current releases take a literal `-` argument as prompt text). Permissions
 per mode: user mode passes the allow-list as ONE space-joined `--allowedTools` value (as the
 old manager did; an empty list adds no flag), power mode `--dangerously-skip-permissions`.
 Values that could pose as flags go in `--flag=value` form. `--strict-mcp-config` keeps the
@@ -106,16 +106,16 @@ def build_argv(
             argv.append("--allowedTools=" + " ".join(allowed_tools))
     else:
         argv.append("--dangerously-skip-permissions")
+    if transcript_mirror:
+        if output_format != "stream-json":
+            raise ValueError("the transcript mirror needs --output-format stream-json")
+        argv.append("--session-mirror")
     if resume_session_id is not None:
         _check_session_id("resume_session_id", resume_session_id)
         argv.append(f"--resume={resume_session_id}")
     if new_session_id is not None:
         _check_session_id("new_session_id", new_session_id)
         argv.append(f"--session-id={new_session_id}")
-    if transcript_mirror:
-        if output_format != "stream-json":
-            raise ValueError("the transcript mirror needs --output-format stream-json")
-        argv.append("--session-mirror")
     return argv
 
 
