@@ -6,8 +6,10 @@ file is missing or short. `restore_transcript` compares the file with what the l
 under the same key and, when the ledger has entries the file lacks, writes the file from the
 ledger (subagent transcripts too), atomically (a temporary file renamed into place) and
 private (0600 in 0700 directories). It returns what it did so the caller can record a
-`TranscriptRestored`; a file that already holds every ledger entry is left alone. It reads
-the ledger and writes files; it starts no processes.
+`TranscriptRestored`; a file that already holds every ledger entry is left alone, found so
+by a quick check (line count and the last uuid; no line parsed, the ledger side from the
+store's remembered tail) on the way to every resume. It reads the ledger and writes files;
+it starts no processes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,22 @@ def _on_disk(path: Path) -> list[Any] | None:
     return entries
 
 
+def _seems_complete(path: Path, count: int, last_uuid: str | None) -> bool:
+    """The quick check before every resume: the file has at least as many lines as the
+    ledger has entries, and holds the ledger's last uuid. A file that fails it is compared
+    entry by entry (`_lacks`); one that passes is left alone without parsing a line."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1) < count:
+        return False
+    if last_uuid is None:
+        return True
+    quoted = json.dumps(last_uuid).encode()
+    return b'"uuid":' + quoted in data or b'"uuid": ' + quoted in data
+
+
 def _fingerprint(entry: Any) -> str:
     uuid = entry.get("uuid") if isinstance(entry, dict) else None
     return f"uuid:{uuid}" if isinstance(uuid, str) else "json:" + json.dumps(entry, sort_keys=True)
@@ -73,7 +91,7 @@ def write_transcript(path: Path, entries: list[Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     lines = "".join(
         json.dumps({"type": entry["type"], **entry} if isinstance(entry, dict) and "type" in entry
-                   else entry, ensure_ascii=False) + "\n"
+                   else entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         for entry in entries
     )
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".restore-", suffix=".tmp")
@@ -96,10 +114,15 @@ def restore_transcript(store: LedgerSessionStore, projects: str | os.PathLike[st
     the file is missing or lacks entries the ledger holds; None if nothing needed writing
     (or the ledger holds no transcript for it)."""
     key = TranscriptKey(project_key, session_id)
+    count, last_uuid = store.extent_blocking(key._asdict())
+    if count == 0:
+        return None
+    path = transcript_file(projects, key)
+    if _seems_complete(path, count, last_uuid):
+        return None
     kept = store.load_blocking(key._asdict())
     if not kept:
         return None
-    path = transcript_file(projects, key)
     on_disk = _on_disk(path)
     if on_disk is not None and not _lacks(on_disk, kept):
         return None
