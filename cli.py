@@ -70,6 +70,7 @@ from .events import MODES, STATUSES, SessionExpired, at_version, history, sessio
 from .events.model import Recorded
 from .events.projections import HistoryMessage, SessionInfo
 from .storage import AuditStore, Head, VerifyReport, open_store
+from .transcript import with_transcripts
 
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
@@ -753,7 +754,7 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
         for session_id in session_ids:
             log.require_info(session_id)
         key = open_signing_key(config)
-        wanted = list(session_ids) or None
+        wanted = with_transcripts(log, session_ids) or None  # with claude's own transcripts
         total = log.head().position
         with progress("verifying", total) as advance:
             check = check_ledger(log, config, session_ids=wanted, key=key, progress=advance)

@@ -360,7 +360,8 @@ def test_the_cli_lists_shows_verifies_and_exports_what_the_sdk_wrote(ledger_path
 
     exported = runner.invoke(cli, [*base, "export", ledger_id])
     assert exported.exit_code == 0, exported.output
-    lines = [json.loads(line) for line in exported.output.splitlines() if line.strip()]
+    header, *lines = [json.loads(line) for line in exported.output.splitlines() if line.strip()]
+    assert header["chatledger_export"] == 1 and header["scope"] == "sessions"
     assert lines[0]["event"]["type"] == "transcript_entries_appended"
     assert lines[0]["event"]["entries"][0]["uuid"] == "u1"
 

@@ -120,8 +120,10 @@ def test_recorded_frames_land_in_order_with_their_turn(store: LedgerSessionStore
     events = [r.event for r in store.store.read_session(ledger_session_id(key))]
     assert all(isinstance(e, TranscriptEntriesAppended) and e.turn == 3
                and e.turn_session_id == "chat-1" for e in events)
-    # A turn's transcript is evidence, not a second copy of the conversation.
-    assert history(store.store.read_session(ledger_session_id(key))) == []
+    # The transcript session's history is claude's view of the turn, tagged with it.
+    shown = history(store.store.read_session(ledger_session_id(key)))
+    assert [(m.role, m.content, m.turn) for m in shown] == [
+        ("user", "hello", 3), ("assistant", "hi", 3)]
 
 
 def test_feed_returns_while_the_ledger_commit_is_still_waiting(store: LedgerSessionStore) -> None:

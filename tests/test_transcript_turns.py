@@ -15,12 +15,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from click.testing import CliRunner
 
 from chatledger.actors.turn import mirrors_transcript
 from chatledger.agent import StreamJsonParser, TranscriptFrame
 from chatledger.agent.dialects import CLAUDE, DIALECTS, STANDIN
 from chatledger.agent.dialects.claude import build_argv
 from chatledger.agent.dialects.standin import StandinDialect
+from chatledger.cli import main as cli
 from chatledger.config import load_config
 from chatledger.errors import ConfigError
 from chatledger.events import (
@@ -31,7 +33,7 @@ from chatledger.events import (
 )
 from chatledger.ledger import Ledger
 from chatledger.sdk_store import LedgerSessionStore, TranscriptKey
-from chatledger.transcript import project_key_for_directory, transcript_file
+from chatledger.transcript import project_key_for_directory, transcript_file, transcript_sessions
 
 STANDIN_COMMAND = (sys.executable, "-m", "chatledger.testing.standin")
 
@@ -166,3 +168,31 @@ def test_a_resumed_turn_on_another_home_gets_its_transcript_from_the_ledger(
     on_disk = [json.loads(line) for line in written.read_text().splitlines()]
     assert turn_one is not None and on_disk == turn_one[:3]  # turn one, as node a mirrored it
     assert "turn one on node a" in on_disk[0]["message"]["content"]
+
+
+def test_history_export_and_verify_cover_a_mirrored_session(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    ledger_path = tmp_path / "ledger"
+    with Ledger(str(ledger_path), agent_command=STANDIN_COMMAND, transcript_mirror="on",
+                agent_env={"HOME": str(tmp_path / "home")}, agent_cwd=str(work), timeout=30,
+                kill_grace=0.5) as ledger:
+        session_id = ledger.create_session().session_id
+        assert ledger.send(session_id, "first words").ok
+        [transcript_session] = transcript_sessions(ledger.log, session_id)
+    runner = CliRunner()
+    base = ["--ledger", str(ledger_path)]
+    shown = runner.invoke(cli, [*base, "history", transcript_session])
+    assert shown.exit_code == 0, shown.output
+    assert "[turn 1] you" in shown.output and "first words" in shown.output
+    assert "echo: first words" in shown.output
+    export = tmp_path / "session.jsonl"
+    exported = runner.invoke(cli, [*base, "export", session_id, "-o", str(export)])
+    assert exported.exit_code == 0, exported.output
+    header, *records = [json.loads(line) for line in export.read_text().splitlines()]
+    assert {record["session_id"] for record in records} == {session_id, transcript_session}
+    assert any(record["event"]["type"] == "transcript_entries_appended" for record in records)
+    checked = runner.invoke(cli, ["verify", str(export)])
+    assert checked.exit_code == 0 and "2 session(s)" in checked.output, checked.output
+    verified = runner.invoke(cli, [*base, "verify"])
+    assert verified.exit_code == 0, verified.output
