@@ -15,7 +15,10 @@ figures, on the real runtime (`Ledger`, LMDB, the run pool, the stand-in agent):
 - what the reading thread pays per frame: parse the `transcript_mirror` line and queue it
   (the commit happens on the recorder's thread).
 
-Prints a table; `--json F` also writes the figures. Never touches the network.
+`--claude` also times the first delta with the real claude against the tests' instant fake
+Messages API (127.0.0.1), resume strategy, mirror on and off.
+
+Prints a table; `--json F` also writes the figures. Never touches the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -90,6 +93,61 @@ def measure_first_delta(workdir: Path, turns: int) -> dict[str, dict[str, float]
     return figures
 
 
+def measure_first_delta_claude(workdir: Path, turns: int) -> dict[str, dict[str, float]]:
+    """The same with the real claude against an instant fake API (resume strategy, so the
+    restore check runs before every turn but the first; `transcript_mirror` on and off)."""
+    support = Path(__file__).resolve().parent.parent / "tests" / "support"
+    sys.path.insert(0, str(support))
+    from claude_harness import ClaudeHarness, find_claude
+    from fake_anthropic import FakeAnthropic, text
+
+    binary = find_claude()
+    if binary is None:
+        raise SystemExit("the real claude is not installed (see tests/support/claude_harness.py)")
+    samples: dict[str, list[float]] = {"on": [], "off": []}
+    with FakeAnthropic(default=text("The mesh has 1,024 elements."), lifetime=3600) as fake:
+        harness = ClaudeHarness(binary, fake, workdir / "claude")
+        ledgers = {choice: Ledger(config=harness.config(
+            workdir / f"claude-ledger-{choice}", history_strategy="resume",
+            transcript_mirror=choice)) for choice in samples}
+        try:
+            sessions = {choice: ledger.create_session().session_id
+                        for choice, ledger in ledgers.items()}
+            for turn in range(turns + 1):
+                for choice, ledger in ledgers.items():
+                    took: list[float] = []
+                    started = time.perf_counter()
+
+                    def on_update(update: Any, took: list[float] = took,
+                                  started: float = started) -> None:
+                        if isinstance(update, TextDeltaUpdate) and not took:
+                            took.append(time.perf_counter() - started)
+
+                    outcome = ledger.send(sessions[choice], f"turn {turn}: how many elements?",
+                                          stream_deltas=True, on_update=on_update)
+                    assert outcome.ok and took, outcome.error
+                    if turn:
+                        samples[choice].append(took[0])
+        finally:
+            for ledger in ledgers.values():
+                ledger.close()
+            harness.kill_leftovers()
+    figures = {choice: _ms(values) for choice, values in samples.items()}
+    figures["difference"] = {"median_ms": figures["on"]["median_ms"]
+                             - figures["off"]["median_ms"]}
+    return figures
+
+
+def _print_first_delta(title: str, first: dict[str, dict[str, float]]) -> None:
+    print(f"{title} over {first['on']['count']} turns each "
+          f"(target: the mirror adds <= {TTFD_TARGET_MS:g} ms)")
+    for choice in ("on", "off"):
+        print(f"  mirror {choice:<3}  median {first[choice]['median_ms']:.1f} ms  p90 "
+              f"{first[choice]['p90_ms']:.1f} ms")
+    print(f"  difference of the medians {first['difference']['median_ms']:+.1f} ms "
+          "(agent start-up noise included)")
+
+
 def _begin(store: LedgerSessionStore, home: Path, work: Path, *, resume: bool) -> float:
     upkeep = TurnTranscript(store, turn=2, session_id="bench", mirror=True,
                             resume_agent_session_id=AGENT_SESSION if resume else None,
@@ -153,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer turns and sizes")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--claude", action="store_true",
+                        help="also time the first delta with the real claude (fake API)")
     arguments = parser.parse_args(argv)
     turns, sizes, repetitions = (8, (100, 1000), 5) if arguments.quick else (
         30, (100, 1000, 10_000), 10)
@@ -165,15 +225,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "reading_per_frame": measure_reading(200),
             "load_average": [load_before, os.getloadavg()[0]],
         }
-    first = figures["first_delta"]
-    print(f"time to first delta over {first['on']['count']} turns each "
-          f"(target: the mirror adds <= {TTFD_TARGET_MS:g} ms)")
-    print(f"  mirror on   median {first['on']['median_ms']:.1f} ms  p90 "
-          f"{first['on']['p90_ms']:.1f} ms")
-    print(f"  mirror off  median {first['off']['median_ms']:.1f} ms  p90 "
-          f"{first['off']['p90_ms']:.1f} ms")
-    print(f"  difference of the medians {first['difference']['median_ms']:+.1f} ms "
-          "(agent start-up noise included)")
+        if arguments.claude:
+            figures["first_delta_claude"] = measure_first_delta_claude(workdir, turns)
+    _print_first_delta("time to first delta, stand-in agent,", figures["first_delta"])
+    if arguments.claude:
+        _print_first_delta("time to first delta, real claude,", figures["first_delta_claude"])
     print("on the run thread before the agent is spawned (TurnTranscript.begin)")
     for name, value in figures["before_spawn"].items():
         print(f"  {name:<45} median {value['median_ms']:.2f} ms  p90 {value['p90_ms']:.2f} ms")
