@@ -48,6 +48,7 @@ from .messages import (
 from .runs import RunPool
 from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
+from .transcripts import Transcripts
 from .updates import TurnSink
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Runtime:
             forget=self.registry.forget,
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
-            transcripts=LedgerSessionStore(self.log),
+            transcripts=Transcripts(LedgerSessionStore(self.log)),
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()

@@ -46,7 +46,6 @@ from ..events import (
     conversation,
     evolve,
 )
-from ..sdk_store import LedgerSessionStore
 from ..storage import EventStore
 from .checks import check_canvas_state, check_mode, check_open, check_text, check_turn_allowed
 from .expiry import expiry_due
@@ -64,7 +63,7 @@ from .messages import (
 )
 from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
-from .transcripts import TurnTranscript
+from .transcripts import Transcripts, TurnTranscript
 from .turn import (
     RetryWithPromptHistory,
     TurnPlan,
@@ -97,7 +96,7 @@ class SessionServices:
     forget: Callable[[str, Any], None]
     remove_session_files: Callable[[str], None]
     closing: threading.Event
-    transcripts: LedgerSessionStore | None = None
+    transcripts: Transcripts | None = None
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:

@@ -24,10 +24,12 @@ from ..config import Config
 from ..events import Event, RunStarted, TranscriptRestored
 from ..sdk_store import LedgerSessionStore
 from ..transcript import (
+    CompleteFiles,
     MirrorFrame,
     RecorderReport,
     Restored,
     TranscriptRecorder,
+    note_if_complete,
     project_key_for_directory,
     projects_dir,
     restore_transcript,
@@ -47,13 +49,25 @@ def agent_places(agent_env: Mapping[str, str], agent_cwd: str | None) -> tuple[P
     return projects_dir(environment), project_key_for_directory(agent_cwd or os.getcwd())
 
 
+class Transcripts:
+    """A runtime's transcript services: the SDK store over its log, and the files found
+    complete on this node (so a resume on it reads no file while nothing moved)."""
+
+    def __init__(self, store: LedgerSessionStore) -> None:
+        self.store = store
+        self.complete_files = CompleteFiles()
+
+
 class TurnTranscript:
     """One run's transcript upkeep: the restore done before it, and its mirror recorder."""
 
-    def __init__(self, store: LedgerSessionStore, *, turn: int, session_id: str, mirror: bool,
+    def __init__(self, transcripts: Transcripts, *, turn: int, session_id: str, mirror: bool,
                  resume_agent_session_id: str | None, agent_env: Mapping[str, str],
-                 agent_cwd: str | None) -> None:
-        self.store = store
+                 agent_cwd: str | None, resumes_from_file: bool = True) -> None:
+        self.transcripts = transcripts
+        self.store = transcripts.store
+        self.resumes_from_file = resumes_from_file
+        self.projects = Path()
         self.turn = turn
         self.session_id = session_id
         self.mirror = mirror
@@ -66,7 +80,7 @@ class TurnTranscript:
         self.report: RecorderReport | None = None
 
     @classmethod
-    def for_turn(cls, store: LedgerSessionStore | None, dialect: AgentDialect, plan: TurnPlan,
+    def for_turn(cls, transcripts: Transcripts | None, dialect: AgentDialect, plan: TurnPlan,
                  session_id: str, config: Config) -> TurnTranscript | None:
         """The upkeep a planned turn needs (None: none): a mirror if it runs with one, a
         restore if it resumes an agent that reads its transcript file. Does no I/O."""
@@ -74,21 +88,24 @@ class TurnTranscript:
         resume_id = started.resume_agent_session_id if isinstance(started, RunStarted) else None
         if not dialect.resumes_from_transcript_file:
             resume_id = None
-        if store is None or not (plan.transcript_mirror or resume_id):
+        if transcripts is None or not (plan.transcript_mirror or resume_id):
             return None
-        return cls(store, turn=plan.turn, session_id=session_id, mirror=plan.transcript_mirror,
-                   resume_agent_session_id=resume_id, agent_env=config.agent_env,
-                   agent_cwd=config.agent_cwd)
+        return cls(transcripts, turn=plan.turn, session_id=session_id,
+                   mirror=plan.transcript_mirror, resume_agent_session_id=resume_id,
+                   agent_env=config.agent_env, agent_cwd=config.agent_cwd,
+                   resumes_from_file=dialect.resumes_from_transcript_file)
 
     def begin(self) -> None:
         """Restore the file to resume from (if the ledger has more than it), then start the
         recorder (if the turn mirrors). BLOCKING (a ledger read, a file write): call it on
         the run's thread before the agent is spawned."""
         projects, self.project_key = agent_places(self.agent_env, self.agent_cwd)
+        self.projects = projects
         if self.resume_agent_session_id:
             try:
                 self.restored = restore_transcript(self.store, projects, self.project_key,
-                                                   self.resume_agent_session_id)
+                                                   self.resume_agent_session_id,
+                                                   self.transcripts.complete_files)
             except Exception:  # noqa: BLE001 - claude may still have it; else the fallback
                 logger.exception("could not restore transcript %s of session %s",
                                  self.resume_agent_session_id, self.session_id)
@@ -111,6 +128,14 @@ class TurnTranscript:
         if self.recorder is None:
             return None
         self.report = self.recorder.close(timeout)
+        if self.resumes_from_file and self.report.finished:
+            # Checked now, after the answer, so the next resume here need not read the file.
+            for agent_session in self.report.agent_session_ids:
+                try:
+                    note_if_complete(self.store, self.projects, self.project_key, agent_session,
+                                     self.transcripts.complete_files)
+                except Exception:  # noqa: BLE001 - only a shortcut is lost
+                    logger.exception("could not check transcript %s", agent_session)
         if not self.report.finished or self.report.errors:
             logger.warning("turn %d's transcript mirror: %d of %d frames not kept%s: %s",
                            self.turn, self.report.frames_dropped, self.report.frames,

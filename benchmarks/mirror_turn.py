@@ -11,7 +11,8 @@ figures, on the real runtime (`Ledger`, LMDB, the run pool, the stand-in agent):
 - what the run thread does before the agent is spawned (the only mirror work on the way to
   the first delta): `TurnTranscript.begin` for a first turn (the recorder starts), and for a
   resumed turn whose local transcript of N entries is complete (the restore check reads
-  the ledger and the file) or missing (it writes the file);
+  the file; the ledger side comes from the store's remembered tail), unchanged since this
+  node last found it complete (a stat), or missing (it writes the file);
 - what the reading thread pays per frame: parse the `transcript_mirror` line and queue it
   (the commit happens on the recorder's thread).
 
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatledger.actors.transcripts import TurnTranscript
+from chatledger.actors.transcripts import Transcripts, TurnTranscript
 from chatledger.actors.updates import TextDeltaUpdate
 from chatledger.agent import StreamJsonParser
 from chatledger.ledger import Ledger
@@ -148,8 +149,9 @@ def _print_first_delta(title: str, first: dict[str, dict[str, float]]) -> None:
           "(agent start-up noise included)")
 
 
-def _begin(store: LedgerSessionStore, home: Path, work: Path, *, resume: bool) -> float:
-    upkeep = TurnTranscript(store, turn=2, session_id="bench", mirror=True,
+def _begin(store: LedgerSessionStore, home: Path, work: Path, *, resume: bool,
+           transcripts: Transcripts | None = None) -> float:
+    upkeep = TurnTranscript(transcripts or Transcripts(store), turn=2, session_id="bench", mirror=True,
                             resume_agent_session_id=AGENT_SESSION if resume else None,
                             agent_env={"HOME": str(home)}, agent_cwd=str(work))
     started = time.perf_counter()
@@ -180,6 +182,11 @@ def measure_before_spawn(workdir: Path, sizes: tuple[int, ...],
             _begin(store, home, work, resume=True)  # writes the file once
             figures[f"resume, local file complete, {size:,} entries"] = _ms(
                 [_begin(store, home, work, resume=True) for _ in range(repetitions)])
+            shared = Transcripts(store)
+            _begin(store, home, work, resume=True, transcripts=shared)  # found complete
+            figures[f"resume, file unchanged since checked, {size:,} entries"] = _ms(
+                [_begin(store, home, work, resume=True, transcripts=shared)
+                 for _ in range(repetitions)])
             missing = []
             for _ in range(repetitions):
                 path.unlink()

@@ -16,15 +16,17 @@ from .mirror import (
     transcript_file,
 )
 from .recorder import RecorderReport, TranscriptRecorder
-from .restore import Restored, restore_transcript
+from .restore import CompleteFiles, Restored, note_if_complete, restore_transcript
 
 __all__ = [
+    "CompleteFiles",
     "MirrorFrame",
     "RecorderReport",
     "Restored",
     "TranscriptRecorder",
     "key_for_transcript_file",
     "mirror_frame",
+    "note_if_complete",
     "project_key_for_directory",
     "projects_dir",
     "restore_transcript",
