@@ -1,14 +1,14 @@
 """The run job's part in keeping claude's own transcript in the ledger (issue 20).
 
-`TurnTranscript.for_turn` says what a planned turn needs. Before a turn that resumes the
-agent's session, `TurnTranscript.begin` writes the
-transcript file from the ledger into the agent's HOME/cwd when it is missing or behind (the
-other node's turns, claude's clean-up, a turn lost in the flush window), and remembers that
-it did so the session can record `TranscriptRestored`. When the turn mirrors, it starts a
-`TranscriptRecorder` before the agent is spawned; `take` hands it each `TranscriptFrame`
-(it only queues: the streamed answer never waits on a ledger commit), and `finish` waits,
-bounded, until every frame is in the ledger. Everything here runs on the run pool's thread,
-never on an actor's; nothing here raises for a transcript problem: a turn runs on without
+`TurnTranscript.for_turn` says what a planned turn needs (no I/O). On the run pool's
+thread, before the agent is spawned, `begin` writes the transcript file the turn resumes
+from the ledger into the agent's HOME/cwd when it is missing or behind (another node's
+turns, claude's clean-up, a turn lost in the flush window), so the session can record
+`TranscriptRestored`, and starts a `TranscriptRecorder` when the turn mirrors; `take` hands
+the recorder each `TranscriptFrame` (it only queues: the streamed answer never waits on a
+ledger commit), and `finish` waits, bounded, until every frame is in the ledger, then notes
+claude's file as complete so the next resume on this node reads nothing. Nothing here runs
+on an actor's thread, and nothing raises for a transcript problem: a turn runs on without
 its mirror rather than fail.
 """
 
