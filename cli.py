@@ -83,6 +83,7 @@ from .events.projections import (
 )
 from .spend import spend_report
 from .storage import AuditStore, Head, VerifyReport, open_store
+from .transcript import with_transcripts
 
 LARGEST_COUNT = 2**63 - 1
 """The largest position, version or count an option takes (LMDB keys are 64-bit)."""
@@ -974,7 +975,7 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
     with state.log() as log:
         session_ids = tuple(resolve_session_id(log, session_id) for session_id in session_ids)
         key = open_signing_key(config)
-        wanted = list(session_ids) or None
+        wanted = with_transcripts(log, session_ids) or None  # with claude's own transcripts
         total = log.head().position
         with progress("verifying", total) as advance:
             check = check_ledger(log, config, session_ids=wanted, key=key, progress=advance)

@@ -27,6 +27,7 @@ DEFAULT_ALLOWED_TOOLS = (
     "mcp__atomizer-tools__*",
 )
 HISTORY_STRATEGIES = ("prompt", "resume")
+TRANSCRIPT_MIRROR_CHOICES = ("auto", "on", "off")
 
 
 def default_ledger_path() -> str:
@@ -52,6 +53,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     sweep_interval: float = 300.0
     history_window: int = 10
     history_strategy: str = "prompt"
+    transcript_mirror: str = "auto"
     allowed_tools: tuple[str, ...] = DEFAULT_ALLOWED_TOOLS
     allow_power_mode: bool = True
     partial_messages: bool = True
@@ -84,6 +86,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_SWEEP_INTERVAL": "sweep_interval",
     "CHATLEDGER_HISTORY_WINDOW": "history_window",
     "CHATLEDGER_HISTORY_STRATEGY": "history_strategy",
+    "CHATLEDGER_TRANSCRIPT_MIRROR": "transcript_mirror",
     "CHATLEDGER_ALLOWED_TOOLS": "allowed_tools",
     "CHATLEDGER_ALLOW_POWER_MODE": "allow_power_mode",
     "CHATLEDGER_PARTIAL_MESSAGES": "partial_messages",
@@ -272,6 +275,8 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         fail("output_format", f"must be one of {', '.join(dialect.output_formats)}")
     if config.history_strategy not in HISTORY_STRATEGIES:
         fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
+    if config.transcript_mirror not in TRANSCRIPT_MIRROR_CHOICES:
+        fail("transcript_mirror", f"must be one of {', '.join(TRANSCRIPT_MIRROR_CHOICES)}")
     for setting, (low, high) in NUMERIC_RANGES.items():
         value = getattr(config, setting)
         if not (math.isfinite(value) and low <= value <= high):

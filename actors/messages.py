@@ -144,6 +144,9 @@ class RunCompleted:
     ticket: RunTicket
     outcome: RunOutcome
     streamed_modifications: tuple[Any, ...] = ()
+    recorded_first: tuple[Event, ...] = ()
+    """Events the run job asks the session to record before the outcome's own (a
+    `TranscriptRestored`)."""
 
 
 # -- commands to the Supervisor ----------------------------------------------------------

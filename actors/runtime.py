@@ -32,6 +32,7 @@ from ..catalog.search import SearchIndex
 from ..config import Config
 from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
 from ..events import HistoryMessage, Recorded, SessionInfo, history
+from ..sdk_store import LedgerSessionStore
 from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from ..telemetry import instrument_store, watch_runtime
 from .annotations import Decider
@@ -60,6 +61,7 @@ from .preflight import check_turn_size
 from .runs import RunPool
 from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
+from .transcripts import Transcripts
 from .updates import TurnSink
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,7 @@ class Runtime:
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
             leases=self.leases,
+            transcripts=Transcripts(LedgerSessionStore(self.log)),
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()

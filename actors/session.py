@@ -85,6 +85,7 @@ from .ownership import LeaseKeeper, describe
 from .preflight import check_power_mode_runs
 from .rehydration import HOST, load_recent, mode_before, owner_is_elsewhere_and_alive
 from .runs import RunPool
+from .transcripts import Transcripts, TurnTranscript
 from .turn import (
     RetryWithPromptHistory,
     TurnPlan,
@@ -124,6 +125,7 @@ class SessionServices:
     remove_session_files: Callable[[str], None]
     closing: threading.Event
     leases: LeaseKeeper
+    transcripts: Transcripts | None = None
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
@@ -625,24 +627,38 @@ class SessionActor(pykka.ThreadingActor):
         stream = TurnStream(stream_deltas=command.stream_deltas)
         config = self.services.config
 
+        transcript = TurnTranscript.for_turn(self.services.transcripts, self.services.dialect,
+                                             plan, self.session_id, config)
+
         def forward(event: AgentUpdate) -> None:
-            """Stream one agent event to the caller. Runs on the pool thread."""
+            """Stream one agent event to the caller (transcript frames go to the ledger
+            instead). Runs on the pool thread."""
+            if transcript is not None and transcript.take(event):
+                return
             ticket.trace.agent_event(event)
             emit_all(command.sink, stream.updates_for(event))
 
         def run(cancel: CancelSwitch) -> RunOutcome:
-            """Run the agent for this turn. Runs on the pool thread and blocks."""
-            return run_turn(RunSpec(
-                argv=tuple(plan.argv),
-                prompt=plan.prompt.text,
-                output_format=config.output_format,
-                timeout=config.timeout,
-                env_extras=config.agent_env,
-                cwd=config.agent_cwd,
-                cancel=cancel,
-                max_output_bytes=config.max_output_bytes,
-                kill_grace=config.kill_grace,
-            ), self.services.dialect, forward)
+            """Restore the transcript to resume from and start its mirror, run the agent for
+            this turn, then wait (bounded) for the mirror's last frames. Runs on the pool
+            thread and blocks."""
+            if transcript is not None:
+                transcript.begin()
+            try:
+                return run_turn(RunSpec(
+                    argv=tuple(plan.argv),
+                    prompt=plan.prompt.text,
+                    output_format=config.output_format,
+                    timeout=config.timeout,
+                    env_extras=config.agent_env,
+                    cwd=config.agent_cwd,
+                    cancel=cancel,
+                    max_output_bytes=config.max_output_bytes,
+                    kill_grace=config.kill_grace,
+                ), self.services.dialect, forward)
+            finally:
+                if transcript is not None:
+                    transcript.finish()
 
         route = self.services.route_completion
 
@@ -650,7 +666,8 @@ class SessionActor(pykka.ThreadingActor):
             """Report the run's end to the session. Runs on the pool thread."""
             finished.trace.result(outcome)
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
-                               streamed_modifications=stream.streamed_modifications))
+                               streamed_modifications=stream.streamed_modifications,
+                               recorded_first=tuple(transcript.events()) if transcript else ()))
 
         self.services.pool.submit(ticket, run, done)
         ticket.trace.agent_started()
@@ -665,6 +682,8 @@ class SessionActor(pykka.ThreadingActor):
         command = ticket.command
         turn = message.ticket.turn
         try:
+            if message.recorded_first:  # what the run job did before the agent started
+                self._append(list(message.recorded_first))
             decision = finish_run(
                 turn=turn,
                 outcome=message.outcome,

@@ -71,12 +71,14 @@ RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 @dataclass(frozen=True)
 class TurnPlan:
     """What a turn runs and records before its agent starts: its number, prompt, argv and
-    the events (`MessageSent` on a first attempt, then `RunStarted`) to append."""
+    the events (`MessageSent` on a first attempt, then `RunStarted`) to append;
+    `transcript_mirror` says the agent will print its transcript entries."""
 
     turn: int
     prompt: Prompt
     argv: list[str]
     events: list[Event]
+    transcript_mirror: bool = False
 
 
 def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) -> str | None:
@@ -87,6 +89,20 @@ def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) ->
             RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or "")
         )
     return info.agent_session_id if resume else None
+
+
+def mirrors_transcript(config: Config, dialect: AgentDialect) -> bool:
+    """Whether a turn runs with the agent's transcript mirror (`transcript_mirror`): "off"
+    never; "on" whenever the dialect supports it with stream-json output; "auto" (the
+    default) then too, but only with `history_strategy = "resume"` and a dialect that
+    resumes from its transcript file: there the ledger's copy is what lets the next turn
+    continue on any node (with prompt history it would only be evidence)."""
+    choice = config.transcript_mirror
+    if choice == "off" or not dialect.supports_transcript_mirror \
+            or config.output_format != "stream-json":
+        return False
+    return choice == "on" or (config.history_strategy == "resume"
+                              and dialect.resumes_from_transcript_file)
 
 
 def plan_turn(
@@ -118,6 +134,7 @@ def plan_turn(
         message=text,
         window=config.history_window,
     )
+    mirror = mirrors_transcript(config, dialect)
     argv = dialect.turn_argv(config.agent_command, TurnOptions(
         mode=info.mode,
         output_format=config.output_format,
@@ -125,6 +142,7 @@ def plan_turn(
         mcp_config_path=mcp_config_path,
         include_partial_messages=config.partial_messages,
         resume_session_id=resume_id,
+        transcript_mirror=mirror,
     ))
     events: list[Event] = []
     if attempt == 1:
@@ -148,7 +166,7 @@ def plan_turn(
             lease_epoch=lease_epoch,
         )
     )
-    return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events)
+    return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events, transcript_mirror=mirror)
 
 
 # -- while the agent runs -------------------------------------------------------------------

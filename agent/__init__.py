@@ -34,6 +34,7 @@ from .run_types import (
     RunSpec,
     TextDelta,
     ToolCallCompleted,
+    TranscriptFrame,
 )
 from .runner import human_duration, run_agent, run_turn
 from .stream_json import StreamJsonParser, decode_tool_output
@@ -64,6 +65,7 @@ __all__ = [
     "RunSpec",
     "StreamJsonParser",
     "TextDelta",
+    "TranscriptFrame",
     "ToolCallCompleted",
     "TurnOptions",
     "agent_environment",

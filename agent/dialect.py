@@ -26,7 +26,9 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     `allowed_tools` is the user-mode allow-list (power mode needs none); `mcp_config_path`
     a file written with the dialect's `mcp_config_document`; at most one of
-    `resume_session_id` (go on with the agent's own session) and `new_session_id`.
+    `resume_session_id` (go on with the agent's own session) and `new_session_id`;
+    `transcript_mirror` asks the agent to print its transcript entries as it writes them
+    (only for a dialect whose `supports_transcript_mirror` is true).
     """
 
     mode: str
@@ -36,6 +38,7 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     include_partial_messages: bool = False
     resume_session_id: str | None = None
     new_session_id: str | None = None
+    transcript_mirror: bool = False
 
 
 class FinishedTurn(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +75,16 @@ class AgentDialect(Protocol):
     @property
     def output_formats(self) -> tuple[str, ...]:
         """The output formats this dialect can read, the default first."""
+
+    @property
+    def supports_transcript_mirror(self) -> bool:
+        """Whether the agent can print its own transcript entries in its stream-json output
+        (read as `TranscriptFrame` updates), so the ledger can keep them."""
+
+    @property
+    def resumes_from_transcript_file(self) -> bool:
+        """Whether resuming the agent's session reads its transcript file (claude's
+        `<projects>/<cwd slug>/<id>.jsonl`), which the ledger can then write back first."""
 
     def turn_argv(self, command: Sequence[str], options: TurnOptions) -> list[str]:
         """The argv of one non-interactive turn (the prompt goes to stdin); ValueError for

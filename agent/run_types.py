@@ -113,7 +113,15 @@ class AgentResult(msgspec.Struct, frozen=True, kw_only=True, tag="agent_result")
     duration_ms: float | None = None
 
 
-AgentUpdate = TextDelta | ToolCallCompleted | AgentInit | ApiRetried | AgentResult
+class TranscriptFrame(msgspec.Struct, frozen=True, kw_only=True, tag="transcript_frame"):
+    """Entries the agent just appended to its own transcript file (`file_path`), verbatim:
+    for the ledger to keep, never for the caller to show (claude's `transcript_mirror`)."""
+
+    file_path: str
+    entries: tuple[Any, ...] = ()
+
+
+AgentUpdate = TextDelta | ToolCallCompleted | AgentInit | ApiRetried | AgentResult | TranscriptFrame
 """Everything a run reports while it goes on."""
 
 

@@ -27,6 +27,7 @@ from .run_types import (
     ParsedResult,
     TextDelta,
     ToolCallCompleted,
+    TranscriptFrame,
 )
 
 MAX_DIAGNOSTICS = 20
@@ -35,7 +36,8 @@ MAX_DIAGNOSTICS = 20
 DIAGNOSTIC_EXCERPT_CHARS = 120
 """How much of an offending line a diagnostic quotes."""
 
-KNOWN_LINE_TYPES = frozenset({"system", "assistant", "user", "stream_event", "result"})
+KNOWN_LINE_TYPES = frozenset({"system", "assistant", "user", "stream_event", "result",
+                              "transcript_mirror"})
 """Line types the parser understands; any other type is counted as unknown."""
 
 STREAM_EVENT_PREFIX = b'{"type":"stream_event"'
@@ -233,7 +235,18 @@ class StreamJsonParser:
             return self._on_user(message)
         if kind == "stream_event":
             return self._on_stream_event(message)
+        if kind == "transcript_mirror":
+            return self._on_transcript_mirror(message)
         return self._on_result(message)
+
+    def _on_transcript_mirror(self, message: dict[str, Any]) -> list[AgentUpdate]:
+        """`--session-mirror`'s frame: transcript entries, for the ledger only (no text)."""
+        file_path, entries = message.get("filePath"), message.get("entries")
+        if not isinstance(file_path, str) or not file_path or not isinstance(entries, list):
+            self._note(f"line {self._line_number}: transcript_mirror line without filePath "
+                       "and entries")
+            return []
+        return [TranscriptFrame(file_path=file_path, entries=tuple(entries))]
 
     def _on_system(self, message: dict[str, Any]) -> list[AgentUpdate]:
         subtype = message.get("subtype")

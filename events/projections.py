@@ -291,10 +291,12 @@ def history(records: Iterable[Recorded], mode: str = "user") -> list[HistoryMess
     for recorded in records:
         event = recorded.event
         if isinstance(event, TranscriptEntriesAppended):
-            if not event.turn:  # a turn's transcript repeats what its own events say
-                if transcript_start is None:
-                    transcript_start = len(messages)
-                _append_transcript_messages(messages, event.entries, recorded, mode, joined)
+            # (A chatledger turn's mirrored transcript lives in a session of its own, so
+            # it never doubles that turn's MessageSent/ResponseReceived in one history.)
+            if transcript_start is None:
+                transcript_start = len(messages)
+            _append_transcript_messages(messages, event.entries, recorded, mode, joined,
+                                        event.turn)
         elif isinstance(event, TranscriptDeleted):
             if transcript_start is not None:
                 del messages[transcript_start:]  # SDK sessions hold nothing else
@@ -353,7 +355,7 @@ def _entry_role(entry: Any) -> str | None:
 
 def _append_transcript_messages(
     messages: list[HistoryMessage], entries: Iterable[Any], recorded: Recorded, mode: str,
-    joined: dict[int, str],
+    joined: dict[int, str], turn: int = 0,
 ) -> None:
     """Add the user and assistant messages among transcript entries to `messages`: text
     blocks as content, tool_use blocks as tool calls, a user entry of tool results as a
@@ -392,7 +394,7 @@ def _append_transcript_messages(
             continue
         messages.append(HistoryMessage(
             role=role, content="\n".join(texts), timestamp=_entry_time(entry)
-            or recorded.recorded_at, turn=0, tool_calls=calls, mode=mode,
+            or recorded.recorded_at, turn=turn, tool_calls=calls, mode=mode,
         ))
         if isinstance(message_id, str):
             joined[len(messages) - 1] = message_id

@@ -107,6 +107,8 @@ class _Tail:
     live: bool = False
     uuids: set[str] = field(default_factory=set)
     summary: Any = None
+    count: int = 0
+    last_uuid: str | None = None
 
     def fold(self, records: Iterable[Recorded], key: TranscriptKey) -> None:
         """Bring the tail up to date with records that followed it. Pure bookkeeping."""
@@ -117,11 +119,14 @@ class _Tail:
                     or event.subpath != key.subpath:
                 continue
             if isinstance(event, TranscriptDeleted):
-                self.live, self.summary = False, None
+                self.live, self.summary, self.count, self.last_uuid = False, None, 0, None
                 self.uuids.clear()
                 continue
             self.live = True
-            self.uuids.update(_uuids(event.entries))
+            self.count += len(event.entries)
+            for uuid in _uuids(event.entries):
+                self.uuids.add(uuid)
+                self.last_uuid = uuid
             if event.summary is not None:
                 self.summary = event.summary
 
@@ -250,6 +255,17 @@ class LedgerSessionStore:
                 tail.fold(recorded, parts)
                 return len(fresh)
         raise _gave_up(ledger_id)
+
+    def extent_blocking(self, key: Mapping[str, Any]) -> tuple[int, str | None]:
+        """How many entries `load` would return for `key`, and the uuid of the last one that
+        has a uuid: from this store's remembered tail, caught up with the ledger (a read of
+        the records since, not of the transcript). (0, None) if none are kept."""
+        parts = transcript_key(key)
+        ledger_id = ledger_session_id(parts)
+        with self._lock(ledger_id):
+            tail = self._tail(ledger_id, parts)
+            self._catch_up(ledger_id, parts, tail)
+            return (tail.count, tail.last_uuid) if tail.live else (0, None)
 
     def load_blocking(self, key: Mapping[str, Any]) -> list[Any] | None:
         """`load`, on the calling thread."""

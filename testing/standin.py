@@ -41,6 +41,7 @@ from .standin_agent import (
     UsageError,
     behave_prompt,
 )
+from .standin_mirror import TranscriptMirror
 
 BEHAVIOURS: dict[str, str] = {
     "echo": "answer 'echo: <message>'",
@@ -74,7 +75,7 @@ LIST_FLAGS = {"--allowedTools", "--allowed-tools", "--disallowedTools", "--disal
 BOOLEAN_FLAGS = {
     "--print", "-p", "--verbose", "--include-partial-messages",
     "--dangerously-skip-permissions", "--continue", "-c", "--fork-session", "--bare",
-    "--debug", "-d", "--strict-mcp-config",
+    "--debug", "-d", "--strict-mcp-config", "--session-mirror",
 }
 
 
@@ -90,6 +91,7 @@ class Options:
     resume: str | None = None
     session_id: str | None = None
     fork_session: bool = False
+    session_mirror: bool = False
     model: str = STANDIN_MODEL
     behaviour: str | None = None
     positional: list[str] = field(default_factory=list)
@@ -134,6 +136,7 @@ def parse_options(args: Sequence[str]) -> Options:
             options.partial_messages |= flag == "--include-partial-messages"
             options.skip_permissions |= flag == "--dangerously-skip-permissions"
             options.fork_session |= flag == "--fork-session"
+            options.session_mirror |= flag == "--session-mirror"
         elif flag in LIST_FLAGS:
             values = [inline] if has_inline else []
             while not has_inline and index < len(args) and not args[index].startswith("-"):
@@ -318,6 +321,8 @@ def run(args: Sequence[str]) -> int:
     else:
         session_id = str(uuid.uuid4())
     agent = Agent(options, prompt, session_id)
+    if options.session_mirror and agent.stream:
+        agent.mirror = TranscriptMirror(agent)
     if behaviour == "ignore-term":  # before the init line, so a caller that saw it can rely on it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -335,6 +340,8 @@ def run(args: Sequence[str]) -> int:
     except Interrupted:
         agent.interrupted_result()
         return 0
+    if agent.mirror is not None:
+        agent.mirror.after_result()
     if code == 0:
         sessions.remember(session_id, prompt, agent.last_text)
     return code

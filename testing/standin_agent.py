@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .standin import Options
+    from .standin_mirror import TranscriptMirror
 
 CANVAS_TOOL = "mcp__atomizer-tools__apply_canvas_change"
 READ_ONLY_TOOLS = ("Read", "Glob", "Grep", "LS")
@@ -74,6 +75,7 @@ class Agent:
         self.turns = 1
         self.denials: list[dict[str, Any]] = []
         self.output_tokens = 0
+        self.mirror: TranscriptMirror | None = None  # with --session-mirror
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -194,6 +196,8 @@ class Agent:
     def result(self, text: str, *, is_error: bool = False, subtype: str = "success",
                errors: list[str] | None = None, api_error_status: int | None = None) -> None:
         """The final result line (stream-json), or the answer itself (text)."""
+        if self.mirror is not None:
+            self.mirror.before_result(text)
         input_tokens = max(1, len(self.prompt) // 4)
         usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
                  "cache_read_input_tokens": 0, "output_tokens": self.output_tokens,

@@ -68,6 +68,8 @@ class _EchoDialect:
 
     name = "echo"
     output_formats = ("text",)
+    supports_transcript_mirror = False
+    resumes_from_transcript_file = False
 
     def turn_argv(self, command: Sequence[str], options: TurnOptions) -> list[str]:
         return [*command, "--mode", options.mode]

@@ -360,10 +360,10 @@ def test_the_cli_lists_shows_verifies_and_exports_what_the_sdk_wrote(ledger_path
 
     exported = runner.invoke(cli, [*base, "export", ledger_id])
     assert exported.exit_code == 0, exported.output
-    lines = [json.loads(line) for line in exported.output.splitlines() if line.strip()]
-    assert "chatledger_export" in lines[0]  # the header, then the records
-    assert lines[1]["event"]["type"] == "transcript_entries_appended"
-    assert lines[1]["event"]["entries"][0]["uuid"] == "u1"
+    header, *lines = [json.loads(line) for line in exported.output.splitlines() if line.strip()]
+    assert header["chatledger_export"] == 1 and header["scope"] == "sessions"
+    assert lines[0]["event"]["type"] == "transcript_entries_appended"
+    assert lines[0]["event"]["entries"][0]["uuid"] == "u1"
 
     html = runner.invoke(cli, [*base, "export", ledger_id, "--format", "html"])
     assert html.exit_code == 0 and "hello ledger" in html.output

@@ -39,6 +39,7 @@ from chatledger.events import (
     ResponseReceived,
     RunFailed,
     RunStarted,
+    TranscriptRestored,
 )
 from chatledger.ledger import Ledger
 
@@ -512,6 +513,9 @@ def test_resume_strategy_lets_claude_carry_the_conversation(
     assert runs[1].argv[-1] == f"--resume={agent_session}"
     assert answers[1].agent_session_id == agent_session  # claude continues the same session
     assert info is not None and info.agent_session_id == agent_session
+    # Mirrored (the default with this strategy), and the file claude kept was complete.
+    assert runs[0].argv[-1] == runs[1].argv[-2] == "--session-mirror"
+    assert not events_of_type(events, TranscriptRestored)
 
     # claude itself sent the first turn (tool call and result included); our prompt did not.
     third_call = claude.fake.model_calls()[2]
@@ -527,7 +531,9 @@ def test_a_lost_agent_session_falls_back_to_prompt_history_and_says_so(
     claude: ClaudeHarness, tmp_path: Path
 ) -> None:
     claude.fake.script(text("Noted, Ada."), text("Hello again, Ada."))
-    config = claude.config(tmp_path / "ledger", history_strategy="resume")
+    # Without the mirror the ledger has no transcript to write back: claude has lost it.
+    config = claude.config(tmp_path / "ledger", history_strategy="resume",
+                           transcript_mirror="off")
     with Ledger(config=config) as ledger:
         session_id = ledger.create_session().session_id
         assert ledger.send(session_id, "My name is Ada.").ok
@@ -556,6 +562,71 @@ def test_a_lost_agent_session_falls_back_to_prompt_history_and_says_so(
     new_session = only(events[5:], ResponseReceived).agent_session_id
     assert new_session not in (None, lost)
     assert info is not None and info.agent_session_id == new_session and info.turn_count == 2
+
+
+def test_a_deleted_local_transcript_is_resumed_from_the_ledger(
+    claude: ClaudeHarness, tmp_path: Path
+) -> None:
+    claude.fake.script(text("Noted, Ada."), text("You are Ada."))
+    config = claude.config(tmp_path / "ledger", history_strategy="resume")
+    with Ledger(config=config) as ledger:
+        session_id = ledger.create_session().session_id
+        assert ledger.send(session_id, "My name is Ada.").ok
+        agent_session = ledger.info(session_id).agent_session_id
+        [transcript] = claude.transcripts()
+        transcript.unlink()  # as claude's 30-day clean-up would
+        outcome = ledger.send(session_id, "Who am I?")
+        events = events_of(ledger, session_id)
+        assert ledger.verify().ok
+    assert outcome.ok and outcome.text == "You are Ada.", outcome
+    assert kinds(events)[-4:] == ["MessageSent", "RunStarted", "TranscriptRestored",
+                                  "ResponseReceived"]
+    restored = only(events, TranscriptRestored)
+    assert (restored.turn, restored.agent_session_id, restored.reason) == (
+        2, agent_session, "missing")
+    assert not events_of_type(events, AgentSessionLost)
+    assert only(events[-4:], ResponseReceived).agent_session_id == agent_session
+    resumed = claude.fake.model_calls()[1]
+    assert "My name is Ada." in resumed.all_text() and "Noted, Ada." in resumed.all_text()
+    assert "## Conversation so far" not in prompt_of(resumed)  # claude carried it, not us
+
+
+def test_a_session_goes_on_on_another_node_with_claude_seeing_the_first_turn(
+    claude: ClaudeHarness, claude_binary: str, tmp_path: Path
+) -> None:
+    claude.fake.script(
+        tool_use(CANVAS_TOOL, {"modification": {"action": "add_node", "id": "a"}}),
+        text("Noted: pomegranate. Node added."),
+        text("You said pomegranate."),
+    )
+    ledger_path = tmp_path / "ledger"
+    node_b = ClaudeHarness(claude_binary, claude.fake, tmp_path / "node-b")
+    node_b.workdir = claude.workdir  # the same project, another machine's HOME
+    try:
+        with Ledger(config=claude.config(ledger_path, mcp=True,
+                                         history_strategy="resume")) as node_a:
+            session_id = node_a.create_session().session_id
+            assert node_a.send(session_id, "Remember pomegranate. Add node a.").ok
+        assert not node_b.transcripts()
+        with Ledger(config=node_b.config(ledger_path, mcp=True,
+                                         history_strategy="resume")) as ledger:
+            outcome = ledger.send(session_id, "Which word did I ask you to remember?")
+            events = events_of(ledger, session_id)
+            assert ledger.verify().ok
+        assert outcome.ok and outcome.text == "You said pomegranate.", outcome
+        restored = only(events, TranscriptRestored)
+        assert restored.turn == 2 and restored.reason == "missing"
+        assert not events_of_type(events, AgentSessionLost)
+        # claude on node b sent turn 1 (tool call and result included) from the restored file.
+        second_node_call = claude.fake.model_calls()[-1]
+        everything = second_node_call.all_text()
+        assert "Remember pomegranate. Add node a." in everything
+        assert "Noted: pomegranate. Node added." in everything
+        assert second_node_call.tool_results() and '"applied": true' in everything
+        assert "## Conversation so far" not in prompt_of(second_node_call)
+        assert len(node_b.transcripts()) == 1
+    finally:
+        node_b.kill_leftovers()
 
 
 def test_resumed_sessions_survive_reopening_the_ledger(claude: ClaudeHarness, tmp_path: Path) -> None:

@@ -20,10 +20,12 @@ from fake_anthropic import FakeAnthropic, text
 from chatledger.events import TranscriptEntriesAppended, history
 from chatledger.sdk_store import LedgerSessionStore, TranscriptKey, ledger_session_id
 from chatledger.transcript import (
+    CompleteFiles,
     MirrorFrame,
     TranscriptRecorder,
     key_for_transcript_file,
     mirror_frame,
+    note_if_complete,
     project_key_for_directory,
     projects_dir,
     restore_transcript,
@@ -120,8 +122,10 @@ def test_recorded_frames_land_in_order_with_their_turn(store: LedgerSessionStore
     events = [r.event for r in store.store.read_session(ledger_session_id(key))]
     assert all(isinstance(e, TranscriptEntriesAppended) and e.turn == 3
                and e.turn_session_id == "chat-1" for e in events)
-    # A turn's transcript is evidence, not a second copy of the conversation.
-    assert history(store.store.read_session(ledger_session_id(key))) == []
+    # The transcript session's history is claude's view of the turn, tagged with it.
+    shown = history(store.store.read_session(ledger_session_id(key)))
+    assert [(m.role, m.content, m.turn) for m in shown] == [
+        ("user", "hello", 3), ("assistant", "hi", 3)]
 
 
 def test_feed_returns_while_the_ledger_commit_is_still_waiting(store: LedgerSessionStore) -> None:
@@ -263,3 +267,24 @@ def test_a_mirrored_turn_is_resumed_on_another_home_from_the_ledger(
             assert store.store.verify().ok
         finally:
             node_b.kill_leftovers()
+
+
+def test_a_file_found_complete_is_vouched_for_until_it_or_the_ledger_moves(
+    store: LedgerSessionStore, tmp_path: Path
+) -> None:
+    key = TranscriptKey("-p", SESSION)
+    store.append_blocking(key._asdict(), [entry("u1", "one")])
+    complete = CompleteFiles()
+    assert restore_transcript(store, tmp_path, "-p", SESSION, complete) is not None
+    path = transcript_file(tmp_path, key)
+    assert complete.vouch(path, store.extent_blocking(key._asdict()))
+    assert restore_transcript(store, tmp_path, "-p", SESSION, complete) is None
+    store.append_blocking(key._asdict(), [entry("u2", "two")])  # another node's turn
+    assert not complete.vouch(path, store.extent_blocking(key._asdict()))
+    restored = restore_transcript(store, tmp_path, "-p", SESSION, complete)
+    assert restored is not None and restored.reason == "behind"
+    with path.open("a") as handle:  # claude appends its next turn
+        handle.write(json.dumps(entry("u3", "three")) + "\n")
+    assert not complete.vouch(path, store.extent_blocking(key._asdict()))
+    assert note_if_complete(store, tmp_path, "-p", SESSION, complete)
+    assert complete.vouch(path, store.extent_blocking(key._asdict()))

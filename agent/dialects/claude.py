@@ -1,15 +1,17 @@
 """The claude dialect: Claude Code's `--print` command line, environment and stream-json.
 
 One turn is `claude --print --output-format FORMAT [--verbose --include-partial-messages]
-[--mcp-config=FILE --strict-mcp-config] <permissions> [--resume=ID | --session-id=ID]`, the
-prompt on stdin (current releases take a literal `-` argument as prompt text). Permissions
+[--mcp-config=FILE --strict-mcp-config] <permissions> [--session-mirror] [--resume=ID |
+--session-id=ID]`, the prompt on stdin (current releases take a literal `-` argument as prompt text). Permissions
 per mode: user mode passes the allow-list as ONE space-joined `--allowedTools` value (as the
 old manager did; an empty list adds no flag), power mode `--dangerously-skip-permissions`.
 Values that could pose as flags go in `--flag=value` form. `--strict-mcp-config` keeps the
 servers of the agent's `~/.claude.json` and the working directory's `.mcp.json` out.
 
 Success is decided by the result line's `is_error`, never by its `subtype`; a resume of an
-unknown session says "No conversation found with session ID". This module starts nothing.
+unknown session says "No conversation found with session ID". `--session-mirror` (stream-json
+only) makes claude print `transcript_mirror` lines: the entries it appends to its transcript
+file, some after the result line. This module starts nothing.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ def build_argv(
     include_partial_messages: bool = False,
     resume_session_id: str | None = None,
     new_session_id: str | None = None,
+    transcript_mirror: bool = False,
 ) -> list[str]:
     """The argv for one claude turn: command, `--print`, format, MCP config, permissions,
-    session. Raises ValueError for an unknown mode or output format, an empty command, or
-    both a session to resume and a new session id."""
+    session, transcript mirror. Raises ValueError for an unknown mode or output format, an
+    empty command, both a session to resume and a new session id, or a mirror asked of
+    text output (its frames would be read as answer text)."""
     if not command:
         raise ValueError("the agent command is empty: configure one, e.g. ('claude',)")
     _check_words("the agent command", command)
@@ -103,6 +107,10 @@ def build_argv(
             argv.append("--allowedTools=" + " ".join(allowed_tools))
     else:
         argv.append("--dangerously-skip-permissions")
+    if transcript_mirror:
+        if output_format != "stream-json":
+            raise ValueError("the transcript mirror needs --output-format stream-json")
+        argv.append("--session-mirror")
     if resume_session_id is not None:
         _check_session_id("resume_session_id", resume_session_id)
         argv.append(f"--resume={resume_session_id}")
@@ -176,6 +184,8 @@ class ClaudeDialect:
 
     name = NAME
     output_formats = OUTPUT_FORMATS
+    supports_transcript_mirror = True
+    resumes_from_transcript_file = True
 
     def turn_argv(self, command: Sequence[str], options: TurnOptions) -> list[str]:
         """claude's argv for one turn (see `build_argv`)."""
@@ -184,6 +194,7 @@ class ClaudeDialect:
             allowed_tools=options.allowed_tools, mcp_config_path=options.mcp_config_path,
             include_partial_messages=options.include_partial_messages,
             resume_session_id=options.resume_session_id, new_session_id=options.new_session_id,
+            transcript_mirror=options.transcript_mirror,
         )
 
     def environment_defaults(self, timeout: float) -> Mapping[str, str]:

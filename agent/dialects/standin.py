@@ -33,6 +33,8 @@ class StandinDialect:
 
     name = NAME
     output_formats = claude.OUTPUT_FORMATS
+    supports_transcript_mirror = True
+    resumes_from_transcript_file = False  # it keeps sessions in CHATLEDGER_STANDIN_SESSIONS
 
     def turn_argv(self, command: Sequence[str], options: TurnOptions) -> list[str]:
         """claude's argv (the stand-in reads the same flags)."""
