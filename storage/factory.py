@@ -55,7 +55,7 @@ def open_store(
                 f"a PostgreSQL ledger needs psycopg 3 ({error}): "
                 "pip install 'chatledger[postgresql]'"
             ) from None
-        return open_postgresql_store(str(location), **options)  # type: ignore[return-value]
+        return open_postgresql_store(str(location), create=create, **options)
     if kind == "memory":
         if options:
             raise TypeError(f"the memory store takes no options: {', '.join(sorted(options))}")
