@@ -45,7 +45,8 @@ def open_store(
 ) -> AuditStore:
     """Open the store at `location` (see the module docstring); `create=False` raises
     LedgerMissingError where there is no ledger yet. LMDB takes `map_size`,
-    `max_map_size` and `readonly`; the memory store takes none."""
+    `max_map_size` and `readonly`; PostgreSQL the options of `PostgresStore` (`readonly`,
+    `pool_size`, `connect_timeout`, ...); the memory store takes none."""
     kind = store_kind(location)
     if kind == "postgresql":
         try:

@@ -70,6 +70,17 @@ def test_an_export_imports_into_another_postgresql_ledger_with_the_same_head(
         assert list(copy.read_raw()) == list(source.read_raw())
 
 
+def test_compact_writes_the_postgresql_ledger_into_a_new_lmdb_directory_byte_for_byte(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    conversation(postgres_url)
+    copied = chatledger(postgres_url, "compact", "-o", str(tmp_path / "copy"))
+    assert copied.exit_code == 0, copied.output
+    with open_store(postgres_url) as source, open_store(tmp_path / "copy", create=False) as copy:
+        assert list(copy.read_raw()) == list(source.read_raw())
+        assert copy.verify(source.head()).ok
+
+
 def test_a_turn_sent_through_the_cli_is_recorded_in_postgresql(postgres_url: str) -> None:
     created = chatledger(postgres_url, "new", "--study", "beam-1", "--json")
     assert created.exit_code == 0, created.output
