@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,14 +24,16 @@ except ImportError:  # pragma: no cover - the extra is not installed
                 allow_module_level=True)
 
 from chatledger.audit.jsonl import export_jsonl, import_jsonl
-from chatledger.errors import ConcurrencyError, LedgerError
+from chatledger.errors import ConcurrencyError, LedgerError, LedgerMissingError
 from chatledger.events import MessageSent, SessionCreated, StudyContextSet
-from chatledger.storage import EventLog, Head, SessionAppend
+from chatledger.storage import GENESIS, EventLog, Head, SessionAppend, open_store
+from chatledger.storage.hashing import HASH_SIZE
 from chatledger.storage.postgresql import (
     PoolExhaustedError,
     PostgresStore,
     open_postgresql_store,
 )
+from chatledger.storage.postgresql.connection import redact
 
 
 @pytest.fixture
@@ -289,10 +292,49 @@ def test_an_lmdb_export_imports_into_postgresql(store: PostgresStore, tmp_path: 
         log.append("alpha", [MessageSent(turn=1, text="from lmdb")], 1)
         export = io.BytesIO()
         export_jsonl(log, export)
-    report = import_jsonl(store, export.getvalue().splitlines())  # type: ignore[arg-type]
+    report = import_jsonl(store, export.getvalue().splitlines())
     assert report.events_imported == 2
     assert [record.event for record in store.read_session("alpha")][1].text == "from lmdb"
     assert store.verify().ok
+
+
+def test_verbatim_records_for_a_session_with_records_not_sealed_yet_seal_them_then_land(
+    postgres_url: str,
+) -> None:
+    when = [datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)] * 2
+    source = open_store("memory:")
+    source.append_atomically([SessionAppend("alpha", [SessionCreated()], 0, when[:1])])
+    source.append_atomically([SessionAppend("alpha", [MessageSent(turn=1, text="x")], 1,
+                                            when[1:])])
+    records = [value[HASH_SIZE:] for _, value in source.read_raw()]
+    with open_postgresql_store(postgres_url, seal=False) as node:
+        node.append_atomically([SessionAppend("alpha", [SessionCreated()], 0, when[:1])])
+        assert node.head() == Head(0, GENESIS)  # committed, not sealed: no sealer runs
+        assert node.append_verbatim(records[1:]) == source.head()
+        assert list(node.read_raw()) == list(source.read_raw())
+        assert node.verify(source.head()).ok
+    source.close()
+
+
+def test_a_read_only_store_reads_and_verifies_but_writes_nothing(postgres_url: str) -> None:
+    with pytest.raises(LedgerMissingError):
+        open_postgresql_store(postgres_url, readonly=True)
+    assert sql(postgres_url, "SELECT to_regclass('chatledger.events')") == [(None,)]
+    with open_postgresql_store(postgres_url) as writer:
+        create(writer, "alpha", messages=1)
+        head = writer.head()
+    with open_postgresql_store(postgres_url, readonly=True) as reader:
+        assert reader.head() == head and reader.verify(head).ok
+        with pytest.raises(LedgerError, match="read-only"):
+            reader.append("alpha", [MessageSent(turn=2, text="no")], 2)
+        with pytest.raises(LedgerError, match="read-only"):
+            reader.append_verbatim([b"x"])
+    assert sql(postgres_url, "SELECT count(*) FROM chatledger.events") == [(2,)]
+
+
+def test_the_location_never_shows_the_password() -> None:
+    assert "secret" not in redact("postgresql://ledger:secret@db1:5432/chatledger")
+    assert redact("postgresql://ledger:secret@db1/c") == "postgresql://ledger:***@db1/c"
 
 
 def test_a_flipped_byte_is_found_at_its_position(store: PostgresStore) -> None:
