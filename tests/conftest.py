@@ -43,9 +43,12 @@ def log(ledger_path: Path) -> Iterator[EventLog]:
 
 
 @pytest.fixture(params=sorted(STORE_LOCATIONS), ids=lambda name: f"store={name}")
-def store_location(request: pytest.FixtureRequest) -> Iterator[str]:
+def store_location(request: pytest.FixtureRequest, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh location of each store in turn (memory, LMDB, PostgreSQL), for tests that
-    run over any."""
+    run over any. The test runs in its tmp_path: a ledger that is not a directory keeps its
+    signing key and anchors beside its location, relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
     location = STORE_LOCATIONS[request.param](request)
     yield location
     if location.startswith("memory:"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -19,6 +18,13 @@ from chatledger.events import MessageSent, ResponseReceived, SessionCreated
 from chatledger.storage import open_store
 
 pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgresql]'")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in tmp_path: the signing key and anchors of a ledger that is not a directory go
+    beside its location, relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 def chatledger(location: str, *args: str) -> Result:
@@ -100,9 +106,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("command", [["sessions"], ["verify"], ["stats"], ["export", "-o", "x"]])
-def test_a_server_that_is_down_exits_4_with_one_line(command: list[str], tmp_path: Path,
-                                                     monkeypatch: Any) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_a_server_that_is_down_exits_4_with_one_line(command: list[str]) -> None:
     result = chatledger(f"postgresql://ledger@127.0.0.1:{_closed_port()}/chatledger", *command)
     assert result.exit_code == 4
     lines = result.stderr.strip().splitlines()

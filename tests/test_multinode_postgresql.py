@@ -40,7 +40,8 @@ def start_node(nodes: list[subprocess.Popen[str]], location: str, name: str, res
     turns when it reads a line on stdin)."""
     process = subprocess.Popen(
         [sys.executable, str(NODE), location, name, str(result), str(TURNS), *session_ids],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=result.parent)  # the ledger's signing key and anchors go beside its location
     nodes.append(process)
     assert process.stdout is not None
     line = process.stdout.readline()  # bounded: the node prints `ready` or exits
