@@ -426,7 +426,8 @@ def _trusted_key(key_file: str | None) -> Ed25519PublicKey | None:
     "--ledger",
     "ledger_path",
     type=click.Path(file_okay=False),
-    help="Ledger directory (default: $CHATLEDGER_PATH, else the user data directory).",
+    help="Ledger directory or postgresql:// URL (default: $CHATLEDGER_PATH, else the user "
+         "data directory).",
 )
 @click.option(
     "--color",

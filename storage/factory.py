@@ -45,7 +45,8 @@ def open_store(
 ) -> AuditStore:
     """Open the store at `location` (see the module docstring); `create=False` raises
     LedgerMissingError where there is no ledger yet. LMDB takes `map_size`,
-    `max_map_size` and `readonly`; the memory store takes none."""
+    `max_map_size` and `readonly`; PostgreSQL the options of `PostgresStore` (`readonly`,
+    `pool_size`, `connect_timeout`, ...); the memory store takes none."""
     kind = store_kind(location)
     if kind == "postgresql":
         try:
@@ -55,7 +56,7 @@ def open_store(
                 f"a PostgreSQL ledger needs psycopg 3 ({error}): "
                 "pip install 'chatledger[postgresql]'"
             ) from None
-        return open_postgresql_store(str(location), **options)  # type: ignore[return-value]
+        return open_postgresql_store(str(location), create=create, **options)
     if kind == "memory":
         if options:
             raise TypeError(f"the memory store takes no options: {', '.join(sorted(options))}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh ledger directory, an open event log, a location of each store."""
+"""Shared fixtures: a fresh ledger directory, an open event log, a location of each store,
+the throwaway PostgreSQL cluster (`postgres_server`) and a fresh database on it (`postgres_url`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from stores import STORE_LOCATIONS
 
 from chatledger.storage import EventLog, forget_memory_store
@@ -41,9 +43,13 @@ def log(ledger_path: Path) -> Iterator[EventLog]:
 
 
 @pytest.fixture(params=sorted(STORE_LOCATIONS), ids=lambda name: f"store={name}")
-def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh location of each store in turn (memory, LMDB), for tests that run over any."""
-    location = STORE_LOCATIONS[request.param](tmp_path)
+def store_location(request: pytest.FixtureRequest, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh location of each store in turn (memory, LMDB, PostgreSQL), for tests that
+    run over any. The test runs in its tmp_path: a ledger that is not a directory keeps its
+    signing key and anchors beside its location, relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+    location = STORE_LOCATIONS[request.param](request)
     yield location
     if location.startswith("memory:"):
         forget_memory_store(location.removeprefix("memory:"))

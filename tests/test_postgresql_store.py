@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,21 @@ except ImportError:  # pragma: no cover - the extra is not installed
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
 
-from postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
-
 from chatledger.audit.jsonl import export_jsonl, import_jsonl
-from chatledger.errors import ConcurrencyError, LedgerError
+from chatledger.errors import ConcurrencyError, LedgerError, LedgerMissingError
 from chatledger.events import MessageSent, SessionCreated, StudyContextSet
-from chatledger.storage import EventLog, Head, SessionAppend
+from chatledger.storage import GENESIS, EventLog, Head, SessionAppend, open_store
+from chatledger.storage.hashing import HASH_SIZE
 from chatledger.storage.postgresql import (
     PoolExhaustedError,
     PostgresStore,
     open_postgresql_store,
 )
+from chatledger.storage.postgresql.connection import redact
 
 
 @pytest.fixture
-def store(postgres_url: str) -> Iterator[PostgresStore]:  # noqa: F811
+def store(postgres_url: str) -> Iterator[PostgresStore]:
     """An open store on a fresh database."""
     opened = open_postgresql_store(postgres_url)
     yield opened
@@ -138,7 +139,7 @@ def test_appends_of_many_sessions_share_commits(store: PostgresStore) -> None:
 
 @pytest.mark.parametrize("wait_for_seal", [False, True], ids=["commit-only", "sealed-appends"])
 def test_checkpointing_reader_misses_nothing_under_sixteen_writers(
-        postgres_url: str, wait_for_seal: bool) -> None:  # noqa: F811
+        postgres_url: str, wait_for_seal: bool) -> None:
     """16 writers, each with its own store (own connection, writer and sealer, like 16
     nodes), commit concurrently; a reader that only keeps a checkpoint position must see
     every record exactly once, each session in version order."""
@@ -202,7 +203,7 @@ def test_checkpointing_reader_misses_nothing_under_sixteen_writers(
 
 
 def test_records_committed_but_not_sealed_are_read_at_position_zero_until_sealed(
-        postgres_url: str) -> None:  # noqa: F811
+        postgres_url: str) -> None:
     with open_postgresql_store(postgres_url, seal=False) as store:
         create(store, "alpha", messages=1)
         assert [record.position for record in store.read_session("alpha")] == [0, 0]
@@ -229,7 +230,7 @@ def test_subscription_catches_up_then_follows_live(store: PostgresStore) -> None
 
 
 def test_subscription_on_another_node_wakes_by_notify_and_survives_a_dropped_connection(
-        postgres_url: str) -> None:  # noqa: F811
+        postgres_url: str) -> None:
     """The follower polls only once a minute, so only NOTIFY can bring records in time."""
     writer = open_postgresql_store(postgres_url)
     follower = open_postgresql_store(postgres_url, seal=False)
@@ -291,10 +292,49 @@ def test_an_lmdb_export_imports_into_postgresql(store: PostgresStore, tmp_path: 
         log.append("alpha", [MessageSent(turn=1, text="from lmdb")], 1)
         export = io.BytesIO()
         export_jsonl(log, export)
-    report = import_jsonl(store, export.getvalue().splitlines())  # type: ignore[arg-type]
+    report = import_jsonl(store, export.getvalue().splitlines())
     assert report.events_imported == 2
     assert [record.event for record in store.read_session("alpha")][1].text == "from lmdb"
     assert store.verify().ok
+
+
+def test_verbatim_records_for_a_session_with_records_not_sealed_yet_seal_them_then_land(
+    postgres_url: str,
+) -> None:
+    when = [datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)] * 2
+    source = open_store("memory:")
+    source.append_atomically([SessionAppend("alpha", [SessionCreated()], 0, when[:1])])
+    source.append_atomically([SessionAppend("alpha", [MessageSent(turn=1, text="x")], 1,
+                                            when[1:])])
+    records = [value[HASH_SIZE:] for _, value in source.read_raw()]
+    with open_postgresql_store(postgres_url, seal=False) as node:
+        node.append_atomically([SessionAppend("alpha", [SessionCreated()], 0, when[:1])])
+        assert node.head() == Head(0, GENESIS)  # committed, not sealed: no sealer runs
+        assert node.append_verbatim(records[1:]) == source.head()
+        assert list(node.read_raw()) == list(source.read_raw())
+        assert node.verify(source.head()).ok
+    source.close()
+
+
+def test_a_read_only_store_reads_and_verifies_but_writes_nothing(postgres_url: str) -> None:
+    with pytest.raises(LedgerMissingError):
+        open_postgresql_store(postgres_url, readonly=True)
+    assert sql(postgres_url, "SELECT to_regclass('chatledger.events')") == [(None,)]
+    with open_postgresql_store(postgres_url) as writer:
+        create(writer, "alpha", messages=1)
+        head = writer.head()
+    with open_postgresql_store(postgres_url, readonly=True) as reader:
+        assert reader.head() == head and reader.verify(head).ok
+        with pytest.raises(LedgerError, match="read-only"):
+            reader.append("alpha", [MessageSent(turn=2, text="no")], 2)
+        with pytest.raises(LedgerError, match="read-only"):
+            reader.append_verbatim([b"x"])
+    assert sql(postgres_url, "SELECT count(*) FROM chatledger.events") == [(2,)]
+
+
+def test_the_location_never_shows_the_password() -> None:
+    assert "secret" not in redact("postgresql://ledger:secret@db1:5432/chatledger")
+    assert redact("postgresql://ledger:secret@db1/c") == "postgresql://ledger:***@db1/c"
 
 
 def test_a_flipped_byte_is_found_at_its_position(store: PostgresStore) -> None:
@@ -352,14 +392,14 @@ def test_rebuild_recomputes_a_lost_session_index(store: PostgresStore) -> None:
 # -- schema and faults -----------------------------------------------------------------
 
 
-def test_a_newer_schema_is_refused_with_a_clear_error(postgres_url: str) -> None:  # noqa: F811
+def test_a_newer_schema_is_refused_with_a_clear_error(postgres_url: str) -> None:
     open_postgresql_store(postgres_url).close()
     sql(postgres_url, "UPDATE chatledger.schema_version SET version = 99")
     with pytest.raises(LedgerError, match="schema 99.*upgrade chatledger"):
         open_postgresql_store(postgres_url)
 
 
-def test_opening_twice_creates_the_schema_once(postgres_url: str) -> None:  # noqa: F811
+def test_opening_twice_creates_the_schema_once(postgres_url: str) -> None:
     with open_postgresql_store(postgres_url) as first:
         create(first, "alpha")
     with open_postgresql_store(postgres_url) as second:
@@ -367,7 +407,7 @@ def test_opening_twice_creates_the_schema_once(postgres_url: str) -> None:  # no
     assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]
 
 
-def test_server_down_at_open_is_a_clear_ledger_error(postgres_server) -> None:  # noqa: F811
+def test_server_down_at_open_is_a_clear_ledger_error(postgres_server) -> None:
     with pytest.raises(LedgerError, match="cannot open the PostgreSQL ledger"):
         open_postgresql_store("postgresql://postgres:secret@127.0.0.1:1/nothing",
                               connect_timeout=2)
@@ -376,7 +416,7 @@ def test_server_down_at_open_is_a_clear_ledger_error(postgres_server) -> None:  
     assert "secret" not in str(raised.value)
 
 
-def test_an_exhausted_pool_is_a_bounded_clear_error(postgres_url: str) -> None:  # noqa: F811
+def test_an_exhausted_pool_is_a_bounded_clear_error(postgres_url: str) -> None:
     with open_postgresql_store(postgres_url, pool_size=2, pool_timeout=0.5) as store:
         create(store, "alpha")
         with store._pool.connection(), store._pool.connection():
@@ -424,7 +464,7 @@ def test_a_lost_answer_after_commit_is_resolved_by_rereading(store: PostgresStor
     assert store.verify().ok
 
 
-def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:  # noqa: F811
+def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:
     """Seals commit asynchronously because the order is a function of the committed rows:
     undoing every seal (as a crash before its WAL flush would) and sealing again gives the
     same positions, links and hashes."""
@@ -458,7 +498,7 @@ def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:  # noqa: 
 # -- ownership -------------------------------------------------------------------------
 
 
-def test_a_node_that_lost_its_lease_can_never_append_again(postgres_url: str) -> None:  # noqa: F811
+def test_a_node_that_lost_its_lease_can_never_append_again(postgres_url: str) -> None:
     from chatledger.storage.postgresql import SessionFencedError
 
     node_a = open_postgresql_store(postgres_url)
@@ -493,7 +533,7 @@ def test_a_node_that_lost_its_lease_can_never_append_again(postgres_url: str) ->
         node_b.close()
 
 
-def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str) -> None:  # noqa: F811
+def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str) -> None:
     with open_postgresql_store(postgres_url) as store:
         create(store, "alpha")
     sql(postgres_url, "DROP TABLE chatledger.leases")

@@ -1,7 +1,7 @@
 """The store contract: every store behaves the same through the port.
 
 One `store` fixture, parametrised over the factory table in tests/support/stores.py
-(`STORE_LOCATIONS`: memory and LMDB today); a new store joins by adding one entry there,
+(`STORE_LOCATIONS`: memory, LMDB and PostgreSQL today); a new store joins by adding one entry there,
 never by copying tests. Failures name their store: `test_x[store=memory]`.
 """
 
@@ -48,9 +48,9 @@ def _forget(location: str) -> None:
 
 
 @pytest.fixture(params=sorted(STORE_LOCATIONS), ids=lambda name: f"store={name}")
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def location(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh location of each store in turn."""
-    fresh = STORE_LOCATIONS[request.param](tmp_path)
+    fresh = STORE_LOCATIONS[request.param](request)
     yield fresh
     _forget(fresh)
 
@@ -273,12 +273,12 @@ def test_a_copy_opens_elsewhere_with_the_same_records(store: AuditStore, tmp_pat
 
 
 def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
-    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     when = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
     stored: dict[str, list[tuple[int, bytes]]] = {}
     for name, fresh in STORE_LOCATIONS.items():
-        location = fresh(tmp_path / name)
+        location = fresh(request)
         with open_store(location) as store:
             store.append_atomically([SessionAppend(
                 "s", [SessionCreated(), MessageSent(turn=1, text="same")], 0,

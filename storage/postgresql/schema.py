@@ -90,6 +90,17 @@ MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 """Target version -> the DDL that brings the previous version to it."""
 
 
+def stored_version(connection: psycopg.Connection[Any]) -> int:
+    """The chatledger schema version the database holds (0: none yet). Writes nothing."""
+    with connection.transaction():
+        row = connection.execute("SELECT to_regclass('chatledger.schema_version') IS NOT NULL"
+                                 ).fetchone()
+        if row is None or not row[0]:
+            return 0
+        found = connection.execute("SELECT version FROM chatledger.schema_version").fetchone()
+    return int(found[0]) if found is not None else 0
+
+
 def migrate(connection: psycopg.Connection[Any], url_for_messages: str) -> int:
     """Create or upgrade the schema in one transaction; refuse a newer one. Returns the
     version found before (0 for a new database)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from ...errors import LedgerClosedError, LedgerError, UnknownSessionError
+from ...errors import LedgerClosedError, LedgerError, LedgerMissingError, UnknownSessionError
 from ...events.codec import decode_record, encode_event
 from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import ProjectionError, SessionInfo, evolve
@@ -34,8 +35,9 @@ from .connection import ConnectionLostError, Pool, connect, describe, redact
 from .leases import Lease
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
-from .schema import migrate
+from .schema import SCHEMA_VERSION, migrate, stored_version
 from .sealer import Sealer
+from .verbatim import UnsealedSessionError, write_verbatim
 from .verify import PostgresVerifyReport, verify_snapshot
 from .writer import AppendOutcomeUnknownError, AppendWriter, EncodedAppend
 
@@ -121,22 +123,27 @@ class PostgresStore:
         append_timeout: float = 60.0,
         reconnect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 30.0,
+        create: bool = True,
+        readonly: bool = False,
     ) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
         self._append_timeout = append_timeout
         self._seal_lag_limit = seal_lag_limit
+        self._readonly = readonly
         self._closed = False
         self._sealed = threading.Condition()
         first = connect(url, connect_timeout=connect_timeout,
                         idle_in_transaction_timeout=idle_in_transaction_timeout)
         try:
-            migrate(first, redact(url))
+            _prepare_schema(first, redact(url), create=create and not readonly,
+                            readonly=readonly)
         except psycopg.Error as error:
             raise LedgerError(f"cannot set up the PostgreSQL ledger at {redact(url)}: "
                               f"{describe(error)}") from None
         finally:
             first.close()
+        seal = seal and not readonly
         self._pool = Pool(url, size=pool_size, timeout=pool_timeout,
                           connect_timeout=connect_timeout,
                           idle_in_transaction_timeout=idle_in_transaction_timeout)
@@ -159,6 +166,11 @@ class PostgresStore:
     @property
     def path(self) -> str:
         """Where the ledger is, without its password (for messages)."""
+        return redact(self.url)
+
+    @property
+    def location(self) -> str:
+        """The URL as given to `open_store`, without its password (it is shown in stats)."""
         return redact(self.url)
 
     def _on_sealed(self, head: Head) -> None:
@@ -209,9 +221,32 @@ class PostgresStore:
             return [[] for _ in payloads]
         return self._submit(payloads)
 
-    def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:
+    def append_verbatim(self, records: Sequence[bytes]) -> Head:
+        """Append stored records exactly as they are (an export's bytes): same positions,
+        links and hashes, already sealed; all or nothing (see `verbatim.py`)."""
+        checked = [bytes(record) for record in records]
+        self._check_writable()
+        if not checked:
+            return self.head()
+        for attempt in (1, 2, 3):
+            try:
+                return self._read(lambda connection: write_verbatim(connection, checked))
+            except UnsealedSessionError as error:
+                if attempt == 3:
+                    raise LedgerError(
+                        f"sessions {error} keep getting appends not sealed yet: stop the nodes "
+                        "appending to them before importing") from None
+                self.seal_now()
+        raise AssertionError("unreachable")
+
+    def _check_writable(self) -> None:
         if self._closed:
             raise LedgerClosedError(f"the ledger at {self.path} was closed")
+        if self._readonly:
+            raise LedgerError(f"the ledger at {self.path} was opened read-only")
+
+    def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:
+        self._check_writable()
         try:
             return self.writer.write(payloads, self._append_timeout)
         except FutureTimeout:
@@ -242,6 +277,7 @@ class PostgresStore:
 
     def seal_now(self) -> Head:
         """Seal every committed record below the horizon now; returns the sealed head."""
+        self._check_writable()
         return self.sealer.seal_now()
 
     # -- reading -------------------------------------------------------------------------
@@ -337,7 +373,6 @@ class PostgresStore:
     def subscribe(self, from_position: int = 1, poll_interval: float = 0.2) -> Subscription:
         """Catch up, then follow live seals (of every node: LISTEN wakes it, polling backs it)."""
         self._ensure_listener()
-        # The shared subscription only needs `read_all` and a condition that wakes it.
         return Subscription(self.read_all, from_position, self._sealed, poll_interval)
 
     def _ensure_listener(self) -> SealListener:
@@ -356,6 +391,33 @@ class PostgresStore:
         """Bytes the ledger's tables and indexes take on the server."""
         row = self._read(lambda connection: connection.execute(_SIZE).fetchone())
         return int(row[0] or 0) if row is not None else 0
+
+    def map_size(self) -> int:
+        """Bytes reserved: the data's size (the server reserves nothing ahead for us)."""
+        return self.disk_size()
+
+    def copy_to(self, destination: str | os.PathLike[str], *, compact: bool = True) -> int:
+        """Seal what can be sealed, then write the sealed log, as stored (same positions,
+        bytes and hashes), into a new ledger at `destination` (a directory: LMDB; any
+        location `open_store` takes); returns the copy's size. `compact` is moot here."""
+        from ..factory import open_store  # the factory imports this package lazily
+
+        with contextlib.suppress(LedgerError, psycopg.Error):
+            self.seal_now()
+        last = self.head().position
+        with open_store(destination) as target:
+            if target.head().position:
+                raise LedgerError(f"{os.fspath(destination)} is not empty: copy into a new "
+                                  "ledger")
+            chunk: list[bytes] = []
+            for _, stored in self.read_raw(1, last):
+                chunk.append(stored[HASH_SIZE:])
+                if len(chunk) == READ_CHUNK:
+                    target.append_verbatim(chunk)
+                    chunk = []
+            if chunk:
+                target.append_verbatim(chunk)
+            return target.disk_size()
 
     # -- integrity -----------------------------------------------------------------------
 
@@ -418,6 +480,22 @@ class PostgresStore:
         if self._listener is not None:
             self._listener.close()
         self._pool.close()
+
+
+def _prepare_schema(connection: psycopg.Connection[Any], url_for_messages: str, *,
+                    create: bool, readonly: bool) -> None:
+    """Create or migrate the schema; without `create`, a database with none is missing;
+    read-only, nothing is written and an older schema is refused too."""
+    found = stored_version(connection)
+    if not found and not create:
+        raise LedgerMissingError(f"there is no ledger at {url_for_messages}")
+    if readonly:
+        if found != SCHEMA_VERSION:
+            raise LedgerError(
+                f"the PostgreSQL ledger at {url_for_messages} has chatledger schema {found}; "
+                f"read-only, this release needs schema {SCHEMA_VERSION}")
+        return
+    migrate(connection, url_for_messages)
 
 
 def _raw_chunk(connection: psycopg.Connection[Any], *, start: int, last: int) -> list[Any]:

@@ -28,6 +28,8 @@ from pathlib import Path
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 SERVER_USER = "postgres"
+PASSWORD_ROLE = "chatledger_password"
+"""The one role that must give a password (scram-sha-256); every other role is trusted."""
 
 
 class PostgresUnavailable(RuntimeError):
@@ -123,6 +125,8 @@ class PostgresServer:
         os.chmod(self.root, 0o700)
         self._run([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                    "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"], timeout=120)
+        hba = self.data_dir / "pg_hba.conf"  # the first matching line wins
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         last_error: Exception | None = None
         for _ in range(3):  # a free port can be taken between the probe and the bind
             self.port = _free_port()
@@ -167,12 +171,14 @@ class PostgresServer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop the cluster (`pg_ctl stop -m fast`, then its own pid) and remove its files."""
+        """Stop the cluster (`pg_ctl stop -m immediate`: its files are removed next, so no
+        shutdown checkpoint is worth waiting for; then its own pid) and remove its files."""
         if self.root is None:
             return
         if self.pid is not None:
             try:
-                self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+                self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m",
+                           "immediate",
                            "-w", "-t", str(int(STOP_TIMEOUT)), "stop"], timeout=STOP_TIMEOUT + 10)
             except (RuntimeError, subprocess.TimeoutExpired):
                 with contextlib.suppress(ProcessLookupError):
@@ -205,6 +211,28 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def create_password_database(self, password: str) -> str:
+        """A fresh database owned by PASSWORD_ROLE, whose password becomes `password`;
+        returns the database's name (connect as that role with `password_url`)."""
+        import psycopg
+        from psycopg import sql
+
+        name = f"pw_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                        [PASSWORD_ROLE]).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            connection.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL(verb), sql.Identifier(PASSWORD_ROLE), sql.Literal(password)))
+            connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(PASSWORD_ROLE)))
+        return name
+
+    def password_url(self, database: str, password: str | None) -> str:
+        """A URL for PASSWORD_ROLE on `database`, with `password` (or none) in it."""
+        secret = f":{password}" if password is not None else ""
+        return f"postgresql://{PASSWORD_ROLE}{secret}@127.0.0.1:{self.port}/{database}"
 
     def __enter__(self) -> PostgresServer:
         return self.start()

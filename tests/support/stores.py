@@ -1,29 +1,43 @@
 """Every store the contract tests run against, as a small factory table, and damage hooks.
 
-`STORE_LOCATIONS` maps a store's name to a function giving a fresh location for it (a test's
-tmp_path in, a location for `open_store` out): a new store joins the contract suite, and the
-actor and manager tests, by adding one entry here. The damage hooks (`flip_byte`,
+`STORE_LOCATIONS` maps a store's name to a function giving a fresh location for it (the
+test's pytest request in, so an entry can ask for the fixtures it needs, such as `tmp_path`
+or `postgres_url`; a location for `open_store` out): a new store joins the contract suite,
+and the actor and manager tests, by adding one entry here. The damage hooks (`flip_byte`,
 `truncate`, `forge_index_entry`) know how each store keeps its records, as an attacker
-editing its files would: they are for tests only.
+editing its files (or its tables) would: they are for tests only.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from chatledger.storage import AuditStore, IndexEntry, MemoryStore
+from chatledger.storage.factory import store_kind
 from chatledger.storage.hashing import HASH_SIZE
 
-STORE_LOCATIONS: dict[str, Callable[[Path], str]] = {
-    "memory": lambda tmp_path: f"memory:test-{uuid.uuid4().hex}",
-    "lmdb": lambda tmp_path: str(tmp_path / "ledger"),
+StoreLocation = Callable[[pytest.FixtureRequest], str]
+"""A test's request -> a fresh location of one store."""
+
+STORE_LOCATIONS: dict[str, StoreLocation] = {
+    "memory": lambda request: f"memory:test-{uuid.uuid4().hex}",
+    "lmdb": lambda request: str(request.getfixturevalue("tmp_path") / "ledger"),
+    "postgresql": lambda request: str(request.getfixturevalue("postgres_url")),
 }
-"""Store name -> a fresh location for it under a test's tmp_path."""
+"""Store name -> a fresh location for it (the postgresql one skips without PostgreSQL)."""
+
+
+def _sql(store: AuditStore, statement: str, params: list[Any] | dict[str, Any]) -> None:
+    """Run one statement on the PostgreSQL store's database, on a connection of its own."""
+    import psycopg
+
+    with psycopg.connect(store.url, autocommit=True) as connection:  # type: ignore[attr-defined]
+        connection.execute(statement, params)
 
 
 def _flipped(value: bytes, offset: int) -> bytes:
@@ -33,6 +47,11 @@ def _flipped(value: bytes, offset: int) -> bytes:
 
 def flip_byte(store: AuditStore, position: int, offset: int = 5) -> None:
     """Flip one bit of the record stored at `position` (`offset` bytes into the record)."""
+    if store_kind(store.location) == "postgresql":
+        _sql(store, "UPDATE chatledger.events SET record = set_byte(record, %(at)s,"
+                    " get_byte(record, %(at)s) # 1) WHERE position = %(position)s",
+             {"at": offset, "position": position})
+        return
     if isinstance(store, MemoryStore):
         data = store.data
         with data.lock:
@@ -55,6 +74,11 @@ def truncate(store: AuditStore, keep: int) -> None:
     who wants the removal to go unnoticed would (the stream and session indexes are left)."""
     records = dict(store.read_raw())
     head_hash = records[keep][:HASH_SIZE] if keep else bytes(HASH_SIZE)
+    if store_kind(store.location) == "postgresql":
+        _sql(store, "WITH cut AS (DELETE FROM chatledger.events WHERE position > %s)"
+                    " UPDATE chatledger.seal SET position = %s, hash = %s",
+             [keep, keep, head_hash])
+        return
     if isinstance(store, MemoryStore):
         from chatledger.storage.hashing import Head
 
@@ -82,6 +106,12 @@ def forge_index_entry(store: AuditStore, session_id: str, **info_changes: Any) -
     entry = store.index_entry(session_id)
     assert entry is not None
     forged = IndexEntry(msgspec.structs.replace(entry.info, **info_changes), entry.last_hash)
+    if store_kind(store.location) == "postgresql":
+        from chatledger.storage.postgresql.records import encode_info
+
+        _sql(store, "UPDATE chatledger.sessions SET info = %s WHERE session_id = %s",
+             [encode_info(forged.info), session_id])
+        return
     if isinstance(store, MemoryStore):
         store.data.index[session_id] = forged
         return
