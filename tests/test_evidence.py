@@ -282,7 +282,8 @@ def test_an_export_of_a_tampered_ledger_says_so_and_is_not_signed(
 def test_events_json_writes_every_field_defaults_included(ledger_path: Path) -> None:
     invoke(ledger_path, "new", "--id", "plain")
     first = json.loads(invoke(ledger_path, "events", "--json").stdout.splitlines()[0])
-    assert first["event"] == {"type": "session_created", "mode": "user", "study_id": None}
+    assert first["event"] == {"type": "session_created", "mode": "user", "study_id": None,
+                              "owner": None}
 
 
 def test_replay_in_the_middle_of_a_turn_shows_its_events_and_canvas_changes(

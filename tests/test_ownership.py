@@ -205,7 +205,8 @@ def test_commands_from_three_processes_at_once_never_fail_for_a_race(tmp_path: P
     script = (
         "import sys\n"
         "from chatledger import Ledger\n"
-        "ledger = Ledger(sys.argv[1])\n"
+        "ledger = Ledger(sys.argv[1],\n"
+        "                agent_command=(sys.executable, '-m', 'chatledger.testing.standin'))\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
         "for number in range(40):\n"
