@@ -33,6 +33,7 @@ from .run_types import (
     RunOutcome,
     RunSpec,
     TextDelta,
+    TextReset,
     ToolCallCompleted,
 )
 from .runner import human_duration, run_agent, run_turn
@@ -64,6 +65,7 @@ __all__ = [
     "RunSpec",
     "StreamJsonParser",
     "TextDelta",
+    "TextReset",
     "ToolCallCompleted",
     "TurnOptions",
     "agent_environment",

@@ -27,6 +27,9 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     `allowed_tools` is the user-mode allow-list (power mode needs none); `mcp_config_path`
     a file written with the dialect's `mcp_config_document`; at most one of
     `resume_session_id` (go on with the agent's own session) and `new_session_id`.
+    `live` asks for a long-lived process that takes turns as stream-json lines on stdin
+    and speaks the control protocol (a dialect that cannot raises ValueError);
+    `permission_prompt` has it put tool calls outside the allow-list to the caller.
     """
 
     mode: str
@@ -36,6 +39,8 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     include_partial_messages: bool = False
     resume_session_id: str | None = None
     new_session_id: str | None = None
+    live: bool = False
+    permission_prompt: bool = False
 
 
 class FinishedTurn(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,6 +26,7 @@ from .run_types import (
     ApiRetried,
     ParsedResult,
     TextDelta,
+    TextReset,
     ToolCallCompleted,
 )
 
@@ -164,6 +165,7 @@ class StreamJsonParser:
         self._tool_uses: dict[str, _PendingToolUse] = {}
         self._tool_order: list[_PendingToolUse] = []
         self._streamed_message_ids: set[str] = set()
+        self._unanswered_stream_ids: set[str] = set()  # streamed, no assistant line yet
         self._streaming_message_id: str | None = None
         self._saw_anonymous_stream = False
         self._init: AgentInit | None = None
@@ -271,6 +273,11 @@ class StreamJsonParser:
             if isinstance(message_id, str)
             else self._saw_anonymous_stream or bool(self._streamed_message_ids)
         )
+        # A streamed message that never got its assistant line, then one that was not
+        # streamed: the stream broke and the agent retried without streaming.
+        retried = not already_streamed and bool(self._unanswered_stream_ids)
+        if isinstance(message_id, str):
+            self._unanswered_stream_ids.discard(message_id)
         events: list[AgentUpdate] = []
         for block in content:
             if not isinstance(block, dict):
@@ -280,7 +287,11 @@ class StreamJsonParser:
                 if from_subagent:
                     continue  # a sub-agent's own chatter is not the answer
                 self._text_blocks.append(block["text"])
-                if not already_streamed and block["text"]:
+                if retried:
+                    self._unanswered_stream_ids.clear()
+                    events.append(TextReset(text=block["text"]))
+                    retried = False
+                elif not already_streamed and block["text"]:
                     events.append(TextDelta(text=block["text"]))
             elif block_type in ("tool_use", "server_tool_use", "mcp_tool_use"):
                 self._on_tool_use(block)
@@ -359,6 +370,7 @@ class StreamJsonParser:
             return []
         if self._streaming_message_id is not None:
             self._streamed_message_ids.add(self._streaming_message_id)
+            self._unanswered_stream_ids.add(self._streaming_message_id)
         else:
             self._saw_anonymous_stream = True
         return [TextDelta(text=text)]
@@ -372,6 +384,7 @@ class StreamJsonParser:
         elif isinstance(raw_errors, str):
             errors = (raw_errors,)
         usage = message.get("usage")
+        denials = message.get("permission_denials")
         self._result = AgentResult(
             text=_optional_str(message.get("result")) or "",
             is_error=message.get("is_error") is True,
@@ -383,6 +396,8 @@ class StreamJsonParser:
             session_id=_optional_str(message.get("session_id")),
             num_turns=_optional_int(message.get("num_turns")),
             duration_ms=_optional_float(message.get("duration_ms")),
+            permission_denials=tuple(denial for denial in denials if isinstance(denial, dict))
+            if isinstance(denials, list) else (),
         )
         return [self._result]
 
@@ -446,5 +461,7 @@ class StreamJsonParser:
             garbage_lines=self._garbage_lines,
             unknown_lines=self._unknown_lines,
             diagnostics=tuple(self._diagnostics),
+            text_blocks=tuple(self._text_blocks),
+            permission_denials=result.permission_denials if result is not None else (),
         )
         return self._finished

@@ -14,6 +14,7 @@ takes stdin; turns run on the main thread. It never talks to a network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -192,5 +193,10 @@ class LiveStandin:
 
 
 def run_live(options: Options) -> int:
-    """The stand-in's life in live mode; returns the exit code."""
-    return LiveStandin(options).run()
+    """The stand-in's life in live mode; it ends the process itself (the stdin reader thread
+    may still hold stdin, which would make the interpreter's shutdown abort)."""
+    code = LiveStandin(options).run()
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
