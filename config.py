@@ -61,6 +61,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     signing_key: str | None = None
     anchor_file: str | None = None
     anchor_interval: float = 300.0
+    warm_agents: bool = False
+    max_warm_agents: int = 8
+    warm_idle_timeout: float = 600.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -86,6 +89,9 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_SIGNING_KEY": "signing_key",
     "CHATLEDGER_ANCHOR_FILE": "anchor_file",
     "CHATLEDGER_ANCHOR_INTERVAL": "anchor_interval",
+    "CHATLEDGER_WARM_AGENTS": "warm_agents",
+    "CHATLEDGER_MAX_WARM_AGENTS": "max_warm_agents",
+    "CHATLEDGER_WARM_IDLE_TIMEOUT": "warm_idle_timeout",
 }
 """Environment variable -> setting."""
 
@@ -103,7 +109,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting] = tuple(shlex.split(raw))
             except ValueError as error:
                 raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
-        elif setting == "allow_power_mode" or setting == "partial_messages":
+        elif setting in ("allow_power_mode", "partial_messages", "warm_agents"):
             lowered = raw.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")
@@ -203,13 +209,16 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         fail("output_format", f"must be one of {', '.join(dialect.output_formats)}")
     if config.history_strategy not in HISTORY_STRATEGIES:
         fail("history_strategy", f"must be one of {', '.join(HISTORY_STRATEGIES)}")
-    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace"):
+    for setting in ("timeout", "idle_timeout", "expiry_age", "sweep_interval", "kill_grace",
+                    "warm_idle_timeout"):
         if not getattr(config, setting) > 0:
             fail(setting, "must be a positive number of seconds")
     if config.anchor_interval < 0:
         fail("anchor_interval", "must be 0 (off) or a positive number of seconds")
     if config.max_runs < 1:
         fail("max_runs", "must be at least 1")
+    if config.max_warm_agents < 1:
+        fail("max_warm_agents", "must be at least 1")
     if config.max_live_sessions < 1:
         fail("max_live_sessions", "must be at least 1")
     if config.history_window < 0:

@@ -143,6 +143,11 @@ class Ledger:
                 outcome.duration = None if isinstance(duration, msgspec.UnsetType) else duration
                 return outcome
 
+    def interrupt(self, session_id: str) -> bool:
+        """Interrupt the session's running turn (a warm agent lives on); whether one ran.
+        The turn ends as cancelled, with the text it had streamed; queued turns stay."""
+        return self.runtime.interrupt(session_id)
+
     def switch_mode(self, session_id: str, mode: str) -> SessionInfo:
         """Change a session's permission mode."""
         return self.runtime.switch_mode(session_id, mode)

@@ -111,6 +111,7 @@ class RunCompleted:
     ticket: RunTicket
     outcome: RunOutcome
     streamed_modifications: tuple[Any, ...] = ()
+    process_events: tuple[Any, ...] = ()  # a warm run's process events, recorded first
 
 
 # -- commands to the Supervisor ----------------------------------------------------------

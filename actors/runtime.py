@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ import pykka
 
 from ..agent import McpConfigFiles, select_dialect
 from ..config import Config
-from ..errors import ConfigError, LedgerClosedError
-from ..events import HistoryMessage, Recorded, SessionInfo, history
+from ..errors import ConcurrencyError, ConfigError, LedgerClosedError
+from ..events import Event, HistoryMessage, Recorded, SessionInfo, history
 from ..storage import AuditStore, local_directory, open_store, validate_session_id
 from .messages import (
     Activate,
@@ -48,6 +49,7 @@ from .runs import RunPool
 from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
 from .updates import TurnSink
+from .warm import WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class Runtime:
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
+        self.warm = (WarmPool(config, self.dialect, self._record_outside_a_turn)
+                     if config.warm_agents else None)
         self.registry = SessionRegistry()
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
@@ -111,6 +115,7 @@ class Runtime:
             forget=self.registry.forget,
             remove_session_files=self.mcp_files.remove_session,
             closing=self.closing,
+            warm=self.warm,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
@@ -136,6 +141,19 @@ class Runtime:
             except pykka.ActorDeadError:
                 pass
         self.supervisor.tell(RouteCompletion(completion))
+
+    def _record_outside_a_turn(self, session_id: str, events: Sequence[Event]) -> None:
+        """Append events at the session's current version (a warm agent process stopped
+        outside a turn); its actor, if live, reloads at its next append."""
+        for _ in range(8):
+            info = self.log.info(session_id)
+            try:
+                self.log.append(session_id, list(events), info.version if info else 0)
+                return
+            except ConcurrencyError:
+                continue
+        logger.warning("could not record %d events on %s: the session kept changing",
+                       len(events), session_id)
 
     def _sweep_periodically(self) -> None:
         """Tell the supervisor to sweep every `sweep_interval` seconds. Sweeper thread."""
@@ -230,6 +248,18 @@ class Runtime:
         )
         return ticket
 
+    def interrupt(self, session_id: str) -> bool:
+        """Interrupt the session's running turn, if this process runs one: a warm agent gets
+        the control `interrupt` (it lives on), a cold one is stopped as a cancel stops it.
+        The turn is recorded as cancelled, with what it had streamed. Queued turns stay."""
+        self._check_open()
+        validate_session_id(session_id)
+        running = [ticket for ticket in self.pool.in_flight(session_id)
+                   if not ticket.cancel.is_set()]
+        for ticket in running:
+            ticket.cancel.set()
+        return bool(running)
+
     def cancel(self, session_id: str, ticket: int) -> bool:
         """Cancel a queued or running turn (a running agent is stopped, and it is recorded)."""
         ref = self.registry.get(session_id)
@@ -290,6 +320,8 @@ class Runtime:
         self._sweeper.join(timeout)
         self.pool.cancel_all()
         self.pool.shutdown(wait=True)
+        if self.warm is not None:
+            self.warm.close_all("shutdown")
         # Actors process what is in their mailboxes (run outcomes) before they stop.
         for ref in self.registry.take_all():
             try:

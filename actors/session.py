@@ -70,8 +70,10 @@ from .turn import (
     finish_run,
     plan_turn,
     storable_event,
+    turn_uuid,
 )
 from .updates import AnyTurnUpdate, TurnSink, turn_failed
+from .warm import WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class SessionServices:
     forget: Callable[[str, Any], None]
     remove_session_files: Callable[[str], None]
     closing: threading.Event
+    warm: WarmPool | None = None
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
@@ -136,8 +139,10 @@ class SessionActor(pykka.ThreadingActor):
         self._adopt_or_close_open_turn()
 
     def on_stop(self) -> None:
-        """Fail queued turns (their callers must hear back)."""
+        """Fail queued turns (their callers must hear back); close a warm agent process."""
         self._fail_queue("the session was stopped before this message's turn began")
+        if self.services.warm is not None and self.current is None:
+            self.services.warm.release(self.session_id, "passivated")
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A bug killed this actor: tell queued callers and drop out of the registry; the
@@ -388,6 +393,7 @@ class SessionActor(pykka.ThreadingActor):
                 resume=resume,
                 host=HOST,
                 pid=os.getpid(),
+                live=self.services.warm is not None,
             )
             return plan.events, plan
 
@@ -403,9 +409,12 @@ class SessionActor(pykka.ThreadingActor):
             """Stream one agent event to the caller. Runs on the pool thread."""
             emit_all(command.sink, stream.updates_for(event))
 
+        process_events: list[Any] = []
+        warm = self.services.warm
+
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Run the agent for this turn. Runs on the pool thread and blocks."""
-            return run_turn(RunSpec(
+            spec = RunSpec(
                 argv=tuple(plan.argv),
                 prompt=plan.prompt.text,
                 output_format=config.output_format,
@@ -415,14 +424,22 @@ class SessionActor(pykka.ThreadingActor):
                 cancel=cancel,
                 max_output_bytes=config.max_output_bytes,
                 kill_grace=config.kill_grace,
-            ), self.services.dialect, forward)
+            )
+            if warm is None or plan.warm is None:
+                return run_turn(spec, self.services.dialect, forward)
+            outcome, events = warm.run(
+                self.session_id, plan.turn, plan.warm, spec, on_update=forward,
+                turn_id=turn_uuid(self.session_id, plan.turn, attempt))
+            process_events.extend(events)
+            return outcome
 
         route = self.services.route_completion
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
             """Report the run's end to the session. Runs on the pool thread."""
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
-                               streamed_modifications=stream.streamed_modifications))
+                               streamed_modifications=stream.streamed_modifications,
+                               process_events=tuple(process_events)))
 
         self.services.pool.submit(ticket, run, done)
 
@@ -443,14 +460,16 @@ class SessionActor(pykka.ThreadingActor):
                 agent_session_id=self.info.agent_session_id,
                 streamed_modifications=message.streamed_modifications,
             )
+            process_events = list(message.process_events)
             if isinstance(decision, RetryWithPromptHistory):
-                self._append([decision.lost])
+                self._append([*process_events, decision.lost])
                 self._start_turn(command, attempt=2, resume=False)
                 return
+            events = [*process_events, *decision.events]
             try:
-                self._append(decision.events)
+                self._append(events)
             except InvalidEventError:  # refused before anything was written
-                self._append([storable_event(event) for event in decision.events])
+                self._append([storable_event(event) for event in events])
             emit_all(command.sink, decision.updates)
         except Exception as error:
             logger.exception("%s: could not record the outcome of turn %s",

@@ -33,6 +33,13 @@ class TextDeltaUpdate(TurnUpdate, tag="text_delta", frozen=True, kw_only=True):
     content: str
 
 
+class TextResetUpdate(TurnUpdate, tag="text_reset", frozen=True, kw_only=True):
+    """The deltas streamed so far were not the answer (the agent's stream broke and it
+    retried without streaming): `content` is what it really said (only with deltas)."""
+
+    content: str
+
+
 class CanvasModificationUpdate(TurnUpdate, tag="canvas_modification", frozen=True, kw_only=True):
     """A canvas change the agent made (streamed as it happens, each one once per turn)."""
 
@@ -65,7 +72,8 @@ class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
 
 
 AnyTurnUpdate = (
-    TextDeltaUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate | TurnDone
+    TextDeltaUpdate | TextResetUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate
+    | TurnDone
 )
 """Every update a turn can stream."""
 
