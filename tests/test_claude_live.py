@@ -121,7 +121,7 @@ def test_a_process_killed_between_turns_is_respawned_with_resume(
     time.sleep(0.3)  # claude writes its transcript 36-93 ms after the result line
     pid = events_of(ledger, session, AgentProcessStarted)[0].pid
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: not ledger.runtime.warm._agents[session].agent.alive,  # type: ignore
+    wait_until(lambda: not ledger.runtime.warm._agents[session].agent.alive,
                10)
     fake_api.script(text("Pelican, yes."))
     assert ledger.send(session, "what was the word?").text == "Pelican, yes."
