@@ -31,6 +31,7 @@ from .actors.updates import (
     AnyTurnUpdate,
     CanvasModificationUpdate,
     TextDeltaUpdate,
+    TextResetUpdate,
     TextUpdate,
     TurnDone,
 )
@@ -364,6 +365,10 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
             return
         if isinstance(update, TextDeltaUpdate):
             streamed["text"] = True
+            click.echo(update.content, nl=False)
+        elif isinstance(update, TextResetUpdate):  # the stream broke; this is the answer
+            click.echo("")
+            click.secho("[the stream broke and was retried; the answer:]", dim=True, err=True)
             click.echo(update.content, nl=False)
         elif isinstance(update, CanvasModificationUpdate):
             click.secho(f"[canvas] {json.dumps(update.modification, ensure_ascii=False)}",

@@ -104,6 +104,7 @@ class LiveAgent:
         self.exit_code: int | None = None
         self.started_at = 0.0
         self.last_used = 0.0
+        self._turn_ids: set[str] = set()
 
     # -- life -------------------------------------------------------------------------------
 
@@ -293,7 +294,13 @@ class LiveAgent:
                  on_update: Callable[[AgentUpdate], None] | None = None,
                  on_permission: PermissionHandler | None = None) -> RunOutcome:
         """Run one turn (`spec.prompt` as the user line, `turn_id` as its uuid) and return
-        how it ended. BLOCKING. Never raises for what the agent does."""
+        how it ended. BLOCKING. Never raises for what the agent does. claude silently
+        ignores a user line whose uuid it has seen, so a repeated `turn_id` is replaced."""
+        if turn_id in self._turn_ids:
+            logger.warning("turn id %s was already used in this process; a fresh one is sent",
+                           turn_id)
+            turn_id = str(uuid.uuid4())
+        self._turn_ids.add(turn_id)
         return _LiveTurn(self, spec, turn_id, on_update, on_permission).run()
 
 
