@@ -64,6 +64,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     warm_agents: bool = False
     max_warm_agents: int = 8
     warm_idle_timeout: float = 600.0
+    tool_approvals: bool = False
+    permission_timeout: float = 0.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -92,6 +94,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_WARM_AGENTS": "warm_agents",
     "CHATLEDGER_MAX_WARM_AGENTS": "max_warm_agents",
     "CHATLEDGER_WARM_IDLE_TIMEOUT": "warm_idle_timeout",
+    "CHATLEDGER_TOOL_APPROVALS": "tool_approvals",
+    "CHATLEDGER_PERMISSION_TIMEOUT": "permission_timeout",
 }
 """Environment variable -> setting."""
 
@@ -109,7 +113,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting] = tuple(shlex.split(raw))
             except ValueError as error:
                 raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
-        elif setting in ("allow_power_mode", "partial_messages", "warm_agents"):
+        elif setting in ("allow_power_mode", "partial_messages", "warm_agents",
+                         "tool_approvals"):
             lowered = raw.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")
@@ -217,6 +222,9 @@ def _check(config: Config, origin: dict[str, str]) -> None:
         fail("anchor_interval", "must be 0 (off) or a positive number of seconds")
     if config.max_runs < 1:
         fail("max_runs", "must be at least 1")
+    if config.permission_timeout < 0:
+        fail("permission_timeout", "must be 0 (wait as long as the caller stays) or a "
+             "positive number of seconds")
     if config.max_warm_agents < 1:
         fail("max_warm_agents", "must be at least 1")
     if config.max_live_sessions < 1:

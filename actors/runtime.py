@@ -254,14 +254,29 @@ class Runtime:
         The turn is recorded as cancelled, with what it had streamed. Queued turns stay."""
         self._check_open()
         validate_session_id(session_id)
+        if self.warm is not None:
+            self.warm.permissions.abandon(session_id, "the turn was interrupted")
         running = [ticket for ticket in self.pool.in_flight(session_id)
                    if not ticket.cancel.is_set()]
         for ticket in running:
             ticket.cancel.set()
         return bool(running)
 
+    def decide_permission(self, session_id: str, request_id: str, allow: bool, *,
+                          message: str | None = None, decided_by: str | None = None) -> bool:
+        """Answer a tool request of the session's running turn (recorded, then told to the
+        agent); False if no such request is open."""
+        self._check_open()
+        if self.warm is None:
+            return False
+        return self.warm.permissions.decide(session_id, request_id, allow, message=message,
+                                            decided_by=decided_by)
+
     def cancel(self, session_id: str, ticket: int) -> bool:
-        """Cancel a queued or running turn (a running agent is stopped, and it is recorded)."""
+        """Cancel a queued or running turn (a running agent is stopped, and it is recorded);
+        its open tool requests are denied first."""
+        if self.warm is not None:
+            self.warm.permissions.abandon(session_id)
         ref = self.registry.get(session_id)
         if ref is None:
             return False

@@ -429,7 +429,8 @@ class SessionActor(pykka.ThreadingActor):
                 return run_turn(spec, self.services.dialect, forward)
             outcome, events = warm.run(
                 self.session_id, plan.turn, plan.warm, spec, on_update=forward,
-                turn_id=turn_uuid(self.session_id, plan.turn, attempt))
+                turn_id=turn_uuid(self.session_id, plan.turn, attempt),
+                on_request=lambda update: emit_all(command.sink, [update]))
             process_events.extend(events)
             return outcome
 

@@ -188,6 +188,7 @@ def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path
             mode=mode, output_format=config.output_format, allowed_tools=config.allowed_tools,
             mcp_config_path=mcp_config_path, include_partial_messages=config.partial_messages,
             resume_session_id=resume, live=True,
+            permission_prompt=config.tool_approvals and mode == "user",
         )))
 
     return WarmTurn(live_argv=live_argv(resume_id), identity=live_argv(None),

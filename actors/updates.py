@@ -40,6 +40,15 @@ class TextResetUpdate(TurnUpdate, tag="text_reset", frozen=True, kw_only=True):
     content: str
 
 
+class PermissionRequestUpdate(TurnUpdate, tag="permission_request", frozen=True, kw_only=True):
+    """The agent asks to use a tool outside the allow-list: answer with `decide_permission`
+    (the turn waits; leaving the turn denies)."""
+
+    request_id: str
+    tool: str
+    input: Any = None
+
+
 class CanvasModificationUpdate(TurnUpdate, tag="canvas_modification", frozen=True, kw_only=True):
     """A canvas change the agent made (streamed as it happens, each one once per turn)."""
 
@@ -72,8 +81,8 @@ class TurnDone(TurnUpdate, tag="done", frozen=True, kw_only=True):
 
 
 AnyTurnUpdate = (
-    TextDeltaUpdate | TextResetUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate
-    | TurnDone
+    TextDeltaUpdate | TextResetUpdate | PermissionRequestUpdate | CanvasModificationUpdate
+    | TextUpdate | ErrorUpdate | TurnDone
 )
 """Every update a turn can stream."""
 

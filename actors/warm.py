@@ -28,8 +28,10 @@ from ..agent import AgentDialect, AgentUpdate, RunOutcome, RunSpec, run_turn
 from ..agent.live import LiveAgent, LiveStartError, PermissionHandler
 from ..config import Config
 from ..events import AgentProcessStarted, AgentProcessStopped, ColdRunChosen, Event
+from .permissions import PermissionDesk
 from .rehydration import HOST
 from .turn import WarmTurn
+from .updates import PermissionRequestUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class WarmPool:
         self.config = config
         self.dialect = dialect
         self.record = record
+        self.permissions = PermissionDesk(record, config.permission_timeout)
         self._lock = threading.Lock()
         self._agents: OrderedDict[str, _Warm] = OrderedDict()
         self._starting = 0
@@ -63,7 +66,7 @@ class WarmPool:
 
     def run(self, session_id: str, turn: int, warm: WarmTurn, spec: RunSpec, *, turn_id: str,
             on_update: Callable[[AgentUpdate], None],
-            on_permission: PermissionHandler | None = None,
+            on_request: Callable[[PermissionRequestUpdate], None] | None = None,
             ) -> tuple[RunOutcome, list[Event]]:
         """Run a turn in the session's live process (started if need be), or cold if it
         cannot be warm. BLOCKING. Returns the outcome and the events to record with it."""
@@ -73,6 +76,13 @@ class WarmPool:
             events.append(ColdRunChosen(turn=turn, reason=reason[0], message=reason[1]))
             cold = dataclasses.replace(spec, argv=warm.cold_argv)
             return run_turn(cold, self.dialect, on_update), events
+        on_permission: PermissionHandler | None = None
+        if on_request is not None:
+            agent = entry.agent
+
+            def on_permission(message: dict[str, object]) -> None:
+                on_request(self.permissions.request(session_id, turn, agent, dict(message)))
+
         try:
             outcome = entry.agent.run_turn(spec, turn_id=turn_id, on_update=on_update,
                                            on_permission=on_permission)
@@ -197,6 +207,7 @@ class WarmPool:
     def close_all(self, reason: str = "shutdown") -> None:
         """Close every process (the runtime is closing: no turn runs any more)."""
         self._closed.set()
+        self.permissions.close()
         with self._lock:
             entries = list(self._agents.items())
             self._agents.clear()

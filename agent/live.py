@@ -105,6 +105,8 @@ class LiveAgent:
         self.started_at = 0.0
         self.last_used = 0.0
         self._turn_ids: set[str] = set()
+        self._waiting: dict[str, float] = {}  # tool requests put to the caller, since when
+        self.paused_seconds = 0.0  # time spent waiting for those answers, over the process
 
     # -- life -------------------------------------------------------------------------------
 
@@ -213,6 +215,10 @@ class LiveAgent:
     def answer_permission(self, request_id: str, allow: bool, *, message: str | None = None,
                           updated_input: Mapping[str, Any] | None = None) -> bool:
         """Answer the agent's `can_use_tool` request; whether the answer could be written."""
+        with self._lock:
+            asked_at = self._waiting.pop(request_id, None)
+            if asked_at is not None:
+                self.paused_seconds += time.monotonic() - asked_at
         decision: dict[str, Any] = {"behavior": "allow" if allow else "deny"}
         if allow:
             decision["updatedInput"] = dict(updated_input or {})
@@ -318,6 +324,7 @@ class _LiveTurn:
         self.reader = agent.dialect.output_reader("stream-json")
         self.started = time.monotonic()
         self.deadline = self.started + spec.timeout
+        self.paused_before = agent.paused_seconds
         self.stop_reason: str | None = None
         self.interrupt_sent_at: float | None = None
         self.streamed: list[str] = []
@@ -367,7 +374,7 @@ class _LiveTurn:
                     now >= self.interrupt_sent_at + agent.kill_grace:
                 agent.kill()
                 return self._stopped()
-            wait_until = self.deadline if self.stop_reason is None else \
+            wait_until = self._deadline(now) if self.stop_reason is None else \
                 (self.interrupt_sent_at or now) + agent.kill_grace
             if self.spec.cancel is not None and not isinstance(self.spec.cancel, CancelSwitch):
                 wait_until = min(wait_until, now + POLL_SECONDS)
@@ -395,12 +402,19 @@ class _LiveTurn:
             if any(isinstance(update, AgentResult) for update in updates):
                 return self._finished()
 
+    def _deadline(self, now: float) -> float:
+        """The turn's deadline, paused while a tool request waits for the caller."""
+        agent = self.agent
+        if agent._waiting:
+            return now + 1.0
+        return self.deadline + agent.paused_seconds - self.paused_before
+
     def _check_limits(self, now: float) -> None:
         if self.stop_reason is not None:
             return
         if self.spec.cancel is not None and self.spec.cancel.is_set():
             self.stop_reason = "cancelled"
-        elif now >= self.deadline:
+        elif now >= self._deadline(now):
             self.stop_reason = "timeout"
         else:
             return
@@ -413,7 +427,13 @@ class _LiveTurn:
         if not isinstance(request, dict) or not isinstance(request_id, str):
             return
         if request.get("subtype") == "can_use_tool" and self.on_permission is not None:
-            self.on_permission(message)
+            with self.agent._lock:
+                self.agent._waiting[request_id] = time.monotonic()
+            try:
+                self.on_permission(message)
+            except Exception:
+                logger.exception("the permission handler raised; the tool is denied")
+                self.agent.answer_permission(request_id, False, message="chatledger failed")
             return
         # A request we do not serve: refuse it, so the agent does not wait for ever.
         with contextlib.suppress(OSError, ValueError):

@@ -178,6 +178,27 @@ class AgentProcessStopped(Event, tag="agent_process_stopped", kw_only=True, froz
     process_cost_usd: float | None = None
 
 
+class PermissionRequested(Event, tag="permission_requested", kw_only=True, frozen=True):
+    """The agent asked to use a tool outside the allow-list; the caller was asked."""
+
+    turn: int
+    request_id: str
+    tool: str
+    input: Any = None
+    tool_use_id: str = ""
+
+
+class PermissionDecided(Event, tag="permission_decided", kw_only=True, frozen=True):
+    """A tool request was answered: by the caller (`decided_by` as given), or denied by
+    chatledger when the caller left or took longer than `permission_timeout`."""
+
+    turn: int
+    request_id: str
+    allow: bool
+    message: str = ""
+    decided_by: str | None = None
+
+
 class ColdRunChosen(Event, tag="cold_run_chosen", kw_only=True, frozen=True):
     """Warm sessions are on, but this turn ran as a one-process-per-turn (cold) run:
     `reason` is unsupported, initialize_failed or pool_full."""
@@ -265,6 +286,8 @@ AnyEvent = (
     | AgentProcessStarted
     | AgentProcessStopped
     | ColdRunChosen
+    | PermissionRequested
+    | PermissionDecided
 )
 """The tagged union of every event this release knows."""
 
