@@ -107,6 +107,9 @@ class LiveAgent:
         self._turn_ids: set[str] = set()
         self._waiting: dict[str, float] = {}  # tool requests put to the caller, since when
         self.paused_seconds = 0.0  # time spent waiting for those answers, over the process
+        self.last_turn_times: tuple[float, float] = (0.0, 0.0)
+        """perf_counter() when the last turn's user line was written and its result read:
+        the agent's own share of the turn (benchmarks subtract it from the caller's time)."""
 
     # -- life -------------------------------------------------------------------------------
 
@@ -367,6 +370,8 @@ class _LiveTurn:
             agent.kill()
             return self._died(f"the live agent process could not take the turn: {error}")
         agent.turns += 1
+        written_at = time.perf_counter()
+        agent.last_turn_times = (written_at, written_at)
         while True:
             now = time.monotonic()
             self._check_limits(now)
@@ -400,6 +405,7 @@ class _LiveTurn:
             updates = self.reader.feed(item + b"\n")
             self._emit(updates)
             if any(isinstance(update, AgentResult) for update in updates):
+                agent.last_turn_times = (written_at, time.perf_counter())
                 return self._finished()
 
     def _deadline(self, now: float) -> float:

@@ -4,8 +4,9 @@ Against one instant fake Messages API (tests/support/fake_anthropic.py), in the 
 interleaved turn by turn: `SessionManager.send_message` (with deltas) of a cold session (one
 claude process per turn) and of a warm one (`warm_agents`), each timed from the call to the
 first `text_delta` and to `done` (the answer recorded durably); and a bare `LiveAgent` turn
-in a claude process of its own (no ledger), so that the warm turn's time minus the bare
-one's is what chatledger adds. Then the resident memory of the warm session's process tree,
+in a claude process of its own (no ledger), for comparison. What chatledger adds to a warm
+turn is measured directly: the call-to-done time minus the agent's own time from our user
+line to its result line. Then the resident memory of the warm session's process tree,
 and interrupts: a slow answer, `SessionManager.interrupt` at its first delta, timed to the
 `done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
 claude (found like the tests find it); it never touches the network beyond 127.0.0.1.
@@ -58,15 +59,22 @@ def rss_kib(pid: int) -> int:
     return total
 
 
-async def one_turn(manager: SessionManager, session: str) -> tuple[float, float]:
-    """(seconds to the first text delta, seconds to done) of one send_message."""
+async def one_turn(manager: SessionManager, session: str) -> tuple[float, float, float]:
+    """(seconds to the first text delta, seconds to done, seconds chatledger added: done
+    minus the agent's own time from our user line to its result line, warm only)."""
     started = time.perf_counter()
     first = None
     async for update in manager.send_message(session, "How many elements?", stream_deltas=True):
         if update["type"] == "text_delta" and first is None:
             first = time.perf_counter() - started
-    done = time.perf_counter() - started
-    return (first if first is not None else done), done
+    ended = time.perf_counter()
+    done = ended - started
+    added = 0.0
+    pool = manager.runtime.warm
+    if pool is not None and session in pool._agents:
+        written_at, result_at = pool._agents[session].agent.last_turn_times
+        added = done - (result_at - written_at)
+    return (first if first is not None else done), done, added
 
 
 async def interrupted_turn(manager: SessionManager, session: str) -> float:
@@ -80,7 +88,7 @@ async def interrupted_turn(manager: SessionManager, session: str) -> float:
     return time.perf_counter() - asked
 
 
-def bare_turn(agent: LiveAgent) -> tuple[float, float]:
+def bare_turn(agent: LiveAgent) -> tuple[float, float, float]:
     """(first delta, result) seconds of one turn in a bare live claude (no ledger)."""
     started = time.perf_counter()
     first: list[float] = []
@@ -93,7 +101,7 @@ def bare_turn(agent: LiveAgent) -> tuple[float, float]:
                              turn_id=str(uuid.uuid4()), on_update=on_update)
     assert outcome.ok, outcome.message
     done = time.perf_counter() - started
-    return (first[0] if first else done), done
+    return (first[0] if first else done), done, 0.0
 
 
 async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
@@ -111,7 +119,8 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
         bare = LiveAgent(argv, CLAUDE, environment=harness.environment(),
                          cwd=str(harness.workdir))
         bare.start()
-        samples: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": [], "bare": []}
+        samples: dict[str, list[tuple[float, float, float]]] = {
+            "cold": [], "warm": [], "bare": []}
         try:
             cold_session = (await cold.create_session()).session_id
             warm_session = (await warm.create_session()).session_id
@@ -136,13 +145,13 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
             await cold.stop()
             await warm.stop()
     figures: dict[str, Any] = {}
-    for name, pairs in samples.items():
-        figures[f"{name}_first_delta_ms"] = median_ms([first for first, _ in pairs])
-        figures[f"{name}_done_ms"] = median_ms([done for _, done in pairs])
+    for name, triples in samples.items():
+        figures[f"{name}_first_delta_ms"] = median_ms([first for first, _, _ in triples])
+        figures[f"{name}_done_ms"] = median_ms([done for _, done, _ in triples])
     figures["warm_speedup_first_delta"] = round(
         figures["cold_first_delta_ms"] / figures["warm_first_delta_ms"], 1)
-    figures["chatledger_added_per_warm_turn_ms"] = round(
-        figures["warm_done_ms"] - figures["bare_done_ms"], 2)
+    figures["chatledger_added_per_warm_turn_ms"] = median_ms(
+        [added for _, _, added in samples["warm"]])
     figures["warm_session_rss_mib"] = round(rss / 1024, 1)
     figures["interrupt_to_recorded_ms"] = median_ms(stops)
     figures["turns"] = turns
