@@ -70,6 +70,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     search_path: str | None = None
     lease_ttl: float = 5.0
     turn_wait_timeout: float = 0.0
+    warm_agents: bool = False
+    max_warm_agents: int = 8
+    warm_idle_timeout: float = 600.0
+    tool_approvals: bool = False
+    permission_timeout: float = 0.0
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -102,6 +107,11 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_SEARCH_PATH": "search_path",
     "CHATLEDGER_LEASE_TTL": "lease_ttl",
     "CHATLEDGER_TURN_WAIT_TIMEOUT": "turn_wait_timeout",
+    "CHATLEDGER_WARM_AGENTS": "warm_agents",
+    "CHATLEDGER_MAX_WARM_AGENTS": "max_warm_agents",
+    "CHATLEDGER_WARM_IDLE_TIMEOUT": "warm_idle_timeout",
+    "CHATLEDGER_TOOL_APPROVALS": "tool_approvals",
+    "CHATLEDGER_PERMISSION_TIMEOUT": "permission_timeout",
 }
 """Environment variable -> setting."""
 
@@ -121,6 +131,9 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "anchor_interval": (0, DAY),
     "lease_ttl": (0.5, DAY),
     "turn_wait_timeout": (0, 365 * DAY),
+    "max_warm_agents": (1, 10_000),
+    "warm_idle_timeout": (0.01, 365 * DAY),
+    "permission_timeout": (0, 365 * DAY),
 }
 """Each numeric setting's documented range (inclusive): a value outside it is refused."""
 
@@ -143,7 +156,8 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting] = tuple(shlex.split(raw))
             except ValueError as error:
                 raise ConfigError(f"{name}: cannot split {raw!r}: {error}") from None
-        elif setting in ("allow_power_mode", "partial_messages", "auto_title"):
+        elif setting in ("allow_power_mode", "partial_messages", "auto_title", "warm_agents",
+                         "tool_approvals"):
             lowered = raw.strip().lower()
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ConfigError(f"{name}: expected yes/no, true/false or 1/0, not {raw!r}")

@@ -246,6 +246,10 @@ class TurnPrinter:
         if kind == "text_delta":
             self.streamed = True
             self._text(str(update.get("content", "")))
+        elif kind == "text_reset":  # the stream broke and was retried: this is the answer
+            self.annotate("[the stream broke and was retried; the answer:]", dim=True)
+            self.streamed = True
+            self._text(str(update.get("content", "")))
         elif kind == "canvas_modification":
             self.annotate(f"[canvas] {json.dumps(update['modification'], ensure_ascii=False)}",
                           fg="yellow")

@@ -195,6 +195,18 @@ class Ledger:
                 outcome.duration = None if isinstance(duration, msgspec.UnsetType) else duration
                 return outcome
 
+    def interrupt(self, session_id: str) -> bool:
+        """Interrupt the session's running turn (a warm agent lives on); whether one ran.
+        The turn ends as cancelled, with the text it had streamed; queued turns stay."""
+        return self.runtime.interrupt(session_id)
+
+    def decide_permission(self, session_id: str, request_id: str, allow: bool,
+                          message: str | None = None, decided_by: str | None = None) -> bool:
+        """Answer a `permission_request` update of the session's running turn (recorded as
+        PermissionDecided); False if that request is not open."""
+        return self.runtime.decide_permission(session_id, request_id, allow, message=message,
+                                              decided_by=decided_by)
+
     def switch_mode(self, session_id: str, mode: str) -> SessionInfo:
         """Change a session's permission mode."""
         return self.runtime.switch_mode(session_id, mode)

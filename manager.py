@@ -228,6 +228,24 @@ class SessionManager:
                 # The consumer went away (websocket closed): stop the agent; it is recorded.
                 await asyncio.shield(asyncio.to_thread(runtime.cancel, session_id, ticket))
 
+    async def interrupt(self, session_id: str) -> bool:
+        """Interrupt the session's running turn: a warm agent gets the control `interrupt`
+        and lives on, a cold one is stopped. Its `send_message` ends with an error and
+        `done`; the RunFailed keeps what it had streamed. Messages sent meanwhile stay
+        queued. Returns whether a turn was running."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(runtime.interrupt, session_id)
+
+    async def decide_permission(self, session_id: str, request_id: str, allow: bool,
+                                message: str | None = None,
+                                decided_by: str | None = None) -> bool:
+        """Answer a `permission_request` that `send_message` yielded (with `tool_approvals`
+        and warm sessions): recorded as PermissionDecided, then told to the agent. A consumer
+        that leaves the turn denies. False if that request is not open."""
+        runtime = await self._runtime_async()
+        return await asyncio.to_thread(runtime.decide_permission, session_id, request_id,
+                                       allow, message=message, decided_by=decided_by)
+
     async def switch_mode(self, session_id: str, new_mode: str) -> ClaudeSession:
         """Switch a session's permission mode; ValueError for an unknown session or mode."""
         runtime = await self._runtime_async()

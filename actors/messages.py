@@ -147,6 +147,7 @@ class RunCompleted:
     recorded_first: tuple[Event, ...] = ()
     """Events the run job asks the session to record before the outcome's own (a
     `TranscriptRestored`)."""
+    process_events: tuple[Any, ...] = ()  # a warm run's process events, recorded first
 
 
 # -- commands to the Supervisor ----------------------------------------------------------

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import uuid
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ import pykka
 from ..agent import McpConfigFiles, select_dialect
 from ..catalog.search import SearchIndex
 from ..config import Config
-from ..errors import ChatledgerError, ConfigError, LedgerClosedError, LedgerError
-from ..events import HistoryMessage, Recorded, SessionInfo, history
+from ..errors import ChatledgerError, ConcurrencyError, ConfigError, LedgerClosedError, LedgerError
+from ..events import Event, HistoryMessage, Recorded, SessionInfo, history
 from ..sdk_store import LedgerSessionStore
 from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from ..telemetry import instrument_store, watch_runtime
@@ -63,6 +64,7 @@ from .session import SessionActor, SessionServices
 from .supervisor import SessionRegistry, Supervisor
 from .transcripts import Transcripts
 from .updates import TurnSink
+from .warm import WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,8 @@ class Runtime:
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
+        self.warm = (WarmPool(config, self.dialect, self._record_outside_a_turn)
+                     if config.warm_agents else None)
         self.registry = SessionRegistry()
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
@@ -145,6 +149,7 @@ class Runtime:
             closing=self.closing,
             leases=self.leases,
             transcripts=Transcripts(LedgerSessionStore(self.log)),
+            warm=self.warm,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
@@ -179,6 +184,19 @@ class Runtime:
         if ref is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(LeaseLost(lease.epoch))
+
+    def _record_outside_a_turn(self, session_id: str, events: Sequence[Event]) -> None:
+        """Append events at the session's current version (a warm agent process stopped
+        outside a turn); its actor, if live, reloads at its next append."""
+        for _ in range(8):
+            info = self.log.info(session_id)
+            try:
+                self.log.append(session_id, list(events), info.version if info else 0)
+                return
+            except ConcurrencyError:
+                continue
+        logger.warning("could not record %d events on %s: the session kept changing",
+                       len(events), session_id)
 
     def _sweep_periodically(self) -> None:
         """Tell the supervisor to sweep every `sweep_interval` seconds. Sweeper thread."""
@@ -298,8 +316,35 @@ class Runtime:
         )
         return ticket
 
+    def interrupt(self, session_id: str) -> bool:
+        """Interrupt the session's running turn, if this process runs one: a warm agent gets
+        the control `interrupt` (it lives on), a cold one is stopped as a cancel stops it.
+        The turn is recorded as cancelled, with what it had streamed. Queued turns stay."""
+        self._check_open()
+        validate_session_id(session_id)
+        if self.warm is not None:
+            self.warm.permissions.abandon(session_id, "the turn was interrupted")
+        running = [ticket for ticket in self.pool.in_flight(session_id)
+                   if not ticket.cancel.is_set()]
+        for ticket in running:
+            ticket.cancel.set()
+        return bool(running)
+
+    def decide_permission(self, session_id: str, request_id: str, allow: bool, *,
+                          message: str | None = None, decided_by: str | None = None) -> bool:
+        """Answer a tool request of the session's running turn (recorded, then told to the
+        agent); False if no such request is open."""
+        self._check_open()
+        if self.warm is None:
+            return False
+        return self.warm.permissions.decide(session_id, request_id, allow, message=message,
+                                            decided_by=decided_by)
+
     def cancel(self, session_id: str, ticket: int) -> bool:
-        """Cancel a queued or running turn (a running agent is stopped, and it is recorded)."""
+        """Cancel a queued or running turn (a running agent is stopped, and it is recorded);
+        its open tool requests are denied first."""
+        if self.warm is not None:
+            self.warm.permissions.abandon(session_id)
         ref = self.registry.get(session_id)
         if ref is None:
             return False
@@ -374,6 +419,8 @@ class Runtime:
         self.pool.cancel_all()
         if not self.pool.shutdown(wait=True, timeout=timeout):
             logger.warning("an agent run did not end within %s s of its cancel", timeout)
+        if self.warm is not None:
+            self.warm.close_all("shutdown")
         # Actors process what is in their mailboxes (run outcomes) before they stop.
         for ref in self.registry.take_all():
             try:

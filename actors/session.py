@@ -93,8 +93,10 @@ from .turn import (
     finish_run,
     plan_turn,
     storable_event,
+    turn_uuid,
 )
 from .updates import AnyTurnUpdate, TurnSink, TurnWaiting, turn_failed
+from .warm import WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ class SessionServices:
     closing: threading.Event
     leases: LeaseKeeper
     transcripts: Transcripts | None = None
+    warm: WarmPool | None = None
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:
@@ -177,10 +180,13 @@ class SessionActor(pykka.ThreadingActor):
         self._adopt_or_close_open_turn()
 
     def on_stop(self) -> None:
-        """Fail queued turns (their callers must hear back) and let the lease go."""
+        """Fail queued turns (their callers must hear back), let the lease go and close a
+        warm agent process."""
         self._fail_queue("the session was stopped before this message's turn began")
         if self.current is None:
             self.services.leases.release(self.session_id)
+            if self.services.warm is not None:
+                self.services.warm.release(self.session_id, "passivated")
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A bug killed this actor: tell queued callers and drop out of the registry; the
@@ -615,6 +621,7 @@ class SessionActor(pykka.ThreadingActor):
                 pid=os.getpid(),
                 process_started_at=self.services.leases.owner.started_at,
                 lease_epoch=lease.epoch,
+                live=self.services.warm is not None,
             )
             return plan.events, plan
 
@@ -638,24 +645,35 @@ class SessionActor(pykka.ThreadingActor):
             ticket.trace.agent_event(event)
             emit_all(command.sink, stream.updates_for(event))
 
+        process_events: list[Any] = []
+        warm = self.services.warm
+
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Restore the transcript to resume from and start its mirror, run the agent for
-            this turn, then wait (bounded) for the mirror's last frames. Runs on the pool
-            thread and blocks."""
+            this turn (in the session's warm process when there is one), then wait (bounded)
+            for the mirror's last frames. Runs on the pool thread and blocks."""
+            spec = RunSpec(
+                argv=tuple(plan.argv),
+                prompt=plan.prompt.text,
+                output_format=config.output_format,
+                timeout=config.timeout,
+                env_extras=config.agent_env,
+                cwd=config.agent_cwd,
+                cancel=cancel,
+                max_output_bytes=config.max_output_bytes,
+                kill_grace=config.kill_grace,
+            )
             if transcript is not None:
                 transcript.begin()
             try:
-                return run_turn(RunSpec(
-                    argv=tuple(plan.argv),
-                    prompt=plan.prompt.text,
-                    output_format=config.output_format,
-                    timeout=config.timeout,
-                    env_extras=config.agent_env,
-                    cwd=config.agent_cwd,
-                    cancel=cancel,
-                    max_output_bytes=config.max_output_bytes,
-                    kill_grace=config.kill_grace,
-                ), self.services.dialect, forward)
+                if warm is None or plan.warm is None:
+                    return run_turn(spec, self.services.dialect, forward)
+                outcome, events = warm.run(
+                    self.session_id, plan.turn, plan.warm, spec, on_update=forward,
+                    turn_id=turn_uuid(self.session_id, plan.turn, attempt),
+                    on_request=lambda update: emit_all(command.sink, [update]))
+                process_events.extend(events)
+                return outcome
             finally:
                 if transcript is not None:
                     transcript.finish()
@@ -667,7 +685,8 @@ class SessionActor(pykka.ThreadingActor):
             finished.trace.result(outcome)
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
                                streamed_modifications=stream.streamed_modifications,
-                               recorded_first=tuple(transcript.events()) if transcript else ()))
+                               recorded_first=tuple(transcript.events()) if transcript else (),
+                               process_events=tuple(process_events)))
 
         self.services.pool.submit(ticket, run, done)
         ticket.trace.agent_started()
@@ -683,7 +702,7 @@ class SessionActor(pykka.ThreadingActor):
         turn = message.ticket.turn
         try:
             if message.recorded_first:  # what the run job did before the agent started
-                self._append(list(message.recorded_first))
+                self._append(list(message.recorded_first), lease=self._fence())
             decision = finish_run(
                 turn=turn,
                 outcome=message.outcome,
@@ -691,18 +710,20 @@ class SessionActor(pykka.ThreadingActor):
                 agent_session_id=self.info.agent_session_id,
                 streamed_modifications=message.streamed_modifications,
             )
+            process_events = list(message.process_events)
             if isinstance(decision, RetryWithPromptHistory):
                 ticket.trace.finished(turn_failed("retried with prompt history",
                                                   "agent_error", turn))
-                self._append([decision.lost], lease=self._fence())
+                self._append([*process_events, decision.lost], lease=self._fence())
                 self._start_turn(command, attempt=2, resume=False)
                 return
             lease = self._fence()
             last = not self.queue  # then the lease goes with the outcome: one write, not two
+            events = [*process_events, *decision.events]
             try:
-                self._append(decision.events, lease=lease, release_lease=last)
+                self._append(events, lease=lease, release_lease=last)
             except InvalidEventError:  # refused before anything was written
-                self._append([storable_event(event) for event in decision.events],
+                self._append([storable_event(event) for event in events],
                              lease=lease, release_lease=last)
             if last:  # idle before the caller hears: it may passivate, or hand over
                 self.lease = None

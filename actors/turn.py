@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from ..agent import (
     Prompt,
     RunOutcome,
     TextDelta,
+    TextReset,
     ToolCallCompleted,
     TurnOptions,
     build_prompt,
@@ -35,6 +37,7 @@ from ..config import Config
 from ..events import (
     AgentSessionLost,
     CanvasModified,
+    ColdRunChosen,
     Event,
     FailureReason,
     HistoryMessage,
@@ -53,6 +56,7 @@ from .updates import (
     CanvasModificationUpdate,
     ErrorUpdate,
     TextDeltaUpdate,
+    TextResetUpdate,
     TextUpdate,
     ToolCallUpdate,
     TurnDone,
@@ -64,8 +68,27 @@ RESUMABLE_AGENT_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 """What an agent session id must look like to be passed back to the agent with `--resume`
 (it comes from the agent's output, so it must never be able to pose as a flag)."""
 
+TURN_ID_NAMESPACE = uuid.UUID("5f0c4d2e-9c1b-4a57-8f1e-2d6b8f3a7c10")
+
+
+def turn_uuid(session_id: str, turn: int, attempt: int) -> str:
+    """The ledger's id for one attempt of a turn, as a uuid (a live agent's user line carries
+    it, and claude reuses it in its transcript): derived, so it needs no event of its own."""
+    return str(uuid.uuid5(TURN_ID_NAMESPACE, f"{session_id}/{turn}/{attempt}"))
+
 
 # -- starting a turn ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmTurn:
+    """A turn as the warm pool runs it: the argv to spawn a live process with (resuming the
+    agent's session if it has one), the argv that identifies the process (without the
+    session), and the argv of the same turn run cold."""
+
+    live_argv: tuple[str, ...]
+    identity: tuple[str, ...]
+    cold_argv: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,7 @@ class TurnPlan:
     argv: list[str]
     events: list[Event]
     transcript_mirror: bool = False
+    warm: WarmTurn | None = None
 
 
 def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) -> str | None:
@@ -120,11 +144,17 @@ def plan_turn(
     pid: int,
     process_started_at: float = 0.0,
     lease_epoch: int = 0,
+    live: bool = False,
 ) -> TurnPlan:
     """Plan a turn of the session as it is now (`info`, its `recent` messages): the prompt,
     the argv, and the events that record it. A retry (`attempt` > 1) reuses the turn's
-    number and records no second `MessageSent`. Raises ValueError for a bad argv setting."""
+    number and records no second `MessageSent`. `live` plans it for a warm agent process
+    (which holds the conversation, so the agent's session is resumed whenever it has one);
+    if the dialect cannot run live, the plan is cold and records `ColdRunChosen`. Raises
+    ValueError for a bad argv setting."""
     turn = info.turn_count + (1 if attempt == 1 else 0)
+    if live and resume is None:
+        resume = bool(RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or ""))
     resume_id = resume_session_id(info, config, resume)
     prompt = build_prompt(
         mode=info.mode,
@@ -144,6 +174,13 @@ def plan_turn(
         resume_session_id=resume_id,
         transcript_mirror=mirror,
     ))
+    warm: WarmTurn | None = None
+    refusal = ""
+    if live:
+        try:
+            warm = _warm_turn(dialect, config, info.mode, mcp_config_path, resume_id, argv)
+        except ValueError as error:
+            refusal = str(error)
     events: list[Event] = []
     if attempt == 1:
         events.append(MessageSent(turn=turn, text=text, canvas_state=canvas_state))
@@ -151,14 +188,17 @@ def plan_turn(
             title = title_from_message(text)
             if title:
                 events.append(SessionTitled(title=title, source="first_message"))
+    if refusal:
+        events.append(ColdRunChosen(turn=turn, reason="unsupported", message=refusal))
+    strategy = "live" if warm is not None else "resume" if resume_id else "prompt"
     events.append(
         RunStarted(
             turn=turn,
-            argv=tuple(argv),
+            argv=warm.live_argv if warm is not None else tuple(argv),
             prompt_digest=prompt.digest,
             attempt=attempt,
             template_version=prompt.template_version,
-            history_strategy="resume" if resume_id else "prompt",
+            history_strategy=strategy,
             resume_agent_session_id=resume_id,
             host=host,
             pid=pid,
@@ -166,7 +206,23 @@ def plan_turn(
             lease_epoch=lease_epoch,
         )
     )
-    return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events, transcript_mirror=mirror)
+    return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events,
+                    transcript_mirror=mirror, warm=warm)
+
+
+def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path: str | None,
+               resume_id: str | None, cold_argv: Sequence[str]) -> WarmTurn:
+    """The argv of a live process for this turn (ValueError if the dialect cannot)."""
+    def live_argv(resume: str | None) -> tuple[str, ...]:
+        return tuple(dialect.turn_argv(config.agent_command, TurnOptions(
+            mode=mode, output_format=config.output_format, allowed_tools=config.allowed_tools,
+            mcp_config_path=mcp_config_path, include_partial_messages=config.partial_messages,
+            resume_session_id=resume, live=True,
+            permission_prompt=config.tool_approvals and mode == "user",
+        )))
+
+    return WarmTurn(live_argv=live_argv(resume_id), identity=live_argv(None),
+                    cold_argv=tuple(cold_argv))
 
 
 # -- while the agent runs -------------------------------------------------------------------
@@ -187,6 +243,8 @@ class TurnStream:
             if self.stream_deltas and event.text:
                 return [TextDeltaUpdate(content=event.text)]
             return []
+        if isinstance(event, TextReset):
+            return [TextResetUpdate(content=event.text)] if self.stream_deltas else []
         if not isinstance(event, ToolCallCompleted):
             return []
         updates: list[AnyTurnUpdate] = []
@@ -278,6 +336,9 @@ def finish_run(
                 cost_usd=outcome.cost_usd,
                 usage=outcome.usage,
                 agent_session_id=outcome.agent_session_id,
+                process_cost_usd=outcome.process_cost_usd,
+                text_blocks=_kept_text_blocks(outcome),
+                permission_denials=outcome.permission_denials,
             )
         )
     else:
@@ -289,6 +350,7 @@ def finish_run(
                 message=outcome.message or "",
                 stderr_tail=outcome.stderr_tail or "",
                 exit_code=outcome.exit_code,
+                partial_text=outcome.partial_text or outcome.text,
             )
         )
     already = {canonical_json(m) for m in streamed_modifications}
@@ -312,6 +374,12 @@ def finish_run(
         )
     )
     return RecordOutcome(events=events, updates=updates)
+
+
+def _kept_text_blocks(outcome: RunOutcome) -> tuple[str, ...]:
+    """Every assistant text block of the turn, unless they say no more than its text."""
+    blocks = tuple(block for block in outcome.text_blocks if block)
+    return () if blocks in ((), (outcome.text,)) else blocks
 
 
 def storable_event(event: Event) -> Event:

@@ -44,6 +44,22 @@ class ToolCallUpdate(TurnUpdate, tag="tool_call", frozen=True, kw_only=True):
     is_error: bool = False
 
 
+class TextResetUpdate(TurnUpdate, tag="text_reset", frozen=True, kw_only=True):
+    """The deltas streamed so far were not the answer (the agent's stream broke and it
+    retried without streaming): `content` is what it really said (only with deltas)."""
+
+    content: str
+
+
+class PermissionRequestUpdate(TurnUpdate, tag="permission_request", frozen=True, kw_only=True):
+    """The agent asks to use a tool outside the allow-list: answer with `decide_permission`
+    (the turn waits; leaving the turn denies)."""
+
+    request_id: str
+    tool: str
+    input: Any = None
+
+
 class CanvasModificationUpdate(TurnUpdate, tag="canvas_modification", frozen=True, kw_only=True):
     """A canvas change the agent made (streamed as it happens, each one once per turn)."""
 
@@ -83,8 +99,8 @@ class TurnWaiting(TurnUpdate, tag="waiting", frozen=True, kw_only=True):
 
 
 AnyTurnUpdate = (
-    TextDeltaUpdate | ToolCallUpdate | CanvasModificationUpdate | TextUpdate | ErrorUpdate
-    | TurnDone | TurnWaiting
+    TextDeltaUpdate | TextResetUpdate | ToolCallUpdate | PermissionRequestUpdate
+    | CanvasModificationUpdate | TextUpdate | ErrorUpdate | TurnDone | TurnWaiting
 )
 """Every update a turn can stream."""
 

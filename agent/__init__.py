@@ -33,6 +33,7 @@ from .run_types import (
     RunOutcome,
     RunSpec,
     TextDelta,
+    TextReset,
     ToolCallCompleted,
     TranscriptFrame,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "StreamJsonParser",
     "TextDelta",
     "TranscriptFrame",
+    "TextReset",
     "ToolCallCompleted",
     "TurnOptions",
     "agent_environment",

@@ -29,6 +29,9 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     `resume_session_id` (go on with the agent's own session) and `new_session_id`;
     `transcript_mirror` asks the agent to print its transcript entries as it writes them
     (only for a dialect whose `supports_transcript_mirror` is true).
+    `live` asks for a long-lived process that takes turns as stream-json lines on stdin
+    and speaks the control protocol (a dialect that cannot raises ValueError);
+    `permission_prompt` has it put tool calls outside the allow-list to the caller.
     """
 
     mode: str
@@ -39,6 +42,8 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     resume_session_id: str | None = None
     new_session_id: str | None = None
     transcript_mirror: bool = False
+    live: bool = False
+    permission_prompt: bool = False
 
 
 class FinishedTurn(msgspec.Struct, frozen=True, kw_only=True):

@@ -111,6 +111,7 @@ class AgentResult(msgspec.Struct, frozen=True, kw_only=True, tag="agent_result")
     session_id: str | None = None
     num_turns: int | None = None
     duration_ms: float | None = None
+    permission_denials: tuple[dict[str, Any], ...] = ()
 
 
 class TranscriptFrame(msgspec.Struct, frozen=True, kw_only=True, tag="transcript_frame"):
@@ -121,7 +122,17 @@ class TranscriptFrame(msgspec.Struct, frozen=True, kw_only=True, tag="transcript
     entries: tuple[Any, ...] = ()
 
 
-AgentUpdate = TextDelta | ToolCallCompleted | AgentInit | ApiRetried | AgentResult | TranscriptFrame
+class TextReset(msgspec.Struct, frozen=True, kw_only=True, tag="text_reset"):
+    """The text streamed so far was not the answer (a broken stream the agent retried without
+    streaming): `text` is what the agent really said, replacing the deltas of this block."""
+
+    text: str
+
+
+AgentUpdate = (
+    TextDelta | ToolCallCompleted | AgentInit | ApiRetried | AgentResult | TranscriptFrame
+    | TextReset
+)
 """Everything a run reports while it goes on."""
 
 
@@ -147,6 +158,8 @@ class ParsedResult(msgspec.Struct, frozen=True, kw_only=True):
     garbage_lines: int = 0
     unknown_lines: int = 0
     diagnostics: tuple[str, ...] = ()
+    text_blocks: tuple[str, ...] = ()
+    permission_denials: tuple[dict[str, Any], ...] = ()
 
 
 class Classification(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +172,10 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
 
 class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one agent run ended: its answer and cost, or why it failed (`failure_reason`).
+
+    In a live process `cost_usd` is this turn's share and `process_cost_usd` the process's
+    cumulative total; `partial_text` is what a failed turn had streamed; `text_blocks` every
+    assistant text block; `permission_denials` the tool calls the agent refused.
 
     `agent_session_lost` says the agent could not find the session it was asked to resume
     (its history is gone): the caller may run the turn again without resuming.
@@ -181,3 +198,7 @@ class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     garbage_lines: int = 0
     diagnostics: tuple[str, ...] = ()
     agent_session_lost: bool = False
+    process_cost_usd: float | None = None
+    partial_text: str = ""
+    text_blocks: tuple[str, ...] = ()
+    permission_denials: tuple[dict[str, Any], ...] = ()

@@ -291,7 +291,7 @@ class _Run:
         verdict = self._runner_verdict(exit_code, stderr_tail) or self.dialect.classify(
             FinishedTurn(spec=self.spec, parsed=parsed, exit_code=exit_code,
                          stderr_tail=stderr_tail))
-        return _outcome_of(parsed, verdict, exit_code=exit_code, stderr_tail=stderr_tail,
+        return outcome_of(parsed, verdict, exit_code=exit_code, stderr_tail=stderr_tail,
                            duration=time.monotonic() - self.started, pid=self.group)
 
     def _runner_verdict(self, exit_code: int | None, stderr_tail: str) -> Classification | None:
@@ -316,7 +316,7 @@ class _Run:
         return None
 
 
-def _outcome_of(
+def outcome_of(
     parsed: ParsedResult, verdict: Classification, **fields: Any,
 ) -> RunOutcome:
     """The outcome: what the output amounted to, plus the verdict."""
@@ -326,6 +326,7 @@ def _outcome_of(
         text=parsed.text, tool_calls=parsed.tool_calls, cost_usd=parsed.cost_usd,
         usage=parsed.usage, agent_session_id=parsed.agent_session_id,
         num_turns=parsed.num_turns, api_error_status=parsed.api_error_status,
-        garbage_lines=parsed.garbage_lines, diagnostics=parsed.diagnostics, **fields,
+        garbage_lines=parsed.garbage_lines, diagnostics=parsed.diagnostics,
+        text_blocks=parsed.text_blocks, permission_denials=parsed.permission_denials, **fields,
     )
 

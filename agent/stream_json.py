@@ -26,6 +26,7 @@ from .run_types import (
     ApiRetried,
     ParsedResult,
     TextDelta,
+    TextReset,
     ToolCallCompleted,
     TranscriptFrame,
 )
@@ -175,6 +176,7 @@ class StreamJsonParser:
         # Text streamed in the current message that no assistant line has confirmed yet: an
         # interrupted claude prints it again as a new message, which must not stream twice.
         self._unconfirmed_text = ""
+        self._unanswered_stream_ids: set[str] = set()  # streamed, no assistant line yet
         self._streaming_message_id: str | None = None
         self._saw_anonymous_stream = False
         self._init: AgentInit | None = None
@@ -296,6 +298,11 @@ class StreamJsonParser:
             if isinstance(message_id, str)
             else self._saw_anonymous_stream or bool(self._streamed_message_ids)
         )
+        # A streamed message that never got its assistant line, then one that was not
+        # streamed: the stream broke and the agent retried without streaming.
+        retried = not already_streamed and bool(self._unanswered_stream_ids)
+        if isinstance(message_id, str):
+            self._unanswered_stream_ids.discard(message_id)
         events: list[AgentUpdate] = []
         for block in content:
             if not isinstance(block, dict):
@@ -306,7 +313,11 @@ class StreamJsonParser:
                     continue  # a sub-agent's own chatter is not the answer
                 self._text_blocks.append(block["text"])
                 repeated = bool(self._unconfirmed_text) and block["text"] == self._unconfirmed_text
-                if not already_streamed and not repeated and block["text"]:
+                if retried:
+                    self._unanswered_stream_ids.clear()
+                    events.append(TextReset(text=block["text"]))
+                    retried = False
+                elif not already_streamed and not repeated and block["text"]:
                     events.append(TextDelta(text=block["text"]))
                 self._unconfirmed_text = ""
             elif block_type in ("tool_use", "server_tool_use", "mcp_tool_use"):
@@ -387,6 +398,7 @@ class StreamJsonParser:
             return []
         if self._streaming_message_id is not None:
             self._streamed_message_ids.add(self._streaming_message_id)
+            self._unanswered_stream_ids.add(self._streaming_message_id)
         else:
             self._saw_anonymous_stream = True
         self._unconfirmed_text += text
@@ -401,6 +413,7 @@ class StreamJsonParser:
         elif isinstance(raw_errors, str):
             errors = (raw_errors,)
         usage = message.get("usage")
+        denials = message.get("permission_denials")
         self._result = AgentResult(
             text=_optional_str(message.get("result")) or "",
             is_error=message.get("is_error") is True,
@@ -412,6 +425,8 @@ class StreamJsonParser:
             session_id=_optional_str(message.get("session_id")),
             num_turns=_optional_int(message.get("num_turns")),
             duration_ms=_optional_float(message.get("duration_ms")),
+            permission_denials=tuple(denial for denial in denials if isinstance(denial, dict))
+            if isinstance(denials, list) else (),
         )
         return [self._result]
 
@@ -475,5 +490,7 @@ class StreamJsonParser:
             garbage_lines=self._garbage_lines,
             unknown_lines=self._unknown_lines,
             diagnostics=tuple(self._diagnostics),
+            text_blocks=tuple(self._text_blocks),
+            permission_denials=result.permission_denials if result is not None else (),
         )
         return self._finished

@@ -126,7 +126,13 @@ class RunStarted(Event, tag="run_started", kw_only=True, frozen=True):
 
 
 class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True):
-    """The agent answered a turn: final text, tool calls, exit code, cost and usage."""
+    """The agent answered a turn: final text, tool calls, exit code, cost and usage.
+
+    From a live (warm) agent process, `cost_usd` is this turn's share and `process_cost_usd`
+    the process's cumulative total; `text_blocks` holds every assistant text block of the
+    turn (the final `text` is only the last); `permission_denials` the tool calls the agent
+    refused, as it listed them.
+    """
 
     turn: int
     text: str
@@ -136,6 +142,9 @@ class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True
     cost_usd: float | None = None
     usage: dict[str, Any] | None = None
     agent_session_id: str | None = None
+    process_cost_usd: float | None = None
+    text_blocks: tuple[str, ...] = ()
+    permission_denials: tuple[Any, ...] = ()
 
 
 class CanvasModified(Event, tag="canvas_modified", kw_only=True, frozen=True):
@@ -153,6 +162,59 @@ class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     message: str = ""
     stderr_tail: str = ""
     exit_code: int | None = None
+    partial_text: str = ""
+    """What the agent had already streamed (and the user seen) when the run ended."""
+
+
+class AgentProcessStarted(Event, tag="agent_process_started", kw_only=True, frozen=True):
+    """A live (warm) agent process was started for the session, ahead of or for `turn`."""
+
+    pid: int
+    argv: tuple[str, ...] = ()
+    turn: int | None = None
+    reason: str = ""
+    host: str = ""
+
+
+class AgentProcessStopped(Event, tag="agent_process_stopped", kw_only=True, frozen=True):
+    """The session's live agent process ended: `reason` is idle, evicted, mode_switch,
+    passivated, shutdown, crashed or killed; `exit_code` None if it would not die."""
+
+    pid: int
+    reason: str
+    exit_code: int | None = None
+    turns: int = 0
+    process_cost_usd: float | None = None
+
+
+class PermissionRequested(Event, tag="permission_requested", kw_only=True, frozen=True):
+    """The agent asked to use a tool outside the allow-list; the caller was asked."""
+
+    turn: int
+    request_id: str
+    tool: str
+    input: Any = None
+    tool_use_id: str = ""
+
+
+class PermissionDecided(Event, tag="permission_decided", kw_only=True, frozen=True):
+    """A tool request was answered: by the caller (`decided_by` as given), or denied by
+    chatledger when the caller left or took longer than `permission_timeout`."""
+
+    turn: int
+    request_id: str
+    allow: bool
+    message: str = ""
+    decided_by: str | None = None
+
+
+class ColdRunChosen(Event, tag="cold_run_chosen", kw_only=True, frozen=True):
+    """Warm sessions are on, but this turn ran as a one-process-per-turn (cold) run:
+    `reason` is unsupported, initialize_failed or pool_full."""
+
+    turn: int
+    reason: str
+    message: str = ""
 
 
 class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True, frozen=True):
@@ -282,6 +344,11 @@ AnyEvent = (
     | SessionUnarchived
     | BudgetSet
     | TurnRefused
+    | AgentProcessStarted
+    | AgentProcessStopped
+    | ColdRunChosen
+    | PermissionRequested
+    | PermissionDecided
 )
 """The tagged union of every event this release knows."""
 

@@ -60,6 +60,10 @@ BEHAVIOURS: dict[str, str] = {
     "ignore-term": "[[ignore-term SECONDS]]: ignore SIGINT and SIGTERM and sleep SECONDS "
                    "(default 300)",
     "prompt": "answer with the whole prompt received (and a resumed session's earlier turns)",
+    "write": "[[write NAME]]: call the Write tool (denied in user mode unless allowed or, with "
+             "--permission-prompt-tool stdio, approved by the caller), then say how it went",
+    "retry-stream": "stream part of an answer, then (as claude after a broken stream) the "
+                    "whole answer as an assistant line with a new message id",
 }
 """Behaviour name -> what it does."""
 
@@ -69,7 +73,7 @@ VALUE_FLAGS = {
     "--output-format", "--input-format", "--mcp-config", "--resume", "-r", "--session-id",
     "--model", "--behaviour", "--behavior", "--permission-mode", "--append-system-prompt",
     "--system-prompt", "--max-turns", "--fallback-model", "--settings", "--add-dir",
-    "--agents", "--setting-sources", "--max-budget-usd",
+    "--agents", "--setting-sources", "--max-budget-usd", "--permission-prompt-tool",
 }
 LIST_FLAGS = {"--allowedTools", "--allowed-tools", "--disallowedTools", "--disallowed-tools"}
 BOOLEAN_FLAGS = {
@@ -84,6 +88,8 @@ class Options:
     """The flags the stand-in understood."""
 
     output_format: str = "text"
+    input_format: str = "text"
+    permission_prompt_tool: str | None = None
     partial_messages: bool = False
     mcp_config: str | None = None
     allowed_tools: list[str] = field(default_factory=list)
@@ -167,6 +173,12 @@ def _set_value(options: Options, flag: str, value: str) -> None:
         if value not in ("text", "json", "stream-json"):
             raise UsageError(f"error: option '--output-format' argument '{value}' is invalid")
         options.output_format = value
+    elif flag == "--input-format":
+        if value not in ("text", "stream-json"):
+            raise UsageError(f"error: option '--input-format' argument '{value}' is invalid")
+        options.input_format = value
+    elif flag == "--permission-prompt-tool":
+        options.permission_prompt_tool = value
     elif flag == "--mcp-config":
         options.mcp_config = value
     elif flag in ("--resume", "-r"):
@@ -290,6 +302,13 @@ def run(args: Sequence[str]) -> int:
         sys.stderr.write("Error: When using --print, --output-format=stream-json requires "
                          "--verbose\n")
         return 1
+    if options.input_format == "stream-json":
+        if options.output_format != "stream-json":
+            sys.stderr.write("Error: --input-format=stream-json requires "
+                             "--output-format=stream-json\n")
+            return 1
+        from .standin_live import run_live
+        return run_live(options)
     prompt = sys.stdin.buffer.read().decode("utf-8", errors="replace")
     if not prompt.strip() and options.positional:
         prompt = " ".join(options.positional)

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,6 +29,12 @@ READ_ONLY_TOOLS = ("Read", "Glob", "Grep", "LS")
 STANDIN_MODEL = "claude-standin"
 STANDIN_VERSION = "0.0.0-standin"
 SLEEP_STEP = 0.02
+WRITE_LOCK = threading.Lock()
+"""Held while a line is written: in live mode control answers come from another thread."""
+
+PermissionAsker = Callable[[str, dict[str, Any], str], "dict[str, Any] | None"]
+"""Asks the caller about a tool call (name, input, tool_use_id): claude's control response
+(`{"behavior": "allow"|"deny", ...}`), or None if the turn was interrupted meanwhile."""
 
 class Interrupted(Exception):
     """SIGINT arrived; raised at the next safe point (never in the middle of a line)."""
@@ -76,6 +83,10 @@ class Agent:
         self.denials: list[dict[str, Any]] = []
         self.output_tokens = 0
         self.mirror: TranscriptMirror | None = None  # with --session-mirror
+        self.cost_before = 0.0  # live mode: the process's cost before this turn
+        self.result_cost: float | None = None
+        self.ask_permission: PermissionAsker | None = None
+        self.text_blocks: list[str] = []
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -98,8 +109,9 @@ class Agent:
 
     def write(self, data: bytes) -> None:
         """Write raw bytes to stdout and flush."""
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        with WRITE_LOCK:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
 
     def line(self, message: dict[str, Any]) -> None:
         """One stream-json line (raw UTF-8, like claude)."""
@@ -168,6 +180,7 @@ class Agent:
         self._assistant(message_id, {"type": "text", "text": text})
         self.partial_text = ""
         self.last_text = text
+        self.text_blocks.append(text)
         self.output_tokens += max(1, len(text) // 4)
 
     def permitted(self, tool: str) -> bool:
@@ -183,11 +196,17 @@ class Agent:
         self._assistant(f"msg_{uuid.uuid4().hex[:24]}", {
             "type": "tool_use", "id": tool_use_id, "name": name, "input": tool_input})
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id}
-        if self.permitted(name):
+        decision: dict[str, Any] | None = None
+        if not self.permitted(name) and self.ask_permission is not None:
+            decision = self.ask_permission(name, tool_input, tool_use_id)
+            if decision is None:
+                raise Interrupted
+        if self.permitted(name) or (decision or {}).get("behavior") == "allow":
             result.update(content=content, is_error=False)
         else:
-            result.update(is_error=True, content=(
-                f"Claude requested permissions to use {name}, but you haven't granted it yet."))
+            denial = (decision or {}).get("message") or (
+                f"Claude requested permissions to use {name}, but you haven't granted it yet.")
+            result.update(is_error=True, content=str(denial))
             self.denials.append({"tool_name": name, "tool_use_id": tool_use_id,
                                  "tool_input": tool_input})
         self.line(self.envelope("user", {"role": "user", "content": [result]}))
@@ -203,8 +222,9 @@ class Agent:
                  "cache_read_input_tokens": 0, "output_tokens": self.output_tokens,
                  "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
                  "service_tier": "standard"}
-        cost = round(input_tokens * 3e-6 + self.output_tokens * 15e-6, 8)
+        cost = round(self.cost_before + input_tokens * 3e-6 + self.output_tokens * 15e-6, 8)
         duration_ms = int((time.monotonic() - self.started) * 1000)
+        self.result_cost = cost
         message: dict[str, Any] = {
             "type": "result", "subtype": subtype, "is_error": is_error,
             "duration_ms": duration_ms, "duration_api_ms": duration_ms, "num_turns": self.turns,
@@ -406,6 +426,36 @@ def behave_prompt(agent: Agent, message: str, argument: str | None,
     return 0
 
 
+def behave_write(agent: Agent, message: str, argument: str | None) -> int:
+    """Call the Write tool (not allowed in user mode without an allow-list entry: with
+    `--permission-prompt-tool stdio` it is put to the caller), then say how it went."""
+    path = os.path.join(os.getcwd(), argument or "standin-output.txt")
+    before = len(agent.denials)
+    agent.use_tool("Write", {"file_path": path, "content": message}, f"File created at {path}")
+    agent.say(f"I could not write {path}." if len(agent.denials) > before else f"I wrote {path}.")
+    agent.result(agent.last_text)
+    return 0
+
+
+def behave_retry_stream(agent: Agent, message: str, argument: str | None) -> int:
+    """A stream broken mid-answer, retried without streaming: deltas of a first attempt
+    that never ends, then the whole answer as an assistant line with a new message id."""
+    agent._stream_event({"type": "message_start", "message": {
+        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+        "model": agent.options.model, "content": [], "stop_reason": None}})
+    agent._stream_event({"type": "content_block_start", "index": 0,
+                         "content_block": {"type": "text", "text": ""}})
+    for piece in ("...completed ", "norm"):
+        agent._stream_event({"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": piece}})
+    text = f"echo: {message}"
+    agent._assistant(f"msg_{uuid.uuid4().hex[:24]}", {"type": "text", "text": text})
+    agent.last_text = text
+    agent.text_blocks.append(text)
+    agent.result(text)
+    return 0
+
+
 Behaviour = Callable[[Agent, str, "str | None"], int]
 
 HANDLERS: dict[str, Behaviour] = {
@@ -421,4 +471,6 @@ HANDLERS: dict[str, Behaviour] = {
     "spawn": behave_spawn,
     "ignore-term": behave_ignore_term,
     "prompt": behave_prompt,
+    "write": behave_write,
+    "retry-stream": behave_retry_stream,
 }

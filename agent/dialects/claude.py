@@ -76,6 +76,8 @@ def build_argv(
     resume_session_id: str | None = None,
     new_session_id: str | None = None,
     transcript_mirror: bool = False,
+    live: bool = False,
+    permission_prompt: bool = False,
 ) -> list[str]:
     """The argv for one claude turn: command, `--print`, format, MCP config, permissions,
     session, transcript mirror. Raises ValueError for an unknown mode or output format, an
@@ -92,7 +94,12 @@ def build_argv(
         )
     if resume_session_id is not None and new_session_id is not None:
         raise ValueError("give either a session to resume or a new session id, not both")
+    if live and output_format != "stream-json":
+        raise ValueError("a live agent process needs stream-json output, not "
+                         f"{output_format!r}")
     argv = [*command, "--print", "--output-format", output_format]
+    if live:
+        argv += ["--input-format", "stream-json"]
     if output_format == "stream-json":
         argv.append("--verbose")  # claude refuses stream-json in --print mode without it
         if include_partial_messages:
@@ -105,6 +112,8 @@ def build_argv(
         _check_words("allowed_tools", allowed_tools)
         if allowed_tools:
             argv.append("--allowedTools=" + " ".join(allowed_tools))
+        if permission_prompt:
+            argv += ["--permission-prompt-tool", "stdio"]
     else:
         argv.append("--dangerously-skip-permissions")
     if transcript_mirror:
@@ -195,6 +204,7 @@ class ClaudeDialect:
             include_partial_messages=options.include_partial_messages,
             resume_session_id=options.resume_session_id, new_session_id=options.new_session_id,
             transcript_mirror=options.transcript_mirror,
+            live=options.live, permission_prompt=options.permission_prompt,
         )
 
     def environment_defaults(self, timeout: float) -> Mapping[str, str]:

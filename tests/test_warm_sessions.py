@@ -1,0 +1,198 @@
+"""Warm sessions with the stand-in: one live agent process per session, recorded in the ledger
+(process start and stop with reason, cost per turn from the cumulative total, cold
+fallbacks), eviction beyond max_warm_agents, idle close, interrupt, respawn after death."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatledger import Ledger
+from chatledger.actors.updates import TextDeltaUpdate, TextResetUpdate
+from chatledger.events import (
+    AgentProcessStarted,
+    AgentProcessStopped,
+    ColdRunChosen,
+    ResponseReceived,
+    RunFailed,
+    RunStarted,
+)
+from tests.support.claude_harness import wait_until
+
+STANDIN = f"{sys.executable} -m chatledger.testing.standin"
+
+
+def open_ledger(path: Path, **settings: Any) -> Ledger:
+    options: dict[str, Any] = {"agent_command": STANDIN, "warm_agents": True,
+                               "max_warm_agents": 4, "kill_grace": 2.0}
+    options.update(settings)
+    return Ledger(str(path / "ledger"), **options)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    with open_ledger(tmp_path) as opened:
+        yield opened
+
+
+def events_of(ledger: Ledger, session_id: str, kind: type) -> list[Any]:
+    return [r.event for r in ledger.events(session_id) if isinstance(r.event, kind)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_warm_turns_share_one_process_and_record_cost_per_turn(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    answers = [ledger.send(session, text) for text in ("one", "two", "three")]
+    assert [a.text for a in answers] == ["echo: one", "echo: two", "echo: three"]
+    started = events_of(ledger, session, AgentProcessStarted)
+    assert len(started) == 1 and started[0].turn == 1 and "--input-format" in started[0].argv
+    received = events_of(ledger, session, ResponseReceived)
+    totals = [r.process_cost_usd for r in received]
+    assert totals[0] < totals[1] < totals[2]
+    assert received[1].cost_usd == pytest.approx(totals[1] - totals[0])
+    assert [r.history_strategy for r in events_of(ledger, session, RunStarted)] == ["live"] * 3
+
+
+def test_interrupt_records_the_partial_text_and_the_process_lives_on(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    streaming = threading.Event()
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, TextDeltaUpdate):
+            streaming.set()
+
+    interrupted: list[bool] = []
+
+    def interrupt_when_streaming() -> None:
+        if streaming.wait(10):
+            interrupted.append(ledger.interrupt(session))
+
+    threading.Thread(target=interrupt_when_streaming, daemon=True).start()
+    outcome = ledger.send(session, "a long one [[slow 30]]", on_update=on_update,
+                          stream_deltas=True)
+    assert interrupted == [True]
+    assert (outcome.ok, outcome.reason) == (False, "cancelled")
+    failed = events_of(ledger, session, RunFailed)[-1]
+    assert failed.partial_text.startswith("echo:")
+    assert ledger.send(session, "after").text == "echo: after"
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+
+
+def test_interrupt_without_a_running_turn_says_so(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    assert ledger.interrupt(session) is False
+
+
+def test_a_process_that_dies_fails_the_turn_and_the_next_turn_respawns(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "hello")
+    died = ledger.send(session, "[[fail]]")
+    assert (died.ok, died.reason) == (False, "interrupted")
+    stopped = events_of(ledger, session, AgentProcessStopped)
+    assert [(s.reason, s.exit_code) for s in stopped] == [("crashed", 1)]
+    assert ledger.send(session, "again").text == "echo: again"
+    started = events_of(ledger, session, AgentProcessStarted)
+    assert len(started) == 2
+    assert any(word.startswith("--resume=") for word in started[1].argv)
+
+
+def test_beyond_max_warm_agents_the_least_recently_used_is_evicted(tmp_path: Path) -> None:
+    with open_ledger(tmp_path, max_warm_agents=2) as ledger:
+        sessions = [ledger.create_session().session_id for _ in range(4)]
+        for round_ in range(2):
+            for session in sessions:
+                assert ledger.send(session, f"turn {round_}").ok
+                assert len(ledger.runtime.warm.warm_sessions()) <= 2  # type: ignore[union-attr]
+        evicted = [s for s in sessions
+                   if [e.reason for e in events_of(ledger, s, AgentProcessStopped)]]
+        assert evicted  # every turn ran and was recorded, with processes evicted between
+        for session in sessions:
+            assert len(events_of(ledger, session, ResponseReceived)) == 2
+            for stop in events_of(ledger, session, AgentProcessStopped):
+                assert (stop.reason, stop.exit_code) == ("evicted", 0)
+
+
+def test_a_mode_switch_replaces_the_process(ledger: Ledger) -> None:
+    session = ledger.create_session(mode="user").session_id
+    ledger.send(session, "as user")
+    ledger.switch_mode(session, "power")
+    assert ledger.send(session, "as power").ok
+    stopped = events_of(ledger, session, AgentProcessStopped)
+    assert [s.reason for s in stopped] == ["mode_switch"]
+    started = events_of(ledger, session, AgentProcessStarted)
+    assert "--dangerously-skip-permissions" in started[-1].argv
+
+
+def test_an_idle_process_is_closed_after_warm_idle_timeout(tmp_path: Path) -> None:
+    with open_ledger(tmp_path, warm_idle_timeout=0.3) as ledger:
+        session = ledger.create_session().session_id
+        ledger.send(session, "hello")
+        pid = events_of(ledger, session, AgentProcessStarted)[0].pid
+        stops = wait_until(lambda: events_of(ledger, session, AgentProcessStopped), 10)
+        assert [(s.reason, s.exit_code) for s in stops] == [("idle", 0)]
+        assert wait_until(lambda: not alive(pid), 5)
+
+
+def test_passivation_and_close_stop_the_process_and_say_why(tmp_path: Path) -> None:
+    with open_ledger(tmp_path) as ledger:
+        first = ledger.create_session().session_id
+        second = ledger.create_session().session_id
+        ledger.send(first, "hello")
+        ledger.send(second, "hello")
+        assert ledger.passivate(first)
+        wait_until(lambda: events_of(ledger, first, AgentProcessStopped), 10)
+    with open_ledger(tmp_path) as reopened:
+        assert [s.reason for s in events_of(reopened, first, AgentProcessStopped)] == \
+            ["passivated"]
+        assert [s.reason for s in events_of(reopened, second, AgentProcessStopped)] == \
+            ["shutdown"]
+        assert reopened.send(first, "back").text == "echo: back"
+
+
+def test_a_dialect_that_cannot_run_live_runs_cold_and_says_so(tmp_path: Path) -> None:
+    with open_ledger(tmp_path, output_format="text") as ledger:
+        session = ledger.create_session().session_id
+        assert ledger.send(session, "hello").text == "echo: hello"
+        chosen = events_of(ledger, session, ColdRunChosen)
+        assert [c.reason for c in chosen] == ["unsupported"]
+        assert not events_of(ledger, session, AgentProcessStarted)
+
+
+def test_an_agent_that_fails_initialize_runs_cold_and_says_so(tmp_path: Path) -> None:
+    command = f"{sys.executable} -c 'import sys; sys.exit(3)'"  # speaks no protocol at all
+    with open_ledger(tmp_path, agent_command=command, agent_dialect="standin") as ledger:
+        session = ledger.create_session().session_id
+        outcome = ledger.send(session, "hello")
+        assert (outcome.ok, outcome.reason) == (False, "exit_status")  # the cold run's own
+        assert [c.reason for c in events_of(ledger, session, ColdRunChosen)] == \
+            ["initialize_failed"]
+
+
+def test_a_stream_retried_without_streaming_resets_the_deltas(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    outcome = ledger.send(session, "hi [[retry-stream]]", stream_deltas=True)
+    resets = [u.content for u in outcome.updates if isinstance(u, TextResetUpdate)]
+    assert resets == ["echo: hi"]
+    assert outcome.text == "echo: hi"
+
+
+def test_every_text_block_of_a_turn_is_recorded(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "[[canvas]]")
+    received = events_of(ledger, session, ResponseReceived)[-1]
+    assert received.text_blocks[0] == "I will add the design variable to the canvas."
+    assert received.text_blocks[-1] == received.text
