@@ -312,8 +312,9 @@ class StreamJsonParser:
                 if from_subagent:
                     continue  # a sub-agent's own chatter is not the answer
                 self._text_blocks.append(block["text"])
+                # An interrupted claude prints what it streamed again: neither a reset nor new.
                 repeated = bool(self._unconfirmed_text) and block["text"] == self._unconfirmed_text
-                if retried:
+                if retried and not repeated:
                     self._unanswered_stream_ids.clear()
                     events.append(TextReset(text=block["text"]))
                     retried = False
