@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 
 import chatledger  # noqa: E402
-from chatledger.actors import session as session_module  # noqa: E402
+from chatledger.actors import session_turns  # noqa: E402
 
 _SPANS = InMemorySpanExporter()
 _METRICS = InMemoryMetricReader()
@@ -61,7 +61,7 @@ def test_a_record_from_a_session_carries_its_session_and_turn(
     def broken(**_: Any) -> Any:
         raise RuntimeError("recording broke")
 
-    monkeypatch.setattr(session_module, "finish_run", broken)
+    monkeypatch.setattr(session_turns, "finish_run", broken)
     with open_ledger(store_location) as ledger, caplog.at_level(logging.ERROR, "chatledger"):
         session_id = ledger.create_session().session_id
         outcome = ledger.send(session_id, "hello")

@@ -1,0 +1,246 @@
+"""The SessionActor's part that runs turns: start the next queued turn, hand its run to the
+pool (or the session's warm agent process), and record what the finished run produced
+(decided by the pure functions of `turn.py`). Runs in the actor's own thread; the run itself
+happens on the run pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
+from ..errors import (
+    InvalidEventError,
+    StaleLeaseError,
+)
+from ..events import (
+    Event,
+)
+from ..spend.caps import budget_refusal
+from ..telemetry import record_refusal, start_turn_trace
+from .messages import (
+    RetryRecording,
+    RunCompleted,
+    RunTicket,
+    SendMessage,
+)
+from .rehydration import HOST
+from .session_core import emit_all
+from .session_ownership import SessionOwnership
+from .transcripts import TurnTranscript
+from .turn import (
+    RetryWithPromptHistory,
+    TurnPlan,
+    TurnStream,
+    finish_run,
+    plan_turn,
+    storable_event,
+    turn_uuid,
+)
+from .updates import turn_failed
+
+logger = logging.getLogger(__name__)
+
+
+class SessionTurns(SessionOwnership):
+    """Starts queued turns in order and records their outcomes."""
+
+    # -- turns ------------------------------------------------------------------------------
+
+    def _start_next_turn(self) -> None:
+        """Start queued turns until one is running (a turn that cannot start fails at once)."""
+        while self.current is None and self.queue:
+            if self.services.closing.is_set():
+                command = self.queue.popleft()
+                emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
+                continue
+            try:
+                owned = self._own_session()
+            except Exception as error:  # the store cannot be written: the turn cannot start
+                logger.exception("could not take the lease of %s", self.session_id)
+                emit_all(self.queue.popleft().sink, turn_failed(str(error), "ledger_error"))
+                continue
+            if not owned:
+                self._wait_for_owner()
+                return
+            command = self.queue.popleft()
+            self.told_waiting.discard(command.ticket)
+            if self._refuse_over_budget(command):
+                continue
+            try:
+                self._start_turn(command)
+            except Exception as error:
+                self.log.exception("could not start a turn of %s", self.session_id)
+                emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
+        if self.current is None:
+            self._let_go_if_idle()
+            self.services.touch(self.session_id, False)
+
+    def _refuse_over_budget(self, command: SendMessage) -> bool:
+        """Refuse (recorded, and told to the caller) a turn a spend cap does not allow. A cap
+        another process set is seen: a stale state is reloaded first (one index read)."""
+        indexed = self.services.log.info(self.session_id)
+        if indexed is not None and indexed.version != self.info.version:
+            self._reload()
+        refused = budget_refusal(self.info, self.services.log)
+        if refused is None:
+            return False
+        self._append([refused])
+        record_refusal(self.session_id, refused.scope)
+        emit_all(command.sink, turn_failed(refused.message, "budget_exceeded"))
+        return True
+
+    def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
+        """Record the turn's start (decided on the session as it is, again after a reload;
+        fenced by the lease), then hand its run to the pool. A turn left open before it is
+        closed first: no RunStarted stays dangling once a later turn has run."""
+        lease = self._fence()
+        if attempt == 1:
+            self._close_cut_turn()
+
+        def decide() -> tuple[list[Event], TurnPlan]:
+            self._check_mode_allowed()
+            plan = plan_turn(
+                info=self.info,
+                recent=self.recent,
+                text=command.text,
+                canvas_state=command.canvas_state,
+                config=self.services.config,
+                dialect=self.services.dialect,
+                mcp_config_path=self.services.mcp_config_path(self.session_id, self.info.mode),
+                attempt=attempt,
+                resume=resume,
+                host=HOST,
+                pid=os.getpid(),
+                process_started_at=self.services.leases.owner.started_at,
+                lease_epoch=lease.epoch,
+                live=self.services.warm is not None,
+            )
+            return plan.events, plan
+
+        plan = self._record(decide, lease)
+        ticket = RunTicket(
+            session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
+        )
+        ticket.trace = start_turn_trace(self.session_id, plan.turn, command.queued_at_ns, attempt)
+        self.current = ticket
+        stream = TurnStream(stream_deltas=command.stream_deltas)
+        config = self.services.config
+
+        transcript = TurnTranscript.for_turn(self.services.transcripts, self.services.dialect,
+                                             plan, self.session_id, config)
+
+        def forward(event: AgentUpdate) -> None:
+            """Stream one agent event to the caller (transcript frames go to the ledger
+            instead). Runs on the pool thread."""
+            if transcript is not None and transcript.take(event):
+                return
+            ticket.trace.agent_event(event)
+            emit_all(command.sink, stream.updates_for(event))
+
+        process_events: list[Any] = []
+        warm = self.services.warm
+
+        def run(cancel: CancelSwitch) -> RunOutcome:
+            """Restore the transcript to resume from and start its mirror, run the agent for
+            this turn (in the session's warm process when there is one), then wait (bounded)
+            for the mirror's last frames. Runs on the pool thread and blocks."""
+            spec = RunSpec(
+                argv=tuple(plan.argv),
+                prompt=plan.prompt.text,
+                output_format=config.output_format,
+                timeout=config.timeout,
+                env_extras=config.agent_env,
+                cwd=config.agent_cwd,
+                cancel=cancel,
+                max_output_bytes=config.max_output_bytes,
+                kill_grace=config.kill_grace,
+            )
+            if transcript is not None:
+                transcript.begin()
+            try:
+                if warm is None or plan.warm is None:
+                    return run_turn(spec, self.services.dialect, forward)
+                outcome, events = warm.run(
+                    self.session_id, plan.turn, plan.warm, spec, on_update=forward,
+                    turn_id=turn_uuid(self.session_id, plan.turn, attempt),
+                    on_request=lambda update: emit_all(command.sink, [update]))
+                process_events.extend(events)
+                return outcome
+            finally:
+                if transcript is not None:
+                    transcript.finish()
+
+        route = self.services.route_completion
+
+        def done(finished: RunTicket, outcome: RunOutcome) -> None:
+            """Report the run's end to the session. Runs on the pool thread."""
+            finished.trace.result(outcome)
+            route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
+                               streamed_modifications=stream.streamed_modifications,
+                               recorded_first=tuple(transcript.events()) if transcript else (),
+                               process_events=tuple(process_events)))
+
+        self.services.pool.submit(ticket, run, done)
+        ticket.trace.agent_started()
+
+    def _on_run_completed(self, message: RunCompleted) -> None:
+        ticket = self.current
+        if ticket is None or ticket.ticket != message.ticket.ticket:
+            self.log.warning("%s: a run completion for ticket %s arrived unexpectedly",
+                           self.session_id, message.ticket.ticket)
+            return
+        self.current = None
+        command = ticket.command
+        turn = message.ticket.turn
+        try:
+            if message.recorded_first:  # what the run job did before the agent started
+                self._append(list(message.recorded_first), lease=self._fence())
+            decision = finish_run(
+                turn=turn,
+                outcome=message.outcome,
+                started=self.last_run_started,
+                agent_session_id=self.info.agent_session_id,
+                streamed_modifications=message.streamed_modifications,
+            )
+            process_events = list(message.process_events)
+            if isinstance(decision, RetryWithPromptHistory):
+                ticket.trace.finished(turn_failed("retried with prompt history",
+                                                  "agent_error", turn))
+                self._append([*process_events, decision.lost], lease=self._fence())
+                self._start_turn(command, attempt=2, resume=False)
+                return
+            lease = self._fence()
+            last = not self.queue  # then the lease goes with the outcome: one write, not two
+            events = [*process_events, *decision.events]
+            try:
+                self._append(events, lease=lease, release_lease=last)
+            except InvalidEventError:  # refused before anything was written
+                self._append([storable_event(event) for event in events],
+                             lease=lease, release_lease=last)
+            if last:  # idle before the caller hears: it may passivate, or hand over
+                self.lease = None
+                self.services.leases.forget(self.session_id, lease)
+                self.services.touch(self.session_id, False)
+            emit_all(command.sink, decision.updates)
+            ticket.trace.finished(decision.updates)
+        except StaleLeaseError:
+            logger.warning("%s: another process took the session over during turn %s",
+                           self.session_id, turn)
+            self.lease = None
+            failed = turn_failed(
+                "another process took this session over while this turn ran (it had stopped "
+                "renewing its lease): the answer was not recorded", "ledger_error", turn)
+            emit_all(command.sink, failed)
+            ticket.trace.finished(failed)
+        except Exception as error:
+            self.log.exception("%s: could not record the outcome of turn %s",
+                             self.session_id, turn)
+            self.unrecorded = (turn, str(error))
+            self._retry_later(RetryRecording(), self.recording_delay)
+            failed = turn_failed(f"could not record the answer: {error}", "ledger_error", turn)
+            emit_all(command.sink, failed)
+            ticket.trace.finished(failed)
+        self._start_next_turn()
