@@ -536,6 +536,31 @@ def test_a_node_that_lost_its_lease_to_another_node_can_never_append_again(
         node_b.close()
 
 
+def test_nodes_racing_for_a_lease_get_one_owner(postgres_url: str) -> None:
+    handles = [open_postgresql_store(postgres_url) for _ in range(2)]
+    owners = [LeaseOwner(host=f"node-{number}", pid=number, token=str(number))
+              for number in range(6)]
+    start = threading.Barrier(len(owners))
+    granted: list[Lease | None] = [None] * len(owners)
+
+    def race(number: int) -> None:
+        start.wait(timeout=30)
+        granted[number] = handles[number % 2].acquire_lease("alpha", owners[number], ttl=30)
+
+    threads = [threading.Thread(target=race, args=(number,)) for number in range(len(owners))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        winners = [lease for lease in granted if lease is not None]
+        assert len(winners) == 1 and winners[0].epoch == 1
+        assert handles[0].lease("alpha") == winners[0]
+    finally:
+        for handle in handles:
+            handle.close()
+
+
 def test_leases_expire_by_the_servers_clock(store: PostgresStore) -> None:
     server_now = sql(store.url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
     assert isinstance(server_now, float) and abs(store.clock() - server_now) < 5
