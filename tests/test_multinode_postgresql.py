@@ -91,9 +91,6 @@ def test_two_nodes_share_one_ledger_and_every_sessions_turns_are_whole_and_in_or
         assert positions == list(range(1, store.head().position + 1))
 
 
-@pytest.mark.xfail(reason="needs session ownership (a lease per session, fenced appends) in "
-                          "actors/, being built in the ownership issue: without it two nodes "
-                          "serving one session race its turns", strict=False)
 def test_two_nodes_serving_one_session_never_overlap_its_turns(
     postgres_url: str, tmp_path: Path, nodes: list[subprocess.Popen[str]]
 ) -> None:

@@ -24,11 +24,13 @@ except ImportError:  # pragma: no cover - the extra is not installed
                 allow_module_level=True)
 
 from chatledger.audit.jsonl import export_jsonl, import_jsonl
-from chatledger.errors import ConcurrencyError, LedgerError, LedgerMissingError
+from chatledger.errors import ConcurrencyError, LedgerError, LedgerMissingError, StaleLeaseError
 from chatledger.events import MessageSent, SessionCreated, StudyContextSet
 from chatledger.storage import GENESIS, EventLog, Head, SessionAppend, open_store
 from chatledger.storage.hashing import HASH_SIZE
+from chatledger.storage.leases import Lease, LeaseOwner
 from chatledger.storage.postgresql import (
+    SCHEMA_VERSION,
     PoolExhaustedError,
     PostgresStore,
     open_postgresql_store,
@@ -404,7 +406,7 @@ def test_opening_twice_creates_the_schema_once(postgres_url: str) -> None:
         create(first, "alpha")
     with open_postgresql_store(postgres_url) as second:
         assert second.info("alpha") is not None
-    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]
+    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(SCHEMA_VERSION,)]
 
 
 def test_server_down_at_open_is_a_clear_ledger_error(postgres_server) -> None:
@@ -498,39 +500,73 @@ def test_a_lost_seal_is_redone_identically(postgres_url: str) -> None:
 # -- ownership -------------------------------------------------------------------------
 
 
-def test_a_node_that_lost_its_lease_can_never_append_again(postgres_url: str) -> None:
-    from chatledger.storage.postgresql import SessionFencedError
+NODE_A = LeaseOwner(host="node-a", pid=1, started_at=1.0, token="a")
+NODE_B = LeaseOwner(host="node-b", pid=2, started_at=2.0, token="b")
 
+
+def test_a_node_that_lost_its_lease_to_another_node_can_never_append_again(
+        postgres_url: str) -> None:
     node_a = open_postgresql_store(postgres_url)
     node_b = open_postgresql_store(postgres_url)
     try:
         create(node_a, "alpha")
-        lease_a = node_a.acquire_lease("alpha", "node-a", ttl=0.5)
+        lease_a = node_a.acquire_lease("alpha", NODE_A, ttl=0.5)
         assert lease_a is not None and lease_a.epoch == 1
         node_a.append("alpha", [MessageSent(turn=1, text="a owns it")], 1, lease=lease_a)
-        assert node_b.acquire_lease("alpha", "node-b", ttl=30) is None  # a's lease is valid
-        # Node A is paused past its lease; node B takes the session over.
+        assert node_b.acquire_lease("alpha", NODE_B, ttl=30) is None  # a's lease is valid
+        # Node A is paused past its lease (server clock); node B takes the session over.
         deadline = time.monotonic() + 10
         lease_b = None
         while lease_b is None and time.monotonic() < deadline:
-            lease_b = node_b.acquire_lease("alpha", "node-b", ttl=30)
+            lease_b = node_b.acquire_lease("alpha", NODE_B, ttl=30)
         assert lease_b is not None and lease_b.epoch == 2
-        with pytest.raises(SessionFencedError, match="epoch 1"):
+        with pytest.raises(StaleLeaseError, match="epoch 1"):
             node_a.append("alpha", [MessageSent(turn=2, text="a, late")], 2, lease=lease_a)
         assert node_a.renew_lease(lease_a, ttl=30) is None
-        node_b.append("alpha", [MessageSent(turn=2, text="b owns it")], 2, lease=lease_b)
+        node_b.append("alpha", [MessageSent(turn=2, text="b owns it")], 2, lease=lease_b,
+                      release_lease=True)
         texts = [record.event.text for record in node_b.read_session("alpha")[1:]]
         assert texts == ["a owns it", "b owns it"]
-        renewed = node_b.renew_lease(lease_b, ttl=30)
-        assert renewed is not None and renewed.epoch == 2
-        node_b.release_lease(renewed)
-        lease_a2 = node_a.acquire_lease("alpha", "node-a", ttl=30)
+        lease_a2 = node_a.acquire_lease("alpha", NODE_A, ttl=30)
         assert lease_a2 is not None and lease_a2.epoch == 3  # epochs are never reused
-        assert node_a.lease_holder("alpha") == lease_a2
+        assert node_b.lease("alpha") == lease_a2
         assert node_a.verify().ok
     finally:
         node_a.close()
         node_b.close()
+
+
+def test_nodes_racing_for_a_lease_get_one_owner(postgres_url: str) -> None:
+    handles = [open_postgresql_store(postgres_url) for _ in range(2)]
+    owners = [LeaseOwner(host=f"node-{number}", pid=number, token=str(number))
+              for number in range(6)]
+    start = threading.Barrier(len(owners))
+    granted: list[Lease | None] = [None] * len(owners)
+
+    def race(number: int) -> None:
+        start.wait(timeout=30)
+        granted[number] = handles[number % 2].acquire_lease("alpha", owners[number], ttl=30)
+
+    threads = [threading.Thread(target=race, args=(number,)) for number in range(len(owners))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        winners = [lease for lease in granted if lease is not None]
+        assert len(winners) == 1 and winners[0].epoch == 1
+        assert handles[0].lease("alpha") == winners[0]
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def test_leases_expire_by_the_servers_clock(store: PostgresStore) -> None:
+    server_now = sql(store.url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+    assert isinstance(server_now, float) and abs(store.clock() - server_now) < 5
+    lease = store.acquire_lease("alpha", NODE_A, ttl=30)
+    assert lease is not None and lease.held_at(store.clock())
+    assert lease.expires_at - store.clock() <= 30
 
 
 def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str) -> None:
@@ -540,8 +576,31 @@ def test_a_schema_1_database_is_migrated_to_the_current_schema(postgres_url: str
     sql(postgres_url, "UPDATE chatledger.schema_version SET version = 1")
     with open_postgresql_store(postgres_url) as store:
         assert store.info("alpha") is not None
-        assert store.acquire_lease("alpha", "node", ttl=5) is not None
-    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(2,)]
+        assert store.acquire_lease("alpha", NODE_A, ttl=5) is not None
+    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [
+        (SCHEMA_VERSION,)]
+
+
+def test_schema_2_leases_are_carried_forward_with_their_epochs(postgres_url: str) -> None:
+    open_postgresql_store(postgres_url).close()
+    sql(postgres_url, "DROP TABLE chatledger.leases")
+    sql(postgres_url, "CREATE TABLE chatledger.leases (session_id text PRIMARY KEY,"
+                      " owner text NOT NULL, epoch bigint NOT NULL,"
+                      " expires_at timestamptz NOT NULL)")
+    sql(postgres_url, "INSERT INTO chatledger.leases VALUES"
+                      " ('held', 'old-node', 4, now() + interval '1 hour'),"
+                      " ('freed', 'old-node', 7, '-infinity')")
+    sql(postgres_url, "UPDATE chatledger.schema_version SET version = 2")
+    with open_postgresql_store(postgres_url) as store:
+        held, freed = store.lease("held"), store.lease("freed")
+        assert held is not None and held.epoch == 4 and held.held_at(store.clock())
+        assert held.owner == LeaseOwner(host="old-node", pid=0)
+        assert store.acquire_lease("held", NODE_A, ttl=5) is None  # still the old node's
+        assert freed == Lease(session_id="freed", epoch=7, owner=None, expires_at=0.0)
+        taken = store.acquire_lease("freed", NODE_A, ttl=5)
+        assert taken is not None and taken.epoch == 8
+    assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [
+        (SCHEMA_VERSION,)]
 
 
 def test_an_index_behind_its_events_fails_the_append_clearly(store: PostgresStore) -> None:

@@ -6,7 +6,6 @@ should import it directly, but ask the store factory.
 """
 
 from .connection import ConnectionLostError, PoolExhaustedError
-from .leases import Lease, SessionFencedError
 from .schema import SCHEMA_VERSION
 from .store import PostgresStore, open_postgresql_store
 from .verify import PostgresVerifyReport
@@ -16,10 +15,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppendOutcomeUnknownError",
     "ConnectionLostError",
-    "Lease",
     "PoolExhaustedError",
     "PostgresStore",
     "PostgresVerifyReport",
-    "SessionFencedError",
     "open_postgresql_store",
 ]

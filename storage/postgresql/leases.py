@@ -1,115 +1,105 @@
-"""Session ownership between nodes: a lease row per session with a fencing epoch.
+"""Session leases in PostgreSQL: one row per session, changed by the port's pure rules.
 
-A node acquires a session's lease for a time-to-live, measured by the server's clock (one
-clock for every node), and renews it while it works; taking a lease over from another owner,
-or after it expired, gives a new, larger epoch (rows are never deleted, so an epoch is never
-reused). An append that carries a lease commits only if, inside its own transaction, the
-lease row still has that owner and epoch and has not expired: a node that was paused or cut
-off past its lease can never append for that session again. Leases are changed under the
-session's advisory lock, the one appends take, so no takeover can commit between an append's
-check and its commit. This module holds the SQL and the values; it does not append.
+Each change reads the session's lease row and writes the record `storage/leases.py` decides
+(`acquired`, `renewed`, `released`), in one transaction holding the session's advisory lock,
+the lock appends take: no grant can commit between an append's fence check and its commit.
+Expiry is measured by the server's clock (`clock_timestamp()`, one clock for every node), as
+epoch seconds stored exactly as the rules compute them. Rows are never deleted, so an epoch
+is never reused. This module holds the SQL and the row mapping; it does not append and has
+no rules of its own.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import psycopg
 
-from ...errors import ChatledgerError
+from ..leases import Lease, LeaseOwner, acquired, released, renewed
 from .schema import SESSION_LOCK_CLASS, session_lock_key
 
-
-class Lease(msgspec.Struct, frozen=True):
-    """A node's ownership of a session until `expires_at` (server time), under an epoch."""
-
-    session_id: str
-    owner: str
-    epoch: int
-    expires_at: datetime
-
-
-class SessionFencedError(ChatledgerError):
-    """The append carried a lease that is no longer the session's: another node owns it (or
-    the lease expired); nothing was written. Stop working on the session."""
-
-    def __init__(self, session_id: str, owner: str, epoch: int) -> None:
-        super().__init__(
-            f"the lease of {owner!r} on session {session_id!r} (epoch {epoch}) is no longer "
-            "valid: another node owns the session now, or the lease expired; nothing was "
-            "written"
-        )
-        self.session_id = session_id
-        self.owner = owner
-        self.epoch = epoch
-
-
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
-_ACQUIRE = (
-    "INSERT INTO chatledger.leases AS l (session_id, owner, epoch, expires_at)"
-    " VALUES (%(session)s, %(owner)s, 1, now() + %(ttl)s * interval '1 second')"
-    " ON CONFLICT (session_id) DO UPDATE SET"
-    "  epoch = CASE WHEN l.owner = excluded.owner AND l.expires_at > now() THEN l.epoch"
-    "          ELSE l.epoch + 1 END,"
-    "  owner = excluded.owner, expires_at = excluded.expires_at"
-    " WHERE l.owner = excluded.owner OR l.expires_at <= now()"
-    " RETURNING session_id, owner, epoch, expires_at"
+_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+_COLUMNS = "session_id, epoch, host, pid, started_at, token, expires_at"
+_READ = f"SELECT {_COLUMNS} FROM chatledger.leases WHERE session_id = ANY(%s)"
+_WRITE = (
+    f"INSERT INTO chatledger.leases ({_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::int8[], %s::text[], %s::int8[], %s::float8[],"
+    "  %s::text[], %s::float8[])"
+    " ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch, host = excluded.host,"
+    "  pid = excluded.pid, started_at = excluded.started_at, token = excluded.token,"
+    "  expires_at = excluded.expires_at"
 )
-_RENEW = (
-    "UPDATE chatledger.leases SET expires_at = now() + %(ttl)s * interval '1 second'"
-    " WHERE session_id = %(session)s AND owner = %(owner)s AND epoch = %(epoch)s"
-    "  AND expires_at > now()"
-    " RETURNING session_id, owner, epoch, expires_at"
-)
-_RELEASE = (
-    "UPDATE chatledger.leases SET expires_at = '-infinity'"
-    " WHERE session_id = %(session)s AND owner = %(owner)s AND epoch = %(epoch)s"
-)
-_HOLDER = "SELECT session_id, owner, epoch, expires_at FROM chatledger.leases WHERE session_id = %s"
-VALID_LEASES = (
-    "SELECT session_id, owner, epoch, expires_at > now() FROM chatledger.leases"
-    " WHERE session_id = ANY(%s)"
-)
-"""What an append's transaction checks its fences against (after the session locks)."""
 
 
-def _locked(connection: psycopg.Connection[Any], session_id: str) -> None:
+def _from_row(row: tuple[Any, ...]) -> Lease:
+    session_id, epoch, host, pid, started_at, token, expires_at = row
+    owner = (LeaseOwner(host=host, pid=int(pid), started_at=float(started_at), token=token)
+             if host is not None else None)
+    return Lease(session_id=session_id, epoch=int(epoch), owner=owner,
+                 expires_at=float(expires_at))
+
+
+def clock(connection: psycopg.Connection[Any]) -> float:
+    """The server's clock, epoch seconds."""
+    row = connection.execute(_CLOCK).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def read(connection: psycopg.Connection[Any], session_ids: Sequence[str]) -> dict[str, Lease]:
+    """The stored lease records of these sessions (those that have one)."""
+    rows = connection.execute(_READ, [list(session_ids)]).fetchall()
+    return {lease.session_id: lease for lease in map(_from_row, rows)}
+
+
+def write(connection: psycopg.Connection[Any], records: Sequence[Lease]) -> None:
+    """Store these lease records (in the caller's transaction, under the sessions' locks)."""
+    if not records:
+        return
+    owners = [record.owner for record in records]
+    connection.execute(_WRITE, [
+        [record.session_id for record in records],
+        [record.epoch for record in records],
+        [owner.host if owner is not None else None for owner in owners],
+        [owner.pid if owner is not None else None for owner in owners],
+        [owner.started_at if owner is not None else None for owner in owners],
+        [owner.token if owner is not None else None for owner in owners],
+        [record.expires_at for record in records],
+    ])
+
+
+def _locked(connection: psycopg.Connection[Any], session_id: str) -> Lease | None:
     connection.execute(_LOCK, [SESSION_LOCK_CLASS, session_lock_key(session_id)])
+    return read(connection, [session_id]).get(session_id)
 
 
-def _lease(row: tuple[Any, ...] | None) -> Lease | None:
-    return Lease(row[0], row[1], int(row[2]), row[3]) if row is not None else None
-
-
-def acquire(connection: psycopg.Connection[Any], session_id: str, owner: str, ttl: float
-            ) -> Lease | None:
-    """Take (or extend our own) lease; None while another owner's lease is valid."""
+def acquire(connection: psycopg.Connection[Any], session_id: str, owner: LeaseOwner,
+            ttl: float, take_over: LeaseOwner | None) -> Lease | None:
+    """The lease granted to `owner` (see `acquired`), or None."""
     with connection.transaction():
-        _locked(connection, session_id)
-        row = connection.execute(_ACQUIRE, {"session": session_id, "owner": owner,
-                                            "ttl": ttl}).fetchone()
-    return _lease(row)
+        current = _locked(connection, session_id)
+        granted = acquired(current, session_id, owner, ttl, clock(connection), take_over)
+        if granted is not None:
+            write(connection, [granted])
+    return granted
 
 
 def renew(connection: psycopg.Connection[Any], lease: Lease, ttl: float) -> Lease | None:
-    """Extend a valid lease; None if it expired or was taken over."""
+    """The lease extended (see `renewed`), or None if it was lost."""
     with connection.transaction():
-        _locked(connection, lease.session_id)
-        row = connection.execute(_RENEW, {"session": lease.session_id, "owner": lease.owner,
-                                          "epoch": lease.epoch, "ttl": ttl}).fetchone()
-    return _lease(row)
+        current = _locked(connection, lease.session_id)
+        extended = renewed(current, lease, ttl, clock(connection))
+        if extended is not None:
+            write(connection, [extended])
+    return extended
 
 
-def release(connection: psycopg.Connection[Any], lease: Lease) -> None:
-    """Give a lease up at once (its epoch stays used)."""
+def release(connection: psycopg.Connection[Any], lease: Lease) -> bool:
+    """Let the lease go (see `released`); whether it was still ours."""
     with connection.transaction():
-        _locked(connection, lease.session_id)
-        connection.execute(_RELEASE, {"session": lease.session_id, "owner": lease.owner,
-                                      "epoch": lease.epoch})
-
-
-def holder(connection: psycopg.Connection[Any], session_id: str) -> Lease | None:
-    """The session's lease row as stored (valid or not), or None if never leased."""
-    return _lease(connection.execute(_HOLDER, [session_id]).fetchone())
+        freed = released(_locked(connection, lease.session_id), lease)
+        if freed is not None:
+            write(connection, [freed])
+    return freed is not None

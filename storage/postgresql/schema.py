@@ -12,8 +12,11 @@ Tables (all in the `chatledger` schema):
   reading), updated in the append's transaction.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
   sealed so far; the sealer's lock.
-- `leases` (since schema 2): a session's owner node, its fencing epoch and expiry
-  (`leases.py`); rows are never deleted, so an epoch is never reused.
+- `leases` (since schema 2): a session's lease record (`leases.py`): its fencing `epoch`, its
+  holder's `host`, `pid`, `started_at` and `token` (all NULL once released) and `expires_at`
+  (server clock, epoch seconds); rows are never deleted, so an epoch is never reused. Schema 3
+  replaced schema 2's `owner` name and timestamptz expiry: an old holder keeps its lease until
+  it expires, as the owner `host=<name>, pid=0`.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -30,7 +33,7 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
@@ -86,7 +89,19 @@ CREATE TABLE chatledger.leases (
 );
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+_V3 = """
+ALTER TABLE chatledger.leases
+    ADD COLUMN host text, ADD COLUMN pid bigint, ADD COLUMN started_at double precision,
+    ADD COLUMN token text,
+    ALTER COLUMN expires_at TYPE double precision USING
+        CASE WHEN expires_at = '-infinity' THEN 0 ELSE extract(epoch FROM expires_at) END;
+UPDATE chatledger.leases SET host = owner, pid = 0, started_at = 0, token = ''
+    WHERE expires_at > 0;
+UPDATE chatledger.leases SET expires_at = 0 WHERE host IS NULL;
+ALTER TABLE chatledger.leases DROP COLUMN owner;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 """Target version -> the DDL that brings the previous version to it."""
 
 

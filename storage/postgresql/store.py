@@ -30,9 +30,10 @@ from ...events.projections import ProjectionError, SessionInfo, evolve
 from .. import IndexEntry, Subscription
 from ..hashing import GENESIS, HASH_SIZE, Head
 from ..ids import validate_session_id
+from ..leases import Lease, LeaseOwner
+from ..records import SessionAppend, checked_append, distinct_sessions
 from . import leases
 from .connection import ConnectionLostError, Pool, connect, describe, redact
-from .leases import Lease
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
 from .schema import SCHEMA_VERSION, migrate, stored_version
@@ -82,23 +83,14 @@ _SIZE = (
 _MAX_POSITION = 2**62
 
 
-def _encode_append(session_id: str, events: Iterable[Event | UnknownEvent],
-                   expected_version: int, recorded_at: Sequence[Any] | None,
-                   lease: Lease | None = None) -> EncodedAppend:
+def _encode_append(append: SessionAppend) -> EncodedAppend:
     """Validate and encode one session's append in the caller's thread."""
-    validate_session_id(session_id)
-    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
-        raise TypeError("expected_version must be an int")
-    event_list = list(events)
-    times = list(recorded_at) if recorded_at is not None else None
-    if times is not None and len(times) != len(event_list):
-        raise ValueError("recorded_at needs one time per event")
-    if lease is not None and lease.session_id != session_id:
-        raise ValueError(f"the lease is for session {lease.session_id!r}, not {session_id!r}")
-    return EncodedAppend(session_id=session_id, events=event_list,
-                         encoded=[encode_event(event) for event in event_list],
-                         expected_version=expected_version, recorded_at=times,
-                         fence=(lease.owner, lease.epoch) if lease is not None else None)
+    checked = checked_append(append)
+    return EncodedAppend(session_id=checked.session_id, events=checked.events,
+                         encoded=[encode_event(event) for event in checked.events],
+                         expected_version=checked.expected_version,
+                         recorded_at=checked.recorded_at, lease=checked.lease,
+                         release_lease=checked.release_lease)
 
 
 class PostgresStore:
@@ -199,25 +191,22 @@ class PostgresStore:
     # -- writing -------------------------------------------------------------------------
 
     def append(self, session_id: str, events: Iterable[Event | UnknownEvent],
-               expected_version: int, *, lease: Lease | None = None) -> list[Recorded]:
+               expected_version: int, *, lease: Lease | None = None,
+               release_lease: bool = False) -> list[Recorded]:
         """Append atomically and durably; raise ConcurrencyError if the version is stale, and
-        SessionFencedError if `lease` (when given) is no longer the session's. Blocks until
-        committed (and, by default, sealed)."""
-        append = _encode_append(session_id, events, expected_version, None, lease)
-        if not append.events:
-            return []
-        result: list[list[Recorded]] = self._submit([append])
-        return result[0]
+        StaleLeaseError if `lease` (when given) is no longer the session's; `release_lease`
+        lets it go in the same transaction. Blocks until committed (and, by default,
+        sealed)."""
+        return self.append_atomically([SessionAppend(
+            session_id, list(events), expected_version, lease=lease,
+            release_lease=release_lease)])[0]
 
-    def append_atomically(self, appends: Sequence[Any]) -> list[list[Recorded]]:
+    def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction (all or none; original recorded_at
-        times kept when given, for import). `appends` are SessionAppend-shaped."""
-        payloads = [_encode_append(item.session_id, item.events, item.expected_version,
-                                   item.recorded_at) for item in appends]
-        session_ids = [payload.session_id for payload in payloads]
-        if len(set(session_ids)) != len(session_ids):
-            raise ValueError("an atomic append names a session twice: join its events instead")
-        if not any(payload.events for payload in payloads):
+        times kept when given, for import), each fenced by its lease when it has one."""
+        payloads = [_encode_append(append) for append in appends]
+        distinct_sessions([payload.session_id for payload in payloads])
+        if not any(payload.events or payload.release_lease for payload in payloads):
             return [[] for _ in payloads]
         return self._submit(payloads)
 
@@ -256,24 +245,37 @@ class PostgresStore:
 
     # -- ownership ---------------------------------------------------------------------
 
-    def acquire_lease(self, session_id: str, owner: str, ttl: float) -> Lease | None:
-        """Own a session for `ttl` seconds of server time (a takeover gets a new epoch);
-        None while another owner's lease is valid. Re-acquiring our own extends it."""
+    def acquire_lease(
+        self, session_id: str, owner: LeaseOwner, ttl: float, *,
+        take_over: LeaseOwner | None = None,
+    ) -> Lease | None:
+        """Take the session's lease for `ttl` seconds of server time, or None if another
+        live owner holds it (unless it is `take_over`, found dead); a new owner gets a
+        higher epoch, re-acquiring our own keeps it."""
         validate_session_id(session_id)
-        return self._read(lambda connection: leases.acquire(connection, session_id, owner, ttl))
+        self._check_writable()
+        return self._read(lambda connection: leases.acquire(connection, session_id, owner,
+                                                            ttl, take_over))
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
-        """Extend a lease we still hold; None if it expired or another node took it."""
+        """Extend a lease for `ttl` seconds from now; None if it was taken over."""
+        self._check_writable()
         return self._read(lambda connection: leases.renew(connection, lease, ttl))
 
-    def release_lease(self, lease: Lease) -> None:
-        """Give a lease up now, so another node can take the session without waiting."""
-        self._read(lambda connection: leases.release(connection, lease))
+    def release_lease(self, lease: Lease) -> bool:
+        """Let a lease go at once (its epoch stays); whether it was still ours."""
+        self._check_writable()
+        return self._read(lambda connection: leases.release(connection, lease))
 
-    def lease_holder(self, session_id: str) -> Lease | None:
-        """The session's lease as stored (possibly expired), or None if never leased."""
+    def lease(self, session_id: str) -> Lease | None:
+        """The session's lease record as stored (held, expired or released), or None."""
         validate_session_id(session_id)
-        return self._read(lambda connection: leases.holder(connection, session_id))
+        return self._read(lambda connection: leases.read(connection, [session_id])
+                          ).get(session_id)
+
+    def clock(self) -> float:
+        """The server's clock (epoch seconds), against which leases expire."""
+        return self._read(leases.clock)
 
     def seal_now(self) -> Head:
         """Seal every committed record below the horizon now; returns the sealed head."""

@@ -18,8 +18,10 @@ One transaction:
    after the locks, so a later append to a session always has a larger `txid` than the one
    before it (the sealer's order relies on this);
 2. check each caller's expected versions and, for a fenced append, that its lease is still
-   the session's (`leases.py`; a stale one is answered with ConcurrencyError or
-   SessionFencedError and writes nothing, the others go on), fold the session index entries;
+   the session's (`leases.py`, deciding with the port's `fences`; a stale one is answered
+   with ConcurrencyError or StaleLeaseError and writes nothing, the others go on; an
+   accepted append with `release_lease` lets its lease go in this transaction), fold the
+   session index entries;
 3. insert the events (the primary key (session, version) is the last guard against a
    duplicate) and upsert the index entries, and commit: no NOTIFY here, since NOTIFY takes a
    database-wide lock at commit.
@@ -44,13 +46,14 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
-from ...errors import ConcurrencyError, LedgerError
+from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
 from ...events.codec import SCHEMA_VERSION, decode_envelope
 from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS
+from ..leases import Lease, fences, released
+from . import leases
 from .connection import ConnectionLostError, Pool, describe
-from .leases import VALID_LEASES, SessionFencedError
 from .records import encode_info
 from .schema import SESSION_LOCK_CLASS, session_lock_key
 from .sealer import Sealer
@@ -71,8 +74,10 @@ class EncodedAppend(msgspec.Struct):
     encoded: list[bytes]
     expected_version: int
     recorded_at: Sequence[datetime] | None = None
-    fence: tuple[str, int] | None = None
-    """(owner, epoch) of the lease the append must still hold, if any."""
+    lease: Lease | None = None
+    """The lease the append must still hold (its fence), if any."""
+    release_lease: bool = False
+    """Let `lease` go in the same transaction, with the events."""
 
 
 class _Request(msgspec.Struct):
@@ -105,13 +110,15 @@ class _Batch:
     """The rows one transaction writes and each request's answer."""
 
     def __init__(self, size: int) -> None:
-        self.answers: list[list[list[Recorded]] | ConcurrencyError | SessionFencedError | None
+        self.answers: list[list[list[Recorded]] | ConcurrencyError | StaleLeaseError | None
                            ] = [None] * size
         self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
         self.first_rows: list[tuple[str, int, datetime, bytes]] = []
         self.index: dict[str, tuple[int, SessionInfo]] = {}
-        self.leases: dict[str, tuple[str, int, bool]] = {}
-        """session -> (owner, epoch, still valid) of its lease, when an append is fenced"""
+        self.leases: dict[str, Lease] = {}
+        """session -> its stored lease record, when an append is fenced"""
+        self.released: list[Lease] = []
+        """the lease records that accepted appends let go"""
 
 
 class AppendWriter:
@@ -276,22 +283,20 @@ class AppendWriter:
                               for append in request.appends})
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
         fenced = sorted({append.session_id for request in batch for append in request.appends
-                         if append.fence is not None})
+                         if append.lease is not None})
         # Plain statements, not pipeline mode: psycopg's pipeline costs far more CPU per round
         # trip than the round trips it saves on a local network.
         connection.execute(_LOCK, [SESSION_LOCK_CLASS, keys])
         versions = connection.execute(_VERSIONS, [session_ids], binary=True)
-        leases = connection.execute(VALID_LEASES, [fenced]) if fenced else None
         rows = versions.fetchall()
         outcome = _Batch(len(batch))
-        if leases is not None:
-            for session_id, owner, epoch, valid in leases.fetchall():
-                outcome.leases[session_id] = (owner, int(epoch), bool(valid))
+        if fenced:
+            outcome.leases = leases.read(connection, fenced)
         for session_id, version, info in rows:
             outcome.index[session_id] = (int(version), msgspec.msgpack.decode(
                 bytes(info), type=SessionInfo))
         touched = self._decide(batch, outcome)
-        if not touched:
+        if not touched and not outcome.released:
             connection.rollback()
             return None, outcome
         upsert: tuple[list[Any], ...] = ([], [], [])
@@ -301,7 +306,8 @@ class AppendWriter:
             upsert[1].append(version)
             upsert[2].append(encode_info(info))
         state["outcome"] = outcome
-        txid_cursor = connection.execute(_WRITE, [*outcome.columns, *upsert])
+        leases.write(connection, outcome.released)
+        txid_cursor = connection.execute(_WRITE, [*outcome.columns, *upsert]) if touched else None
         if self.fault is not None:
             self.fault("before_commit", connection)
         state["sent_commit"] = True
@@ -309,6 +315,8 @@ class AppendWriter:
         if self.fault is not None:
             self.fault("after_commit", connection)
         self.commits = next(self._commits)
+        if txid_cursor is None:  # only leases were let go: nothing to seal
+            return None, outcome
         txid_row = txid_cursor.fetchone()
         assert txid_row is not None
         return int(txid_row[0]), outcome
@@ -320,12 +328,12 @@ class AppendWriter:
         touched: dict[str, None] = {}
         now = datetime.now(timezone.utc)
         for number, request in enumerate(batch):
-            conflict: ConcurrencyError | SessionFencedError | None = None
+            conflict: ConcurrencyError | StaleLeaseError | None = None
             for append in request.appends:
                 current = outcome.index.get(append.session_id, (0, None))[0]
-                if append.fence is not None and outcome.leases.get(append.session_id) != (
-                        *append.fence, True):
-                    conflict = SessionFencedError(append.session_id, *append.fence)
+                if append.lease is not None and not fences(
+                        outcome.leases.get(append.session_id), append.lease):
+                    conflict = StaleLeaseError(append.session_id, append.lease.epoch)
                     break
                 if current != append.expected_version:
                     conflict = ConcurrencyError(append.session_id, append.expected_version,
@@ -336,6 +344,11 @@ class AppendWriter:
                 continue
             lists: list[list[Recorded]] = []
             for append in request.appends:
+                if append.release_lease and append.lease is not None:
+                    freed = released(outcome.leases.get(append.session_id), append.lease)
+                    if freed is not None:
+                        outcome.released.append(freed)
+                        outcome.leases[append.session_id] = freed
                 if not append.events:
                     lists.append([])
                     continue
@@ -396,7 +409,7 @@ class AppendWriter:
         too, the sealer thread seals for all of them in one go."""
         waiting = False
         for request, answer in zip(batch, outcome.answers, strict=True):
-            if isinstance(answer, (ConcurrencyError, SessionFencedError)):
+            if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
                 request.future.set_exception(answer)
             elif answer is not None:
                 if txid is not None and self._wait_for_seal:
