@@ -97,8 +97,7 @@ def test_auto_title_takes_the_first_message_only_when_the_setting_says_so(
         sources = [r.event.source for r in ledger.events(titled)
                    if isinstance(r.event, SessionTitled)]
         assert sources == ["first_message"]
-    with open_ledger(store_location + "-plain" if "memory:" in store_location
-                     else store_location + "-plain") as plain:
+    with open_ledger(store_location) as plain:  # the same store, without the setting
         session_id = plain.create_session().session_id
         plain.send(session_id, "no title please")
         assert plain.info(session_id).title is None  # type: ignore[union-attr]
