@@ -113,12 +113,14 @@ def test_interrupt_while_streaming_records_the_partial_text_quickly(
 
 
 def test_a_process_killed_between_turns_is_respawned_with_resume(
-    ledger: Ledger, fake_api: FakeAnthropic,
+    ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
 ) -> None:
     session = ledger.create_session().session_id
     fake_api.script(text("Remember the word pelican."))
     ledger.send(session, "first")
-    time.sleep(0.3)  # claude writes its transcript 36-93 ms after the result line
+    # claude writes its transcript 36-93 ms after the result line: wait until it has
+    assert wait_until(lambda: any("pelican" in path.read_text(errors="replace")
+                                  for path in claude.transcripts()), 10)
     pid = events_of(ledger, session, AgentProcessStarted)[0].pid
     os.killpg(pid, signal.SIGKILL)
     wait_until(lambda: not ledger.runtime.warm._agents[session].agent.alive,
