@@ -11,6 +11,7 @@ from datetime import datetime
 
 import msgspec
 
+from ..events.codec import encode_event
 from ..events.model import Event, UnknownEvent
 from ..events.projections import SessionInfo
 from .ids import validate_session_id
@@ -63,3 +64,31 @@ def distinct_sessions(session_ids: Sequence[str]) -> None:
     """Refuse an atomic append that names a session twice."""
     if len(set(session_ids)) != len(session_ids):
         raise ValueError("an atomic append names a session twice: join its events instead")
+
+
+class EncodedAppend(msgspec.Struct):
+    """One session's append, checked and encoded in the caller's thread, as every store's
+    writer takes it: the events, their MessagePack bytes, the expected version, original
+    times (import), and the lease the append must still hold (and whether to let it go)."""
+
+    session_id: str
+    events: Sequence[Event | UnknownEvent]
+    encoded: list[bytes]
+    expected_version: int
+    recorded_at: Sequence[datetime] | None = None
+    lease: Lease | None = None
+    release_lease: bool = False
+
+
+def encode_append(append: SessionAppend) -> EncodedAppend:
+    """Validate and encode one session's append (in the caller's thread)."""
+    checked = checked_append(append)
+    return EncodedAppend(
+        session_id=checked.session_id,
+        events=checked.events,
+        encoded=[encode_event(event) for event in checked.events],
+        expected_version=checked.expected_version,
+        recorded_at=checked.recorded_at,
+        lease=checked.lease,
+        release_lease=checked.release_lease,
+    )

@@ -23,20 +23,19 @@ from ...events.projections import ProjectionError, SessionInfo, evolve
 from ..hashing import HASH_SIZE, Head, record_hash
 from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner, acquired, encode_lease, released, renewed
-from ..records import IndexEntry, SessionAppend, StoredValue, distinct_sessions
+from ..records import (
+    EncodedAppend,
+    IndexEntry,
+    SessionAppend,
+    StoredValue,
+    distinct_sessions,
+    encode_append,
+)
 from ..subscription import Subscription
 from ..verification import VerifyReport
 from . import layout
 from .environment import DAMAGE_ERRORS, DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, damaged
-from .store import (
-    AtomicAppends,
-    EncodedAppend,
-    LedgerStore,
-    WriterJob,
-    acquire_store,
-    encode_append,
-    release_store,
-)
+from .store import AtomicAppends, LedgerStore, WriterJob, acquire_store, release_store
 from .verify import verify_log
 
 READ_CHUNK = 1024

@@ -11,49 +11,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 
 from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
-from ...events.codec import SCHEMA_VERSION, encode_event, encode_record
-from ...events.model import Envelope, Event, Recorded, UnknownEvent
+from ...events.codec import SCHEMA_VERSION, encode_record
+from ...events.model import Envelope, Recorded
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head, record_hash
 from ..leases import Lease, decode_lease, encode_lease, fences, released
-from ..records import IndexEntry, SessionAppend, checked_append
+from ..records import EncodedAppend, IndexEntry
 from ..verbatim import plan_verbatim
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
 from .writer import GroupCommitWriter
-
-
-class EncodedAppend(msgspec.Struct):
-    """One session's append, checked and encoded before it reaches the writer thread."""
-
-    session_id: str
-    events: Sequence[Event | UnknownEvent]
-    encoded: list[bytes]
-    expected_version: int
-    recorded_at: Sequence[datetime] | None = None
-    lease: Lease | None = None
-    release_lease: bool = False
-
-
-def encode_append(append: SessionAppend) -> EncodedAppend:
-    """Validate and encode one session's append (in the caller's thread)."""
-    checked = checked_append(append)
-    return EncodedAppend(
-        session_id=checked.session_id,
-        events=checked.events,
-        encoded=[encode_event(event) for event in checked.events],
-        expected_version=checked.expected_version,
-        recorded_at=checked.recorded_at,
-        lease=checked.lease,
-        release_lease=checked.release_lease,
-    )
 
 
 class AtomicAppends(msgspec.Struct):

@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 import psycopg
 
 from ...errors import LedgerClosedError, LedgerError, LedgerMissingError, UnknownSessionError
-from ...events.codec import decode_record, encode_event
+from ...events.codec import decode_record
 from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import ProjectionError, SessionInfo, evolve
 from .. import IndexEntry, Subscription
 from ..hashing import GENESIS, HASH_SIZE, Head
 from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner
-from ..records import SessionAppend, checked_append, distinct_sessions
+from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_append
 from . import leases
 from .connection import ConnectionLostError, Pool, connect, describe, redact
 from .listener import SealListener
@@ -40,7 +40,7 @@ from .schema import SCHEMA_VERSION, migrate, stored_version
 from .sealer import Sealer
 from .verbatim import UnsealedSessionError, write_verbatim
 from .verify import PostgresVerifyReport, verify_snapshot
-from .writer import AppendOutcomeUnknownError, AppendWriter, EncodedAppend
+from .writer import AppendOutcomeUnknownError, AppendWriter
 
 READ_CHUNK = 1024
 
@@ -81,16 +81,6 @@ _SIZE = (
     " WHERE n.nspname = 'chatledger' AND c.relkind = 'r'"
 )
 _MAX_POSITION = 2**62
-
-
-def _encode_append(append: SessionAppend) -> EncodedAppend:
-    """Validate and encode one session's append in the caller's thread."""
-    checked = checked_append(append)
-    return EncodedAppend(session_id=checked.session_id, events=checked.events,
-                         encoded=[encode_event(event) for event in checked.events],
-                         expected_version=checked.expected_version,
-                         recorded_at=checked.recorded_at, lease=checked.lease,
-                         release_lease=checked.release_lease)
 
 
 class PostgresStore:
@@ -204,7 +194,7 @@ class PostgresStore:
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction (all or none; original recorded_at
         times kept when given, for import), each fenced by its lease when it has one."""
-        payloads = [_encode_append(append) for append in appends]
+        payloads = [encode_append(append) for append in appends]
         distinct_sessions([payload.session_id for payload in payloads])
         if not any(payload.events or payload.release_lease for payload in payloads):
             return [[] for _ in payloads]

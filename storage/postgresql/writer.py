@@ -37,7 +37,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
@@ -48,10 +48,11 @@ from psycopg import errors as pg_errors
 
 from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
 from ...events.codec import SCHEMA_VERSION, decode_envelope
-from ...events.model import Event, Recorded, UnknownEvent
+from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS
 from ..leases import Lease, fences, released
+from ..records import EncodedAppend
 from . import leases
 from .connection import ConnectionLostError, Pool, describe
 from .records import encode_info
@@ -64,20 +65,6 @@ logger = logging.getLogger(__name__)
 class AppendOutcomeUnknownError(LedgerError):
     """The connection was lost while an append committed and the server did not come back in
     time to tell: read the session's version before appending again."""
-
-
-class EncodedAppend(msgspec.Struct):
-    """One session's part of a request, validated and encoded by the caller's thread."""
-
-    session_id: str
-    events: Sequence[Event | UnknownEvent]
-    encoded: list[bytes]
-    expected_version: int
-    recorded_at: Sequence[datetime] | None = None
-    lease: Lease | None = None
-    """The lease the append must still hold (its fence), if any."""
-    release_lease: bool = False
-    """Let `lease` go in the same transaction, with the events."""
 
 
 class _Request(msgspec.Struct):
