@@ -1,18 +1,33 @@
 """Several backend nodes on one PostgreSQL ledger: node processes (tests/support/ledger_node.py,
 each a `chatledger.Ledger` with the stand-in agent) run turns at the same time; every
-session's turns are recorded whole and in order, and the shared ledger verifies."""
+session's turns are recorded whole and in order, and the shared ledger verifies. A node
+killed mid-turn (SIGKILL) loses its session to another node, which closes the cut turn as
+interrupted; a node stopped (SIGSTOP) past its lease is fenced off when it resumes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from testkit import STANDIN_COMMAND_LINE, wait_until
 
-from chatledger.events import MessageSent, ResponseReceived, RunFailed, RunStarted
+from chatledger.events import (
+    MessageSent,
+    Recorded,
+    ResponseReceived,
+    RunFailed,
+    RunStarted,
+    SessionCreated,
+)
 from chatledger.storage import open_store
 
 pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgresql]'")
@@ -112,3 +127,220 @@ def test_two_nodes_serving_one_session_never_overlap_its_turns(
     expected = [(kind, number) for number in range(1, 2 * TURNS + 1)
                 for kind in ("message", "run", "answer")]
     assert turn_sequence(postgres_url, "shared") == expected
+
+
+# -- a node dies or stalls mid-turn (turn_sender.py processes, the stand-in agent) -------------
+
+LEASE_TTL = 2.0
+HANDOVER_SLACK = 3.0
+"""Beyond the lease's ttl: the waiting node's poll, its reload and closing the cut turn."""
+SENDER_BOUND = 90.0
+
+
+# Runs turn_sender.py as if on another machine: a lease holder on another host cannot be
+# seen dead, so its session is taken only once its lease expired (as between real nodes).
+ON_ANOTHER_HOST = (
+    "import runpy, socket, sys; socket.gethostname = lambda: 'another-node'; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def sender(location: str, session_id: str, messages: list[str], cwd: Path, *,
+           another_host: bool = False, **settings: str) -> subprocess.Popen[str]:
+    """A node process (tests/support/turn_sender.py) sending `messages` to one session."""
+    environment = dict(os.environ)
+    environment.update({"CHATLEDGER_AGENT_COMMAND": STANDIN_COMMAND_LINE,
+                        "CHATLEDGER_TIMEOUT": "60", "CHATLEDGER_KILL_GRACE": "0.5", **settings})
+    script = [str(NODE.parent / "turn_sender.py"), location, session_id, *messages]
+    prefix = ["-c", ON_ANOTHER_HOST] if another_host else []
+    return subprocess.Popen([sys.executable, *prefix, *script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment, cwd=cwd)
+
+
+def run_started(location: str, session_id: str) -> RunStarted:
+    """The session's last RunStarted."""
+    return [recorded.event for recorded in records_of(location, session_id)
+            if isinstance(recorded.event, RunStarted)][-1]
+
+
+def reports_of(process: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], str]:
+    """Wait for a sender (bounded); the JSON line of each turn and its stderr."""
+    try:
+        out, err = process.communicate(timeout=SENDER_BOUND)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"a node did not finish within {SENDER_BOUND} s: {err[-2000:]}")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+def records_of(location: str, session_id: str) -> list[Recorded]:
+    """The session's records as stored now."""
+    with open_store(location, create=False) as store:
+        return store.read_session(session_id)
+
+
+def started_runs(location: str, session_id: str) -> int:
+    """How many turns of the session have started."""
+    return sum(isinstance(recorded.event, RunStarted)
+               for recorded in records_of(location, session_id))
+
+
+def assert_turns_never_overlap(records: list[Recorded]) -> None:
+    """No run starts while another is open, and every run is closed."""
+    open_turn: int | None = None
+    for recorded in records:
+        event = recorded.event
+        if isinstance(event, RunStarted):
+            assert open_turn is None, f"turn {event.turn} started while {open_turn} ran"
+            open_turn = event.turn
+        elif isinstance(event, (ResponseReceived, RunFailed)):
+            assert open_turn == event.turn
+            open_turn = None
+    assert open_turn is None, f"turn {open_turn} was never closed"
+
+
+def assert_ledger_verifies(location: str) -> None:
+    """The shared ledger verifies clean, its positions 1..N without a gap."""
+    with open_store(location, create=False) as store:
+        report = store.verify(store.head())
+        assert report.ok, report.problems
+        assert [r.position for r in store.read_all()] == list(range(1, store.head().position + 1))
+
+
+@pytest.mark.parametrize("owner_host", ["same-host", "another-host"])
+def test_a_node_killed_mid_turn_loses_its_session_to_another_node_which_closes_the_turn(
+    postgres_url: str, tmp_path: Path, owner_host: str
+) -> None:
+    """On one host the dead owner's pid is seen gone (taken at once); from another host its
+    lease must expire first (within its ttl)."""
+    with open_store(postgres_url) as store:
+        store.append("s", [SessionCreated(mode="user")], 0)
+    ttl = {"CHATLEDGER_LEASE_TTL": f"{LEASE_TTL:g}"}
+    owner = sender(postgres_url, "s", ["long [[slow 60]]"], tmp_path,
+                   another_host=owner_host == "another-host", **ttl)
+    other: subprocess.Popen[str] | None = None
+    try:
+        assert wait_until(lambda: started_runs(postgres_url, "s") == 1, timeout=60)
+        other = sender(postgres_url, "s", ["after"], tmp_path, **ttl)
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "ready"
+        os.kill(owner.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        owner.wait(timeout=10)
+        assert wait_until(lambda: started_runs(postgres_url, "s") == 2, timeout=SENDER_BOUND)
+        handover = time.monotonic() - killed_at
+        reports, err = reports_of(other)
+    finally:
+        for process in (owner, other):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
+    print(f"takeover after SIGKILL ({owner_host}): {handover:.2f} s")
+    assert handover <= LEASE_TTL + HANDOVER_SLACK
+    assert [report["ok"] for report in reports] == [True], err[-2000:]
+    records = records_of(postgres_url, "s")
+    assert_turns_never_overlap(records)
+    events = [recorded.event for recorded in records]
+    assert [type(event).__name__ for event in events] == [
+        "SessionCreated", "MessageSent", "RunStarted", "RunFailed",
+        "MessageSent", "RunStarted", "ResponseReceived"]
+    assert (events[3].turn, events[3].reason) == (1, "interrupted")  # type: ignore[attr-defined]
+    assert events[6].text == "echo: after"  # type: ignore[attr-defined]
+    first, second = events[2], events[5]
+    assert first.host == ("another-node" if owner_host == "another-host"  # type: ignore[attr-defined]
+                          else socket.gethostname())
+    assert second.pid == other.pid and second.lease_epoch >= 2  # type: ignore[attr-defined]
+    assert_ledger_verifies(postgres_url)
+
+
+def test_a_node_stopped_past_its_lease_is_fenced_off_when_it_resumes(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with open_store(postgres_url) as store:
+        store.append("s", [SessionCreated(mode="user")], 0)
+    owner = sender(postgres_url, "s", ["long [[slow 3]]"], tmp_path, CHATLEDGER_LEASE_TTL="1")
+    try:
+        assert wait_until(lambda: started_runs(postgres_url, "s") == 1, timeout=60)
+        os.kill(owner.pid, signal.SIGSTOP)
+        stopped_epoch = run_started(postgres_url, "s").lease_epoch
+        other = sender(postgres_url, "s", ["taken over"], tmp_path, CHATLEDGER_LEASE_TTL="1")
+        other_reports, other_err = reports_of(other)
+        assert [report["ok"] for report in other_reports] == [True], other_err[-2000:]
+        before_resume = [recorded.event for recorded in records_of(postgres_url, "s")]
+        os.kill(owner.pid, signal.SIGCONT)
+        owner_reports, owner_err = reports_of(owner)
+    finally:
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGCONT)
+            owner.kill()
+            owner.wait(10)
+    assert owner_reports and not owner_reports[0]["ok"], owner_err[-2000:]
+    print("the resumed node was told:", owner_reports[0])
+    events = [recorded.event for recorded in records_of(postgres_url, "s")]
+    assert events == before_resume  # nothing the resumed node tried to write landed
+    assert [type(event).__name__ for event in events] == [
+        "SessionCreated", "MessageSent", "RunStarted", "RunFailed",
+        "MessageSent", "RunStarted", "ResponseReceived"]
+    assert events[3].reason == "interrupted"  # type: ignore[attr-defined]
+    assert events[5].lease_epoch > stopped_epoch  # type: ignore[attr-defined]
+    assert events[6].text == "echo: taken over"  # type: ignore[attr-defined]
+    assert_turns_never_overlap(records_of(postgres_url, "s"))
+    assert_ledger_verifies(postgres_url)
+
+
+FENCED_WRITER = """
+import sys
+from chatledger.events import SessionTitled
+from chatledger.storage import open_store
+from chatledger.actors.ownership import this_process
+with open_store(sys.argv[1]) as store:
+    lease = store.acquire_lease("s", this_process("stopped"), 1.0)
+    print(lease.epoch, flush=True)
+    sys.stdin.readline()
+    version = store.version("s")
+    try:
+        store.append("s", [SessionTitled(title="late")], version, lease=lease)
+        print("appended", flush=True)
+    except Exception as error:
+        print(type(error).__name__, version, flush=True)
+"""
+
+
+def test_a_late_append_after_a_takeover_is_refused_by_the_fence_even_at_the_current_version(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The store's own proof: the resumed process appends at the session's current version
+    (no version conflict to save us), and only the lease's epoch refuses it."""
+    from chatledger.actors.ownership import this_process
+    from chatledger.events import SessionTitled
+
+    with open_store(postgres_url) as store:
+        store.append("s", [SessionCreated(mode="user")], 0)
+    writer = subprocess.Popen([sys.executable, "-c", FENCED_WRITER, postgres_url], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        assert writer.stdout is not None and writer.stdin is not None
+        stale_epoch = int(writer.stdout.readline())
+        os.kill(writer.pid, signal.SIGSTOP)
+        with open_store(postgres_url) as store:
+            stale = store.lease("s")
+            assert stale is not None and stale.owner is not None
+            assert wait_until(lambda: not stale.held_at(store.clock()), timeout=10)
+            taken = store.acquire_lease("s", this_process("new-owner"), 30.0)
+            assert taken is not None and taken.epoch > stale_epoch
+            store.append("s", [SessionTitled(title="new owner")], 1, lease=taken)
+        os.kill(writer.pid, signal.SIGCONT)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGCONT)
+            writer.kill()
+            writer.wait(10)
+    assert out.split() == ["StaleLeaseError", "2"], err[-2000:]
+    texts = [getattr(r.event, "title", None) for r in records_of(postgres_url, "s")]
+    assert texts == [None, "new owner"]
+    assert_ledger_verifies(postgres_url)
