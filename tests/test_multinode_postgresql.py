@@ -146,11 +146,13 @@ ON_ANOTHER_HOST = (
 
 
 def sender(location: str, session_id: str, messages: list[str], cwd: Path, *,
-           another_host: bool = False, **settings: str) -> subprocess.Popen[str]:
+           another_host: bool = False, settings: dict[str, str] | None = None
+           ) -> subprocess.Popen[str]:
     """A node process (tests/support/turn_sender.py) sending `messages` to one session."""
     environment = dict(os.environ)
     environment.update({"CHATLEDGER_AGENT_COMMAND": STANDIN_COMMAND_LINE,
-                        "CHATLEDGER_TIMEOUT": "60", "CHATLEDGER_KILL_GRACE": "0.5", **settings})
+                        "CHATLEDGER_TIMEOUT": "60", "CHATLEDGER_KILL_GRACE": "0.5",
+                        **(settings or {})})
     script = [str(NODE.parent / "turn_sender.py"), location, session_id, *messages]
     prefix = ["-c", ON_ANOTHER_HOST] if another_host else []
     return subprocess.Popen([sys.executable, *prefix, *script], stdout=subprocess.PIPE,
@@ -218,11 +220,11 @@ def test_a_node_killed_mid_turn_loses_its_session_to_another_node_which_closes_t
         store.append("s", [SessionCreated(mode="user")], 0)
     ttl = {"CHATLEDGER_LEASE_TTL": f"{LEASE_TTL:g}"}
     owner = sender(postgres_url, "s", ["long [[slow 60]]"], tmp_path,
-                   another_host=owner_host == "another-host", **ttl)
+                   another_host=owner_host == "another-host", settings=ttl)
     other: subprocess.Popen[str] | None = None
     try:
         assert wait_until(lambda: started_runs(postgres_url, "s") == 1, timeout=60)
-        other = sender(postgres_url, "s", ["after"], tmp_path, **ttl)
+        other = sender(postgres_url, "s", ["after"], tmp_path, settings=ttl)
         assert other.stdout is not None
         assert other.stdout.readline().strip() == "ready"
         os.kill(owner.pid, signal.SIGKILL)
@@ -245,12 +247,12 @@ def test_a_node_killed_mid_turn_loses_its_session_to_another_node_which_closes_t
     assert [type(event).__name__ for event in events] == [
         "SessionCreated", "MessageSent", "RunStarted", "RunFailed",
         "MessageSent", "RunStarted", "ResponseReceived"]
-    assert (events[3].turn, events[3].reason) == (1, "interrupted")  # type: ignore[attr-defined]
-    assert events[6].text == "echo: after"  # type: ignore[attr-defined]
+    assert (events[3].turn, events[3].reason) == (1, "interrupted")
+    assert events[6].text == "echo: after"
     first, second = events[2], events[5]
-    assert first.host == ("another-node" if owner_host == "another-host"  # type: ignore[attr-defined]
+    assert first.host == ("another-node" if owner_host == "another-host"
                           else socket.gethostname())
-    assert second.pid == other.pid and second.lease_epoch >= 2  # type: ignore[attr-defined]
+    assert second.pid == other.pid and second.lease_epoch >= 2
     assert_ledger_verifies(postgres_url)
 
 
@@ -259,12 +261,14 @@ def test_a_node_stopped_past_its_lease_is_fenced_off_when_it_resumes(
 ) -> None:
     with open_store(postgres_url) as store:
         store.append("s", [SessionCreated(mode="user")], 0)
-    owner = sender(postgres_url, "s", ["long [[slow 3]]"], tmp_path, CHATLEDGER_LEASE_TTL="1")
+    owner = sender(postgres_url, "s", ["long [[slow 3]]"], tmp_path,
+                   settings={"CHATLEDGER_LEASE_TTL": "1"})
     try:
         assert wait_until(lambda: started_runs(postgres_url, "s") == 1, timeout=60)
         os.kill(owner.pid, signal.SIGSTOP)
         stopped_epoch = run_started(postgres_url, "s").lease_epoch
-        other = sender(postgres_url, "s", ["taken over"], tmp_path, CHATLEDGER_LEASE_TTL="1")
+        other = sender(postgres_url, "s", ["taken over"], tmp_path,
+                       settings={"CHATLEDGER_LEASE_TTL": "1"})
         other_reports, other_err = reports_of(other)
         assert [report["ok"] for report in other_reports] == [True], other_err[-2000:]
         before_resume = [recorded.event for recorded in records_of(postgres_url, "s")]
@@ -282,9 +286,9 @@ def test_a_node_stopped_past_its_lease_is_fenced_off_when_it_resumes(
     assert [type(event).__name__ for event in events] == [
         "SessionCreated", "MessageSent", "RunStarted", "RunFailed",
         "MessageSent", "RunStarted", "ResponseReceived"]
-    assert events[3].reason == "interrupted"  # type: ignore[attr-defined]
-    assert events[5].lease_epoch > stopped_epoch  # type: ignore[attr-defined]
-    assert events[6].text == "echo: taken over"  # type: ignore[attr-defined]
+    assert events[3].reason == "interrupted"
+    assert events[5].lease_epoch > stopped_epoch
+    assert events[6].text == "echo: taken over"
     assert_turns_never_overlap(records_of(postgres_url, "s"))
     assert_ledger_verifies(postgres_url)
 
