@@ -2,7 +2,9 @@
 
 A notification only says "the sealed head moved"; subscribers then read the log themselves,
 so a notification lost while the connection was down costs nothing: after reconnecting the
-listener wakes every subscriber once, and they catch up. It never reads events.
+listener wakes every subscriber once, and they catch up. It reconnects every half second at
+most while the server is away: with a multi-host URL (`target_session_attrs=read-write`)
+that finds a promoted standby. It never reads events.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import psycopg
 
 from ...errors import LedgerError
-from .connection import connect, describe
+from .connection import RETRY_FIRST_PAUSE, RETRY_LONGEST_PAUSE, connect, describe
 from .schema import SEAL_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class SealListener:
 
     def _run(self) -> None:
         """Listen, and reconnect with a bounded back-off. Runs on the listener thread."""
-        pause = 0.05
+        pause = RETRY_FIRST_PAUSE
+        failing = False
         while not self._stop.is_set():
             connection: psycopg.Connection[Any] | None = None
             try:
@@ -53,20 +56,26 @@ class SealListener:
                 self.backend_pid = connection.info.backend_pid
                 self.connections += 1
                 self.connected.set()
-                pause = 0.05
+                pause = RETRY_FIRST_PAUSE
+                if failing:
+                    logger.info("chatledger listener: listening again")
+                    failing = False
                 self._wake()  # anything sealed while we were away
                 while not self._stop.is_set():
                     for _ in connection.notifies(timeout=0.5):
                         self._wake()
             except (psycopg.Error, LedgerError) as error:
                 if not self._stop.is_set():
-                    logger.info("chatledger listener: %s (reconnecting)", describe(error))
+                    # One line per outage; subscribers keep polling meanwhile.
+                    log = logger.debug if failing else logger.info
+                    log("chatledger listener: %s (reconnecting)", describe(error))
+                    failing = True
             finally:
                 self.connected.clear()
                 if connection is not None:
                     connection.close()
             self._stop.wait(pause)
-            pause = min(pause * 2, 2.0)
+            pause = min(pause * 2, RETRY_LONGEST_PAUSE)
 
     def close(self) -> None:
         """Stop listening (within half a second)."""

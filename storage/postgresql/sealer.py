@@ -20,6 +20,10 @@ commit with `synchronous_commit = off` (an append's own commit is always synchro
 Per-session order agrees with `txid` order because an append takes its sessions' advisory
 locks before its transaction has an id (see `writer.py`). The sealer never waits on an
 appender, and appenders never wait on it.
+
+While the server is unreachable (a failover under way) the sealing thread tries again every
+half second at most, warning once per outage; the promoted primary holds every committed
+row, and seals the old primary had not made durable are redone identically.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ...errors import LedgerError
 from ...events.codec import decode_envelope
 from ...events.model import Recorded
 from ..hashing import GENESIS, Head
-from .connection import Pool, describe
+from .connection import RETRY_FIRST_PAUSE, RETRY_LONGEST_PAUSE, Pool, describe
 from .records import seal_record, with_seal
 from .schema import SEAL_CHANNEL
 
@@ -206,6 +210,7 @@ class Sealer:
     def _run(self) -> None:
         """The sealing loop. Runs on the sealer thread."""
         backoff = self._interval
+        failing_since: float | None = None
         while not self._stop.is_set():
             self._wake.wait(backoff)
             self._wake.clear()
@@ -216,9 +221,19 @@ class Sealer:
                     self.seal_now()
                 # An older transaction still holds the horizon: look again soon.
                 backoff = 0.002 if self._has_waiters() else self._interval
+                if failing_since is not None:
+                    logger.warning("chatledger sealer: sealing again after %.1f s",
+                                   time.monotonic() - failing_since)
+                    failing_since = None
             except (LedgerError, psycopg.Error) as error:
-                logger.warning("chatledger sealer: %s (retrying)", describe(error))
-                backoff = min(max(backoff * 2, 0.05), 2.0)
+                # The server is away (a failover?): one warning per outage, then quietly
+                # try again every RETRY_LONGEST_PAUSE at most, until it answers.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.warning("chatledger sealer: %s (retrying)", describe(error))
+                else:
+                    logger.debug("chatledger sealer: %s (retrying)", describe(error))
+                backoff = min(max(backoff * 2, RETRY_FIRST_PAUSE), RETRY_LONGEST_PAUSE)
             self._expire()
 
     def waiting(self) -> bool:
@@ -253,9 +268,20 @@ class Sealer:
             try:
                 placed.update(self._placed_elsewhere(missing))
             except (LedgerError, psycopg.Error) as error:
-                logger.warning("chatledger sealer: %s", describe(error))
+                # The server went away (a failover?): those waiters ask again after the
+                # next seal, until their deadline, rather than answer without positions.
+                logger.info("chatledger sealer: %s (asking again)", describe(error))
+                unanswered = [waiter for waiter in ready if not self._all_placed(waiter, placed)]
+                with self._lock:
+                    self._waiters.extend(unanswered)
+                ready = [waiter for waiter in ready if waiter not in unanswered]
         for waiter in ready:
             self._resolve(waiter, placed)
+
+    @staticmethod
+    def _all_placed(waiter: _Waiter, placed: dict[SealKey, tuple[int, bytes, bytes]]) -> bool:
+        return all((recorded.session_id, recorded.version) in placed
+                   for records in waiter.lists for recorded in records)
 
     def _placed_elsewhere(self, keys: list[SealKey]) -> dict[SealKey, tuple[int, bytes, bytes]]:
         """Seals of these rows made by another node's sealer (or an earlier batch)."""

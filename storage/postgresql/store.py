@@ -17,6 +17,7 @@ import contextlib
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -33,7 +34,7 @@ from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner
 from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_append
 from . import leases
-from .connection import ConnectionLostError, Pool, connect, describe, redact
+from .connection import ConnectionLostError, Pool, connect, describe, redact, retrying
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
 from .schema import SCHEMA_VERSION, migrate, stored_version
@@ -110,6 +111,7 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self._connect_timeout = connect_timeout
+        self._reconnect_timeout = reconnect_timeout
         self._append_timeout = append_timeout
         self._seal_lag_limit = seal_lag_limit
         self._readonly = readonly
@@ -160,23 +162,33 @@ class PostgresStore:
             self._sealed.notify_all()
 
     def _read(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run `work` on a pooled connection (tried twice if the connection was lost)."""
+        """Run `work` on a pooled connection; while the server is unreachable (a lost
+        connection, a failover under way) try again with a bounded back-off for up to
+        `reconnect_timeout`, then ConnectionLostError. Blocks the calling thread."""
         if self._closed:
             raise LedgerClosedError(f"the ledger at {self.path} was closed")
-        for attempt in (1, 2):
+        failure = ""
+        for remaining in retrying(time.monotonic() + self._reconnect_timeout):
             try:
-                with self._pool.connection() as connection:
+                with self._pool.connection(timeout=remaining) as connection:
                     try:
                         return work(connection)
+                    except psycopg.OperationalError as error:
+                        if not connection.broken:  # a cancelled query, say: not an outage
+                            raise LedgerError(f"the PostgreSQL ledger at {self.path}: "
+                                              f"{describe(error)}") from None
+                        raise
                     finally:
                         if not connection.closed:
                             connection.rollback()
             except psycopg.OperationalError as error:
-                if attempt == 2:
-                    raise ConnectionLostError(
-                        f"lost the connection to the PostgreSQL ledger at {self.path}: "
-                        f"{describe(error)}") from None
-        raise AssertionError("unreachable")
+                failure = f"lost the connection: {describe(error)}"
+            except ConnectionLostError as error:
+                failure = error.reason
+        raise ConnectionLostError(
+            f"the PostgreSQL ledger at {self.path} did not answer for "
+            f"{self._reconnect_timeout:g} s ({failure}): is the server (or, after a failover, "
+            "the new primary in the URL's host list) up?") from None
 
     # -- writing -------------------------------------------------------------------------
 

@@ -7,6 +7,12 @@ synchronous_commit on, stopped by its own pid at the end.
 `$CHATLEDGER_PG_BIN`, `pg_config --bindir`, the Debian layout `/usr/lib/postgresql/N/bin` or
 `PATH`. The pytest fixtures skip with a reason only when no binaries are found, and fail
 instead under `CI=true`. This module must not touch any cluster it did not start.
+
+For failover tests a running cluster starts a streaming standby of itself
+(`start_standby`: `pg_basebackup -R` into another temporary directory, its own port), makes
+it synchronous (`require_synchronous_standby`), and the test crashes the primary by its
+postmaster's pid (`kill_postmaster`) and promotes the standby (`promote`).
+`multi_host_url` names both in one libpq URL.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 START_TIMEOUT = 60.0
@@ -197,6 +203,96 @@ class PostgresServer:
         """Start the stopped cluster again on the same port."""
         self._start_once()
 
+    # -- replication and failover -----------------------------------------------------
+
+    def start_standby(self) -> PostgresServer:
+        """A hot standby of this running cluster, streaming from it: `pg_basebackup -R`
+        into a new temporary directory, started on its own free port; returns once this
+        cluster sees it streaming (bounded). Stop it with its own `stop()`."""
+        standby = PostgresServer(shared_buffers=self.shared_buffers,
+                                 extra_settings=self.extra_settings)
+        standby.root = Path(tempfile.mkdtemp(prefix="chatledger-pg-standby-"))
+        if standby._as_other_user:
+            entry = pwd.getpwnam(SERVER_USER)
+            os.chown(standby.root, entry.pw_uid, entry.pw_gid)
+        os.chmod(standby.root, 0o700)
+        try:
+            self._run([str(self.bin_dir / "pg_basebackup"), "-D", str(standby.data_dir), "-R",
+                       "-X", "stream", "--checkpoint=fast", "--no-sync", "-h", "127.0.0.1",
+                       "-p", str(self.port), "-U", "postgres"], timeout=120)
+            last_error: Exception | None = None
+            for _ in range(3):
+                standby.port = _free_port()
+                try:
+                    standby._start_once()
+                    break
+                except RuntimeError as error:
+                    last_error = error
+            else:
+                raise RuntimeError(f"the standby did not start: {last_error}")
+            self._wait_replication(lambda rows: any(state == "streaming" for state, _ in rows),
+                                   "the standby to stream")
+        except BaseException:
+            standby.stop()
+            raise
+        return standby
+
+    def require_synchronous_standby(self) -> None:
+        """Make every commit wait for a standby (`synchronous_standby_names = '*'`, set on
+        this cluster only, after the base backup); returns once one is synchronous."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            connection.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            connection.execute("SELECT pg_reload_conf()")
+        self._wait_replication(lambda rows: any(sync == "sync" for _, sync in rows),
+                               "a synchronous standby")
+
+    def _wait_replication(self, condition: Callable[[list[tuple[str, str]]], bool],
+                          what: str) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            while True:
+                rows = connection.execute(
+                    "SELECT state, sync_state FROM pg_stat_replication").fetchall()
+                if condition(rows):
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out waiting for {what}: {rows}")
+                time.sleep(0.05)
+
+    def kill_postmaster(self) -> None:
+        """Crash the cluster the hard way: SIGKILL its postmaster by pid (its backends end
+        on their own when they see it gone); returns once the port refuses connections."""
+        assert self.pid is not None, "the server is not running"
+        os.kill(self.pid, signal.SIGKILL)
+        self.pid = None
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the killed postmaster's port still accepts connections")
+
+    def promote(self) -> None:
+        """Promote this standby to a primary (`pg_ctl promote -w`); returns once it accepts
+        writes (bounded)."""
+        import psycopg
+
+        self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w",
+                   "-t", str(int(START_TIMEOUT)), "promote"], timeout=START_TIMEOUT + 10)
+        deadline = time.monotonic() + START_TIMEOUT
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
+            while connection.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the promoted standby stayed in recovery")
+                time.sleep(0.02)
+
     # -- databases --------------------------------------------------------------------
 
     def url(self, database: str = "postgres") -> str:
@@ -239,6 +335,13 @@ class PostgresServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def multi_host_url(database: str, *servers: PostgresServer) -> str:
+    """One libpq URL naming every server, for a client that must find the read-write one
+    (`target_session_attrs=read-write`) after a failover."""
+    hosts = ",".join(f"127.0.0.1:{server.port}" for server in servers)
+    return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write"
 
 
 @contextlib.contextmanager
