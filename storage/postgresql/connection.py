@@ -35,6 +35,9 @@ RETRY_LONGEST_PAUSE = 0.5
 """The back-off between tries while the server is away: short, since a failover to a
 standby typically takes a second or two, and a try that fails costs little."""
 
+WAIT_SLICE = 0.25
+"""A wait for a pooled connection is asked again this often (see `Pool._checkout`)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -130,8 +133,8 @@ class Pool:
             configure=configure,
             # Short: the pool's own back-off doubles from 1 s, so after a long outage it
             # would wait seconds past the server's return; once it gives up, the next
-            # caller's request starts a fresh attempt at once (callers retry, bounded).
-            reconnect_timeout=max(connect_timeout, 2.0), name="chatledger",
+            # request (a waiting caller asks again every WAIT_SLICE) starts a fresh attempt.
+            reconnect_timeout=1.0, name="chatledger",
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
@@ -148,8 +151,7 @@ class Pool:
         connection stayed busy, ConnectionLostError if no server answers."""
         wait = self.timeout if timeout is None else max(min(timeout, self.timeout), 0.01)
         try:
-            context = self._pool.connection(timeout=wait)
-            connection = context.__enter__()
+            context, connection = self._checkout(time.monotonic() + wait)
         except psycopg_pool.PoolTimeout:
             unreachable = self._unreachable()
             if unreachable is not None:
@@ -174,6 +176,20 @@ class Pool:
             raise
         else:
             context.__exit__(None, None, None)
+
+    def _checkout(self, deadline: float) -> tuple[Any, psycopg.Connection[Any]]:
+        """A connection from the pool, asked for in slices of WAIT_SLICE seconds until
+        `deadline`: each new request lets the pool start a new connection attempt (it
+        gives up on one after its short reconnect timeout), so a server that comes back is
+        found within a slice. PoolTimeout at the deadline."""
+        while True:
+            remaining = deadline - time.monotonic()
+            context = self._pool.connection(timeout=max(min(remaining, WAIT_SLICE), 0.01))
+            try:
+                return context, context.__enter__()
+            except psycopg_pool.PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise
 
     def _unreachable(self) -> str | None:
         """Why a new connection cannot be made now (None: it can, so the pool is simply
