@@ -33,7 +33,10 @@ def _beside(ledger_path: str, suffix: str) -> Path:
         name = ledger_path.removeprefix("memory:") or "anonymous"
     else:
         parts = urlsplit(ledger_path)  # the password never names a file
-        where = f"{parts.hostname}:{parts.port}{parts.path}"
+        try:
+            where = f"{parts.hostname}:{parts.port}{parts.path}"
+        except ValueError:  # a host list (db1:5432,db2:5432): named as written, no user
+            where = parts.netloc.rpartition("@")[2] + parts.path
         folder = Path(platformdirs.user_data_dir("chatledger")) / "keys"
         name = "postgresql-" + hashlib.sha256(where.encode()).hexdigest()[:16]
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import PostgresServer
 from testkit import STANDIN_COMMAND_LINE, wait_until
 
 from chatledger.events import (
@@ -297,6 +298,8 @@ FENCED_WRITER = """
 import sys
 from chatledger.events import SessionTitled
 from chatledger.storage import open_store
+
+from postgres_server import PostgresServer
 from chatledger.actors.ownership import this_process
 with open_store(sys.argv[1]) as store:
     lease = store.acquire_lease("s", this_process("stopped"), 1.0)
@@ -348,3 +351,20 @@ def test_a_late_append_after_a_takeover_is_refused_by_the_fence_even_at_the_curr
     texts = [getattr(r.event, "title", None) for r in records_of(postgres_url, "s")]
     assert texts == [None, "new owner"]
     assert_ledger_verifies(postgres_url)
+
+
+def test_a_node_on_a_host_list_url_skips_a_dead_host_and_runs_its_turns(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    """`postgresql://dead:1,live:port/db?target_session_attrs=read-write`: libpq tries the
+    hosts in turn; the node (a whole Ledger: store, leases, signing key) works on the live one."""
+    from testkit import open_ledger
+
+    database = postgres_url.rsplit("/", 1)[1]
+    url = (f"postgresql://postgres@127.0.0.1:1,127.0.0.1:{postgres_server.port}/{database}"
+           "?target_session_attrs=read-write")
+    with open_ledger(url) as ledger:
+        ledger.resume_session("s")
+        outcome = ledger.send("s", "over a host list")
+    assert outcome.ok and outcome.text == "echo: over a host list"
+    assert_ledger_verifies(url)
