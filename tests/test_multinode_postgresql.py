@@ -368,3 +368,15 @@ def test_a_node_on_a_host_list_url_skips_a_dead_host_and_runs_its_turns(
         outcome = ledger.send("s", "over a host list")
     assert outcome.ok and outcome.text == "echo: over a host list"
     assert_ledger_verifies(url)
+
+
+def test_the_two_node_example_hands_a_killed_nodes_sessions_over_and_verifies(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    example = Path(__file__).parent.parent / "examples" / "two_nodes.py"
+    result = subprocess.run([sys.executable, str(example), postgres_url], capture_output=True,
+                            text=True, timeout=SENDER_BOUND, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "node B answered a1: 'echo: still there? (a1)' ok" in result.stdout
+    assert "run 2 failed: interrupted" in result.stdout
+    assert "5. verify: ok (4 sessions" in result.stdout
