@@ -1,9 +1,10 @@
 """A synchronous standby promoted after its primary was SIGKILLed under load: node processes
-(tests/support/failover_node.py) append through a multi-host URL
-(`target_session_attrs=read-write`); the test kills the primary's postmaster by its pid and
-promotes the standby. Every acknowledged append is on the promoted server with its content,
-the ledger verifies clean, and both nodes carry on (appends and their subscriptions) on the
-new primary without a restart."""
+append through a multi-host URL (`target_session_attrs=read-write`); the test kills the
+primary's postmaster by its pid and promotes the standby. With bare stores
+(tests/support/failover_node.py): every acknowledged append is on the promoted server with
+its content and position, the ledger verifies clean, appends and subscriptions carry on
+without a restart. With whole Ledger nodes (tests/support/ledger_node.py) running turns: no
+turn is lost. With no primary coming back: a clear error within the bound."""
 
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ from postgres_server import (  # noqa: E402
     multi_host_url,
 )
 
-from chatledger.events import SessionCreated, SessionTitled  # noqa: E402
+from chatledger.events import (  # noqa: E402
+    ResponseReceived,
+    RunStarted,
+    SessionCreated,
+    SessionTitled,
+)
 from chatledger.storage import open_store  # noqa: E402
 from chatledger.storage.postgresql import (  # noqa: E402
     ConnectionLostError,
@@ -176,6 +182,70 @@ def test_a_promoted_synchronous_standby_has_every_acknowledged_append_and_nodes_
         last_acknowledged = max(ack[3] for ack in node.acks)
         assert node.done["seen"]["position"] >= last_acknowledged  # type: ignore[index]
         assert node.done["listener_connections"] >= 2  # it listens on the new primary
+
+
+LEDGER_NODE = Path(__file__).parent / "support" / "ledger_node.py"
+LEDGER_TURNS = 12
+
+
+def test_ledger_nodes_running_turns_ride_out_a_failover_and_lose_no_turn(
+    primary_and_standby: tuple[PostgresServer, PostgresServer], tmp_path: Path
+) -> None:
+    """Whole `Ledger` nodes (actors, leases renewed in the background, the stand-in agent)
+    running turns while the primary dies and the standby is promoted: every turn is
+    answered and recorded whole, in order, on the promoted server."""
+    primary, standby = primary_and_standby
+    database = f"ledgers_{uuid.uuid4().hex[:8]}"
+    import psycopg
+
+    with psycopg.connect(primary.url(), autocommit=True, connect_timeout=10) as connection:
+        connection.execute(f'CREATE DATABASE "{database}"')
+    url = multi_host_url(database, primary, standby)
+    open_store(url).close()
+    spread = {"node-a": ["a1", "a2"], "node-b": ["b1", "b2"]}
+    processes: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for name, session_ids in spread.items():
+            processes[name] = subprocess.Popen(
+                [sys.executable, str(LEDGER_NODE), url, name, str(tmp_path / f"{name}.json"),
+                 str(LEDGER_TURNS), *session_ids], text=True, cwd=tmp_path,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for process in processes.values():
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        for process in processes.values():
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        assert _wait(lambda: _runs_started(url) >= 8), "the turns did not start"
+        primary.kill_postmaster()
+        time.sleep(PROMOTION_DELAY)  # the outage itself, not an ordering of threads
+        standby.promote()
+        for name, process in processes.items():
+            _, stderr = process.communicate(timeout=BOUND)
+            assert process.returncode == 0, f"{name}: {stderr[-2000:]}"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    with open_store(standby.url(database), create=False) as store:
+        for name, session_ids in spread.items():
+            result = json.loads((tmp_path / f"{name}.json").read_text())
+            assert result["errors"] == [], result["errors"]
+            for session_id in session_ids:
+                texts = [f"{name} {session_id} turn {number} [[slow 0.02]]"
+                         for number in range(1, LEDGER_TURNS + 1)]
+                assert result["turns"][session_id] == texts
+                answers = [recorded.event.text for recorded in store.read_session(session_id)
+                           if isinstance(recorded.event, ResponseReceived)]
+                assert answers == [f"echo: {text.split(' [[')[0]}" for text in texts]
+        report = store.verify(store.head())
+        assert report.ok, report.problems
+
+
+def _runs_started(url: str) -> int:
+    with open_store(url, create=False) as store:
+        return sum(isinstance(recorded.event, RunStarted) for recorded in store.read_all())
 
 
 def test_when_no_server_comes_back_appends_and_reads_fail_within_the_bound_saying_so(
