@@ -8,6 +8,7 @@ turn is lost. With no primary coming back: a clear error within the bound."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -272,6 +273,38 @@ def test_when_no_server_comes_back_appends_and_reads_fail_within_the_bound_sayin
         standby.promote()
         assert store.version("s") == 1  # the same store carries on once a primary is back
         assert store.append("s", [SessionTitled(title="kept")], 1)[0].position == 2
+
+
+def test_every_connection_of_a_node_cut_at_once_costs_its_callers_nothing(
+    postgres_url: str,
+) -> None:
+    """The server ends every backend of the store (what a restart or failover does to a
+    node): reads, appends and a live subscription go on, on new connections."""
+    import psycopg
+
+    with open_postgresql_store(postgres_url, pool_size=4) as store:
+        store.append("s", [SessionCreated(mode="user")], 0)
+        with contextlib.ExitStack() as held:  # fill the pool with idle connections
+            for _ in range(4):
+                held.enter_context(store._pool.connection())
+        subscription = store.subscribe(1)
+        assert subscription.get(timeout=10) is not None
+        assert store.listener is not None and store.listener.connected.wait(10)
+        listening = store.listener.connections
+        database = postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND application_name = 'chatledger'"
+                " AND pid <> pg_backend_pid()", [database]).fetchone()
+        assert ended is not None and ended[0] >= 2
+        assert [r.version for r in store.read_session("s")] == [1]
+        assert store.append("s", [SessionTitled(title="after")], 1)[0].position == 2
+        recorded = subscription.get(timeout=10)
+        assert recorded is not None and recorded.position == 2
+        assert _wait(lambda: store.listener is not None
+                     and store.listener.connections > listening, timeout=10)
+        subscription.close()
 
 
 def _wait(condition: object, timeout: float = BOUND) -> bool:

@@ -168,15 +168,18 @@ class PostgresStore:
         if self._closed:
             raise LedgerClosedError(f"the ledger at {self.path} was closed")
         failure = ""
+        refusals = 0
         for remaining in retrying(time.monotonic() + self._reconnect_timeout):
             try:
                 with self._pool.connection(timeout=remaining) as connection:
                     try:
                         return work(connection)
                     except psycopg.OperationalError as error:
-                        if not connection.broken:  # a cancelled query, say: not an outage
-                            raise LedgerError(f"the PostgreSQL ledger at {self.path}: "
-                                              f"{describe(error)}") from None
+                        if not connection.broken:  # a deadlock, a cancelled query: no outage
+                            refusals += 1
+                            if refusals > 1:  # tried once more already
+                                raise LedgerError(f"the PostgreSQL ledger at {self.path}: "
+                                                  f"{describe(error)}") from None
                         raise
                     finally:
                         if not connection.closed:
