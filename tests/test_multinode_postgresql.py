@@ -298,8 +298,6 @@ FENCED_WRITER = """
 import sys
 from chatledger.events import SessionTitled
 from chatledger.storage import open_store
-
-from postgres_server import PostgresServer
 from chatledger.actors.ownership import this_process
 with open_store(sys.argv[1]) as store:
     lease = store.acquire_lease("s", this_process("stopped"), 1.0)
@@ -329,7 +327,9 @@ def test_a_late_append_after_a_takeover_is_refused_by_the_fence_even_at_the_curr
                               stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         assert writer.stdout is not None and writer.stdin is not None
-        stale_epoch = int(writer.stdout.readline())
+        line = writer.stdout.readline()
+        assert line.strip().isdigit(), writer.communicate(timeout=30)[1][-2000:]
+        stale_epoch = int(line)
         os.kill(writer.pid, signal.SIGSTOP)
         with open_store(postgres_url) as store:
             stale = store.lease("s")
