@@ -31,7 +31,9 @@ from chatledger.events import (
 )
 from chatledger.storage import open_store
 
-pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgresql]'")
+if os.environ.get("CI") != "true":  # under CI a missing psycopg fails the import below
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgresql]'")
+import psycopg  # noqa: E402,F401
 
 NODE = Path(__file__).parent / "support" / "ledger_node.py"
 TURNS = 3
