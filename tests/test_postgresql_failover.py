@@ -186,7 +186,7 @@ def test_a_promoted_synchronous_standby_has_every_acknowledged_append_and_nodes_
 
 
 LEDGER_NODE = Path(__file__).parent / "support" / "ledger_node.py"
-LEDGER_TURNS = 12
+LEDGER_TURNS = 8
 
 
 def test_ledger_nodes_running_turns_ride_out_a_failover_and_lose_no_turn(
@@ -216,7 +216,7 @@ def test_ledger_nodes_running_turns_ride_out_a_failover_and_lose_no_turn(
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
-        assert _wait(lambda: _runs_started(url) >= 8), "the turns did not start"
+        assert _wait(lambda: _runs_started(url) >= 6), "the turns did not start"
         primary.kill_postmaster()
         time.sleep(PROMOTION_DELAY)  # the outage itself, not an ordering of threads
         standby.promote()
