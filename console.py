@@ -261,6 +261,8 @@ class TurnPrinter:
             self.tools_shown = True
             flag = " (error)" if update.get("is_error") else ""
             self.annotate(f"[tool] {update.get('name')}{flag}", dim=True)
+        elif kind == "permission_request":
+            self.annotate(f"[permission] the agent asks to use {update.get('tool')}", fg="cyan")
         elif kind == "done":
             self._end_line()
             if not self.tools_shown:  # a caller that did not stream them
