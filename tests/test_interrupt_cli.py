@@ -1,0 +1,89 @@
+"""`chatledger interrupt` stops a turn that another process runs: a backend process runs a
+slow stand-in turn, the CLI (a process of its own) asks, and the turn is recorded as
+cancelled, with what it had streamed, within a bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatledger.events import InterruptRequested, RunFailed
+from chatledger.storage import open_store
+
+SUPPORT = Path(__file__).parent / "support"
+STANDIN = f"{sys.executable} -m chatledger.testing.standin"
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("CHATLEDGER_")}
+    env.update({"CHATLEDGER_AGENT_COMMAND": STANDIN, **extra})
+    return env
+
+
+def chatledger(ledger: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatledger", "--ledger", str(ledger), *args],
+                          capture_output=True, text=True, timeout=120, env=environment())
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_interrupt_from_another_process_stops_the_backend_s_turn(ledger_path: Path,
+                                                                  warm: bool) -> None:
+    backend = subprocess.Popen(
+        [sys.executable, str(SUPPORT / "slow_turn_backend.py"), str(ledger_path),
+         "count slowly [[slow 60]]"],
+        stdout=subprocess.PIPE, text=True,
+        env=environment(CHATLEDGER_WARM_AGENTS="yes" if warm else "no"))
+    try:
+        assert backend.stdout is not None
+        ready = backend.stdout.readline().split()
+        assert ready and ready[0] == "running", ready
+        session_id = ready[1]
+        asked_at = time.monotonic()
+        result = chatledger(ledger_path, "interrupt", session_id[:8], "--json")
+        took = time.monotonic() - asked_at
+        assert result.returncode == 0, result.stderr
+        said = json.loads(result.stdout)
+        assert (said["outcome"], said["reason"]) == ("interrupted", "cancelled")
+        assert took < 30, took  # the turn alone would take 60 s
+        ended = json.loads(backend.stdout.readline())
+        assert (ended["ok"], ended["reason"]) == (False, "cancelled")
+        assert backend.wait(timeout=60) == 0
+    finally:
+        if backend.poll() is None:
+            backend.kill()
+            backend.wait(timeout=30)
+    with open_store(str(ledger_path)) as log:
+        records = log.read_session(session_id)
+    requested = [r for r in records if isinstance(r.event, InterruptRequested)]
+    failed = [r for r in records if isinstance(r.event, RunFailed)]
+    assert len(requested) == 1 and requested[0].event.turn == 1
+    assert requested[0].event.requested_by.startswith("cli:")
+    assert [f.event.reason for f in failed] == ["cancelled"]
+    assert failed[0].event.partial_text.startswith("echo")  # what the user had seen
+    stopped_after = (failed[0].recorded_at - requested[0].recorded_at).total_seconds()
+    assert 0 <= stopped_after < 5, stopped_after
+
+
+def test_interrupt_without_a_running_turn_says_so(ledger_path: Path) -> None:
+    created = chatledger(ledger_path, "new", "--json")
+    session_id = json.loads(created.stdout)["session_id"]
+    assert chatledger(ledger_path, "send", session_id, "hi [[echo]]").returncode == 0
+    result = chatledger(ledger_path, "interrupt", session_id)
+    assert result.returncode == 1
+    assert f"no turn is running in session {session_id}" in result.stderr
+    with open_store(str(ledger_path)) as log:
+        assert not [r for r in log.read_session(session_id)
+                    if isinstance(r.event, InterruptRequested)]
+
+
+def test_interrupt_of_an_unknown_session_exits_3(ledger_path: Path) -> None:
+    chatledger(ledger_path, "new")
+    result = chatledger(ledger_path, "interrupt", "no-such-session")
+    assert result.returncode == 3, result.stderr
