@@ -161,6 +161,7 @@ class Runtime:
             leases=self.leases,
             transcripts=Transcripts(LedgerSessionStore(self.log)),
             warm=self.warm,
+            permissions=self.permissions,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
