@@ -569,7 +569,7 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
         session_id = resolve_session_id(ledger.log, session_id)
         decided_by = cli_live.cli_user()
         prompter = cli_live.ApprovalPrompter(
-            cli_live.ApprovalPrompter.policy_for(approve, deny, sys.stdin.isatty()),
+            cli_live.ApprovalPrompter.policy_for(approve, deny, cli_live.stdin_is_terminal()),
             lambda request_id, allow, why: ledger.decide_permission(
                 session_id, request_id, allow, message=why, decided_by=decided_by))
         outcome = cli_live.run_send_with_approvals(

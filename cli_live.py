@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,14 @@ DEFAULT_INTERRUPT_WAIT = 10.0
 
 INPUT_SHOWN = 300
 """At most this many characters of a tool's input in the y/N question."""
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer questions on stdin."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or replaced
+        return False
 
 
 def cli_user() -> str:
