@@ -91,7 +91,7 @@ LARGEST_COUNT = 2**63 - 1
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
     1: "verify found tampering, a turn failed, an import was rejected, a file could not be "
-       "written",
+       "written, `interrupt` found no running turn (or it did not stop in time)",
     2: "usage error: a bad option, argument, mode, session id, duration or setting",
     3: "unknown session",
     4: "the ledger cannot be opened or written: missing, damaged, read-only, full",
