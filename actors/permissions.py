@@ -93,6 +93,12 @@ class PermissionDesk:
             self.decide(session_id, request_id, False, message=why, decided_by="chatledger")
         return len(requests)
 
+    def abandon_all(self, why: str) -> int:
+        """Deny every open request of every session (shutting down); how many."""
+        with self._lock:
+            sessions = {session_id for session_id, _ in self._pending}
+        return sum(self.abandon(session_id, why) for session_id in sessions)
+
     def _expire_periodically(self) -> None:
         while not self._closed.wait(min(1.0, self.timeout / 4)):
             now = time.monotonic()

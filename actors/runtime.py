@@ -434,6 +434,8 @@ class Runtime:
         self._sweeper_stop.set()
         self._sweeper.join(timeout)
         self.interrupts.close()
+        if self.permissions is not None:
+            self.permissions.abandon_all("chatledger is shutting down")
         self.pool.cancel_all()
         if not self.pool.shutdown(wait=True, timeout=timeout):
             logger.warning("an agent run did not end within %s s of its cancel", timeout)

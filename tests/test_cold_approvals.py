@@ -181,3 +181,31 @@ def test_the_runner_hands_requests_to_its_handler_with_an_answerer() -> None:
                        turn_id="11111111-2222-3333-4444-555555555555")
     assert seen == [("can_use_tool", "Write")]
     assert outcome.ok and outcome.text.startswith("I wrote"), outcome
+
+
+def test_a_send_without_on_update_denies_at_once(tmp_path: Path) -> None:
+    with open_ledger(tmp_path) as ledger:
+        session = ledger.create_session().session_id
+        outcome = ledger.send(session, "[[write notes.md]]")
+        assert outcome.ok and outcome.text.startswith("I could not write")
+        decided = events_of(ledger, session, PermissionDecided)
+        assert [(d.allow, d.decided_by) for d in decided] == [(False, "chatledger")]
+        assert "without on_update" in decided[0].message
+
+
+def test_closing_the_ledger_denies_and_records_an_open_request(tmp_path: Path) -> None:
+    ledger = open_ledger(tmp_path)
+    session = ledger.create_session().session_id
+    asked = threading.Event()
+    sender = threading.Thread(target=lambda: ledger.send(
+        session, "[[write notes.md]]",
+        on_update=lambda u: asked.set() if isinstance(u, PermissionRequestUpdate) else None))
+    sender.start()
+    assert asked.wait(30)
+    ledger.close()
+    sender.join(30)
+    with open_ledger(tmp_path) as reopened:
+        decided = events_of(reopened, session, PermissionDecided)
+        assert [(d.allow, d.message) for d in decided] == [
+            (False, "chatledger is shutting down")]
+        assert events_of(reopened, session, RunFailed)[-1].reason == "cancelled"

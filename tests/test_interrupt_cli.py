@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +89,29 @@ def test_interrupt_of_an_unknown_session_exits_3(ledger_path: Path) -> None:
     chatledger(ledger_path, "new")
     result = chatledger(ledger_path, "interrupt", "no-such-session")
     assert result.returncode == 3, result.stderr
+
+
+def test_a_recorded_interrupt_request_stops_this_process_s_turn_within_a_bound(
+        tmp_path: Path) -> None:
+    from chatledger import Ledger
+    from chatledger.actors.interrupts import request_interrupt
+    from chatledger.actors.updates import TextDeltaUpdate
+
+    with Ledger(str(tmp_path / "ledger"), agent_command=STANDIN) as ledger:
+        session = ledger.create_session().session_id
+        assert request_interrupt(ledger.runtime.log, session, "test").turn is None
+        streaming = threading.Event()
+        done: list[Any] = []
+        sender = threading.Thread(target=lambda: done.append(ledger.send(
+            session, "[[slow 60]]", stream_deltas=True,
+            on_update=lambda u: streaming.set() if isinstance(u, TextDeltaUpdate) else None)))
+        sender.start()
+        assert streaming.wait(30)
+        asked = request_interrupt(ledger.runtime.log, session, "test")
+        assert asked.turn == 1
+        sender.join(30)
+        assert done and (done[0].ok, done[0].reason) == (False, "cancelled")
+        failed = [r for r in ledger.events(session) if isinstance(r.event, RunFailed)]
+        assert asked.recorded is not None
+        took = (failed[-1].recorded_at - asked.recorded.recorded_at).total_seconds()
+        assert took < 5, took
