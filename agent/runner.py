@@ -5,7 +5,8 @@ until the agent has exited or been stopped. The story of one run: build the envi
 (ours, cached, plus the spec's extras and the dialect's defaults), spawn the agent as the
 leader of its own process group and tell the orphan guard, then follow it: serve its pipes
 (the prompt to stdin as the pipe takes it, stdout chunks to the dialect's reader, a bounded
-stderr tail), hand each update to `on_update` on this thread, and watch the clock, the cancel
+stderr tail; with stream-json input, `control.ColdControl` writes stdin instead: the prompt
+as a user line, then the answers to the agent's tool requests, until the result line), hand each update to `on_update` on this thread, and watch the clock, the cancel
 switch and the output cap. On timeout or cancellation the WHOLE process tree is stopped
 (SIGINT, SIGTERM after a grace, then SIGKILL; whatever is left in the group once the agent
 exits is killed too). Last, the outcome: the runner rules out what it saw itself (a stop, an

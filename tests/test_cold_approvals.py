@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chatledger import Ledger, SessionManager
 from chatledger.actors.updates import PermissionRequestUpdate
 from chatledger.agent import RunSpec, run_turn
 from chatledger.agent.control import PermissionAnswerer
 from chatledger.agent.dialects import STANDIN as STANDIN_DIALECT
+from chatledger.agent.dialects.claude import build_argv
 from chatledger.events import (
     PermissionDecided,
     PermissionRequested,
@@ -209,3 +212,14 @@ def test_closing_the_ledger_denies_and_records_an_open_request(tmp_path: Path) -
         assert [(d.allow, d.message) for d in decided] == [
             (False, "chatledger is shutting down")]
         assert events_of(reopened, session, RunFailed)[-1].reason == "cancelled"
+
+
+def test_claude_argv_for_cold_approvals_keeps_stdin_for_stream_json() -> None:
+    user = build_argv(["claude"], mode="user", allowed_tools=["Read"], permission_prompt=True)
+    assert user[user.index("--input-format") + 1] == "stream-json"
+    assert user[user.index("--permission-prompt-tool") + 1] == "stdio"
+    power = build_argv(["claude"], mode="power", allowed_tools=[], permission_prompt=True)
+    assert "--input-format" not in power and "--permission-prompt-tool" not in power
+    with pytest.raises(ValueError, match="stream-json"):
+        build_argv(["claude"], mode="user", allowed_tools=[], output_format="text",
+                   permission_prompt=True)
