@@ -181,8 +181,9 @@ class ApprovalPrompter:
         if self.policy == "ask":
             try:
                 allow = self.confirm(self.question(update))
-            except click.Abort:  # Ctrl-D at the question: a no
-                allow = False
+            except click.Abort:  # Ctrl-C or Ctrl-D at the question: deny, then stop (130)
+                self.decide(update.request_id, False, "interrupted at the question")
+                raise
         else:
             allow = self.policy == "approve"
         why = None if allow else self.DENIALS[self.policy]

@@ -136,3 +136,16 @@ def test_send_as_a_process_with_a_pipe_for_stdin_denies_unless_approve(
     kinds = [json.loads(line)["type"] for line in allowed.stdout.splitlines()]
     assert "permission_request" in kinds and kinds[-1] == "done"
     assert [d.allow for d in decisions(ledger_path, session)] == [False, True]
+
+
+def test_ctrl_c_at_the_question_denies_and_exits_130(run: Any, session: str, ledger_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    on_a_terminal(monkeypatch)
+    result = run("send", session, "[[write notes.md]]", input="",  # EOF: click's Abort
+                 CHATLEDGER_TOOL_APPROVALS="yes")
+    assert result.exit_code == 130, result.output
+    decided = decisions(ledger_path, session)
+    assert [(d.allow, d.message) for d in decided] == [(False, "interrupted at the question")]
+    with open_store(str(ledger_path)) as log:
+        info = log.require_info(session)
+    assert info.open_turn is None  # the turn was closed (cancelled), not left running
