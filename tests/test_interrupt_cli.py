@@ -29,18 +29,32 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def chatledger(ledger: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def chatledger(ledger: Path | str, *args: str,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "chatledger", "--ledger", str(ledger), *args],
-                          capture_output=True, text=True, timeout=120, env=environment())
+                          capture_output=True, text=True, timeout=120, env=environment(),
+                          cwd=cwd)
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 def test_interrupt_from_another_process_stops_the_backend_s_turn(ledger_path: Path,
                                                                   warm: bool) -> None:
+    interrupt_a_backend_turn(str(ledger_path), warm, ledger_path.parent)
+
+
+def test_interrupt_from_another_process_on_a_postgresql_ledger(postgres_url: str,
+                                                               tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    interrupt_a_backend_turn(postgres_url, False, tmp_path)
+
+
+def interrupt_a_backend_turn(location: str, warm: bool, cwd: Path) -> None:
+    """A backend process runs a slow turn; `chatledger interrupt` stops it; the ledger says
+    so (the request, then RunFailed cancelled with the streamed text, within a bound)."""
     backend = subprocess.Popen(
-        [sys.executable, str(SUPPORT / "slow_turn_backend.py"), str(ledger_path),
+        [sys.executable, str(SUPPORT / "slow_turn_backend.py"), location,
          "count slowly [[slow 60]]"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=cwd,
         env=environment(CHATLEDGER_WARM_AGENTS="yes" if warm else "no"))
     try:
         assert backend.stdout is not None
@@ -48,7 +62,7 @@ def test_interrupt_from_another_process_stops_the_backend_s_turn(ledger_path: Pa
         assert ready and ready[0] == "running", ready
         session_id = ready[1]
         asked_at = time.monotonic()
-        result = chatledger(ledger_path, "interrupt", session_id[:8], "--json")
+        result = chatledger(location, "interrupt", session_id[:8], "--json", cwd=cwd)
         took = time.monotonic() - asked_at
         assert result.returncode == 0, result.stderr
         said = json.loads(result.stdout)
@@ -61,7 +75,7 @@ def test_interrupt_from_another_process_stops_the_backend_s_turn(ledger_path: Pa
         if backend.poll() is None:
             backend.kill()
             backend.wait(timeout=30)
-    with open_store(str(ledger_path)) as log:
+    with open_store(location) as log:
         records = log.read_session(session_id)
     requested = [r for r in records if isinstance(r.event, InterruptRequested)]
     failed = [r for r in records if isinstance(r.event, RunFailed)]
