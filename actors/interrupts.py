@@ -6,9 +6,9 @@ the session's open turn at the session's current version, without the lease (lik
 command but a turn: on a conflict it reads the session again and decides again), and
 `wait_for_end` follows the session until that turn's RunFailed or ResponseReceived. In the
 process that runs the turn, an `InterruptWatcher` looks at the sessions whose runs are in
-flight there (one index read per session and poll, and only while runs are in flight) and
-stops a turn that was asked to stop through the runtime's own interrupt. Nothing here asks
-an actor or starts a process.
+flight there (while runs are in flight: one head read per poll, and one index read per
+running session when the log has moved) and stops a turn that was asked to stop through
+the runtime's own interrupt. Nothing here asks an actor or starts a process.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class InterruptWatcher:
         self.stop = stop
         self.poll = poll
         self._seen: dict[tuple[str, int], int] = {}  # (session, turn) -> last version read
+        self._head = -1  # the log's head position at the last look
         self._kick = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="chatledger-interrupts",
@@ -132,6 +133,12 @@ class InterruptWatcher:
         for key in list(self._seen):
             if key not in running:
                 del self._seen[key]
+        if not running:
+            return 0
+        head = self.log.head().position
+        if head == self._head and running <= self._seen.keys():
+            return 0  # nothing was appended anywhere since the last look
+        self._head = head
         stopped = 0
         for session_id, turn in running:
             if self._asked_to_stop(session_id, turn):
@@ -156,7 +163,10 @@ class InterruptWatcher:
             records = self.log.read_session(session_id, from_version=seen + 1)
         asked = any(isinstance(r.event, InterruptRequested) and r.event.turn == turn
                     for r in records)
-        self._seen[key] = -1 if asked else (records[-1].version if records else info.version)
+        if asked:
+            self._seen[key] = -1
+        elif records:  # what the index counts but a read does not show yet is read next time
+            self._seen[key] = records[-1].version
         return asked
 
     def _watch(self) -> None:
@@ -164,7 +174,7 @@ class InterruptWatcher:
             self._kick.clear()  # a run queued from here on wakes the wait below
             try:
                 self.look_once()
-                busy = bool(self._seen)
+                busy = bool(self.runs())
             except Exception:  # a closed or damaged ledger: try again later
                 logger.warning("looking for interrupt requests failed", exc_info=True)
                 busy = False
