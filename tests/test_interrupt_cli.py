@@ -129,3 +129,40 @@ def test_a_recorded_interrupt_request_stops_this_process_s_turn_within_a_bound(
         assert asked.recorded is not None
         took = (failed[-1].recorded_at - asked.recorded.recorded_at).total_seconds()
         assert took < 5, took
+
+
+def test_the_watcher_stops_only_the_turn_named_and_only_once(tmp_path: Path) -> None:
+    from chatledger.actors.interrupts import InterruptWatcher
+    from chatledger.events import MessageSent, RunStarted, SessionCreated
+
+    with open_store(str(tmp_path / "ledger")) as log:
+        for session in ("a", "b"):
+            log.append(session, [SessionCreated(), MessageSent(turn=1, text="hi"),
+                                 RunStarted(turn=1, argv=("x",), prompt_digest="d")], 0)
+        log.append("a", [InterruptRequested(turn=1, requested_by="t")], 3)  # before any look
+        stopped: list[tuple[str, int]] = []
+        told = threading.Event()
+
+        def stop(session_id: str, turn: int) -> None:
+            stopped.append((session_id, turn))
+            told.set()
+
+        watcher = InterruptWatcher(log, lambda: [("a", 1), ("b", 1)], stop, poll=0.01)
+        try:
+            assert told.wait(10)
+            log.append("b", [InterruptRequested(turn=2, requested_by="t")], 3)  # not turn 1
+            log.append("a", [InterruptRequested(turn=1, requested_by="t")], 4)  # again
+            looks: list[int] = []
+            looked_again = threading.Event()
+
+            def runs() -> list[tuple[str, int]]:
+                looks.append(1)
+                if len(looks) >= 6:  # three more polls after the appends
+                    looked_again.set()
+                return [("a", 1), ("b", 1)]
+
+            watcher.runs = runs
+            assert looked_again.wait(10)
+        finally:
+            watcher.close()
+        assert stopped == [("a", 1)]
