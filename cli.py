@@ -445,7 +445,8 @@ def main(ctx: click.Context, ledger_path: str | None, color: str) -> None:
     \b
     Exit codes:
       0  success
-      1  verify found tampering, a turn failed, an import was rejected
+      1  verify found tampering, a turn failed, an import was rejected, no turn
+         to interrupt
       2  usage error (bad option, mode, session id, duration, setting)
       3  unknown session
       4  the ledger cannot be opened or written
