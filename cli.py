@@ -91,7 +91,7 @@ LARGEST_COUNT = 2**63 - 1
 EXIT_CODES = {
     0: "success (verify: the ledger is intact)",
     1: "verify found tampering, a turn failed, an import was rejected, a file could not be "
-       "written",
+       "written, `interrupt` found no running turn (or it did not stop in time)",
     2: "usage error: a bad option, argument, mode, session id, duration or setting",
     3: "unknown session",
     4: "the ledger cannot be opened or written: missing, damaged, read-only, full",
@@ -234,11 +234,12 @@ class State:
             log.close()
 
     @contextmanager
-    def ledger(self) -> Iterator[Any]:
-        """Open the ledger with its runtime (actors, agent runs), for commands that act."""
+    def ledger(self, **settings: Any) -> Iterator[Any]:
+        """Open the ledger with its runtime (actors, agent runs), for commands that act;
+        `settings` override the configured ones."""
         from .ledger import Ledger
 
-        with Ledger(self.ledger_path) as ledger:
+        with Ledger(self.ledger_path, **settings) as ledger:
             yield ledger
 
 
@@ -444,7 +445,8 @@ def main(ctx: click.Context, ledger_path: str | None, color: str) -> None:
     \b
     Exit codes:
       0  success
-      1  verify found tampering, a turn failed, an import was rejected
+      1  verify found tampering, a turn failed, an import was rejected, no turn
+         to interrupt
       2  usage error (bad option, mode, session id, duration, setting)
       3  unknown session
       4  the ledger cannot be opened or written
@@ -519,17 +521,27 @@ def resume(state: State, session_id: str, mode: str | None, study_id: str | None
 @click.argument("message")
 @click.option("--canvas", "canvas_file", type=click.File("rb"),
               help="A JSON file with the canvas state to send along.")
+@click.option("--approve", is_flag=True,
+              help="Allow every tool request the agent puts to the caller (turns approvals on).")
+@click.option("--deny", is_flag=True,
+              help="Deny every tool request the agent puts to the caller (turns approvals on).")
 @json_option
 @pass_state
 def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | None,
-         as_json: bool) -> None:
+         approve: bool, deny: bool, as_json: bool) -> None:
     """Run one turn with the configured agent, streaming the answer as it arrives.
 
     MESSAGE `-` reads the message from standard input. Exits 1 if the turn failed (the
     failure is recorded in the ledger), 130 on Ctrl-C (the turn is cancelled and recorded).
+    With tool approvals (`tool_approvals`, or --approve / --deny) a user-mode tool call
+    outside the allow-list is put to you: "Allow TOOL with INPUT? [y/N]" on a terminal;
+    without one it is denied unless --approve is given. Each decision is recorded with
+    who made it (cli:<user>).
 
     Example: chatledger send 3f2a... "Add a thickness variable" --canvas canvas.json
     """
+    if approve and deny:
+        raise click.UsageError("give --approve or --deny, not both")
     if message == "-":
         message = sys.stdin.read()
     canvas_state = None
@@ -553,10 +565,18 @@ def send(state: State, session_id: str, message: str, canvas_file: IO[bytes] | N
         else:
             printer.update(msgspec.to_builtins(update))
 
-    with state.ledger() as ledger:
+    settings = {"tool_approvals": True} if approve or deny else {}
+    with state.ledger(**settings) as ledger:
         session_id = resolve_session_id(ledger.log, session_id)
-        outcome = ledger.send(session_id, message, canvas_state=canvas_state,
-                              on_update=show, stream_deltas=not as_json)
+        decided_by = cli_live.cli_user()
+        prompter = cli_live.ApprovalPrompter(
+            cli_live.ApprovalPrompter.policy_for(approve, deny, cli_live.stdin_is_terminal()),
+            lambda request_id, allow, why: ledger.decide_permission(
+                session_id, request_id, allow, message=why, decided_by=decided_by))
+        outcome = cli_live.run_send_with_approvals(
+            lambda on_update: ledger.send(session_id, message, canvas_state=canvas_state,
+                                          on_update=on_update, stream_deltas=not as_json),
+            prompter, show)
     if not outcome.ok:
         _fail(f"the turn failed ({outcome.reason}): {outcome.error}", 1)
 
@@ -1235,7 +1255,10 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
 
 
 # The command list shows each command's whole first line, never a sentence cut short.
-from . import cli_manage  # noqa: E402, F401  (registers the commands that manage sessions)
+from . import (  # noqa: E402  (registering commands on `main`)
+    cli_live,  # `interrupt`; the tool approvals of `send`
+    cli_manage,  # noqa: F401  (the commands that manage sessions)
+)
 
 for _command in main.commands.values():
     _command.short_help = (_command.help or "").strip().splitlines()[0]

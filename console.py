@@ -202,6 +202,13 @@ def _event_detail(kind: str, fields: dict[str, Any]) -> str:
         return f"mode {fields.get('mode', 'user')}, study {fields.get('study_id') or '-'}"
     if kind == "study_context_set":
         return str(fields.get("study_id") or "-")
+    if kind == "permission_requested":
+        return f"{turn}: {fields.get('tool')} {_short(fields.get('input'), 50)}"
+    if kind == "permission_decided":
+        verdict = "allowed" if fields.get("allow") else "denied"
+        return f"{turn}: {verdict} by {fields.get('decided_by') or '-'}"
+    if kind == "interrupt_requested":
+        return f"{turn}, by {fields.get('requested_by') or '-'}"
     if kind == "session_expired":
         idle = fields.get("idle_seconds", 0)
         idle = idle if isinstance(idle, (int, float)) else 0
@@ -261,6 +268,8 @@ class TurnPrinter:
             self.tools_shown = True
             flag = " (error)" if update.get("is_error") else ""
             self.annotate(f"[tool] {update.get('name')}{flag}", dim=True)
+        elif kind == "permission_request":
+            self.annotate(f"[permission] the agent asks to use {update.get('tool')}", fg="cyan")
         elif kind == "done":
             self._end_line()
             if not self.tools_shown:  # a caller that did not stream them

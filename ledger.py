@@ -21,6 +21,7 @@ from .actors.updates import (
     AnyTurnUpdate,
     CanvasModificationUpdate,
     ErrorUpdate,
+    PermissionRequestUpdate,
     TextUpdate,
     TurnDone,
     TurnWaiting,
@@ -155,12 +156,17 @@ class Ledger:
         """Run one turn and block until it ends; `on_update` sees each update as it comes
         (on another thread). Waits at most `timeout` (default: run timeout + a margin) for
         each update; while another process runs a turn of the session (`TurnWaiting`), it
-        waits for that too, at most `turn_wait_timeout` more (0: as long as it takes)."""
+        waits for that too, at most `turn_wait_timeout` more (0: as long as it takes).
+        Without `on_update` nobody can answer a tool request: it is denied at once."""
         updates: queue.SimpleQueue[AnyTurnUpdate] = queue.SimpleQueue()
 
         def sink(item: AnyTurnUpdate) -> None:
             if on_update is not None:
                 on_update(item)
+            elif isinstance(item, PermissionRequestUpdate):  # nobody can answer: deny
+                self.runtime.decide_permission(
+                    session_id, item.request_id, False, decided_by="chatledger",
+                    message="nobody could decide (the turn was sent without on_update)")
             updates.put(item)
 
         self.runtime.send(

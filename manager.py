@@ -239,9 +239,9 @@ class SessionManager:
     async def decide_permission(self, session_id: str, request_id: str, allow: bool,
                                 message: str | None = None,
                                 decided_by: str | None = None) -> bool:
-        """Answer a `permission_request` that `send_message` yielded (with `tool_approvals`
-        and warm sessions): recorded as PermissionDecided, then told to the agent. A consumer
-        that leaves the turn denies. False if that request is not open."""
+        """Answer a `permission_request` that `send_message` yielded (with `tool_approvals`,
+        in user mode, warm or cold): recorded as PermissionDecided, then told to the agent.
+        A consumer that leaves the turn denies. False if that request is not open."""
         runtime = await self._runtime_async()
         return await asyncio.to_thread(runtime.decide_permission, session_id, request_id,
                                        allow, message=message, decided_by=decided_by)

@@ -1,12 +1,13 @@
 """Tool approvals: the agent's `can_use_tool` requests put to the caller, and their answers.
 
-With `tool_approvals` on, a warm user-mode agent runs with `--permission-prompt-tool stdio`:
-claude's own rules still decide, and only what it would refuse is asked. The desk records
+With `tool_approvals` on, a user-mode agent runs with `--permission-prompt-tool stdio`, warm
+(the live process) or cold (a run whose stdin stays open until its result): claude's own
+rules still decide, and only what it would refuse is asked. The desk records
 `PermissionRequested`, hands the caller a `permission_request` update and keeps the request
 until `decide` (the caller's answer), `abandon` (the caller left: deny) or
 `permission_timeout` (deny; 0 waits as long as the caller stays) records
 `PermissionDecided` and answers the agent. While a request waits, its turn's deadline is
-paused (the live process adds the wait to it). Thread-safe; it appends through the
+paused (the live process or the cold run adds the wait to it). Thread-safe; it appends through the
 runtime's out-of-turn recorder and never asks an actor.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent.live import LiveAgent
+from ..agent.control import PermissionAnswerer
 from ..events import Event, PermissionDecided, PermissionRequested
 from .updates import PermissionRequestUpdate
 
@@ -32,7 +33,7 @@ Record = Callable[[str, Sequence[Event]], None]
 class _Pending:
     session_id: str
     turn: int
-    agent: LiveAgent
+    agent: PermissionAnswerer
     asked_at: float
 
 
@@ -49,7 +50,7 @@ class PermissionDesk:
             threading.Thread(target=self._expire_periodically, name="chatledger-permissions",
                              daemon=True).start()
 
-    def request(self, session_id: str, turn: int, agent: LiveAgent,
+    def request(self, session_id: str, turn: int, agent: PermissionAnswerer,
                 message: dict[str, Any]) -> PermissionRequestUpdate:
         """Record the agent's request and keep it open; the update for the caller."""
         request = message.get("request") or {}
@@ -91,6 +92,12 @@ class PermissionDesk:
         for request_id in requests:
             self.decide(session_id, request_id, False, message=why, decided_by="chatledger")
         return len(requests)
+
+    def abandon_all(self, why: str) -> int:
+        """Deny every open request of every session (shutting down); how many."""
+        with self._lock:
+            sessions = {session_id for session_id, _ in self._pending}
+        return sum(self.abandon(session_id, why) for session_id in sessions)
 
     def _expire_periodically(self) -> None:
         while not self._closed.wait(min(1.0, self.timeout / 4)):

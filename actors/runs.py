@@ -46,6 +46,8 @@ class RunPool:
         self._lock = threading.Lock()
         self._tickets: dict[tuple[str, int], RunTicket] = {}
         self._closed = False
+        self.on_submit: Callable[[], None] | None = None
+        """Called (on the submitting thread) after each run is queued: a watcher's wake-up."""
 
     def submit(
         self,
@@ -65,6 +67,8 @@ class RunPool:
                 self._threads.append(thread)
                 thread.start()
         self._work.put((ticket, run, on_done))
+        if self.on_submit is not None:
+            self.on_submit()
 
     def _work_loop(self) -> None:
         """Take runs off the queue, first come first served, until shutdown. Pool thread."""
@@ -116,6 +120,11 @@ class RunPool:
         """The session's runs that are queued or running in this process."""
         with self._lock:
             return [t for (sid, _), t in self._tickets.items() if sid == session_id]
+
+    def all_in_flight(self) -> list[RunTicket]:
+        """Every run queued or running in this process."""
+        with self._lock:
+            return list(self._tickets.values())
 
     def cancel_all(self) -> int:
         """Flip every cancel switch (shutdown); returns how many runs were cancelled."""

@@ -37,6 +37,7 @@ from ..sdk_store import LedgerSessionStore
 from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from ..telemetry import instrument_store, watch_runtime
 from .annotations import Decider
+from .interrupts import InterruptWatcher
 from .messages import (
     Activate,
     Annotate,
@@ -58,6 +59,7 @@ from .messages import (
     ask,
 )
 from .ownership import LeaseKeeper
+from .permissions import PermissionDesk
 from .preflight import check_turn_size
 from .runs import RunPool
 from .session import SessionActor, SessionServices
@@ -127,8 +129,17 @@ class Runtime:
         with contextlib.suppress(OSError):  # a read-only ledger keeps what it has
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
+        self.interrupts = InterruptWatcher(
+            self.log, lambda: [(t.session_id, t.turn) for t in self.pool.all_in_flight()],
+            self._interrupt_turn)
+        self.pool.on_submit = self.interrupts.run_started
         self.warm = (WarmPool(config, self.dialect, self._record_outside_a_turn)
                      if config.warm_agents else None)
+        self.permissions: PermissionDesk | None = (
+            self.warm.permissions if self.warm is not None
+            else PermissionDesk(self._record_outside_a_turn, config.permission_timeout)
+            if config.tool_approvals else None)
+        """Open tool requests of this runtime's turns, warm and cold (None: approvals off)."""
         self.registry = SessionRegistry()
         self.closing = threading.Event()
         self._tickets = itertools.count(1)
@@ -150,6 +161,7 @@ class Runtime:
             leases=self.leases,
             transcripts=Transcripts(LedgerSessionStore(self.log)),
             warm=self.warm,
+            permissions=self.permissions,
         )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(services, self.registry)
         self._sweeper_stop = threading.Event()
@@ -322,10 +334,15 @@ class Runtime:
         The turn is recorded as cancelled, with what it had streamed. Queued turns stay."""
         self._check_open()
         validate_session_id(session_id)
-        if self.warm is not None:
-            self.warm.permissions.abandon(session_id, "the turn was interrupted")
+        return self._interrupt_turn(session_id, None)
+
+    def _interrupt_turn(self, session_id: str, turn: int | None) -> bool:
+        """Stop the session's runs in flight here (only `turn`'s, when given); whether any
+        was. Any thread (the interrupt watcher's, for a request from another process)."""
+        if self.permissions is not None:
+            self.permissions.abandon(session_id, "the turn was interrupted")
         running = [ticket for ticket in self.pool.in_flight(session_id)
-                   if not ticket.cancel.is_set()]
+                   if not ticket.cancel.is_set() and turn in (None, ticket.turn)]
         for ticket in running:
             ticket.cancel.set()
         return bool(running)
@@ -335,16 +352,16 @@ class Runtime:
         """Answer a tool request of the session's running turn (recorded, then told to the
         agent); False if no such request is open."""
         self._check_open()
-        if self.warm is None:
+        if self.permissions is None:
             return False
-        return self.warm.permissions.decide(session_id, request_id, allow, message=message,
-                                            decided_by=decided_by)
+        return self.permissions.decide(session_id, request_id, allow, message=message,
+                                       decided_by=decided_by)
 
     def cancel(self, session_id: str, ticket: int) -> bool:
         """Cancel a queued or running turn (a running agent is stopped, and it is recorded);
         its open tool requests are denied first."""
-        if self.warm is not None:
-            self.warm.permissions.abandon(session_id)
+        if self.permissions is not None:
+            self.permissions.abandon(session_id)
         ref = self.registry.get(session_id)
         if ref is None:
             return False
@@ -416,11 +433,16 @@ class Runtime:
         self.closing.set()
         self._sweeper_stop.set()
         self._sweeper.join(timeout)
+        self.interrupts.close()
+        if self.permissions is not None:
+            self.permissions.abandon_all("chatledger is shutting down")
         self.pool.cancel_all()
         if not self.pool.shutdown(wait=True, timeout=timeout):
             logger.warning("an agent run did not end within %s s of its cancel", timeout)
         if self.warm is not None:
             self.warm.close_all("shutdown")
+        elif self.permissions is not None:
+            self.permissions.close()
         # Actors process what is in their mailboxes (run outcomes) before they stop.
         for ref in self.registry.take_all():
             try:

@@ -44,6 +44,7 @@ from .messages import (
     SendMessage,
 )
 from .ownership import LeaseKeeper
+from .permissions import PermissionDesk
 from .preflight import check_power_mode_runs
 from .rehydration import load_recent, mode_before
 from .runs import RunPool
@@ -82,6 +83,7 @@ class SessionServices:
     leases: LeaseKeeper
     transcripts: Transcripts | None = None
     warm: WarmPool | None = None
+    permissions: PermissionDesk | None = None
 
 
 def emit_all(sink: TurnSink, updates: Iterable[AnyTurnUpdate]) -> None:

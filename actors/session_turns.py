@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
+from ..agent.control import ColdPermissionHandler, PermissionAnswerer
 from ..errors import (
     InvalidEventError,
     StaleLeaseError,
@@ -142,6 +143,14 @@ class SessionTurns(SessionOwnership):
 
         process_events: list[Any] = []
         warm = self.services.warm
+        turn_id = turn_uuid(self.session_id, plan.turn, attempt)
+        permissions = self.services.permissions
+        ask_caller: ColdPermissionHandler | None = None
+        if plan.approvals and permissions is not None:
+            def ask_caller(message: dict[str, Any], answerer: PermissionAnswerer) -> None:
+                """Put a cold run's tool request to the caller. Runs on the pool thread."""
+                emit_all(command.sink, [permissions.request(
+                    self.session_id, plan.turn, answerer, message)])
 
         def run(cancel: CancelSwitch) -> RunOutcome:
             """Restore the transcript to resume from and start its mirror, run the agent for
@@ -157,15 +166,17 @@ class SessionTurns(SessionOwnership):
                 cancel=cancel,
                 max_output_bytes=config.max_output_bytes,
                 kill_grace=config.kill_grace,
+                input_format="stream-json" if plan.approvals else "text",
             )
             if transcript is not None:
                 transcript.begin()
             try:
                 if warm is None or plan.warm is None:
-                    return run_turn(spec, self.services.dialect, forward)
+                    return run_turn(spec, self.services.dialect, forward,
+                                    on_permission=ask_caller, turn_id=turn_id)
                 outcome, events = warm.run(
                     self.session_id, plan.turn, plan.warm, spec, on_update=forward,
-                    turn_id=turn_uuid(self.session_id, plan.turn, attempt),
+                    turn_id=turn_id,
                     on_request=lambda update: emit_all(command.sink, [update]))
                 process_events.extend(events)
                 return outcome

@@ -103,6 +103,9 @@ class TurnPlan:
     events: list[Event]
     transcript_mirror: bool = False
     warm: WarmTurn | None = None
+    approvals: bool = False
+    """The agent puts tool calls outside the allow-list to the caller (the cold argv asks
+    for it, so its prompt goes as a stream-json line and stdin stays open)."""
 
 
 def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) -> str | None:
@@ -165,6 +168,8 @@ def plan_turn(
         window=config.history_window,
     )
     mirror = mirrors_transcript(config, dialect)
+    approvals = (config.tool_approvals and info.mode == "user"
+                 and config.output_format == "stream-json")
     argv = dialect.turn_argv(config.agent_command, TurnOptions(
         mode=info.mode,
         output_format=config.output_format,
@@ -173,6 +178,7 @@ def plan_turn(
         include_partial_messages=config.partial_messages,
         resume_session_id=resume_id,
         transcript_mirror=mirror,
+        permission_prompt=approvals,
     ))
     warm: WarmTurn | None = None
     refusal = ""
@@ -207,7 +213,7 @@ def plan_turn(
         )
     )
     return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events,
-                    transcript_mirror=mirror, warm=warm)
+                    transcript_mirror=mirror, warm=warm, approvals=approvals)
 
 
 def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path: str | None,

@@ -75,7 +75,9 @@ class WarmPool:
         if entry is None:
             events.append(ColdRunChosen(turn=turn, reason=reason[0], message=reason[1]))
             cold = dataclasses.replace(spec, argv=warm.cold_argv)
-            return run_turn(cold, self.dialect, on_update), events
+            ask = None if on_request is None else (lambda message, answerer: on_request(
+                self.permissions.request(session_id, turn, answerer, dict(message))))
+            return run_turn(cold, self.dialect, on_update, ask, turn_id), events
         on_permission: PermissionHandler | None = None
         if on_request is not None:
             agent = entry.agent

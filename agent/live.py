@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from .cancel import CancelSwitch
+from .control import CONTROL_PREFIX, permission_answer, refusal, user_line
 from .dialect import AgentDialect, FinishedTurn
 from .environment import INHERITED_ENVIRONMENT, agent_environment
 from .output_readers import LineSplitter
@@ -53,9 +54,6 @@ logger = logging.getLogger(__name__)
 
 INITIALIZE_TIMEOUT = 30.0
 """How long a new process may take to answer `initialize` (claude: ~0.4 s)."""
-
-CONTROL_PREFIX = b'{"type":"control_'
-"""How the agent starts its control lines (its JSON puts `type` first)."""
 
 POLL_SECONDS = 0.05
 """How often a turn looks at a plain threading.Event cancel switch."""
@@ -222,14 +220,9 @@ class LiveAgent:
             asked_at = self._waiting.pop(request_id, None)
             if asked_at is not None:
                 self.paused_seconds += time.monotonic() - asked_at
-        decision: dict[str, Any] = {"behavior": "allow" if allow else "deny"}
-        if allow:
-            decision["updatedInput"] = dict(updated_input or {})
-        else:
-            decision["message"] = message or "denied"
         try:
-            self._write({"type": "control_response", "response": {
-                "subtype": "success", "request_id": request_id, "response": decision}})
+            self._write(permission_answer(request_id, allow, message=message,
+                                          updated_input=updated_input))
         except (OSError, ValueError):
             return False
         return True
@@ -364,8 +357,7 @@ class _LiveTurn:
     def _follow(self) -> RunOutcome:
         agent = self.agent
         try:
-            agent._write({"type": "user", "message": {"role": "user", "content": self.spec.prompt},
-                          "parent_tool_use_id": None, "session_id": "", "uuid": self.turn_id})
+            agent._write(user_line(self.spec.prompt, self.turn_id))
         except (OSError, ValueError) as error:
             agent.kill()
             return self._died(f"the live agent process could not take the turn: {error}")
@@ -443,9 +435,7 @@ class _LiveTurn:
             return
         # A request we do not serve: refuse it, so the agent does not wait for ever.
         with contextlib.suppress(OSError, ValueError):
-            self.agent._write({"type": "control_response", "response": {
-                "subtype": "error", "request_id": request_id,
-                "error": f"chatledger does not serve {request.get('subtype')!r} here"}})
+            self.agent._write(refusal(request_id, request.get("subtype")))
 
     def _parsed_outcome(self, verdict: Classification | None) -> RunOutcome:
         agent = self.agent

@@ -49,10 +49,11 @@ class Pipes(Protocol):
 
 
 def open_pipes(
-    process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int,
+    process: subprocess.Popen[bytes], prompt: bytes | None, stderr_tail_bytes: int,
     cancel: threading.Event | None,
 ) -> Pipes:
-    """The pipes of a started agent, served the way this platform allows (not started yet)."""
+    """The pipes of a started agent, served the way this platform allows (not started yet);
+    with `prompt` None they leave stdin alone (the caller writes it)."""
     if PIPES_SELECTABLE:
         from .posix_pipes import SelectorPipes
 

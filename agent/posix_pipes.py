@@ -40,18 +40,19 @@ class SelectorPipes:
     """
 
     def __init__(
-        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int,
+        self, process: subprocess.Popen[bytes], prompt: bytes | None, stderr_tail_bytes: int,
         cancel: threading.Event | None,
     ) -> None:
+        """`prompt` None leaves stdin to the caller (a run that writes more than a prompt)."""
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
         self._pid = process.pid
         self._cancel = cancel if isinstance(cancel, CancelSwitch) else None
         self._bell: _Bell | None = None
-        self._stdin: IO[bytes] | None = process.stdin
+        self._stdin: IO[bytes] | None = process.stdin if prompt is not None else None
         self._stdout: IO[bytes] | None = process.stdout
         self._stderr: IO[bytes] | None = process.stderr
-        self._prompt = memoryview(prompt)
+        self._prompt = memoryview(prompt or b"")
         self._tail_bytes = stderr_tail_bytes
         self._tail = bytearray()
         self._pidfd: int | None = None
@@ -74,14 +75,15 @@ class SelectorPipes:
 
     def start(self) -> None:
         """Make the pipes non-blocking, write what stdin takes now, and register the rest."""
-        assert self._stdin is not None and self._stdout is not None
-        assert self._stderr is not None
+        assert self._stdout is not None and self._stderr is not None
         self._selector = selectors.DefaultSelector()
         for stream in (self._stdin, self._stdout, self._stderr):
-            os.set_blocking(stream.fileno(), False)
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
         self._selector.register(self._stdout, selectors.EVENT_READ, "stdout")
         self._selector.register(self._stderr, selectors.EVENT_READ, "stderr")
-        self._write_prompt()  # most prompts fit in the pipe at once
+        if self._stdin is not None:
+            self._write_prompt()  # most prompts fit in the pipe at once
         if self._stdin is not None:
             self._selector.register(self._stdin, selectors.EVENT_WRITE, "stdin")
         self._pidfd = _open_pidfd(self._pid)

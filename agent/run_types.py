@@ -48,6 +48,9 @@ class RunSpec:
     stderr_tail_bytes: int = DEFAULT_STDERR_TAIL_BYTES
     kill_grace: float = DEFAULT_KILL_GRACE
     cancel: threading.Event | None = None
+    input_format: str = "text"
+    """`stream-json`: the prompt goes as a `user` line and stdin stays open for the control
+    protocol (tool approvals) until the result line; the argv must ask the agent for it."""
 
     def __post_init__(self) -> None:
         """Refuse arguments no run could honour (ValueError)."""

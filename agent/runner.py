@@ -5,7 +5,8 @@ until the agent has exited or been stopped. The story of one run: build the envi
 (ours, cached, plus the spec's extras and the dialect's defaults), spawn the agent as the
 leader of its own process group and tell the orphan guard, then follow it: serve its pipes
 (the prompt to stdin as the pipe takes it, stdout chunks to the dialect's reader, a bounded
-stderr tail), hand each update to `on_update` on this thread, and watch the clock, the cancel
+stderr tail; with stream-json input, `control.ColdControl` writes stdin instead: the prompt
+as a user line, then the answers to the agent's tool requests, until the result line), hand each update to `on_update` on this thread, and watch the clock, the cancel
 switch and the output cap. On timeout or cancellation the WHOLE process tree is stopped
 (SIGINT, SIGTERM after a grace, then SIGKILL; whatever is left in the group once the agent
 exits is killed too). Last, the outcome: the runner rules out what it saw itself (a stop, an
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .control import ColdControl, ColdPermissionHandler
 from .dialect import AgentDialect, FinishedTurn, OutputReader
 from .dialects import CLAUDE
 from .environment import INHERITED_ENVIRONMENT, agent_environment
@@ -36,6 +38,7 @@ from .run_types import (
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_STDERR_TAIL_BYTES,
+    AgentResult,
     AgentUpdate,
     Classification,
     ParsedResult,
@@ -82,11 +85,15 @@ def human_duration(seconds: float) -> str:
 
 def run_turn(
     spec: RunSpec, dialect: AgentDialect = CLAUDE, on_update: UpdateCallback | None = None,
+    on_permission: ColdPermissionHandler | None = None, turn_id: str | None = None,
 ) -> RunOutcome:
     """Run one turn in a fresh agent process and return how it ended. BLOCKING: call it on
     a worker thread. It takes at most about `timeout + 2 * kill_grace` seconds (plus a few
-    if the agent will not even die of SIGKILL). Raises ValueError only for an output format
-    the dialect cannot read; everything the agent does becomes the outcome."""
+    if the agent will not even die of SIGKILL, plus the time tool requests wait for their
+    answers). Raises ValueError only for an output format the dialect cannot read;
+    everything the agent does becomes the outcome. With `spec.input_format` "stream-json"
+    the agent's `can_use_tool` requests go to `on_permission` (denied when it is None) and
+    `turn_id` is the prompt line's uuid."""
     reader = dialect.output_reader(spec.output_format)
     started = time.monotonic()
     if spec.cancel is not None and spec.cancel.is_set():
@@ -102,7 +109,8 @@ def run_turn(
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         return _start_failure(error, spec, dialect, environment, started)
     ORPHAN_GUARD.watch(group)
-    return _Run(process, group, spec, dialect, reader, on_update, started).follow_to_the_end()
+    run = _Run(process, group, spec, dialect, reader, on_update, started, on_permission)
+    return run.follow_to_the_end(turn_id)
 
 
 def run_agent(
@@ -165,7 +173,7 @@ class _Run:
     def __init__(
         self, process: subprocess.Popen[bytes], group: int, spec: RunSpec,
         dialect: AgentDialect, reader: OutputReader, on_update: UpdateCallback | None,
-        started: float,
+        started: float, on_permission: ColdPermissionHandler | None = None,
     ) -> None:
         self.process = process
         self.group = group
@@ -183,13 +191,20 @@ class _Run:
         self.output_bytes = 0
         self.discarding = False
         self.stop_reason: str | None = None
-        self.pipes: Pipes = open_pipes(process, spec.prompt.encode("utf-8", errors="replace"),
-                                       spec.stderr_tail_bytes, spec.cancel)
+        self.control: ColdControl | None = None
+        prompt: bytes | None = spec.prompt.encode("utf-8", errors="replace")
+        if spec.input_format == "stream-json":
+            assert process.stdin is not None
+            self.control = ColdControl(process.stdin, on_permission, f"agent-{group}")
+            prompt = None  # the control side writes stdin
+        self.pipes: Pipes = open_pipes(process, prompt, spec.stderr_tail_bytes, spec.cancel)
 
-    def follow_to_the_end(self) -> RunOutcome:
+    def follow_to_the_end(self, turn_id: str | None = None) -> RunOutcome:
         """Follow the process until it ends or is stopped; kill it if anything goes wrong."""
         try:
             self.pipes.start()
+            if self.control is not None:
+                self.control.start(self.spec.prompt, turn_id)
             self._follow()
             exit_code = self._end_process()
             stderr_tail = self.pipes.stderr_tail()
@@ -198,6 +213,8 @@ class _Run:
             self.tree.reap(1.0)
             raise
         finally:
+            if self.control is not None:
+                self.control.end_input()
             self.pipes.close()
             ORPHAN_GUARD.release(self.group)
         return self._outcome(exit_code, stderr_tail)
@@ -222,13 +239,24 @@ class _Run:
         if self.stop_reason is None:
             if self.cancel is not None and self.cancel.is_set():
                 self._stop("cancelled", now)
-            elif now >= self.deadline:
+            elif now >= self._deadline(now):
                 self._stop("timeout", now)
+
+    def _deadline(self, now: float) -> float:
+        """The run's deadline, paused while a tool request waits for the caller's answer."""
+        if self.control is None:
+            return self.deadline
+        if self.control.waiting:
+            return now + POLL_SECONDS * 20
+        return self.deadline + self.control.paused_seconds
 
     def _give_up_at(self) -> float:
         """When to return even though the process has not exited (stuck in the kernel)."""
         killed_at = self.stopper.killed_at
         if killed_at is None:
+            if self.control is not None:
+                return max(self.hard_deadline, self._deadline(time.monotonic())
+                           + 2 * self.spec.kill_grace + GIVE_UP_AFTER_KILL_SECONDS)
             return self.hard_deadline
         return min(self.hard_deadline, killed_at + GIVE_UP_AFTER_KILL_SECONDS)
 
@@ -251,7 +279,7 @@ class _Run:
             else:
                 self.stopper.advance(now)
                 next_check_at = (self.stopper.next_step_at() if self.stopper.stopping
-                                 else self.deadline)
+                                 else self._deadline(now))
             give_up_at = self._give_up_at()
             if now >= give_up_at:
                 return  # not even SIGKILL ended it (a process stuck in the kernel)
@@ -275,7 +303,15 @@ class _Run:
             self.discarding = True
             self._stop("output_too_large", time.monotonic())
             return
-        self._emit(self.reader.feed(chunk))
+        if self.control is None:
+            self._emit(self.reader.feed(chunk))
+            return
+        chunk = self.control.filter(chunk)
+        if chunk:
+            updates = self.reader.feed(chunk)
+            self._emit(updates)
+            if any(isinstance(update, AgentResult) for update in updates):
+                self.control.end_input()  # the turn is over: the agent may exit
 
     def _end_process(self) -> int | None:
         """Kill the tree if the agent still runs; its exit code (None if it would not die)."""
@@ -285,6 +321,8 @@ class _Run:
 
     def _outcome(self, exit_code: int | None, stderr_bytes: bytes) -> RunOutcome:
         if not self.discarding:
+            if self.control is not None:
+                self._emit(self.reader.feed(self.control.rest()))
             self._emit(self.reader.end())
         parsed = self.reader.result()
         stderr_tail = stderr_bytes.decode("utf-8", errors="replace").strip()

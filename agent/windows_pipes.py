@@ -98,21 +98,24 @@ class ThreadedPipes:
     cancel_wakes_us = False
 
     def __init__(
-        self, process: subprocess.Popen[bytes], prompt: bytes, stderr_tail_bytes: int,
+        self, process: subprocess.Popen[bytes], prompt: bytes | None, stderr_tail_bytes: int,
         cancel: threading.Event | None,
     ) -> None:
+        """`prompt` None leaves stdin to the caller (a run that writes more than a prompt)."""
         assert process.stdin is not None and process.stdout is not None
         assert process.stderr is not None
         self.end_of_output = False
         self._stdout = _StreamReader(process.stdout, f"agent-{process.pid}-stdout")
         self._stderr = _StreamReader(process.stderr, f"agent-{process.pid}-stderr",
                                      tail_bytes=stderr_tail_bytes)
-        self._stdin = threading.Thread(target=_write_prompt, args=(process.stdin, prompt),
-                                       name=f"agent-{process.pid}-stdin", daemon=True)
+        self._stdin = None if prompt is None else threading.Thread(
+            target=_write_prompt, args=(process.stdin, prompt),
+            name=f"agent-{process.pid}-stdin", daemon=True)
 
     def start(self) -> None:
         """Start the three threads."""
-        self._stdin.start()
+        if self._stdin is not None:
+            self._stdin.start()
         self._stdout.start()
         self._stderr.start()
 

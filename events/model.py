@@ -208,6 +208,17 @@ class PermissionDecided(Event, tag="permission_decided", kw_only=True, frozen=Tr
     decided_by: str | None = None
 
 
+class InterruptRequested(Event, tag="interrupt_requested", kw_only=True, frozen=True):
+    """Someone asked to interrupt the session's running `turn` from outside the process that
+    runs it (`chatledger interrupt`): that process stops the turn, which then ends with
+    RunFailed(cancelled). Recorded without the session's lease."""
+
+    turn: int
+    requested_by: str = ""
+    host: str = ""
+    pid: int = 0
+
+
 class ColdRunChosen(Event, tag="cold_run_chosen", kw_only=True, frozen=True):
     """Warm sessions are on, but this turn ran as a one-process-per-turn (cold) run:
     `reason` is unsupported, initialize_failed or pool_full."""
@@ -349,6 +360,7 @@ AnyEvent = (
     | ColdRunChosen
     | PermissionRequested
     | PermissionDecided
+    | InterruptRequested
 )
 """The tagged union of every event this release knows."""
 

@@ -21,6 +21,7 @@ from chatledger.events import (
     BudgetSet,
     CanvasModified,
     ColdRunChosen,
+    InterruptRequested,
     MessageSent,
     ModeSwitched,
     PermissionDecided,
@@ -126,6 +127,8 @@ EVENT_STRATEGIES = {
     TurnRefused: st.builds(TurnRefused, scope=st.sampled_from(["session", "owner"]),
                            message=texts, spent_usd=finite, spent_tokens=st.integers(0, 10**9),
                            cap_usd=st.none() | finite, cap_tokens=st.none() | st.integers(0, 10**12)),
+    InterruptRequested: st.builds(InterruptRequested, turn=turns, requested_by=texts, host=texts,
+                                  pid=st.integers(0, 2**22)),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 

@@ -80,9 +80,11 @@ def build_argv(
     permission_prompt: bool = False,
 ) -> list[str]:
     """The argv for one claude turn: command, `--print`, format, MCP config, permissions,
-    session, transcript mirror. Raises ValueError for an unknown mode or output format, an
-    empty command, both a session to resume and a new session id, or a mirror asked of
-    text output (its frames would be read as answer text)."""
+    session, transcript mirror. `permission_prompt` (user mode) has claude ask the caller
+    about tool calls outside the allow-list (`--permission-prompt-tool stdio`), which needs
+    the prompt as a stream-json line on stdin (`--input-format stream-json`) even for one
+    turn. Raises ValueError for an unknown mode or output format, an empty command, both a
+    session to resume and a new session id, a mirror or approvals asked of text output."""
     if not command:
         raise ValueError("the agent command is empty: configure one, e.g. ('claude',)")
     _check_words("the agent command", command)
@@ -97,8 +99,11 @@ def build_argv(
     if live and output_format != "stream-json":
         raise ValueError("a live agent process needs stream-json output, not "
                          f"{output_format!r}")
+    prompts = permission_prompt and mode == "user"
+    if prompts and output_format != "stream-json":
+        raise ValueError(f"tool approvals need stream-json output, not {output_format!r}")
     argv = [*command, "--print", "--output-format", output_format]
-    if live:
+    if live or prompts:  # a cold turn with approvals keeps stdin open for their answers
         argv += ["--input-format", "stream-json"]
     if output_format == "stream-json":
         argv.append("--verbose")  # claude refuses stream-json in --print mode without it
@@ -112,7 +117,7 @@ def build_argv(
         _check_words("allowed_tools", allowed_tools)
         if allowed_tools:
             argv.append("--allowedTools=" + " ".join(allowed_tools))
-        if permission_prompt:
+        if prompts:
             argv += ["--permission-prompt-tool", "stdio"]
     else:
         argv.append("--dangerously-skip-permissions")
