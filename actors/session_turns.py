@@ -162,7 +162,9 @@ class SessionTurns(SessionOwnership):
                 kill_grace=config.kill_grace,
             )
             if transcript is not None:
-                transcript.begin()
+                # a live process already holds the conversation: nothing to restore for it
+                transcript.begin(restore=warm is None or plan.warm is None
+                                 or not warm.has_process(self.session_id))
             try:
                 if warm is None or plan.warm is None:
                     return run_turn(spec, self.services.dialect, forward)

@@ -95,13 +95,14 @@ class TurnTranscript:
                    agent_env=config.agent_env, agent_cwd=config.agent_cwd,
                    resumes_from_file=dialect.resumes_from_transcript_file)
 
-    def begin(self) -> None:
-        """Restore the file to resume from (if the ledger has more than it), then start the
-        recorder (if the turn mirrors). BLOCKING (a ledger read, a file write): call it on
-        the run's thread before the agent is spawned."""
+    def begin(self, restore: bool = True) -> None:
+        """Restore the file to resume from (if the ledger has more than it; `restore` False
+        skips it, for a turn given to a live process that already read the file), then
+        start the recorder (if the turn mirrors). BLOCKING (a ledger read, a file write):
+        call it on the run's thread before the agent is spawned."""
         projects, self.project_key = agent_places(self.agent_env, self.agent_cwd)
         self.projects = projects
-        if self.resume_agent_session_id:
+        if self.resume_agent_session_id and restore:
             try:
                 self.restored = restore_transcript(self.store, projects, self.project_key,
                                                    self.resume_agent_session_id,
