@@ -36,7 +36,6 @@ class Reseed:
     """The recorded turns (oldest first) a resumed agent's transcript must hold, and what
     rebuilds the turn's prompt with some of them put back."""
 
-    agent_session_id: str
     turns: tuple[RecordedTurn, ...]
     mode: str
     study_id: str | None
@@ -56,11 +55,11 @@ class Reseed:
                             window=len(history))
 
 
-def reseed_for(*, session_id: str, agent_session_id: str, recent: Sequence[HistoryMessage],
+def reseed_for(*, session_id: str, recent: Sequence[HistoryMessage],
                last_started: RunStarted | None, mode: str, study_id: str | None,
                canvas_state: Any, message: str,
                turn_id_of: Callable[[str, int, int], str]) -> Reseed | None:
-    """The re-seed check of a turn that resumes `agent_session_id`: the answered turns of
+    """The re-seed check of a turn that resumes the agent's session: the answered turns of
     the conversation tail `recent`, the last one marked by the id its user line carried
     when it ran live (`turn_id_of(session_id, turn, attempt)`); None without any."""
     by_turn: dict[int, list[HistoryMessage]] = {}
@@ -80,5 +79,5 @@ def reseed_for(*, session_id: str, agent_session_id: str, recent: Sequence[Histo
                                   tuple(messages)))
     if not turns:
         return None
-    return Reseed(agent_session_id=agent_session_id, turns=tuple(turns), mode=mode,
+    return Reseed(turns=tuple(turns), mode=mode,
                   study_id=study_id, canvas_state=canvas_state, message=message)

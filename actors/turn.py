@@ -188,7 +188,7 @@ def plan_turn(
             refusal = str(error)
         if warm is not None and resume_id:
             warm = dataclasses.replace(warm, reseed=reseed_for(
-                session_id=info.session_id, agent_session_id=resume_id, recent=recent,
+                session_id=info.session_id, recent=recent,
                 last_started=last_started, mode=info.mode, study_id=info.study_id,
                 canvas_state=canvas_state, message=text, turn_id_of=turn_uuid))
     events: list[Event] = []

@@ -109,7 +109,7 @@ class WarmPool:
             cold = dataclasses.replace(spec, argv=warm.cold_argv)
             return run_turn(cold, self.dialect, on_update), events
         if entry.agent.turns == 0 and entry.resume_id:
-            spec = self._reseeded(turn, warm, spec, events)
+            spec = self._reseeded(turn, entry.resume_id, warm, spec, events)
         on_permission: PermissionHandler | None = None
         if on_request is not None:
             agent = entry.agent
@@ -129,28 +129,29 @@ class WarmPool:
             events.append(self._stopped(entry, "crashed", code))
         return outcome, events
 
-    def _reseeded(self, turn: int, warm: WarmTurn, spec: RunSpec,
+    def _reseeded(self, turn: int, resumed: str, warm: WarmTurn, spec: RunSpec,
                   events: list[Event]) -> RunSpec:
-        """The turn's spec, with the recorded turns the resumed agent's transcript lacks put
-        back into its prompt (recorded as TranscriptReseeded). BLOCKING (reads the file)."""
+        """The turn's spec, with the recorded turns that the transcript of `resumed` (the
+        agent session the process was started with) lacks put back into its prompt
+        (recorded as TranscriptReseeded). BLOCKING (reads the file)."""
         reseed = warm.reseed
         if reseed is None or not self.dialect.resumes_from_transcript_file:
             return spec
         try:
             projects, project_key = agent_places(self.config.agent_env, self.config.agent_cwd)
-            path = transcript_file(projects, TranscriptKey(project_key, reseed.agent_session_id))
+            path = transcript_file(projects, TranscriptKey(project_key, resumed))
             missing = missing_turns(path, reseed.marks)
         except (OSError, ValueError):
-            logger.exception("could not check the transcript of %s", reseed.agent_session_id)
+            logger.exception("could not check the transcript of %s", resumed)
             return spec
         if not missing:
             return spec
         lost = reseed.turns[-missing:]
         prompt = reseed.prompt_with(lost)
         logger.warning("agent session %s resumed without turn(s) %s: re-seeded in the prompt",
-                       reseed.agent_session_id, [recorded.turn for recorded in lost])
+                       resumed, [recorded.turn for recorded in lost])
         events.append(TranscriptReseeded(
-            turn=turn, agent_session_id=reseed.agent_session_id,
+            turn=turn, agent_session_id=resumed,
             missing_turns=tuple(recorded.turn for recorded in lost), method="prompt",
             prompt_digest=prompt.digest))
         return dataclasses.replace(spec, prompt=prompt.text)

@@ -5,6 +5,7 @@ processes spawned ahead of need, and a turn lost from the agent's transcript re-
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ from chatledger.events import (
     RunStarted,
     TranscriptReseeded,
 )
+from chatledger.transcript.reseed import TurnMark, missing_turns
 from tests.support.claude_harness import wait_until
 
 STANDIN = f"{sys.executable} -m chatledger.testing.standin"
@@ -287,3 +289,33 @@ def test_a_turn_missing_from_the_resumed_transcript_is_reseeded_through_the_prom
         assert (event.turn, event.missing_turns, event.method) == (3, (2,), "prompt")
         assert "## Conversation so far" in answer and "pelican" not in \
             answer.split("## Conversation so far")[1]  # only the lost turn was put back
+
+
+def write_transcript(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries) + "not json\n")
+    return path
+
+
+def said(kind: str, text: str, uuid: str = "") -> dict[str, Any]:
+    content: Any = text if kind == "user" else [{"type": "text", "text": text}]
+    return {"type": kind, "uuid": uuid or f"{kind}-{text}",
+            "message": {"role": kind, "content": content}}
+
+
+def test_the_transcript_check_finds_the_last_turn_by_its_id_and_earlier_ones_by_answer(
+        tmp_path: Path) -> None:
+    turns = [TurnMark(None, "first answer"), TurnMark("turn-2", "second answer")]
+    both = write_transcript(tmp_path / "both.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"),
+        said("user", "q2", "turn-2"), said("assistant", "second answer")])
+    assert missing_turns(both, turns) == 0
+    asked_only = write_transcript(tmp_path / "asked.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"), said("user", "q2", "turn-2")])
+    assert missing_turns(asked_only, turns) == 1  # the question was kept, not the answer
+    same_answer_other_id = write_transcript(tmp_path / "other.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"),
+        said("user", "q2", "another-id"), said("assistant", "second answer")])
+    assert missing_turns(same_answer_other_id, turns) == 1
+    assert missing_turns(write_transcript(tmp_path / "empty.jsonl", []), turns) == 2
+    assert missing_turns(tmp_path / "absent.jsonl", turns) == 2
+    assert missing_turns(both, []) == 0
