@@ -6,9 +6,10 @@ claude process per turn) and of a warm one (`warm_agents`), each timed from the 
 first `text_delta` and to `done` (the answer recorded durably); and a bare `LiveAgent` turn
 in a claude process of its own (no ledger), for comparison. What chatledger adds to a warm
 turn is measured directly: the call-to-done time minus the agent's own time from our user
-line to its result line. Then the resident memory of the warm session's process tree,
-and interrupts: a slow answer, `SessionManager.interrupt` at its first delta, timed to the
-`done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
+line to its result line, in the interleaved rounds (where the cold turn's claude is still
+exiting beside it) and in as many warm turns run alone after them. Then the resident memory
+of the warm session's process tree, and interrupts: a slow answer, `SessionManager.interrupt`
+at its first delta, timed to the `done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
 claude (found like the tests find it); it never touches the network beyond 127.0.0.1.
 `--breakdown` instead splits what chatledger adds to a warm turn by component (the time
 between stamps taken at each step of the turn, medians), with the stand-in live agent
@@ -134,6 +135,7 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
                 if index >= warmups:
                     for name, result in results.items():
                         samples[name].append(result)
+            alone = [(await one_turn(warm, warm_session))[2] for _ in range(turns)]
             pool = warm.runtime.warm
             assert pool is not None
             pid = pool._agents[warm_session].agent.pid
@@ -155,6 +157,7 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
         figures["cold_first_delta_ms"] / figures["warm_first_delta_ms"], 1)
     figures["chatledger_added_per_warm_turn_ms"] = median_ms(
         [added for _, _, added in samples["warm"]])
+    figures["chatledger_added_per_warm_turn_alone_ms"] = median_ms(alone)
     figures["warm_session_rss_mib"] = round(rss / 1024, 1)
     figures["interrupt_to_recorded_ms"] = median_ms(stops)
     figures["turns"] = turns
