@@ -77,6 +77,8 @@ class SessionActor(SessionTurns):
         """Rehydrate from the log and close turns whose run died with its process."""
         self._reload()
         self._adopt_or_close_open_turn()
+        if self.current is None:
+            self._spawn_ahead("activation")
 
     def on_stop(self) -> None:
         """Fail queued turns (their callers must hear back), let the lease go and close a
@@ -173,6 +175,7 @@ class SessionActor(SessionTurns):
             return [created, SessionTitled(title=title)] if title else [created]
 
         self._append(decide)
+        self._spawn_ahead("activation")
         return self.info
 
     def _resume(self, command: ResumeSession) -> SessionInfo:

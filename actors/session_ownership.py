@@ -43,15 +43,18 @@ class SessionOwnership(SessionCore):
 
     def _own_session(self) -> bool:
         """Whether this actor holds the session's lease, taking it if it is free (or its
-        holder dead). A fresh grant reloads the session (another process may have run turns)
-        and closes a turn its previous owner left open. Blocks briefly."""
+        holder dead). A fresh grant reloads the session if it was written since this actor
+        last looked (another process may have run turns; the index's version says so without
+        reading the stream) and closes a turn its previous owner left open. Blocks briefly."""
         if self.lease is not None:
             return True
         lease = self.services.leases.acquire(self.session_id)
         if lease is None:
             return False
         self.lease = lease
-        self._reload()
+        indexed = self.services.log.info(self.session_id)
+        if indexed is None or indexed.version != self.info.version:
+            self._reload()  # written since this actor last looked: by another process
         self._close_cut_turn()
         return True
 

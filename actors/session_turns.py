@@ -21,6 +21,7 @@ from ..events import (
 )
 from ..spend.caps import budget_refusal
 from ..telemetry import record_refusal, start_turn_trace
+from .checks import check_open
 from .messages import (
     RetryRecording,
     RunCompleted,
@@ -39,6 +40,7 @@ from .turn import (
     plan_turn,
     storable_event,
     turn_uuid,
+    warm_turn_ahead,
 )
 from .updates import turn_failed
 
@@ -118,6 +120,7 @@ class SessionTurns(SessionOwnership):
                 process_started_at=self.services.leases.owner.started_at,
                 lease_epoch=lease.epoch,
                 live=self.services.warm is not None,
+                last_started=self.last_run_started,
             )
             return plan.events, plan
 
@@ -169,7 +172,9 @@ class SessionTurns(SessionOwnership):
                 input_format="stream-json" if plan.approvals else "text",
             )
             if transcript is not None:
-                transcript.begin()
+                # a live process already holds the conversation: nothing to restore for it
+                transcript.begin(restore=warm is None or plan.warm is None
+                                 or not warm.has_process(self.session_id))
             try:
                 if warm is None or plan.warm is None:
                     return run_turn(spec, self.services.dialect, forward,
@@ -254,4 +259,23 @@ class SessionTurns(SessionOwnership):
             failed = turn_failed(f"could not record the answer: {error}", "ledger_error", turn)
             emit_all(command.sink, failed)
             ticket.trace.finished(failed)
+        self._spawn_ahead("after_turn")
         self._start_next_turn()
+
+    def _spawn_ahead(self, reason: str) -> None:
+        """Have the warm pool start the session's agent process before its next turn needs
+        it (nothing when warm sessions are off, the session is not open, it has a process,
+        or no slot is free). Never blocks: the process starts on a thread of its own."""
+        warm = self.services.warm
+        if warm is None or warm.has_process(self.session_id):
+            return
+        try:
+            check_open(self.info)
+            ahead = warm_turn_ahead(self.info, self.services.config, self.services.dialect,
+                                    self.services.mcp_config_path(self.session_id,
+                                                                  self.info.mode))
+        except Exception:  # noqa: BLE001 - the turn itself will say what is wrong
+            return
+        if ahead is not None:
+            warm.spawn_ahead(self.session_id, ahead, turn=self.info.turn_count + 1,
+                             reason=reason)

@@ -10,6 +10,7 @@ values the actor hands in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
@@ -51,6 +52,7 @@ from ..events import (
     storable,
 )
 from .annotations import title_from_message
+from .reseed import Reseed, reseed_for
 from .updates import (
     AnyTurnUpdate,
     CanvasModificationUpdate,
@@ -89,6 +91,8 @@ class WarmTurn:
     live_argv: tuple[str, ...]
     identity: tuple[str, ...]
     cold_argv: tuple[str, ...]
+    reseed: Reseed | None = None
+    """With `live_argv` resuming: the recorded turns its transcript must hold (re-seed)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ def plan_turn(
     process_started_at: float = 0.0,
     lease_epoch: int = 0,
     live: bool = False,
+    last_started: RunStarted | None = None,
 ) -> TurnPlan:
     """Plan a turn of the session as it is now (`info`, its `recent` messages): the prompt,
     the argv, and the events that record it. A retry (`attempt` > 1) reuses the turn's
@@ -187,6 +192,11 @@ def plan_turn(
             warm = _warm_turn(dialect, config, info.mode, mcp_config_path, resume_id, argv)
         except ValueError as error:
             refusal = str(error)
+        if warm is not None and resume_id:
+            warm = dataclasses.replace(warm, reseed=reseed_for(
+                session_id=info.session_id, recent=recent,
+                last_started=last_started, mode=info.mode, study_id=info.study_id,
+                canvas_state=canvas_state, message=text, turn_id_of=turn_uuid))
     events: list[Event] = []
     if attempt == 1:
         events.append(MessageSent(turn=turn, text=text, canvas_state=canvas_state))
@@ -214,6 +224,18 @@ def plan_turn(
     )
     return TurnPlan(turn=turn, prompt=prompt, argv=argv, events=events,
                     transcript_mirror=mirror, warm=warm, approvals=approvals)
+
+
+def warm_turn_ahead(info: SessionInfo, config: Config, dialect: AgentDialect,
+                    mcp_config_path: str | None) -> WarmTurn | None:
+    """The live process the session's next turn would run in, to start ahead of need (on
+    activation, after a turn); None if the dialect cannot run live."""
+    resume = bool(RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or ""))
+    try:
+        return _warm_turn(dialect, config, info.mode, mcp_config_path,
+                          resume_session_id(info, config, resume), ())
+    except ValueError:
+        return None
 
 
 def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path: str | None,

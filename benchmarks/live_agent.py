@@ -6,10 +6,14 @@ claude process per turn) and of a warm one (`warm_agents`), each timed from the 
 first `text_delta` and to `done` (the answer recorded durably); and a bare `LiveAgent` turn
 in a claude process of its own (no ledger), for comparison. What chatledger adds to a warm
 turn is measured directly: the call-to-done time minus the agent's own time from our user
-line to its result line. Then the resident memory of the warm session's process tree,
-and interrupts: a slow answer, `SessionManager.interrupt` at its first delta, timed to the
-`done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
+line to its result line, in the interleaved rounds (where the cold turn's claude is still
+exiting beside it) and in as many warm turns run alone after them. Then the resident memory
+of the warm session's process tree, and interrupts: a slow answer, `SessionManager.interrupt`
+at its first delta, timed to the `done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
 claude (found like the tests find it); it never touches the network beyond 127.0.0.1.
+`--breakdown` instead splits what chatledger adds to a warm turn by component (the time
+between stamps taken at each step of the turn, medians), with the stand-in live agent
+(`--breakdown-agent claude` for the real one), so the agent's own time is left out.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from chatledger import SessionManager  # noqa: E402
 from chatledger.agent import CLAUDE, RunSpec, TurnOptions  # noqa: E402
 from chatledger.agent.live import LiveAgent  # noqa: E402
 from chatledger.agent.reaper import descendants  # noqa: E402
-from chatledger.config import DEFAULT_ALLOWED_TOOLS  # noqa: E402
+from chatledger.config import DEFAULT_ALLOWED_TOOLS, load_config  # noqa: E402
 
 ANSWER = text("The mesh has 42 elements.")
 SLOW = text("one two three four five six seven eight nine ten " * 3, chunk_chars=6, delay=0.2)
@@ -131,6 +135,7 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
                 if index >= warmups:
                     for name, result in results.items():
                         samples[name].append(result)
+            alone = [(await one_turn(warm, warm_session))[2] for _ in range(turns)]
             pool = warm.runtime.warm
             assert pool is not None
             pid = pool._agents[warm_session].agent.pid
@@ -152,6 +157,7 @@ async def measure(turns: int, warmups: int, interrupts: int) -> dict[str, Any]:
         figures["cold_first_delta_ms"] / figures["warm_first_delta_ms"], 1)
     figures["chatledger_added_per_warm_turn_ms"] = median_ms(
         [added for _, _, added in samples["warm"]])
+    figures["chatledger_added_per_warm_turn_alone_ms"] = median_ms(alone)
     figures["warm_session_rss_mib"] = round(rss / 1024, 1)
     figures["interrupt_to_recorded_ms"] = median_ms(stops)
     figures["turns"] = turns
@@ -165,6 +171,106 @@ def _live_options() -> TurnOptions:
                        include_partial_messages=True, live=True)
 
 
+STEPS = (
+    ("actor_send", "the call reaches the session actor"),
+    ("lease_taken", "the session's lease taken (a durable write)"),
+    ("started_recorded", "MessageSent + RunStarted appended (durable)"),
+    ("submitted", "the run handed to the run pool"),
+    ("begin_in", "a pool thread picks it up"),
+    ("begin_out", "the transcript upkeep before the agent"),
+    ("taken", "the warm pool hands out the live process"),
+    ("written", "the user line written to the agent"),
+    ("result", "the agent's own time, to its result line (left out)"),
+    ("completed", "the outcome reaches the session actor"),
+    ("answer_recorded", "ResponseReceived appended (durable), the lease let go"),
+    ("done_seen", "the caller gets `done`"),
+)
+
+
+async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
+    """Median milliseconds of each step of a warm turn (stamped where it ends)."""
+    from chatledger.actors import session, session_turns, transcripts
+    from chatledger.actors import warm as warm_pool
+
+    marks: dict[str, float] = {}
+
+    def stamp(owner: Any, name: str, before: str | None, after: str | None) -> None:
+        original = getattr(owner, name)
+
+        def stamped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                marks.setdefault(before, time.perf_counter())
+            result = original(*args, **kwargs)
+            if after:
+                marks.setdefault(after, time.perf_counter())
+            return result
+
+        setattr(owner, name, stamped)
+
+    stamp(session.SessionActor, "_send", "actor_send", None)
+    stamp(session_turns.SessionTurns, "_own_session", None, "lease_taken")
+    stamp(session_turns.SessionTurns, "_start_turn", None, "submitted")
+    stamp(transcripts.TurnTranscript, "begin", "begin_in", "begin_out")
+    stamp(warm_pool.WarmPool, "_take", None, "taken")
+    stamp(session_turns.SessionTurns, "_on_run_completed", "completed", None)
+    root = Path(tempfile.mkdtemp(prefix="live-agent-breakdown-"))
+    with FakeAnthropic(default=ANSWER, lifetime=3600) as fake:
+        if agent == "claude":
+            binary = find_claude()
+            if binary is None:
+                raise SystemExit("the real claude CLI was not found")
+            config = ClaudeHarness(binary, fake, root).config(root / "warm", timeout=120.0,
+                                                              warm_agents=True)
+        else:
+            config = load_config(config_file=None, environ={}, path=str(root / "warm"),
+                                 agent_command=(sys.executable, "-m",
+                                                "chatledger.testing.standin"),
+                                 warm_agents=True, timeout=120.0)
+        manager = SessionManager(config=config)
+        log = manager.runtime.log
+        append = log.append
+
+        def stamped_append(*args: Any, **kwargs: Any) -> Any:
+            result = append(*args, **kwargs)
+            marks.setdefault("started_recorded" if "started_recorded" not in marks
+                             else "answer_recorded", time.perf_counter())
+            return result
+
+        log.append = stamped_append  # type: ignore[method-assign]
+        steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
+        added: list[float] = []
+        try:
+            session_id = (await manager.create_session()).session_id
+            for index in range(warmups + turns):
+                marks.clear()
+                started = time.perf_counter()
+                async for _ in manager.send_message(session_id, "How many elements?",
+                                                    stream_deltas=True):
+                    pass
+                marks["done_seen"] = time.perf_counter()
+                pool = manager.runtime.warm
+                assert pool is not None
+                marks["written"], marks["result"] = \
+                    pool._agents[session_id].agent.last_turn_times
+                if index < warmups:
+                    continue
+                previous = started
+                for name, _ in STEPS:
+                    if name in marks:
+                        steps[name].append(marks[name] - previous)
+                        previous = marks[name]
+                added.append(marks["done_seen"] - started
+                             - (marks["result"] - marks["written"]))
+        finally:
+            await manager.stop()
+    figures: dict[str, Any] = {name: median_ms(samples) for name, samples in steps.items()
+                               if samples}
+    figures["chatledger_added_per_warm_turn_ms"] = median_ms(added)
+    figures["agent"] = agent
+    figures["turns"] = turns
+    return figures
+
+
 def main(arguments: list[str] | None = None) -> int:
     """Measure and print the figures (JSON with --json)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -172,8 +278,16 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--warmups", type=int, default=2, help="unmeasured turns first")
     parser.add_argument("--interrupts", type=int, default=10, help="interrupted turns")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="split chatledger's time per warm turn by component")
+    parser.add_argument("--breakdown-agent", choices=("standin", "claude"), default="standin",
+                        help="the live agent of --breakdown (default: the stand-in)")
     options = parser.parse_args(arguments)
-    figures = asyncio.run(measure(options.turns, options.warmups, options.interrupts))
+    if options.breakdown:
+        figures = asyncio.run(breakdown(options.turns, options.warmups,
+                                        options.breakdown_agent))
+    else:
+        figures = asyncio.run(measure(options.turns, options.warmups, options.interrupts))
     if options.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -334,6 +334,19 @@ class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     cap_tokens: int | None = None
 
 
+class TranscriptReseeded(Event, tag="transcript_reseeded", kw_only=True, frozen=True):
+    """Before `turn`, a live agent process resumed the agent's session from a transcript
+    that lacked recorded turns (`missing_turns`, lost in the agent's flush window), so
+    they were given back to it: `method` "prompt" (put before the message; the prompt sent
+    has `prompt_digest`)."""
+
+    turn: int
+    agent_session_id: str
+    missing_turns: tuple[int, ...] = ()
+    method: str = "prompt"
+    prompt_digest: str = ""
+
+
 AnyEvent = (
     SessionCreated
     | SessionResumed
@@ -361,6 +374,7 @@ AnyEvent = (
     | PermissionRequested
     | PermissionDecided
     | InterruptRequested
+    | TranscriptReseeded
 )
 """The tagged union of every event this release knows."""
 

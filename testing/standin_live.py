@@ -8,7 +8,11 @@ claude's `system/init` ... `result`; `total_cost_usd` is cumulative over the pro
 claude's is. `interrupt` ends the running turn with an `error_during_execution` result and
 the process lives on; SIGINT ends the process after that result (as claude does); stdin EOF
 ends it once the running turn is done. With `--permission-prompt-tool stdio` a tool call
-outside the allow-list is put to the caller as a `can_use_tool` request. A reader thread
+outside the allow-list is put to the caller as a `can_use_tool` request. With
+$CHATLEDGER_STANDIN_TRANSCRIPTS set it keeps a transcript file as claude does (a user entry
+whose uuid is the user line's, then the answer, under HOME/.claude/projects) and a
+`--resume` remembers what that file holds; a message with `[[unflushed]]` is answered but
+left out of the file, as claude loses a turn killed in its flush window. A reader thread
 takes stdin; turns run on the main thread. It never talks to a network.
 """
 
@@ -35,6 +39,10 @@ from .standin import (
     without_markers,
 )
 from .standin_agent import HANDLERS, SLEEP_STEP, Agent, Interrupted, behave_prompt
+from .standin_mirror import transcript_path
+
+UNFLUSHED = "[[unflushed]]"
+"""In a message: answer it, but leave the turn out of the transcript file."""
 
 
 def message_text(message: Any) -> str:
@@ -63,6 +71,49 @@ class LiveStandin:
         self.signalled = False
         self.session_id = options.session_id or options.resume or str(uuid.uuid4())
         self.earlier: list[dict[str, str]] = []
+        self.keeps_transcript = bool(os.environ.get("CHATLEDGER_STANDIN_TRANSCRIPTS"))
+        self.last_uuid: str | None = None
+
+    # -- the transcript file (with $CHATLEDGER_STANDIN_TRANSCRIPTS) --------------------------
+
+    def transcript(self) -> str:
+        """Where claude would keep this session's transcript."""
+        return transcript_path(os.environ, os.getcwd(), self.session_id)
+
+    def read_transcript(self, session_id: str) -> list[dict[str, str]] | None:
+        """The turns a transcript file holds (prompts and answers); None if there is none."""
+        path = transcript_path(os.environ, os.getcwd(), session_id)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                entries = [json.loads(line) for line in handle if line.strip()]
+        except FileNotFoundError:
+            return None
+        turns: list[dict[str, str]] = []
+        for entry in entries:
+            message = entry.get("message") or {}
+            if entry.get("type") == "user":
+                turns.append({"prompt": message_text(message), "answer": ""})
+            elif entry.get("type") == "assistant" and turns:
+                turns[-1]["answer"] += message_text(message)
+            self.last_uuid = entry.get("uuid") or self.last_uuid
+        return turns
+
+    def write_transcript(self, line: dict[str, Any], prompt: str, answer: str) -> None:
+        """Append one turn's user and assistant entries to the transcript file."""
+        path = self.transcript()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        user_uuid = str(line.get("uuid") or uuid.uuid4())
+        answer_uuid = str(uuid.uuid4())
+        entries = [
+            {"type": "user", "uuid": user_uuid, "parentUuid": self.last_uuid,
+             "sessionId": self.session_id, "message": {"role": "user", "content": prompt}},
+            {"type": "assistant", "uuid": answer_uuid, "parentUuid": user_uuid,
+             "sessionId": self.session_id, "message": {
+                 "role": "assistant", "content": [{"type": "text", "text": answer}]}},
+        ]
+        self.last_uuid = answer_uuid
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(entry) + "\n" for entry in entries))
 
     def write(self, message: dict[str, Any]) -> None:
         """One line on stdout (through an Agent, which holds the write lock)."""
@@ -138,6 +189,8 @@ class LiveStandin:
     def run_turn(self, line: dict[str, Any]) -> int:
         """One user line's turn: init ... result; the exit code if the process must end."""
         prompt = message_text(line.get("message"))
+        unflushed = UNFLUSHED in prompt
+        prompt = prompt.replace(UNFLUSHED, "")
         record_prompt(prompt)
         message = current_message(prompt)
         behaviour, argument = choose_behaviour(self.options, message)
@@ -167,17 +220,23 @@ class LiveStandin:
         if code == 0 and not agent.interrupted:
             self.sessions.remember(self.session_id, prompt, agent.last_text)
             self.earlier.append({"prompt": prompt, "answer": agent.last_text})
+            if self.keeps_transcript and not unflushed:
+                self.write_transcript(line, prompt, agent.last_text)
         return code
 
     def run(self) -> int:
         """Serve turns until stdin ends, a behaviour fails, or SIGINT; the exit code."""
+        remembered = (self.read_transcript(self.options.resume)
+                      if self.keeps_transcript and self.options.resume is not None else None)
         if self.options.resume is not None:
-            if not self.sessions.known(self.options.resume):
+            if not self.sessions.known(self.options.resume) or \
+                    (self.keeps_transcript and remembered is None):
                 agent = Agent(self.options, "", self.options.resume)
                 agent.result("", is_error=True, subtype="error_during_execution", errors=[
                     f"No conversation found with session ID: {self.options.resume}"])
                 return 1
-            self.earlier = self.sessions.transcript(self.options.resume)
+            self.earlier = (remembered if remembered is not None
+                            else self.sessions.transcript(self.options.resume))
             if self.options.fork_session:
                 self.session_id = str(uuid.uuid4())
         signal.signal(signal.SIGINT, self.on_sigint)

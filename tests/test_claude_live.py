@@ -145,3 +145,39 @@ def test_a_broken_stream_retried_without_streaming_is_reset(
     resets = [u.content for u in outcome.updates if isinstance(u, TextResetUpdate)]
     assert resets == ["Hello from the retry."]
     assert outcome.text == "Hello from the retry."
+
+
+def test_a_turn_killed_before_claude_wrote_it_is_reseeded_on_resume(
+    ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chatledger.agent import live
+
+    session = ledger.create_session().session_id
+    fake_api.script(text("Remember the word pelican."), text("And the word albatross."))
+    ledger.send(session, "first")
+    assert wait_until(lambda: any("pelican" in path.read_text(errors="replace")
+                                  for path in claude.transcripts()), 10)
+    finished = live._LiveTurn._finished
+
+    def kill_at_the_result(turn: Any) -> Any:
+        # SIGKILL the moment chatledger has read `result`: inside claude's 36-93 ms before
+        # it writes the turn to its transcript
+        os.killpg(turn.agent.group, signal.SIGKILL)
+        return finished(turn)
+
+    monkeypatch.setattr(live._LiveTurn, "_finished", kill_at_the_result)
+    assert ledger.send(session, "second").text == "And the word albatross."
+    monkeypatch.setattr(live._LiveTurn, "_finished", finished)
+    wait_until(lambda: not ledger.runtime.warm._agents[session].agent.alive,
+               10)
+    assert not any("albatross" in path.read_text(errors="replace")
+                   for path in claude.transcripts())  # claude lost the turn
+    fake_api.script(text("Pelican and albatross."))
+    assert ledger.send(session, "which words?").text == "Pelican and albatross."
+    assert "albatross" in sent_texts(fake_api)  # the lost turn reached the API again
+    [reseeded] = [r.event for r in ledger.events(session)
+                  if type(r.event).__name__ == "TranscriptReseeded"]
+    assert (reseeded.turn, reseeded.missing_turns, reseeded.method) == (3, (2,), "prompt")
+    started = events_of(ledger, session, AgentProcessStarted)
+    assert any(w.startswith("--resume=") for w in started[-1].argv)

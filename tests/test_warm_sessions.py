@@ -1,12 +1,16 @@
 """Warm sessions with the stand-in: one live agent process per session, recorded in the ledger
 (process start and stop with reason, cost per turn from the cumulative total, cold
-fallbacks), eviction beyond max_warm_agents, idle close, interrupt, respawn after death."""
+fallbacks), eviction beyond max_warm_agents, idle close, interrupt, respawn after death,
+processes spawned ahead of need, and a turn lost from the agent's transcript re-seeded."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import pytest
 
 from chatledger import Ledger
 from chatledger.actors.updates import TextDeltaUpdate, TextResetUpdate
+from chatledger.agent.dialects import DIALECTS
+from chatledger.agent.dialects.standin import StandinDialect
 from chatledger.events import (
     AgentProcessStarted,
     AgentProcessStopped,
@@ -22,7 +28,9 @@ from chatledger.events import (
     ResponseReceived,
     RunFailed,
     RunStarted,
+    TranscriptReseeded,
 )
+from chatledger.transcript.reseed import TurnMark, missing_turns
 from tests.support.claude_harness import wait_until
 
 STANDIN = f"{sys.executable} -m chatledger.testing.standin"
@@ -196,3 +204,118 @@ def test_every_text_block_of_a_turn_is_recorded(ledger: Ledger) -> None:
     received = events_of(ledger, session, ResponseReceived)[-1]
     assert received.text_blocks[0] == "I will add the design variable to the canvas."
     assert received.text_blocks[-1] == received.text
+
+
+def pool_process(ledger: Ledger, session_id: str) -> Any:
+    """The session's live agent once it has started (None until then)."""
+    entry = ledger.runtime.warm._agents.get(session_id)  # type: ignore[union-attr]
+    if entry is None or entry.starting or not entry.agent.alive:
+        return None
+    return entry.agent
+
+
+def test_a_new_sessions_process_is_spawned_before_its_first_turn_is_sent(
+        ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    agent = wait_until(lambda: pool_process(ledger, session), 20)
+    assert agent is not None  # spawned on activation, with nothing sent yet
+    sent_at = time.monotonic()
+    assert ledger.send(session, "hello").text == "echo: hello"
+    assert agent.started_at < sent_at
+    [started] = events_of(ledger, session, AgentProcessStarted)
+    assert (started.pid, started.reason, started.turn) == (agent.pid, "activation", 1)
+
+
+def test_a_process_that_died_in_a_turn_is_respawned_right_after_it(ledger: Ledger) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "hello")
+    first = events_of(ledger, session, AgentProcessStarted)[0].pid
+    assert ledger.send(session, "[[fail]]").reason == "interrupted"
+    agent = wait_until(lambda: pool_process(ledger, session), 20)
+    assert agent is not None and agent.pid != first
+    sent_at = time.monotonic()
+    assert ledger.send(session, "again").text == "echo: again"
+    assert agent.started_at < sent_at
+    started = events_of(ledger, session, AgentProcessStarted)[-1]
+    assert (started.pid, started.reason, started.turn) == (agent.pid, "after_turn", 3)
+    assert any(word.startswith("--resume=") for word in started.argv)
+
+
+def test_processes_spawned_ahead_stay_within_max_warm_agents(tmp_path: Path) -> None:
+    with open_ledger(tmp_path, max_warm_agents=2, warm_idle_timeout=3) as ledger:
+        sessions = [ledger.create_session().session_id for _ in range(4)]
+        warm = ledger.runtime.warm
+        assert warm is not None
+        assert warm.warm_sessions() == sessions[:2]  # the others found no free slot
+        assert wait_until(lambda: all(pool_process(ledger, s) for s in sessions[:2]), 20)
+        ahead = sessions[:2]
+        # never used, closed when idle: its start is recorded with its stop
+        stops = wait_until(lambda: events_of(ledger, ahead[0], AgentProcessStopped), 20)
+        assert [s.reason for s in stops] == ["idle"]
+        assert [e.reason for e in events_of(ledger, ahead[0], AgentProcessStarted)] == \
+            ["activation"]
+
+
+class _FileResumingStandin(StandinDialect):
+    """The stand-in, posing as an agent that resumes from its transcript file (as claude)."""
+
+    name = "standin-file"
+    resumes_from_transcript_file = True
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["lost-in-flush-window", "flushed"])
+def test_a_turn_missing_from_the_resumed_transcript_is_reseeded_through_the_prompt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flushed: bool) -> None:
+    monkeypatch.setitem(DIALECTS, "standin-file", _FileResumingStandin())
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = {"agent_dialect": "standin-file", "agent_cwd": str(work), "agent_env": {
+        "HOME": str(tmp_path / "home"), "CHATLEDGER_STANDIN_TRANSCRIPTS": "1"}}
+    with open_ledger(tmp_path, **settings) as ledger:
+        session = ledger.create_session().session_id
+        assert ledger.send(session, "the bird is a pelican").ok
+        second = "and the fish a trout" + ("" if flushed else " [[unflushed]]")
+        assert ledger.send(session, second).ok
+        pid = events_of(ledger, session, AgentProcessStarted)[-1].pid
+        os.killpg(pid, signal.SIGKILL)
+        assert wait_until(lambda: not alive(pid), 10)
+        answer = ledger.send(session, "what did I say? [[prompt]]").text
+        reseeded = events_of(ledger, session, TranscriptReseeded)
+    assert "pelican" in answer and "trout" in answer  # the agent knows both turns
+    if flushed:
+        assert reseeded == [] and "## Conversation so far" not in answer
+    else:
+        [event] = reseeded
+        assert (event.turn, event.missing_turns, event.method) == (3, (2,), "prompt")
+        assert "## Conversation so far" in answer and "pelican" not in \
+            answer.split("## Conversation so far")[1]  # only the lost turn was put back
+
+
+def write_transcript(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries) + "not json\n")
+    return path
+
+
+def said(kind: str, text: str, uuid: str = "") -> dict[str, Any]:
+    content: Any = text if kind == "user" else [{"type": "text", "text": text}]
+    return {"type": kind, "uuid": uuid or f"{kind}-{text}",
+            "message": {"role": kind, "content": content}}
+
+
+def test_the_transcript_check_finds_the_last_turn_by_its_id_and_earlier_ones_by_answer(
+        tmp_path: Path) -> None:
+    turns = [TurnMark(None, "first answer"), TurnMark("turn-2", "second answer")]
+    both = write_transcript(tmp_path / "both.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"),
+        said("user", "q2", "turn-2"), said("assistant", "second answer")])
+    assert missing_turns(both, turns) == 0
+    asked_only = write_transcript(tmp_path / "asked.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"), said("user", "q2", "turn-2")])
+    assert missing_turns(asked_only, turns) == 1  # the question was kept, not the answer
+    same_answer_other_id = write_transcript(tmp_path / "other.jsonl", [
+        said("user", "q1"), said("assistant", "first answer"),
+        said("user", "q2", "another-id"), said("assistant", "second answer")])
+    assert missing_turns(same_answer_other_id, turns) == 1
+    assert missing_turns(write_transcript(tmp_path / "empty.jsonl", []), turns) == 2
+    assert missing_turns(tmp_path / "absent.jsonl", turns) == 2
+    assert missing_turns(both, []) == 0
