@@ -1,0 +1,156 @@
+"""Warm sessions with the real `claude` against the fake Messages API, in the situations a
+live process meets: an interrupt while the API stalls or while claude backs off between
+retries, tool requests put to the caller (allowed, denied, abandoned), an MCP server inside
+the warm process, many sessions sharing a capped pool, and a mode switch. Each test says
+what claude did and what chatledger recorded. Skipped when claude is absent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from claude_harness import CLEARED_VARIABLES, ClaudeHarness, require_claude, wait_until
+from fake_anthropic import FakeAnthropic, error, text
+
+from chatledger.events import (
+    AgentProcessStarted,
+    AgentProcessStopped,
+    ResponseReceived,
+    RunFailed,
+)
+from chatledger.ledger import Ledger
+
+pytestmark = [pytest.mark.claude, pytest.mark.timeout(180)]
+
+INTERRUPT_BOUND_SECONDS = 5.0
+"""A generous bound on interrupt -> RunFailed recorded (claude answers within ~25 ms)."""
+
+
+@pytest.fixture(scope="module")
+def claude_binary() -> str:
+    return require_claude(pytest.skip, pytest.fail)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(lifetime=170) as fake:
+        yield fake
+
+
+@pytest.fixture
+def claude(claude_binary: str, fake_api: FakeAnthropic, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[ClaudeHarness]:
+    for name in CLEARED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    harness = ClaudeHarness(claude_binary, fake_api, tmp_path / "claude")
+    yield harness
+    harness.kill_leftovers()
+
+
+def open_ledger(claude: ClaudeHarness, tmp_path: Path, *, env: dict[str, str] | None = None,
+                **settings: Any) -> Ledger:
+    """A ledger whose warm sessions run this test's claude (`env` added to its variables)."""
+    variables = {**claude.variables(), **(env or {})}
+    return Ledger(config=claude.config(tmp_path / "ledger", warm_agents=True,
+                                       agent_env=variables, **settings))
+
+
+@pytest.fixture
+def ledger(claude: ClaudeHarness, tmp_path: Path) -> Iterator[Ledger]:
+    with open_ledger(claude, tmp_path) as opened:
+        yield opened
+
+
+def events_of(ledger: Ledger, session_id: str, kind: type) -> list[Any]:
+    return [r.event for r in ledger.events(session_id) if isinstance(r.event, kind)]
+
+
+def interrupt_when(ledger: Ledger, session_id: str, ready: Any, timings: dict[str, float],
+                   ) -> threading.Thread:
+    """Interrupt the session once `ready()` returns true (on a thread); the time is kept."""
+    def wait_and_interrupt() -> None:
+        if ready():
+            timings["asked"] = time.monotonic()
+            timings["interrupted"] = float(ledger.interrupt(session_id))
+
+    thread = threading.Thread(target=wait_and_interrupt, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_interrupted_and_alive(ledger: Ledger, fake: FakeAnthropic, session: str,
+                                 outcome: Any, timings: dict[str, float]) -> float:
+    """The turn ended cancelled soon after the interrupt, the same warm process takes the
+    next turn, and that turn works; how long interrupt -> recorded took."""
+    recorded_after = time.monotonic() - timings["asked"]
+    assert timings["interrupted"] == 1.0
+    assert (outcome.ok, outcome.reason) == (False, "cancelled")
+    assert recorded_after < INTERRUPT_BOUND_SECONDS
+    assert events_of(ledger, session, RunFailed)[-1].reason == "cancelled"
+    fake.script(text("Back after the interrupt."))
+    assert ledger.send(session, "are you there?").text == "Back after the interrupt."
+    # claude survives a control interrupt: one process, never stopped
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+    assert events_of(ledger, session, AgentProcessStopped) == []
+    return recorded_after
+
+
+# -- 1. interrupt during a stall and during retry backoff -------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before_headers", "mid_stream"])
+def test_an_interrupt_during_a_stall_ends_the_turn_and_the_warm_process_lives_on(
+    ledger: Ledger, fake_api: FakeAnthropic, where: str,
+) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    stall_after = None if where == "before_headers" else 1
+    fake_api.script(text("This answer stalls and never ends.", chunk_chars=5, stall=60,
+                         stall_after=stall_after))
+    timings: dict[str, float] = {}
+    interrupt_when(ledger, session, lambda: fake_api.wait_for_stall(30), timings)
+    outcome = ledger.send(session, "stall please")
+    fake_api.release_stalls()
+    took = assert_interrupted_and_alive(ledger, fake_api, session, outcome, timings)
+    print(f"interrupt during a stall ({where}) -> recorded: {took * 1000:.0f} ms")
+    if where == "mid_stream":
+        assert events_of(ledger, session, RunFailed)[-1].partial_text == "This "
+
+
+@pytest.mark.parametrize("status", [529, 500])
+def test_an_interrupt_during_retry_backoff_ends_the_turn_without_more_retries(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path, status: int,
+) -> None:
+    # five retries, backing off 0.5 s, 1 s, 2 s, ...: the interrupt comes during the 1 s one
+    with open_ledger(claude, tmp_path, env={"CLAUDE_CODE_MAX_RETRIES": "5"}) as ledger:
+        session = ledger.create_session().session_id
+        ledger.send(session, "warm up")
+        before = len(fake_api.model_calls())
+        fake_api.set_default(error(status, "overloaded, try again"))
+        timings: dict[str, float] = {}
+        interrupt_when(ledger, session,
+                       lambda: len(fake_api.wait_for_model_calls(before + 2, 30)) >= before + 2,
+                       timings)
+        outcome = ledger.send(session, "this one meets errors")
+        calls_at_the_end = len(fake_api.model_calls())
+        fake_api.set_default(text("ok"))
+        took = assert_interrupted_and_alive(ledger, fake_api, session, outcome, timings)
+        # the interrupted turn was not retried behind our back: only the next turn called
+        assert calls_at_the_end == before + 2
+        assert len(fake_api.model_calls()) == before + 3
+        print(f"interrupt during retry backoff ({status}) -> recorded: {took * 1000:.0f} ms")
+
+
+def sent_texts(fake: FakeAnthropic) -> str:
+    """Everything the last model call sent, as one string."""
+    return json.dumps(fake.model_calls()[-1].body)
+
+
+_UNUSED = (asyncio, contextlib, ResponseReceived)
