@@ -17,15 +17,19 @@ from typing import Any
 
 import pytest
 from claude_harness import CLEARED_VARIABLES, ClaudeHarness, require_claude, wait_until
-from fake_anthropic import FakeAnthropic, error, text
+from fake_anthropic import FakeAnthropic, error, text, tool_use
 
+from chatledger.actors.updates import PermissionRequestUpdate
 from chatledger.events import (
     AgentProcessStarted,
     AgentProcessStopped,
+    PermissionDecided,
+    PermissionRequested,
     ResponseReceived,
     RunFailed,
 )
 from chatledger.ledger import Ledger
+from chatledger.manager import SessionManager
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(180)]
 
@@ -154,3 +158,123 @@ def sent_texts(fake: FakeAnthropic) -> str:
 
 
 _UNUSED = (asyncio, contextlib, ResponseReceived)
+
+
+# -- 2. tool approvals in a warm user-mode process -------------------------------------------
+
+
+@pytest.fixture
+def approving_ledger(claude: ClaudeHarness, tmp_path: Path) -> Iterator[Ledger]:
+    with open_ledger(claude, tmp_path, tool_approvals=True) as opened:
+        yield opened
+
+
+def answering(ledger: Ledger, session: str, allow: bool) -> tuple[Any, list[Any]]:
+    """An on_update that answers each permission request at once (from another thread)."""
+    asked: list[Any] = []
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, PermissionRequestUpdate):
+            asked.append(update)
+            threading.Thread(target=ledger.decide_permission, daemon=True, args=(
+                session, update.request_id, allow),
+                kwargs={"message": None if allow else "not in this folder",
+                        "decided_by": "alice"}).start()
+
+    return on_update, asked
+
+
+def write_call(path: Path) -> Any:
+    return tool_use("Write", {"file_path": str(path), "content": "written by claude\n"},
+                    preface="I will write the notes.")
+
+
+def test_an_allowed_tool_request_runs_the_tool_in_the_warm_process(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    notes = claude.workdir / "notes.md"
+    fake_api.script(write_call(notes), text("I wrote the notes."))
+    on_update, asked = answering(ledger, session, True)
+    outcome = ledger.send(session, "write the notes", on_update=on_update)
+    assert outcome.ok and outcome.text == "I wrote the notes."
+    assert [a.tool for a in asked] == ["Write"]
+    assert asked[0].input["file_path"] == str(notes)
+    assert notes.read_text() == "written by claude\n"
+    requested = events_of(ledger, session, PermissionRequested)
+    assert [(r.tool, r.request_id) for r in requested] == [("Write", asked[0].request_id)]
+    assert requested[0].tool_use_id.startswith("toolu_")
+    decided = events_of(ledger, session, PermissionDecided)
+    assert [(d.allow, d.decided_by) for d in decided] == [(True, "alice")]
+    assert events_of(ledger, session, ResponseReceived)[-1].permission_denials == ()
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+
+
+def test_a_denied_tool_request_reaches_claude_and_its_denial_is_recorded(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    notes = claude.workdir / "notes.md"
+    fake_api.script(write_call(notes), text("I could not write the notes."))
+    on_update, asked = answering(ledger, session, False)
+    outcome = ledger.send(session, "write the notes", on_update=on_update)
+    assert outcome.ok and outcome.text == "I could not write the notes."
+    assert not notes.exists()
+    # claude sent our message back to the model as the tool's (failed) result
+    results = fake_api.model_calls()[-1].tool_results()
+    assert [r.get("is_error") for r in results] == [True]
+    assert "not in this folder" in json.dumps(results)
+    decided = events_of(ledger, session, PermissionDecided)
+    assert [(d.allow, d.message, d.decided_by) for d in decided] == [
+        (False, "not in this folder", "alice")]
+    denials = events_of(ledger, session, ResponseReceived)[-1].permission_denials
+    assert [(d["tool_name"], d["tool_use_id"]) for d in denials] == [
+        ("Write", events_of(ledger, session, PermissionRequested)[0].tool_use_id)]
+
+
+def test_a_consumer_that_leaves_at_a_tool_request_denies_it_and_the_process_lives_on(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    config = claude.config(tmp_path / "ledger", warm_agents=True, tool_approvals=True)
+    manager = SessionManager(config=config)
+    notes = claude.workdir / "notes.md"
+    fake_api.script(write_call(notes))
+
+    async def leave_at_the_request() -> tuple[str, dict[str, Any]]:
+        session = (await manager.create_session()).session_id
+        updates = manager.send_message(session, "write the notes")
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if update["type"] == "permission_request":
+                    return session, update  # the websocket closed
+        raise AssertionError("no permission_request came")
+
+    async def next_turn(session: str) -> list[dict[str, Any]]:
+        return [update async for update in manager.send_message(session, "still there?")]
+
+    try:
+        session, asked = asyncio.run(leave_at_the_request())
+        assert asked["tool"] == "Write" and asked["input"]["file_path"] == str(notes)
+        recorded = lambda kind: [r.event for r in manager.runtime.events(session)  # noqa: E731
+                                 if isinstance(r.event, kind)]
+        decided = wait_until(lambda: recorded(PermissionDecided), 20)
+        assert [(d.request_id, d.allow, d.decided_by) for d in decided] == [
+            (asked["request_id"], False, "chatledger")]
+        # the consumer's leaving also cancels its turn (as send_message documents)
+        ended = wait_until(lambda: recorded(RunFailed) or recorded(ResponseReceived), 20)
+        assert [(type(e), e.reason) for e in ended] == [(RunFailed, "cancelled")]
+        assert not notes.exists()
+        fake_api.script(text("Yes, still here."))
+        updates = asyncio.run(next_turn(session))
+        assert [u["content"] for u in updates if u["type"] == "text"] == ["Yes, still here."]
+        assert len(recorded(AgentProcessStarted)) == 1
+        # claude kept the denial: the next turn sends it as the tool's failed result (with
+        # our message, or claude's own when the interrupt overtook the deny)
+        results = fake_api.model_calls()[-1].tool_results()
+        assert [r.get("is_error") for r in results] == [True]
+        assert any(said in str(results[0].get("content")) for said in (
+            "the caller left before deciding", "doesn't want to proceed"))
+    finally:
+        asyncio.run(manager.stop())
