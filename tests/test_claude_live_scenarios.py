@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from claude_harness import CLEARED_VARIABLES, ClaudeHarness, require_claude, wait_until
+from claude_harness import (
+    CANVAS_SERVER,
+    CANVAS_TOOL,
+    CLEARED_VARIABLES,
+    ClaudeHarness,
+    require_claude,
+    wait_until,
+)
 from fake_anthropic import FakeAnthropic, error, text, tool_use
 
 from chatledger.actors.updates import PermissionRequestUpdate
 from chatledger.events import (
     AgentProcessStarted,
     AgentProcessStopped,
+    CanvasModified,
     PermissionDecided,
     PermissionRequested,
     ResponseReceived,
@@ -278,3 +286,46 @@ def test_a_consumer_that_leaves_at_a_tool_request_denies_it_and_the_process_live
             "the caller left before deciding", "doesn't want to proceed"))
     finally:
         asyncio.run(manager.stop())
+
+
+# -- 3. an MCP server in a warm process -------------------------------------------------------
+
+
+def mcp_servers(claude: ClaudeHarness) -> list[int]:
+    """The canvas MCP servers running under this test's HOME."""
+    found = []
+    for pid in claude.processes():
+        with contextlib.suppress(OSError):
+            if CANVAS_SERVER.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_an_mcp_server_in_a_warm_process_serves_every_turn_and_ends_with_it(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    first = {"action": "add_node", "node": {"id": "n1", "label": "Design variable"}}
+    second = {"action": "add_edge", "from": "n1", "to": "n2"}
+    fake_api.script(tool_use(CANVAS_TOOL, {"modification": first}, preface="Adding the node."),
+                    text("Added the node."),
+                    tool_use(CANVAS_TOOL, {"modification": second}), text("Linked them."))
+    with open_ledger(claude, tmp_path, mcp=True) as ledger:
+        session = ledger.create_session().session_id
+        one = ledger.send(session, "add a design variable")
+        assert wait_until(lambda: len(mcp_servers(claude)) == 1, 5)
+        two = ledger.send(session, "link it")
+        assert (one.text, two.text) == ("Added the node.", "Linked them.")
+        assert (one.canvas_modifications, two.canvas_modifications) == ([first], [second])
+        assert [c["arguments"] for c in claude.mcp_calls()] == [{"modification": first},
+                                                                 {"modification": second}]
+        recorded = [(e.turn, e.modification) for e in events_of(ledger, session, CanvasModified)]
+        assert recorded == [(1, first), (2, second)]
+        calls = [c for e in events_of(ledger, session, ResponseReceived) for c in e.tool_calls]
+        assert [(c.name, c.is_error) for c in calls] == [(CANVAS_TOOL, False)] * 2
+        # one warm process, one MCP server, for both turns
+        assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+        assert len(mcp_servers(claude)) == 1
+    with Ledger(config=claude.config(tmp_path / "ledger")) as reopened:
+        stopped = events_of(reopened, session, AgentProcessStopped)
+    assert [(s.reason, s.exit_code, s.turns) for s in stopped] == [("shutdown", 0, 2)]
+    assert wait_until(lambda: not claude.processes(), 5), "left behind: %s" % claude.processes()
