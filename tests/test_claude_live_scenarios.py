@@ -7,11 +7,15 @@ what claude did and what chatledger recorded. Skipped when claude is absent."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,14 @@ from claude_harness import (
     require_claude,
     wait_until,
 )
-from fake_anthropic import FakeAnthropic, error, text, tool_use
+from fake_anthropic import FakeAnthropic, ReceivedRequest, Reply, error, text, tool_use
 
 from chatledger.actors.updates import PermissionRequestUpdate
 from chatledger.events import (
     AgentProcessStarted,
     AgentProcessStopped,
     CanvasModified,
+    ColdRunChosen,
     PermissionDecided,
     PermissionRequested,
     ResponseReceived,
@@ -164,8 +169,6 @@ def sent_texts(fake: FakeAnthropic) -> str:
     """Everything the last model call sent, as one string."""
     return json.dumps(fake.model_calls()[-1].body)
 
-
-_UNUSED = (asyncio, contextlib, ResponseReceived)
 
 
 # -- 2. tool approvals in a warm user-mode process -------------------------------------------
@@ -328,4 +331,119 @@ def test_an_mcp_server_in_a_warm_process_serves_every_turn_and_ends_with_it(
     with Ledger(config=claude.config(tmp_path / "ledger")) as reopened:
         stopped = events_of(reopened, session, AgentProcessStopped)
     assert [(s.reason, s.exit_code, s.turns) for s in stopped] == [("shutdown", 0, 2)]
-    assert wait_until(lambda: not claude.processes(), 5), "left behind: %s" % claude.processes()
+    assert wait_until(lambda: not claude.processes(), 5), f"left behind: {claude.processes()}"
+
+
+# -- 4. many sessions sharing a capped pool ---------------------------------------------------
+
+MARKER = re.compile(r"\[(s\d+) t(\d+)\]")
+
+
+def answer_by_marker(request: ReceivedRequest) -> Reply:
+    """Answer the newest `[sN tM]` marker of the request at once: "answer sN tM"."""
+    found = MARKER.findall("\n".join(request.user_texts()))
+    session, turn = found[-1] if found else ("?", "?")
+    return text(f"answer {session} t{turn}")
+
+
+class ProcessSampler:
+    """Counts this test's agent processes every `interval` s on a thread (Linux /proc): the
+    process groups of claude processes with its HOME (claude briefly forks children of its
+    own binary, in its group: they are not agent processes of their own)."""
+
+    def __init__(self, claude: ClaudeHarness, interval: float = 0.05) -> None:
+        self.binary = os.path.realpath(claude.binary)
+        self.marker = f"HOME={claude.home}".encode()
+        self.interval = interval
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def count(self) -> int:
+        """How many claude process groups with this test's HOME run now."""
+        groups: set[str] = set()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry.name}/exe") != self.binary:
+                    continue
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+                state, _, group = Path(f"/proc/{entry.name}/stat").read_text() \
+                    .rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if state != "Z" and self.marker in environ.split(b"\0"):
+                groups.add(group)
+        return len(groups)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.counts.append(self.count())
+
+    def __enter__(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def run_many_sessions(claude: ClaudeHarness, fake: FakeAnthropic, tmp_path: Path, *,
+                      sessions: int, cap: int, turns: int = 2) -> dict[str, Any]:
+    """`turns` rounds of one turn in each of `sessions` warm sessions, `cap` at a time in a
+    pool of `cap` warm processes; checks every turn and returns what was counted."""
+    fake.set_default(answer_by_marker)
+    started_at = time.monotonic()
+    with open_ledger(claude, tmp_path, max_warm_agents=cap, max_runs=cap) as ledger, \
+            ProcessSampler(claude) as sampler, ThreadPoolExecutor(cap) as senders:
+        ids = [ledger.create_session().session_id for _ in range(sessions)]
+        for turn in range(1, turns + 1):
+            asked = {sid: senders.submit(ledger.send, sid, f"[s{n} t{turn}] go on")
+                     for n, sid in enumerate(ids)}
+            for n, sid in enumerate(ids):
+                outcome = asked[sid].result(timeout=120)
+                assert (outcome.ok, outcome.text) == (True, f"answer s{n} t{turn}"), outcome
+        warm_at_the_end = len(ledger.runtime.warm.warm_sessions())
+    took = time.monotonic() - started_at
+    with Ledger(config=claude.config(tmp_path / "ledger")) as reopened:
+        recorded = {sid: [r.event for r in reopened.events(sid)] for sid in ids}
+    for events in recorded.values():  # no turn lost, none failed, none ran cold
+        assert [e.turn for e in events if isinstance(e, ResponseReceived)] == list(
+            range(1, turns + 1))
+        assert not [e for e in events if isinstance(e, (RunFailed, ColdRunChosen))]
+    # claude held each conversation across eviction: turn t's request carried turn t-1's answer
+    for call in fake.model_calls():
+        found = MARKER.findall("\n".join(call.user_texts()))
+        session, turn = found[-1]
+        if int(turn) > 1:
+            assert f"answer {session} t{int(turn) - 1}" in call.all_text()
+    everything = [e for events in recorded.values() for e in events]
+    starts = [e for e in everything if isinstance(e, AgentProcessStarted)]
+    stops = collections.Counter(e.reason for e in everything
+                                if isinstance(e, AgentProcessStopped))
+    assert set(stops) <= {"evicted", "shutdown"}
+    assert stops["shutdown"] == warm_at_the_end <= cap
+    assert stops["evicted"] == len(starts) - warm_at_the_end >= sessions - cap
+    assert sum(1 for e in starts if any(w.startswith("--resume=") for w in e.argv)) \
+        == len(starts) - sessions  # every respawn resumed claude's session
+    assert sampler.counts and max(sampler.counts) <= cap, collections.Counter(sampler.counts)
+    return {"seconds": took, "starts": len(starts), "evicted": stops["evicted"],
+            "most_alive": max(sampler.counts), "samples": len(sampler.counts)}
+
+
+def test_sessions_beyond_the_warm_cap_are_evicted_and_lose_no_turn(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    counted = run_many_sessions(claude, fake_api, tmp_path, sessions=12, cap=4)
+    print("12 sessions, cap 4:", counted)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fifty_sessions_share_ten_warm_processes_without_losing_a_turn(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    counted = run_many_sessions(claude, fake_api, tmp_path, sessions=50, cap=10)
+    print("50 sessions, cap 10:", counted)
