@@ -447,3 +447,63 @@ def test_fifty_sessions_share_ten_warm_processes_without_losing_a_turn(
 ) -> None:
     counted = run_many_sessions(claude, fake_api, tmp_path, sessions=50, cap=10)
     print("50 sessions, cap 10:", counted)
+
+
+# -- 5. a mode switch while warm --------------------------------------------------------------
+
+
+def test_a_mode_switch_respawns_the_warm_process_with_resume_and_the_new_permissions(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    fake_api.script(text("Remember the word albatross."))
+    assert ledger.send(session, "remember a word").text == "Remember the word albatross."
+    ledger.switch_mode(session, "power")
+    notes = claude.workdir / "power.md"
+    fake_api.script(write_call(notes), text("Written, albatross."))
+    asked: list[Any] = []
+    outcome = ledger.send(session, "write it down", on_update=lambda u: asked.append(u)
+                          if isinstance(u, PermissionRequestUpdate) else None)
+    assert outcome.ok and outcome.text == "Written, albatross."
+    # power mode: the tool ran without asking anyone
+    assert notes.read_text() == "written by claude\n" and asked == []
+    assert events_of(ledger, session, PermissionRequested) == []
+    # continuity: claude itself sent turn 1 in turn 2's first request
+    turn_two = fake_api.model_calls()[-2]
+    assert "albatross" in turn_two.all_text()
+    stopped = events_of(ledger, session, AgentProcessStopped)
+    assert [(s.reason, s.exit_code, s.turns) for s in stopped] == [("mode_switch", 0, 1)]
+    first, second = events_of(ledger, session, AgentProcessStarted)
+    agent_session = events_of(ledger, session, ResponseReceived)[0].agent_session_id
+    assert "--permission-prompt-tool" in first.argv and "--dangerously-skip-permissions" \
+        not in first.argv
+    assert "--dangerously-skip-permissions" in second.argv
+    assert "--permission-prompt-tool" not in second.argv
+    assert f"--resume={agent_session}" in second.argv and second.turn == 2
+    # recorded in order: the old process's stop and the new one's start come with turn 2
+    kinds = [type(r.event).__name__ for r in ledger.events(session)]
+    assert kinds[kinds.index("ModeSwitched"):] == [
+        "ModeSwitched", "MessageSent", "RunStarted", "AgentProcessStopped",
+        "AgentProcessStarted", "ResponseReceived"]
+
+
+def test_a_switch_back_to_user_mode_puts_tools_to_the_caller_again(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session(mode="power").session_id
+    fake_api.script(text("Powerful."))
+    ledger.send(session, "hello")
+    ledger.switch_mode(session, "user")
+    notes = claude.workdir / "user.md"
+    fake_api.script(write_call(notes), text("Not written."))
+    on_update, asked = answering(ledger, session, False)
+    assert ledger.send(session, "write it", on_update=on_update).text == "Not written."
+    assert [a.tool for a in asked] == ["Write"] and not notes.exists()
+    assert "Powerful." in fake_api.model_calls()[-2].all_text()
+    stopped = events_of(ledger, session, AgentProcessStopped)
+    assert [s.reason for s in stopped] == ["mode_switch"]
+    second = events_of(ledger, session, AgentProcessStarted)[1]
+    assert "--dangerously-skip-permissions" not in second.argv
+    assert any(w.startswith("--resume=") for w in second.argv)
