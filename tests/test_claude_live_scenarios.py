@@ -11,7 +11,9 @@ import collections
 import contextlib
 import json
 import os
+import queue
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,12 @@ from claude_harness import (
 )
 from fake_anthropic import FakeAnthropic, ReceivedRequest, Reply, error, text, tool_use
 
-from chatledger.actors.updates import PermissionRequestUpdate
+from chatledger.actors.updates import (
+    PermissionRequestUpdate,
+    TextDeltaUpdate,
+    TextUpdate,
+    TurnDone,
+)
 from chatledger.events import (
     AgentProcessStarted,
     AgentProcessStopped,
@@ -131,14 +138,25 @@ def test_an_interrupt_during_a_stall_ends_the_turn_and_the_warm_process_lives_on
     stall_after = None if where == "before_headers" else 1
     fake_api.script(text("This answer stalls and never ends.", chunk_chars=5, stall=60,
                          stall_after=stall_after))
+    streamed = threading.Event()
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, TextDeltaUpdate):
+            streamed.set()
+
+    def stalled() -> bool:
+        # mid-stream: once the user saw the first words (claude drops a delta it had not
+        # printed yet when the interrupt comes)
+        return fake_api.wait_for_stall(30) and (where == "before_headers" or streamed.wait(30))
+
     timings: dict[str, float] = {}
-    interrupt_when(ledger, session, lambda: fake_api.wait_for_stall(30), timings)
-    outcome = ledger.send(session, "stall please")
+    interrupt_when(ledger, session, stalled, timings)
+    outcome = ledger.send(session, "stall please", on_update=on_update, stream_deltas=True)
     fake_api.release_stalls()
     took = assert_interrupted_and_alive(ledger, fake_api, session, outcome, timings)
     print(f"interrupt during a stall ({where}) -> recorded: {took * 1000:.0f} ms")
-    if where == "mid_stream":
-        assert events_of(ledger, session, RunFailed)[-1].partial_text == "This "
+    assert events_of(ledger, session, RunFailed)[-1].partial_text == (
+        "" if where == "before_headers" else "This ")
 
 
 @pytest.mark.parametrize("status", [529, 500])
@@ -443,8 +461,11 @@ def test_sessions_beyond_the_warm_cap_are_evicted_and_lose_no_turn(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fifty_sessions_share_ten_warm_processes_without_losing_a_turn(
-    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
+    # about 60 s on 2 idle cores (100 claude start-ups): only when asked for with `-m slow`
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("50 warm sessions take about a minute: run with `-m slow`")
     counted = run_many_sessions(claude, fake_api, tmp_path, sessions=50, cap=10)
     print("50 sessions, cap 10:", counted)
 
@@ -507,3 +528,120 @@ def test_a_switch_back_to_user_mode_puts_tools_to_the_caller_again(
     second = events_of(ledger, session, AgentProcessStarted)[1]
     assert "--dangerously-skip-permissions" not in second.argv
     assert any(w.startswith("--resume=") for w in second.argv)
+
+
+# -- more of a warm process's life: deadlines, deaths, idleness, queues -----------------------
+
+
+def test_a_stall_past_the_turn_deadline_times_out_and_the_process_lives_on(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    with open_ledger(claude, tmp_path, timeout=3.0) as ledger:
+        session = ledger.create_session().session_id
+        ledger.send(session, "warm up")
+        fake_api.script(text("Stalled for ever.", stall=60, stall_after=1, chunk_chars=7))
+        began = time.monotonic()
+        outcome = ledger.send(session, "stall please")
+        took = time.monotonic() - began
+        fake_api.release_stalls()
+        assert (outcome.ok, outcome.reason) == (False, "timeout")
+        assert 3.0 <= took < 3.0 + INTERRUPT_BOUND_SECONDS
+        assert events_of(ledger, session, RunFailed)[-1].partial_text == "Stalled"
+        fake_api.script(text("Awake again."))
+        assert ledger.send(session, "hello?").text == "Awake again."
+        assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+
+
+def test_a_process_killed_mid_turn_fails_the_turn_and_the_next_one_resumes(
+    ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    session = ledger.create_session().session_id
+    fake_api.script(text("Remember the word heron."))
+    ledger.send(session, "first")
+    assert wait_until(lambda: any("heron" in path.read_text(errors="replace")
+                                  for path in claude.transcripts()), 10)
+    fake_api.script(text("This answer stalls.", stall=60, stall_after=1, chunk_chars=5))
+    pid = events_of(ledger, session, AgentProcessStarted)[0].pid
+    streamed = threading.Event()
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, TextDeltaUpdate):
+            streamed.set()
+
+    def kill_once_the_user_saw_text() -> None:
+        if streamed.wait(30):
+            os.killpg(pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_once_the_user_saw_text, daemon=True).start()
+    outcome = ledger.send(session, "second", on_update=on_update, stream_deltas=True)
+    fake_api.release_stalls()
+    assert (outcome.ok, outcome.reason) == (False, "interrupted")
+    assert events_of(ledger, session, RunFailed)[-1].partial_text == "This "
+    fake_api.script(text("Heron, yes."))
+    assert ledger.send(session, "what was the word?").text == "Heron, yes."
+    assert "heron" in fake_api.model_calls()[-1].all_text()
+    assert [s.reason for s in events_of(ledger, session, AgentProcessStopped)] == ["crashed"]
+    second = events_of(ledger, session, AgentProcessStarted)[1]
+    assert any(w.startswith("--resume=") for w in second.argv)
+
+
+def test_an_idle_warm_process_is_closed_and_the_next_turn_resumes(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    with open_ledger(claude, tmp_path, warm_idle_timeout=0.5) as ledger:
+        session = ledger.create_session().session_id
+        fake_api.script(text("Remember the word ibis."))
+        ledger.send(session, "first")
+        assert wait_until(lambda: events_of(ledger, session, AgentProcessStopped), 10)
+        assert wait_until(lambda: not ProcessSampler(claude).count(), 5)
+        fake_api.script(text("Ibis."))
+        assert ledger.send(session, "the word?").text == "Ibis."
+        assert "ibis" in fake_api.model_calls()[-1].all_text()
+        stopped = events_of(ledger, session, AgentProcessStopped)
+        assert [(s.reason, s.exit_code, s.turns) for s in stopped[:1]] == [("idle", 0, 1)]
+
+
+def test_an_interrupt_ends_only_the_running_turn_and_the_queued_one_runs_warm(
+    ledger: Ledger, fake_api: FakeAnthropic,
+) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    fake_api.script(text("Slow and stalled.", stall=60, stall_after=1, chunk_chars=4),
+                    text("The queued answer."))
+    running: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: running.update(
+        outcome=ledger.send(session, "the slow one")), daemon=True)
+    first.start()
+    assert fake_api.wait_for_stall(30)
+    queued: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    ledger.runtime.send(session, "the queued one", queued.put)  # returns once it is queued
+    assert ledger.interrupt(session)
+    first.join(30)
+    fake_api.release_stalls()
+    assert (running["outcome"].ok, running["outcome"].reason) == (False, "cancelled")
+    updates = [queued.get(timeout=30)]
+    while not isinstance(updates[-1], TurnDone):
+        updates.append(queued.get(timeout=30))
+    assert updates[-1].ok
+    assert [u.content for u in updates if isinstance(u, TextUpdate)] == ["The queued answer."]
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+
+
+def test_the_deadline_pauses_while_the_caller_decides_on_a_tool(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    with open_ledger(claude, tmp_path, tool_approvals=True, timeout=2.0) as ledger:
+        session = ledger.create_session().session_id
+        notes = claude.workdir / "later.md"
+        fake_api.script(write_call(notes), text("Written at last."))
+        asked: list[Any] = []
+
+        def on_update(update: Any) -> None:
+            if isinstance(update, PermissionRequestUpdate):
+                asked.append(update)
+                threading.Timer(3.0, ledger.decide_permission, args=(
+                    session, update.request_id, True)).start()
+
+        outcome = ledger.send(session, "write it, slowly approved", on_update=on_update)
+        assert (outcome.ok, outcome.text) == (True, "Written at last.")
+        assert len(asked) == 1 and notes.exists()
