@@ -645,3 +645,89 @@ def test_the_deadline_pauses_while_the_caller_decides_on_a_tool(
         outcome = ledger.send(session, "write it, slowly approved", on_update=on_update)
         assert (outcome.ok, outcome.text) == (True, "Written at last.")
         assert len(asked) == 1 and notes.exists()
+
+
+def test_passivating_a_warm_session_closes_its_process_and_the_next_turn_resumes(
+    ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    session = ledger.create_session().session_id
+    fake_api.script(text("Remember the word egret."))
+    ledger.send(session, "first")
+    assert ledger.passivate(session)
+    assert wait_until(lambda: not ProcessSampler(claude).count(), 5)
+    fake_api.script(text("Egret."))
+    assert ledger.send(session, "the word?").text == "Egret."
+    assert "egret" in fake_api.model_calls()[-1].all_text()
+    stopped = events_of(ledger, session, AgentProcessStopped)
+    assert [(s.reason, s.exit_code) for s in stopped] == [("passivated", 0)]
+
+
+@pytest.mark.parametrize("waiting_for", ["a stalled stream", "a tool decision"])
+def test_closing_the_ledger_during_a_warm_turn_records_it_and_leaves_no_process(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path, waiting_for: str,
+) -> None:
+    ledger = open_ledger(claude, tmp_path, tool_approvals=True)
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    asked = threading.Event()
+    if waiting_for == "a stalled stream":
+        fake_api.script(text("Never finished.", stall=60, stall_after=1, chunk_chars=5))
+    else:
+        fake_api.script(write_call(claude.workdir / "never.md"))
+    updates: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def sink(update: Any) -> None:
+        if isinstance(update, PermissionRequestUpdate):
+            asked.set()
+        updates.put(update)
+
+    ledger.runtime.send(session, "and now wait", sink)
+    assert fake_api.wait_for_stall(30) if waiting_for == "a stalled stream" else asked.wait(30)
+    began = time.monotonic()
+    ledger.close()
+    took = time.monotonic() - began
+    fake_api.release_stalls()
+    print(f"closing during {waiting_for}: {took * 1000:.0f} ms")
+    assert took < INTERRUPT_BOUND_SECONDS
+    seen = []
+    while not updates.empty():
+        seen.append(updates.get())
+    assert [(u.ok, u.reason) for u in seen if isinstance(u, TurnDone)] == [(False, "cancelled")]
+    assert wait_until(lambda: not claude.processes(), 5), claude.processes()
+    with Ledger(config=claude.config(tmp_path / "ledger")) as reopened:
+        kinds = [type(r.event).__name__ for r in reopened.events(session)]
+        assert kinds[-2:] == ["RunFailed", "AgentProcessStopped"] or \
+            kinds[-2:] == ["AgentProcessStopped", "RunFailed"], kinds
+        assert [s.reason for s in events_of(reopened, session, AgentProcessStopped)] == [
+            "shutdown"]
+        # a tool request left open is closed in the record too: denied by chatledger
+        requested = events_of(reopened, session, PermissionRequested)
+        decided = events_of(reopened, session, PermissionDecided)
+        assert [(d.request_id, d.allow, d.decided_by) for d in decided] == [
+            (r.request_id, False, "chatledger") for r in requested]
+
+
+def test_a_process_killed_while_a_tool_request_waits_closes_the_request(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    fake_api.script(write_call(claude.workdir / "never.md"))
+    pid = events_of(ledger, session, AgentProcessStarted)[0].pid
+    asked: list[Any] = []
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, PermissionRequestUpdate):
+            asked.append(update)
+            os.killpg(pid, signal.SIGKILL)
+
+    outcome = ledger.send(session, "write it", on_update=on_update)
+    assert (outcome.ok, outcome.reason) == (False, "interrupted") and len(asked) == 1
+    # the request is not left open, in the record or for a late answer
+    decided = events_of(ledger, session, PermissionDecided)
+    assert [(d.request_id, d.allow, d.decided_by) for d in decided] == [
+        (asked[0].request_id, False, "chatledger")]
+    assert not ledger.decide_permission(session, asked[0].request_id, True)
+    fake_api.script(text("Fine."))
+    assert ledger.send(session, "go on").text == "Fine."
