@@ -731,3 +731,43 @@ def test_a_process_killed_while_a_tool_request_waits_closes_the_request(
     assert not ledger.decide_permission(session, asked[0].request_id, True)
     fake_api.script(text("Fine."))
     assert ledger.send(session, "go on").text == "Fine."
+
+
+def test_an_interrupt_while_a_tool_request_waits_denies_it_and_ends_the_turn(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    fake_api.script(write_call(claude.workdir / "never.md"))
+    asked: list[Any] = []
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, PermissionRequestUpdate):
+            asked.append(update)
+            threading.Thread(target=ledger.interrupt, args=(session,), daemon=True).start()
+
+    outcome = ledger.send(session, "write it", on_update=on_update)
+    assert (outcome.ok, outcome.reason) == (False, "cancelled") and len(asked) == 1
+    decided = events_of(ledger, session, PermissionDecided)
+    assert [(d.allow, d.message, d.decided_by) for d in decided] == [
+        (False, "the turn was interrupted", "chatledger")]
+    assert not (claude.workdir / "never.md").exists()
+    fake_api.script(text("Fine."))
+    assert ledger.send(session, "go on").text == "Fine."
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+
+
+def test_a_tool_request_nobody_answers_is_denied_after_permission_timeout(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    with open_ledger(claude, tmp_path, tool_approvals=True, permission_timeout=1.0) as ledger:
+        session = ledger.create_session().session_id
+        fake_api.script(write_call(claude.workdir / "never.md"), text("Nobody answered."))
+        began = time.monotonic()
+        outcome = ledger.send(session, "write it")
+        assert (outcome.ok, outcome.text) == (True, "Nobody answered.")
+        assert 1.0 <= time.monotonic() - began < 1.0 + INTERRUPT_BOUND_SECONDS
+        decided = events_of(ledger, session, PermissionDecided)
+        assert [(d.allow, d.decided_by) for d in decided] == [(False, "chatledger")]
+        denials = events_of(ledger, session, ResponseReceived)[-1].permission_denials
+        assert [d["tool_name"] for d in denials] == ["Write"]
