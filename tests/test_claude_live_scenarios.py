@@ -218,21 +218,27 @@ def write_call(path: Path) -> Any:
                     preface="I will write the notes.")
 
 
+@pytest.mark.parametrize("tool", ["Write", "Bash"])
 def test_an_allowed_tool_request_runs_the_tool_in_the_warm_process(
-    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness, tool: str,
 ) -> None:
     ledger = approving_ledger
     session = ledger.create_session().session_id
     notes = claude.workdir / "notes.md"
-    fake_api.script(write_call(notes), text("I wrote the notes."))
+    if tool == "Write":
+        call = write_call(notes)
+    else:  # outside the allow-list's Bash(python:*)
+        call = tool_use("Bash", {"command": f"echo 'written by claude' > {notes}",
+                                 "description": "Write the notes"})
+    fake_api.script(call, text("I wrote the notes."))
     on_update, asked = answering(ledger, session, True)
     outcome = ledger.send(session, "write the notes", on_update=on_update)
     assert outcome.ok and outcome.text == "I wrote the notes."
-    assert [a.tool for a in asked] == ["Write"]
-    assert asked[0].input["file_path"] == str(notes)
+    assert [a.tool for a in asked] == [tool]
+    assert str(notes) in json.dumps(asked[0].input)
     assert notes.read_text() == "written by claude\n"
     requested = events_of(ledger, session, PermissionRequested)
-    assert [(r.tool, r.request_id) for r in requested] == [("Write", asked[0].request_id)]
+    assert [(r.tool, r.request_id) for r in requested] == [(tool, asked[0].request_id)]
     assert requested[0].tool_use_id.startswith("toolu_")
     decided = events_of(ledger, session, PermissionDecided)
     assert [(d.allow, d.decided_by) for d in decided] == [(True, "alice")]
