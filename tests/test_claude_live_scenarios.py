@@ -777,3 +777,46 @@ def test_a_tool_request_nobody_answers_is_denied_after_permission_timeout(
         assert [(d.allow, d.decided_by) for d in decided] == [(False, "chatledger")]
         denials = events_of(ledger, session, ResponseReceived)[-1].permission_denials
         assert [d["tool_name"] for d in denials] == ["Write"]
+
+
+def test_a_warm_session_whose_transcript_is_gone_goes_on_with_prompt_history(
+    ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    session = ledger.create_session().session_id
+    fake_api.script(text("Remember the word crane."))
+    ledger.send(session, "first")
+    assert wait_until(lambda: any("crane" in path.read_text(errors="replace")
+                                  for path in claude.transcripts()), 10)
+    os.killpg(events_of(ledger, session, AgentProcessStarted)[0].pid, signal.SIGKILL)
+    assert wait_until(lambda: not ProcessSampler(claude).count(), 10)
+    for transcript in claude.transcripts():
+        transcript.unlink()
+    fake_api.script(text("Crane."))
+    assert ledger.send(session, "what was the word?").text == "Crane."
+    last = fake_api.model_calls()[-1].all_text()
+    assert "## Conversation so far" in last and "crane" in last  # chatledger's own history
+    kinds = [type(r.event).__name__ for r in ledger.events(session)]
+    assert kinds[kinds.index("ResponseReceived") + 1:] == [
+        "MessageSent", "RunStarted", "AgentProcessStopped", "ColdRunChosen",
+        "AgentSessionLost", "RunStarted", "AgentProcessStarted", "ResponseReceived"]
+    assert events_of(ledger, session, ColdRunChosen)[0].reason == "initialize_failed"
+    fake_api.script(text("Still crane."))
+    assert ledger.send(session, "again?").text == "Still crane."
+    assert "crane" in fake_api.model_calls()[-1].all_text()
+
+
+def test_an_api_error_fails_a_warm_turn_and_the_process_takes_the_next_one(
+    ledger: Ledger, fake_api: FakeAnthropic,
+) -> None:
+    session = ledger.create_session().session_id
+    ledger.send(session, "warm up")
+    fake_api.script(error(400, "the fake refuses this request"))
+    outcome = ledger.send(session, "this one is refused")
+    assert (outcome.ok, outcome.reason) == (False, "agent_error")
+    assert "the fake refuses this request" in (outcome.error or "")
+    fake_api.script(text("Accepted."))
+    assert ledger.send(session, "and this one?").text == "Accepted."
+    assert len(events_of(ledger, session, AgentProcessStarted)) == 1
+    received = events_of(ledger, session, ResponseReceived)
+    assert received[1].cost_usd == pytest.approx(
+        received[1].process_cost_usd - received[0].process_cost_usd)
