@@ -300,6 +300,8 @@ def test_a_consumer_that_leaves_at_a_tool_request_denies_it_and_the_process_live
         # the consumer's leaving also cancels its turn (as send_message documents)
         ended = wait_until(lambda: recorded(RunFailed) or recorded(ResponseReceived), 20)
         assert [(type(e), e.reason) for e in ended] == [(RunFailed, "cancelled")]
+        # claude's interrupted result listed the denied call: kept with the RunFailed
+        assert [d["tool_name"] for d in ended[0].permission_denials] == ["Write"]
         assert not notes.exists()
         fake_api.script(text("Yes, still here."))
         updates = asyncio.run(next_turn(session))
@@ -757,6 +759,9 @@ def test_an_interrupt_while_a_tool_request_waits_denies_it_and_ends_the_turn(
     decided = events_of(ledger, session, PermissionDecided)
     assert [(d.allow, d.message, d.decided_by) for d in decided] == [
         (False, "the turn was interrupted", "chatledger")]
+    denials = events_of(ledger, session, RunFailed)[-1].permission_denials
+    assert [d["tool_use_id"] for d in denials] == [
+        events_of(ledger, session, PermissionRequested)[0].tool_use_id]
     assert not (claude.workdir / "never.md").exists()
     fake_api.script(text("Fine."))
     assert ledger.send(session, "go on").text == "Fine."
