@@ -373,39 +373,19 @@ def answer_by_marker(request: ReceivedRequest) -> Reply:
 
 
 class ProcessSampler:
-    """Counts this test's agent processes every `interval` s on a thread (Linux /proc): the
-    process groups of claude processes with its HOME (claude briefly forks children of its
-    own binary, in its group: they are not agent processes of their own)."""
+    """Counts this test's agent processes (claude process groups with its HOME) every
+    `interval` s on a thread."""
 
     def __init__(self, claude: ClaudeHarness, interval: float = 0.05) -> None:
-        self.binary = os.path.realpath(claude.binary)
-        self.marker = f"HOME={claude.home}".encode()
+        self.claude = claude
         self.interval = interval
         self.counts: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def count(self) -> int:
-        """How many claude process groups with this test's HOME run now."""
-        groups: set[str] = set()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(f"/proc/{entry.name}/exe") != self.binary:
-                    continue
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-                state, _, group = Path(f"/proc/{entry.name}/stat").read_text() \
-                    .rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if state != "Z" and self.marker in environ.split(b"\0"):
-                groups.add(group)
-        return len(groups)
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.counts.append(self.count())
+            self.counts.append(len(self.claude.agent_groups()))
 
     def __enter__(self) -> ProcessSampler:
         self._thread.start()
@@ -601,7 +581,7 @@ def test_an_idle_warm_process_is_closed_and_the_next_turn_resumes(
         fake_api.script(text("Remember the word ibis."))
         ledger.send(session, "first")
         assert wait_until(lambda: events_of(ledger, session, AgentProcessStopped), 10)
-        assert wait_until(lambda: not ProcessSampler(claude).count(), 5)
+        assert wait_until(lambda: not claude.agent_groups(), 5)
         fake_api.script(text("Ibis."))
         assert ledger.send(session, "the word?").text == "Ibis."
         assert "ibis" in fake_api.model_calls()[-1].all_text()
@@ -662,7 +642,7 @@ def test_passivating_a_warm_session_closes_its_process_and_the_next_turn_resumes
     fake_api.script(text("Remember the word egret."))
     ledger.send(session, "first")
     assert ledger.passivate(session)
-    assert wait_until(lambda: not ProcessSampler(claude).count(), 5)
+    assert wait_until(lambda: not claude.agent_groups(), 5)
     fake_api.script(text("Egret."))
     assert ledger.send(session, "the word?").text == "Egret."
     assert "egret" in fake_api.model_calls()[-1].all_text()
@@ -793,7 +773,8 @@ def test_a_warm_session_whose_transcript_is_gone_goes_on_with_prompt_history(
     assert wait_until(lambda: any("crane" in path.read_text(errors="replace")
                                   for path in claude.transcripts()), 10)
     os.killpg(events_of(ledger, session, AgentProcessStarted)[0].pid, signal.SIGKILL)
-    assert wait_until(lambda: not ProcessSampler(claude).count(), 10)
+    # chatledger notices a death at the pipe's end, some 0.1 s after the process is gone
+    assert wait_until(lambda: not ledger.runtime.warm._agents[session].agent.alive, 10)
     for transcript in claude.transcripts():
         transcript.unlink()
     fake_api.script(text("Crane."))
