@@ -30,7 +30,7 @@ from claude_harness import (
     require_claude,
     wait_until,
 )
-from fake_anthropic import FakeAnthropic, ReceivedRequest, Reply, error, text, tool_use
+from fake_anthropic import Block, FakeAnthropic, ReceivedRequest, Reply, error, text, tool_use
 
 from chatledger.actors.updates import (
     PermissionRequestUpdate,
@@ -806,3 +806,32 @@ def test_an_api_error_fails_a_warm_turn_and_the_process_takes_the_next_one(
     received = events_of(ledger, session, ResponseReceived)
     assert received[1].cost_usd == pytest.approx(
         received[1].process_cost_usd - received[0].process_cost_usd)
+
+
+def test_two_tool_requests_of_one_answer_are_decided_each_on_its_own(
+    approving_ledger: Ledger, fake_api: FakeAnthropic, claude: ClaudeHarness,
+) -> None:
+    ledger = approving_ledger
+    session = ledger.create_session().session_id
+    kept, refused = claude.workdir / "kept.md", claude.workdir / "refused.md"
+    calls = tuple(Block(type="tool_use", name="Write", id=f"toolu_{name}_0000000000000000",
+                        input={"file_path": str(path), "content": "written by claude\n"})
+                  for name, path in (("kept", kept), ("refused", refused)))
+    fake_api.script(Reply(blocks=calls, stop_reason="tool_use"), text("One of two."))
+    asked: list[Any] = []
+
+    def on_update(update: Any) -> None:
+        if isinstance(update, PermissionRequestUpdate):
+            asked.append(update)
+            allow = update.input["file_path"] == str(kept)
+            threading.Thread(target=ledger.decide_permission, daemon=True, args=(
+                session, update.request_id, allow), kwargs={"decided_by": "alice"}).start()
+
+    outcome = ledger.send(session, "write both", on_update=on_update)
+    assert (outcome.ok, outcome.text) == (True, "One of two.")
+    assert kept.exists() and not refused.exists()
+    assert sorted(a.input["file_path"] for a in asked) == sorted([str(kept), str(refused)])
+    decided = {d.request_id: d.allow for d in events_of(ledger, session, PermissionDecided)}
+    assert decided == {a.request_id: a.input["file_path"] == str(kept) for a in asked}
+    denials = events_of(ledger, session, ResponseReceived)[-1].permission_denials
+    assert [d["tool_use_id"] for d in denials] == ["toolu_refused_0000000000000000"]
