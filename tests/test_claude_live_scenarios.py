@@ -835,3 +835,25 @@ def test_two_tool_requests_of_one_answer_are_decided_each_on_its_own(
     assert decided == {a.request_id: a.input["file_path"] == str(kept) for a in asked}
     denials = events_of(ledger, session, ResponseReceived)[-1].permission_denials
     assert [d["tool_use_id"] for d in denials] == ["toolu_refused_0000000000000000"]
+
+
+def test_a_turn_finding_every_warm_process_busy_runs_cold_and_says_so(
+    claude: ClaudeHarness, fake_api: FakeAnthropic, tmp_path: Path,
+) -> None:
+    with open_ledger(claude, tmp_path, max_warm_agents=1, max_runs=2) as ledger:
+        busy, other = (ledger.create_session().session_id for _ in range(2))
+        fake_api.script(text("Held up.", stall=60, stall_after=1, chunk_chars=4))
+        held: dict[str, Any] = {}
+        holder = threading.Thread(target=lambda: held.update(
+            outcome=ledger.send(busy, "hold the only warm process")), daemon=True)
+        holder.start()
+        assert fake_api.wait_for_stall(30)
+        fake_api.script(text("Answered cold."))
+        assert ledger.send(other, "and me?").text == "Answered cold."
+        fake_api.release_stalls()
+        holder.join(30)
+        assert held["outcome"].text == "Held up."
+        chosen = events_of(ledger, other, ColdRunChosen)
+        assert [c.reason for c in chosen] == ["pool_full"]
+        assert events_of(ledger, other, AgentProcessStarted) == []
+        assert len(events_of(ledger, busy, AgentProcessStarted)) == 1
