@@ -1,8 +1,10 @@
 """Warm sessions with the real `claude` against the fake Messages API, in the situations a
 live process meets: an interrupt while the API stalls or while claude backs off between
-retries, tool requests put to the caller (allowed, denied, abandoned), an MCP server inside
-the warm process, many sessions sharing a capped pool, and a mode switch. Each test says
-what claude did and what chatledger recorded. Skipped when claude is absent."""
+retries, tool requests put to the caller (allowed, denied, abandoned, interrupted, expired),
+an MCP server inside the warm process, many sessions sharing a capped pool, a mode switch,
+and the ends of a process (deadline, idle, passivation, SIGKILL, a lost transcript, the
+ledger closing, a full pool). Each test checks what claude did and what chatledger recorded.
+The 50-session test runs only with `-m slow`. Skipped when claude is absent."""
 
 from __future__ import annotations
 
@@ -183,12 +185,6 @@ def test_an_interrupt_during_retry_backoff_ends_the_turn_without_more_retries(
         print(f"interrupt during retry backoff ({status}) -> recorded: {took * 1000:.0f} ms")
 
 
-def sent_texts(fake: FakeAnthropic) -> str:
-    """Everything the last model call sent, as one string."""
-    return json.dumps(fake.model_calls()[-1].body)
-
-
-
 # -- 2. tool approvals in a warm user-mode process -------------------------------------------
 
 
@@ -213,7 +209,7 @@ def answering(ledger: Ledger, session: str, allow: bool) -> tuple[Any, list[Any]
     return on_update, asked
 
 
-def write_call(path: Path) -> Any:
+def write_call(path: Path) -> Reply:
     return tool_use("Write", {"file_path": str(path), "content": "written by claude\n"},
                     preface="I will write the notes.")
 
