@@ -379,6 +379,7 @@ def finish_run(
                 stderr_tail=outcome.stderr_tail or "",
                 exit_code=outcome.exit_code,
                 partial_text=outcome.partial_text or outcome.text,
+                permission_denials=outcome.permission_denials,
             )
         )
     already = {canonical_json(m) for m in streamed_modifications}

@@ -125,6 +125,9 @@ class WarmPool:
         finally:
             with self._lock:
                 entry.busy = False
+            # A request still open when its turn ends (the agent died, the runtime is
+            # closing) would stay open in the record and in the desk: deny it.
+            self.permissions.abandon(session_id, "the turn ended before a decision")
         if not entry.agent.alive:
             code = entry.agent.close()
             self._forget(session_id, entry)

@@ -164,6 +164,8 @@ class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     exit_code: int | None = None
     partial_text: str = ""
     """What the agent had already streamed (and the user seen) when the run ended."""
+    permission_denials: tuple[Any, ...] = ()
+    """The tool calls the agent refused before the run ended, as its result listed them."""
 
 
 class AgentProcessStarted(Event, tag="agent_process_started", kw_only=True, frozen=True):

@@ -243,6 +243,29 @@ class ClaudeHarness:
                 found.append(int(entry.name))
         return found
 
+    def agent_groups(self) -> set[int]:
+        """The process groups of claude processes running with this HOME (Linux only): one
+        per agent process, as claude briefly forks children of its own binary in its group."""
+        binary = os.path.realpath(self.binary)
+        marker = f"HOME={self.home}".encode()
+        groups: set[int] = set()
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return groups
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "exe") != binary:  # cheap: most processes stop here
+                    continue
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+                environ = (entry / "environ").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if state != "Z" and marker in environ.split(b"\0"):
+                groups.add(int(group))
+        return groups
+
     def kill_leftovers(self) -> list[int]:
         """SIGKILL whatever still runs with this HOME; return the pids (should be none)."""
         leftovers = self.processes()

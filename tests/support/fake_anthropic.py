@@ -6,8 +6,8 @@ events the real API sends (message_start, content_block_start / content_block_de
 text_delta or input_json_delta / content_block_stop, message_delta, message_stop) and other
 requests with one JSON message (claude falls back to a non-streaming request after a broken
 stream). What it answers is scripted per request with `Reply` values (plain text, tool_use
-blocks, API errors, slow or broken streams, large or non-ASCII text), or by a function of the
-request body; every request it receives is recorded. It never touches the network beyond its
+blocks, API errors, slow, stalled or broken streams, large or non-ASCII text), or by a function
+of the request body; every request it receives is recorded. It never touches the network beyond its
 loopback socket, and its lifetime is bounded: `close()` (or leaving the `with` block) stops
 it, and so does a watchdog after `lifetime` seconds.
 """
@@ -64,6 +64,9 @@ class Reply:
     `status` >= 400 makes it an API error. `chunk_chars` splits text into deltas of that
     size; `delay` pauses before each delta (a slow stream); `break_after` closes the
     connection after that many deltas without finishing the message (a broken stream).
+    `stall` holds the connection open for that many seconds without sending a byte (until
+    `FakeAnthropic.release_stalls` or `close`), then answers as scripted: before the
+    response headers when `stall_after` is None, else after that many deltas (mid-stream).
     """
 
     blocks: tuple[Block, ...] = ()
@@ -73,6 +76,8 @@ class Reply:
     chunk_chars: int = 64
     delay: float = 0.0
     break_after: int | None = None
+    stall: float = 0.0
+    stall_after: int | None = None
     input_tokens: int = 25
     output_tokens: int = 12
 
@@ -181,6 +186,9 @@ class FakeAnthropic:
         self.requests: list[ReceivedRequest] = []
         self._arrived = threading.Condition(self._lock)
         self.stopping = threading.Event()
+        self._released = threading.Event()
+        self.stalled = threading.Semaphore(0)
+        """Released once each time a reply starts its stall (tests wait on it)."""
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.fake = self  # type: ignore[attr-defined]
@@ -214,6 +222,24 @@ class FakeAnthropic:
         """What to answer once the script is used up (a Reply, or a function of the request)."""
         with self._lock:
             self._default = reply
+
+    def release_stalls(self) -> None:
+        """End every stall now and any later one at once (they answer as scripted)."""
+        self._released.set()
+
+    def wait_for_stall(self, timeout: float = 10.0) -> bool:
+        """Block until a reply has begun a stall (each stall is counted once)."""
+        return self.stalled.acquire(timeout=timeout)
+
+    def _stall(self, seconds: float) -> None:
+        """Hold the calling handler for `seconds`, or until released or closing."""
+        self.stalled.release()
+        deadline = time.monotonic() + seconds
+        while not (self._released.is_set() or self.stopping.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._released.wait(min(left, 0.05))
 
     def reset(self) -> None:
         """Forget the script and the recorded requests; answer "ok" by default."""
@@ -324,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self._json(200, {})
             return
+        if reply.stall and reply.stall_after is None:
+            self.fake._stall(reply.stall)
         if reply.status >= 400:
             self._json(reply.status, {
                 "type": "error",
@@ -394,6 +422,8 @@ class _Handler(BaseHTTPRequestHandler):
             for piece in pieces:
                 if reply.break_after is not None and deltas >= reply.break_after:
                     raise _BrokenStream()
+                if reply.stall and reply.stall_after == deltas:
+                    self.fake._stall(reply.stall)
                 if reply.delay and self.fake.stopping.wait(reply.delay):
                     raise _BrokenStream()
                 self._send("content_block_delta", {"type": "content_block_delta",
