@@ -55,11 +55,14 @@ from ..leases import Lease, fences, released
 from ..records import EncodedAppend
 from . import leases
 from .connection import ConnectionLostError, Pool, describe
-from .records import encode_info
+from .records import encode_info, lease_columns
 from .schema import SESSION_LOCK_CLASS, session_lock_key
 from .sealer import Sealer
 
 logger = logging.getLogger(__name__)
+
+KNOWN_SESSIONS = 16384
+"""How many sessions' last (version, info) a writer keeps to assume their state."""
 
 
 class AppendOutcomeUnknownError(LedgerError):
@@ -86,6 +89,13 @@ _WRITE = (
     "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info)"
     " SELECT pg_current_xact_id()::text"
 )
+_APPEND_BATCH = (
+    "SELECT assumed, txid FROM chatledger.append_batch(%s::int4[], %s::text[], %s::int8[],"
+    " %s::text[], %s::int8[], %s::text[], %s::int8[], %s::float8[], %s::text[],"
+    " %s::text[], %s::int8[], %s::timestamptz[], %s::int4[], %s::bytea[],"
+    " %s::text[], %s::int8[], %s::bytea[],"
+    " %s::text[], %s::int8[], %s::text[], %s::int8[], %s::float8[], %s::text[], %s::float8[])"
+)
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -106,6 +116,8 @@ class _Batch:
         """session -> its stored lease record, when an append is fenced"""
         self.released: list[Lease] = []
         """the lease records that accepted appends let go"""
+        self.assumed_new: set[str] = set()
+        """sessions assumed to have no index entry yet (their first append is here)"""
 
 
 class AppendWriter:
@@ -134,6 +146,12 @@ class AppendWriter:
         self._commits = itertools.count(1)
         self.commits = 0
         """How many transactions the writers committed."""
+        self.slow_batches = 0
+        """How many batches found the assumed state stale and were written again from the
+        state read under the locks."""
+        self._known: collections.OrderedDict[str, tuple[int, SessionInfo]] = (
+            collections.OrderedDict())
+        self._known_lock = threading.Lock()
 
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
@@ -258,14 +276,114 @@ class AppendWriter:
                      ) -> tuple[int | None, _Batch]:
         with self._pool.connection() as connection:
             try:
+                assumed = self._assume(batch)
+                if assumed is not None:
+                    done = self._in_one_call(connection, batch, assumed, state)
+                    if done is not None:
+                        return done
+                    self.slow_batches += 1
                 return self._in_transaction(connection, batch, state)
             except psycopg.Error:
                 if not connection.closed:
                     connection.rollback()
                 raise
 
+    def _assume(self, batch: list[_Request]) -> _Batch | None:
+        """The state this batch's sessions are assumed to be in: the last version and info
+        this node saw for each (or none, for a session created by its first append here),
+        and the lease each fenced session's first append holds; None when a session's info
+        at its expected version is unknown here (another node appended, or this node has
+        not seen it since it started)."""
+        outcome = _Batch(len(batch))
+        with self._known_lock:
+            for request in batch:
+                for append in request.appends:
+                    session_id = append.session_id
+                    if append.lease is not None and session_id not in outcome.leases:
+                        outcome.leases[session_id] = append.lease
+                    if session_id in outcome.index:
+                        continue
+                    known = self._known.get(session_id)
+                    if known is not None:
+                        outcome.index[session_id] = known
+                    elif append.expected_version != 0:
+                        return None
+                    else:
+                        outcome.assumed_new.add(session_id)
+        return outcome
+
+    def _remember(self, index: dict[str, tuple[int, SessionInfo]]) -> None:
+        """Keep sessions' (version, info) as read or written; a version's info never changes,
+        so the highest version seen is always right to assume (until another node appends)."""
+        with self._known_lock:
+            for session_id, entry in index.items():
+                known = self._known.get(session_id)
+                if known is None or known[0] <= entry[0]:
+                    self._known[session_id] = entry
+                    self._known.move_to_end(session_id)
+            while len(self._known) > KNOWN_SESSIONS:
+                self._known.popitem(last=False)
+
+    def _in_one_call(self, connection: psycopg.Connection[Any], batch: list[_Request],
+                     outcome: _Batch, state: dict[str, Any]) -> tuple[int | None, _Batch] | None:
+        """The batch decided on the assumed state and written by one call of
+        `chatledger.append_batch` in autocommit: one round trip, one transaction, which
+        writes only if the assumed state is the stored one. None if it was not (nothing was
+        written)."""
+        session_ids = sorted(outcome.index.keys() | outcome.assumed_new)
+        bases = [outcome.index[session_id][0] if session_id in outcome.index else 0
+                 for session_id in session_ids]
+        keys = sorted({session_lock_key(session_id) for session_id in session_ids})
+        fenced = sorted(outcome.leases)
+        owners = [outcome.leases[session_id].owner for session_id in fenced]
+        assumed_leases = [
+            fenced, [outcome.leases[session_id].epoch for session_id in fenced],
+            [owner.host if owner is not None else None for owner in owners],
+            [owner.pid if owner is not None else None for owner in owners],
+            [owner.started_at if owner is not None else None for owner in owners],
+            [owner.token if owner is not None else None for owner in owners],
+        ]
+        touched = self._decide(batch, outcome)
+        state["outcome"] = outcome
+        if self.fault is not None:
+            self.fault("before_commit", connection)
+        state["sent_commit"] = True
+        connection.autocommit = True
+        try:
+            row = connection.execute(_APPEND_BATCH, [
+                keys, session_ids, bases, *assumed_leases, *outcome.columns,
+                *self._index_columns(outcome, touched), *lease_columns(outcome.released),
+            ]).fetchone()
+        finally:
+            if not connection.closed:
+                connection.autocommit = False
+        assert row is not None
+        if not row[0]:
+            state["sent_commit"] = False
+            return None
+        if self.fault is not None:
+            self.fault("after_commit", connection)
+        if touched or outcome.released:
+            self.commits = next(self._commits)
+        self._remember({session_id: outcome.index[session_id] for session_id in touched})
+        return (int(row[1]) if row[1] is not None and touched else None), outcome
+
+    @staticmethod
+    def _index_columns(outcome: _Batch, touched: list[str]) -> tuple[list[Any], ...]:
+        """The session index rows the batch upserts: session, version, encoded info."""
+        upsert: tuple[list[Any], ...] = ([], [], [])
+        for session_id in touched:
+            version, info = outcome.index[session_id]
+            upsert[0].append(session_id)
+            upsert[1].append(version)
+            upsert[2].append(encode_info(info))
+        return upsert
+
     def _in_transaction(self, connection: psycopg.Connection[Any], batch: list[_Request],
                         state: dict[str, Any]) -> tuple[int | None, _Batch]:
+        """The batch decided on the state read under the sessions' locks, in one transaction
+        of a few statements: for sessions this node knows nothing about, or whose state
+        another node changed."""
         session_ids = sorted({append.session_id for request in batch
                               for append in request.appends})
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
@@ -282,19 +400,15 @@ class AppendWriter:
         for session_id, version, info in rows:
             outcome.index[session_id] = (int(version), msgspec.msgpack.decode(
                 bytes(info), type=SessionInfo))
+        self._remember(outcome.index)
         touched = self._decide(batch, outcome)
         if not touched and not outcome.released:
             connection.rollback()
             return None, outcome
-        upsert: tuple[list[Any], ...] = ([], [], [])
-        for session_id in touched:
-            version, info = outcome.index[session_id]
-            upsert[0].append(session_id)
-            upsert[1].append(version)
-            upsert[2].append(encode_info(info))
         state["outcome"] = outcome
         leases.write(connection, outcome.released)
-        txid_cursor = connection.execute(_WRITE, [*outcome.columns, *upsert]) if touched else None
+        txid_cursor = (connection.execute(_WRITE, [
+            *outcome.columns, *self._index_columns(outcome, touched)]) if touched else None)
         if self.fault is not None:
             self.fault("before_commit", connection)
         state["sent_commit"] = True
@@ -302,6 +416,7 @@ class AppendWriter:
         if self.fault is not None:
             self.fault("after_commit", connection)
         self.commits = next(self._commits)
+        self._remember({session_id: outcome.index[session_id] for session_id in touched})
         if txid_cursor is None:  # only leases were let go: nothing to seal
             return None, outcome
         txid_row = txid_cursor.fetchone()
