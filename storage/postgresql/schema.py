@@ -24,6 +24,9 @@ Tables (all in the `chatledger` schema):
   the index entries and stores the released leases; it returns whether the assumptions held
   (else it writes nothing) and the transaction's id. It decides nothing itself: the writer
   decided each append with the port's rules on the state it assumed.
+- `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
+  `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
+  positions, hashes and records, the new head and one NOTIFY; commits asynchronously.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -157,6 +160,31 @@ BEGIN
     END IF;
     assumed := true;
     txid := pg_current_xact_id_if_assigned()::text;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION chatledger.seal_store(
+    expected_position int8, head_position int8, head_hash bytea, below xid8,
+    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
+    channel text)
+RETURNS boolean LANGUAGE plpgsql AS $function$
+DECLARE
+    current_position int8;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
+    IF current_position <> expected_position THEN
+        RETURN false;
+    END IF;
+    UPDATE chatledger.events AS e
+        SET position = u.position, hash = u.hash, record = u.record, event = NULL
+        FROM unnest(sessions, versions, positions, hashes, records)
+            AS u(session_id, version, position, hash, record)
+        WHERE e.session_id = u.session_id AND e.version = u.version;
+    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
+        sealed_below = below, sealed_at = now();
+    PERFORM pg_notify(channel, head_position::text);
+    RETURN true;
 END
 $function$;
 """

@@ -61,6 +61,8 @@ from .sealer import Sealer
 
 logger = logging.getLogger(__name__)
 
+SEALS_PER_LEADER = 4
+"""How many seals in a row a leader makes for others before leaving them to the sealer."""
 KNOWN_SESSIONS = 16384
 """How many sessions' last (version, info) a writer keeps to assume their state."""
 
@@ -152,6 +154,8 @@ class AppendWriter:
         self._known: collections.OrderedDict[str, tuple[int, SessionInfo]] = (
             collections.OrderedDict())
         self._known_lock = threading.Lock()
+        self._sealing = threading.Lock()
+        """Held by the leader sealing for everyone."""
 
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
@@ -182,6 +186,7 @@ class AppendWriter:
                 self._write_batch(batch)
             finally:
                 self._hand_over()
+            self._seal_waiting()
         result: list[list[Recorded]] = request.future.result(timeout=timeout)
         return result
 
@@ -506,25 +511,34 @@ class AppendWriter:
         return txids.pop() if len(txids) == 1 else False
 
     def _answer(self, batch: list[_Request], txid: int | None, outcome: _Batch) -> None:
-        """Answer each request. With `wait_for_seal` the answers wait for their seal: a lone
-        leader seals right away on its own thread (no hand-off); when other leaders are busy
-        too, the sealer thread seals for all of them in one go."""
-        waiting = False
+        """Answer each request, or, with `wait_for_seal`, hand its answer to the sealer to
+        complete once sealed (`_seal_waiting` then seals)."""
         for request, answer in zip(batch, outcome.answers, strict=True):
             if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
                 request.future.set_exception(answer)
             elif answer is not None:
                 if txid is not None and self._wait_for_seal:
                     self._sealer.expect(txid, request.future, answer, wake=False)
-                    waiting = True
                 else:
                     request.future.set_result(answer)
-        with self._lock:
-            alone = self._leaders == 1 and not self._waiting
-        if waiting and alone:
+
+    def _seal_waiting(self) -> None:
+        """After its commit, and after giving up its leader's place (so that the next batch
+        commits meanwhile), a leader seals for every append waiting for its seal, unless
+        another leader is sealing already: that one seals again when it is done, as long as
+        appends wait and its seals place rows. What is left goes to the sealer thread."""
+        for _ in range(SEALS_PER_LEADER):
+            if not self._sealer.waiting() or not self._sealing.acquire(blocking=False):
+                return
             try:
+                before = self._sealer.waiting_count()
                 self._sealer.seal_now()
+                if self._sealer.waiting_count() >= before:
+                    break  # an older transaction holds the horizon back
             except (LedgerError, psycopg.Error) as error:
                 logger.warning("chatledger writer: sealing failed: %s", describe(error))
-        if txid is not None and not (waiting and alone and not self._sealer.waiting()):
+                break
+            finally:
+                self._sealing.release()
+        if self._sealer.waiting():
             self._sealer.wake()
