@@ -31,8 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
@@ -148,10 +147,22 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
     return SealResult(placed, sealed_below, Head(position, log_hash), complete)
 
 
+class Answer(Protocol):
+    """Where a waiting append's records go once sealed (a Future would do)."""
+
+    def done(self) -> bool:
+        """Whether it is answered already."""
+        ...
+
+    def set_result(self, result: list[list[Recorded]]) -> None:
+        """Answer with the records."""
+        ...
+
+
 class _Waiter(NamedTuple):
     txid: int
     deadline: float
-    future: Future[Any]
+    future: Answer
     lists: list[list[Recorded]]
 
 
@@ -182,7 +193,7 @@ class Sealer:
         """Ask the thread to seal now (non-blocking)."""
         self._wake.set()
 
-    def expect(self, txid: int, future: Future[Any], lists: list[list[Recorded]], *,
+    def expect(self, txid: int, future: Answer, lists: list[list[Recorded]], *,
                wake: bool = True) -> None:
         """Complete `future` with `lists` as sealed, once transaction `txid` is sealed."""
         with self._lock:

@@ -33,12 +33,13 @@ append committed and is answered as such, if not it is tried again; never twice.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import datetime, timezone
 from typing import Any
 
@@ -72,11 +73,61 @@ class AppendOutcomeUnknownError(LedgerError):
     time to tell: read the session's version before appending again."""
 
 
-class _Request(msgspec.Struct):
-    appends: list[EncodedAppend]
-    future: Future[Any]
-    wake: threading.Event
-    taken: bool = False
+class _Request:
+    """One caller's appends and, once written, its answer. The caller sleeps on a bare lock
+    (a latch: cheaper than a Future and an Event), released to wake it when its answer is
+    set or when a leader's place is free for it."""
+
+    __slots__ = ("appends", "taken", "_latch", "_done", "_result", "_error")
+
+    def __init__(self, appends: list[EncodedAppend]) -> None:
+        self.appends = appends
+        self.taken = False
+        """Whether a leader took it into a batch (under the writer's lock)."""
+        self._latch = threading.Lock()
+        self._latch.acquire()
+        self._done = False
+        self._result: list[list[Recorded]] | None = None
+        self._error: BaseException | None = None
+
+    def wake(self) -> None:
+        """Wake the caller (once for any number of calls before it wakes)."""
+        with contextlib.suppress(RuntimeError):  # released already: it will wake anyway
+            self._latch.release()
+
+    def sleep(self, timeout: float) -> None:
+        """Sleep until woken or `timeout` seconds have passed."""
+        self._latch.acquire(timeout=timeout)
+
+    def done(self) -> bool:
+        """Whether the answer is set."""
+        return self._done
+
+    def set_result(self, result: list[list[Recorded]]) -> None:
+        """Answer with these records (the first answer wins)."""
+        if not self._done:
+            self._result, self._done = result, True
+            self.wake()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Answer with this error (the first answer wins)."""
+        if not self._done:
+            self._error, self._done = error, True
+            self.wake()
+
+    def result(self, timeout: float) -> list[list[Recorded]]:
+        """The answer, waiting up to `timeout` seconds (then concurrent.futures' timeout)."""
+        deadline = time.monotonic() + timeout
+        while not self._done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._latch.acquire(timeout=remaining):
+                if self._done:
+                    break
+                raise FutureTimeoutError()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 _LOCK = "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key"
@@ -160,8 +211,7 @@ class AppendWriter:
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
         (which may commit other callers' appends as well) up to `timeout` seconds."""
-        request = _Request(appends, Future(), threading.Event())
-        request.future.add_done_callback(lambda _: request.wake.set())
+        request = _Request(appends)
         with self._lock:
             self._waiting.append(request)
         while True:
@@ -179,16 +229,14 @@ class AppendWriter:
                     self._sleeping.append(request)
             if not batch:
                 # Woken when a leader's place is free for us, or when our answer is ready.
-                request.wake.wait(timeout)
-                request.wake.clear()
+                request.sleep(timeout)
                 continue
             try:
                 self._write_batch(batch)
             finally:
                 self._hand_over()
             self._seal_waiting()
-        result: list[list[Recorded]] = request.future.result(timeout=timeout)
-        return result
+        return request.result(timeout)
 
     def _hand_over(self) -> None:
         """A leader is done: wake one caller still waiting to be written (no thundering
@@ -198,7 +246,7 @@ class AppendWriter:
             while self._sleeping:
                 sleeper = self._sleeping.popleft()
                 if not sleeper.taken:
-                    sleeper.wake.set()
+                    sleeper.wake()
                     break
             if not self._leaders and not self._waiting:
                 self._idle.notify_all()
@@ -215,8 +263,8 @@ class AppendWriter:
             self._write(batch)
         except BaseException as error:  # never leave a caller waiting
             for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
+                if not request.done():
+                    request.set_exception(error)
             raise
 
     def _write(self, batch: list[_Request]) -> None:
@@ -274,8 +322,8 @@ class AppendWriter:
     @staticmethod
     def _fail(batch: list[_Request], error: LedgerError) -> None:
         for request in batch:
-            if not request.future.done():
-                request.future.set_exception(error)
+            if not request.done():
+                request.set_exception(error)
 
     def _transaction(self, batch: list[_Request], state: dict[str, Any]
                      ) -> tuple[int | None, _Batch]:
@@ -515,12 +563,12 @@ class AppendWriter:
         complete once sealed (`_seal_waiting` then seals)."""
         for request, answer in zip(batch, outcome.answers, strict=True):
             if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
-                request.future.set_exception(answer)
+                request.set_exception(answer)
             elif answer is not None:
                 if txid is not None and self._wait_for_seal:
-                    self._sealer.expect(txid, request.future, answer, wake=False)
+                    self._sealer.expect(txid, request, answer, wake=False)
                 else:
-                    request.future.set_result(answer)
+                    request.set_result(answer)
 
     def _seal_waiting(self) -> None:
         """After its commit, and after giving up its leader's place (so that the next batch
