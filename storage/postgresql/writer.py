@@ -238,6 +238,11 @@ class AppendWriter:
             self._seal_waiting()
         return request.result(timeout)
 
+    def queued(self) -> int:
+        """How many callers' requests wait for a leader to take them."""
+        with self._lock:
+            return len(self._waiting)
+
     def _hand_over(self) -> None:
         """A leader is done: wake one caller still waiting to be written (no thundering
         herd), or tell `close` that all is quiet."""
