@@ -142,12 +142,14 @@ _WRITE = (
     "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info)"
     " SELECT pg_current_xact_id()::text"
 )
+# Binary parameters (a third of the client CPU of text arrays); an empty array is sent as
+# NULL, which the function reads as empty (cheaper still).
 _APPEND_BATCH = (
-    "SELECT assumed, txid FROM chatledger.append_batch(%s::int4[], %s::text[], %s::int8[],"
-    " %s::text[], %s::int8[], %s::text[], %s::int8[], %s::float8[], %s::text[],"
-    " %s::text[], %s::int8[], %s::timestamptz[], %s::int4[], %s::bytea[],"
-    " %s::text[], %s::int8[], %s::bytea[],"
-    " %s::text[], %s::int8[], %s::text[], %s::int8[], %s::float8[], %s::text[], %s::float8[])"
+    "SELECT assumed, txid FROM chatledger.append_batch(%b::int4[], %b::text[], %b::int8[],"
+    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[],"
+    " %b::text[], %b::int8[], %b::timestamptz[], %b::int4[], %b::bytea[],"
+    " %b::text[], %b::int8[], %b::bytea[],"
+    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[], %b::float8[])"
 )
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
@@ -408,10 +410,10 @@ class AppendWriter:
         state["sent_commit"] = True
         connection.autocommit = True
         try:
-            row = connection.execute(_APPEND_BATCH, [
+            row = connection.execute(_APPEND_BATCH, [column or None for column in (
                 keys, session_ids, bases, *assumed_leases, *outcome.columns,
                 *self._index_columns(outcome, touched), *lease_columns(outcome.released),
-            ]).fetchone()
+            )]).fetchone()
         finally:
             if not connection.closed:
                 connection.autocommit = False
