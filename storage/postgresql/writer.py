@@ -240,6 +240,11 @@ class AppendWriter:
             self._seal_waiting()
         return request.result(timeout)
 
+    @property
+    def leaders(self) -> int:
+        """How many batches may be written at once (`writers`)."""
+        return self._max_leaders
+
     def queued(self) -> int:
         """How many callers' requests wait for a leader to take them."""
         with self._lock:
