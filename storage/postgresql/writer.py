@@ -8,23 +8,29 @@ on sixteen connections pay that sixteen times (PostgreSQL's own group commit mer
 flushes that happen to overlap), one transaction for many sessions pays it once. Why leaders
 rather than a writer thread: an append nobody else competes with runs on the caller's thread
 with no hand-off; and with a few leaders the next batch commits while the previous one is
-being flushed, and PostgreSQL merges their flushes. Why not psycopg's pipeline mode to save
-round trips: measured here, it cost more client CPU than the round trips it saved; a batch
-takes four plain round trips, the commit included.
+being sealed. Why not psycopg's pipeline mode to save round trips: measured here, it cost
+more client CPU than the round trips it saved; a batch takes one round trip instead.
 
-One transaction:
-1. take every touched session's advisory lock, in key order (no deadlock between nodes), and
-   only then read the sessions' versions; the transaction gets its id at its first insert,
-   after the locks, so a later append to a session always has a larger `txid` than the one
-   before it (the sealer's order relies on this);
-2. check each caller's expected versions and, for a fenced append, that its lease is still
-   the session's (`leases.py`, deciding with the port's `fences`; a stale one is answered
-   with ConcurrencyError or StaleLeaseError and writes nothing, the others go on; an
-   accepted append with `release_lease` lets its lease go in this transaction), fold the
-   session index entries;
-3. insert the events (the primary key (session, version) is the last guard against a
-   duplicate) and upsert the index entries, and commit: no NOTIFY here, since NOTIFY takes a
-   database-wide lock at commit.
+One batch, one round trip (schema 4's `chatledger.append_batch`, called in autocommit, so the
+call is the whole transaction and its commit):
+1. the leader decides every append with the port's rules (`fences`, `released`, the expected
+   versions, the fold of the session index) on the state it assumes: each session's last
+   (version, info) as this writer last read or wrote it (a version's info never changes) or
+   "none yet" for a session created by its first append here, and each fenced session's lease
+   as its first fenced append holds it;
+2. the function takes every touched session's advisory lock, in key order (no deadlock between
+   nodes), and only then checks that the stored versions and leases are the assumed ones; the
+   transaction gets its id at its first insert, after the locks, so a later append to a
+   session always has a larger `txid` than the one before it (the sealer's order relies on
+   this);
+3. if they are, it inserts the events (the primary key (session, version) is the last guard
+   against a duplicate), upserts the index entries and stores the released leases; a stale or
+   fenced append was answered with ConcurrencyError or StaleLeaseError and wrote nothing, the
+   others commit. No NOTIFY here, since NOTIFY takes a database-wide lock at commit.
+If the assumed state was not the stored one (another node appended, this writer never saw the
+session, the index was rebuilt) nothing was written, and the batch is decided again on the
+state read under the locks in one transaction of a few statements (`_in_transaction`, also
+used directly when a session's info at its expected version is unknown here).
 
 A lost connection is resolved by re-reading: if the rows are there with our content the
 append committed and is answered as such, if not it is tried again; never twice.
@@ -581,6 +587,8 @@ class AppendWriter:
                     self._sealer.expect(txid, request, answer, wake=False)
                 else:
                     request.set_result(answer)
+        if txid is not None and not self._wait_for_seal:
+            self._sealer.wake()  # answered at commit: the sealer thread seals soon after
 
     def _seal_waiting(self) -> None:
         """After its commit, and after giving up its leader's place (so that the next batch
