@@ -10,8 +10,9 @@ rather than a writer thread: an append nobody else competes with runs on the cal
 with no hand-off; and a leader seals after giving up its place, so the next batch commits
 while the previous one is being sealed. Why one leader by default: measured here, three
 leaders made batches of ~3.5 instead of ~8 at 16 sessions, and cost ~40 % more CPU per append
-on both sides for no more throughput. Why not psycopg's pipeline mode to save round trips: measured here, it cost
-more client CPU than the round trips it saved; a batch takes one round trip instead.
+on both sides for no more throughput. Why not psycopg's pipeline mode to save round trips:
+measured here, it cost more client CPU than the round trips it saved; a batch takes one
+round trip instead.
 
 One batch, one round trip (schema 4's `chatledger.append_batch`, called in autocommit, so the
 call is the whole transaction and its commit):
