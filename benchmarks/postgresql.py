@@ -17,6 +17,7 @@ package.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -107,10 +108,53 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+class CpuMeter:
+    """CPU seconds of this process (the client) and of the cluster's processes (the server:
+    the postmaster's live children and those it has reaped), read from /proc; the last
+    measured run's figures per append, in microseconds."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.last: tuple[float, float] = (0.0, 0.0)
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _server(self) -> float:
+        if self.server_pid is None or not Path("/proc").is_dir():
+            return 0.0
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[1]) == self.server_pid:
+                ticks += int(fields[11]) + int(fields[12])
+            elif int(entry.name) == self.server_pid:
+                ticks += sum(int(field) for field in fields[11:15])
+        return ticks / self._tick
+
+    def read(self) -> tuple[float, float]:
+        """(client, server) CPU seconds so far."""
+        return time.process_time(), self._server()
+
+    def record(self, before: tuple[float, float], appends: int) -> None:
+        """Keep the CPU per append since `before`."""
+        after = self.read()
+        self.last = tuple((a - b) / max(appends, 1) * 1e6  # type: ignore[assignment]
+                          for a, b in zip(after, before, strict=True))
+
+
+METER = CpuMeter(None)
+"""Set to the benchmark's cluster in `main`."""
+
+
 def run_threads(count: int, seconds: float, append: Callable[[int, int], None],
                 setup: Callable[[int], None], teardown: Callable[[], None] | None = None
                 ) -> tuple[float, float]:
-    """`count` threads appending for `seconds`; (appends per second, p99 seconds)."""
+    """`count` threads appending for `seconds`; (appends per second, p99 seconds). The CPU
+    per append goes to `METER.last`."""
     latencies: list[list[float]] = [[] for _ in range(count)]
     ready = threading.Barrier(count + 1)
     stop = threading.Event()
@@ -132,6 +176,7 @@ def run_threads(count: int, seconds: float, append: Callable[[int, int], None],
     for thread in threads:
         thread.start()
     ready.wait()
+    cpu_before = METER.read()
     started = time.perf_counter()
     stop.wait(seconds)
     stop.set()
@@ -139,6 +184,7 @@ def run_threads(count: int, seconds: float, append: Callable[[int, int], None],
         thread.join()
     elapsed = time.perf_counter() - started
     every = [sample for samples in latencies for sample in samples]
+    METER.record(cpu_before, len(every))
     return len(every) / elapsed, p99(every)
 
 
@@ -162,9 +208,10 @@ def plain_appends(plain: Plain, prefix: str, count: int, seconds: float) -> tupl
                        lambda index: None, plain.close_thread)
 
 
-def reader_lag(server: PostgresServer, url: str, seconds: float) -> tuple[float, int]:
+def reader_lag(server: PostgresServer, url: str, seconds: float,
+               tuning: dict[str, Any] | None = None) -> tuple[float, int]:
     """16 writers on one store, a subscriber on another: p99 of (received - recorded_at)."""
-    writer = open_postgresql_store(url)
+    writer = open_postgresql_store(url, **(tuning or {}))
     follower = open_postgresql_store(url, seal=False)
     lags: list[float] = []
     stop = threading.Event()
@@ -300,17 +347,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs, 10k sessions listed")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per append figure")
+    parser.add_argument("--writers", type=int, default=None,
+                        help="the stores' group-commit leaders (default: the store's default)")
     arguments = parser.parse_args(argv)
+    tuning: dict[str, Any] = {} if arguments.writers is None else {"writers": arguments.writers}
     seconds = arguments.seconds or (1.0 if arguments.quick else 3.0)
     listed = 10_000 if arguments.quick else 100_000
     rows: list[tuple[str, str, float, float | None, float | None]] = []
     with PostgresServer(shared_buffers="128MB") as server:
+        METER.server_pid = server.pid
         url_chatledger = server.create_database("bench_chatledger")
         url_plain = server.create_database("bench_plain")
         url_locked = server.create_database("bench_locked")
-        store = open_postgresql_store(url_chatledger, pool_size=16)
+        store = open_postgresql_store(url_chatledger, pool_size=16, **tuning)
         commit_only = open_postgresql_store(server.create_database("bench_commit_only"),
-                                            pool_size=16, wait_for_seal=False)
+                                            pool_size=16, wait_for_seal=False, **tuning)
         plain = Plain(url_plain)
         locked = Plain(url_locked, global_lock=True)
         try:
@@ -318,18 +369,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 settings = [connection.execute(f"SHOW {name}").fetchone()
                             for name in ("synchronous_commit", "fsync", "server_version")]
             print(f"PostgreSQL {settings[2][0]}, synchronous_commit={settings[0][0]}, "  # type: ignore[index]
-                  f"fsync={settings[1][0]}; {seconds:g} s per append figure", flush=True)
+                  f"fsync={settings[1][0]}; {seconds:g} s per append figure; writers "
+                  f"{store.writer.leaders}; load average {_load()}", flush=True)
             chatledger_appends(store, "warm", 4, 0.5)
             plain_appends(plain, "warm", 4, 0.5)
             for sessions in (1, 16, 64):
                 ours, ours_p99 = chatledger_appends(store, f"c{sessions}", sessions, seconds)
+                ours_cpu = METER.last
                 fast, fast_p99 = chatledger_appends(commit_only, f"f{sessions}", sessions,
                                                     seconds)
                 theirs, theirs_p99 = plain_appends(plain, f"p{sessions}", sessions, seconds)
+                theirs_cpu = METER.last
                 serial, serial_p99 = plain_appends(locked, f"l{sessions}", sessions, seconds)
                 rows.append((f"appends/s, {sessions} sessions", "/s", ours, theirs, serial))
                 rows.append((f"p99 append, {sessions} sessions", "ms", ours_p99 * 1000,
                              theirs_p99 * 1000, serial_p99 * 1000))
+                rows.append((f"  client CPU per append, {sessions}", "us", ours_cpu[0],
+                             theirs_cpu[0], None))
+                rows.append((f"  server CPU per append, {sessions}", "us", ours_cpu[1],
+                             theirs_cpu[1], None))
                 rows.append((f"  commit-only appends/s, {sessions}", "/s", fast, theirs, None))
                 rows.append((f"  commit-only p99, {sessions}", "ms", fast_p99 * 1000,
                              theirs_p99 * 1000, None))
@@ -360,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             store.close()
             commit_only.close()
-        lag, received = reader_lag(server, server.create_database("bench_lag"), seconds)
+        lag, received = reader_lag(server, server.create_database("bench_lag"), seconds, tuning)
         rows.append(("reader lag p99, 16 writers", "ms", lag * 1000, None, None))
         missed, written = bigserial_misses(server.create_database("bench_miss"), seconds)
     print()
@@ -369,13 +427,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, unit, ours, theirs, serial in rows:
         ratio = ""
         if theirs:
-            better = ours / theirs if unit == "/s" else theirs / ours
+            better = ours / theirs if unit == "/s" else theirs / max(ours, 1e-9)
             ratio = f"{better:.2f}x"
         lock_cost = f"{1 - serial / theirs:.0%}" if serial is not None and theirs and \
             unit == "/s" else ""
         print(f"{name:<34} {unit:>4} {ours:>11,.1f} {_cell(theirs):>11} {ratio:>8}"
               f" {_cell(serial):>11} {lock_cost:>9}")
-    print("\n(x plain: higher is better for chatledger; for ms it is plain / chatledger.)")
+    print("\n(x plain: higher is better for chatledger; for ms and us it is plain / chatledger.)")
+    print(f"load average at the end: {_load()}")
     print(f"reader lag measured on {received:,} records delivered to a subscriber on another "
           f"store; a checkpointing reader of the plain table's bigserial missed {missed:,} of "
           f"{written:,} events ({missed / max(written, 1):.1%}).")
@@ -394,6 +453,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, met, value in targets:
         print(f"  {'met ' if met else 'MISS'}  {name}: {value}")
     return {"figures": figures, "targets": targets, "bigserial_missed": [missed, written]}
+
+
+def _load() -> str:
+    """The machine's load average (1, 5, 15 minutes), if it can be read."""
+    try:
+        return " ".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def _cell(value: float | None) -> str:

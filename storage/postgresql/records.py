@@ -8,7 +8,9 @@ This module does no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -16,6 +18,7 @@ from ...events.codec import StoredEnvelope, decode_event, decode_record, encode_
 from ...events.model import Recorded
 from ...events.projections import SessionInfo
 from ..hashing import GENESIS, record_hash
+from ..leases import Lease
 
 UNSEALED_POSITION = 0
 """The position of a record the sealer has not placed in the global order yet."""
@@ -27,6 +30,21 @@ _info_decoder = msgspec.msgpack.Decoder(SessionInfo)
 def encode_info(info: SessionInfo) -> bytes:
     """A `sessions.info` value."""
     return _info_encoder.encode(info)
+
+
+def lease_columns(records: Sequence[Lease]) -> list[list[Any]]:
+    """Lease records as the `leases` table's columns (session, epoch, host, pid, started_at,
+    token, expires_at), one array each; a released record's holder columns are NULL."""
+    owners = [record.owner for record in records]
+    return [
+        [record.session_id for record in records],
+        [record.epoch for record in records],
+        [owner.host if owner is not None else None for owner in owners],
+        [owner.pid if owner is not None else None for owner in owners],
+        [owner.started_at if owner is not None else None for owner in owners],
+        [owner.token if owner is not None else None for owner in owners],
+        [record.expires_at for record in records],
+    ]
 
 
 def decode_info(data: bytes, last_position: int | None) -> SessionInfo:

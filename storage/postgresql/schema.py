@@ -17,6 +17,16 @@ Tables (all in the `chatledger` schema):
   (server clock, epoch seconds); rows are never deleted, so an epoch is never reused. Schema 3
   replaced schema 2's `owner` name and timestamptz expiry: an old holder keeps its lease until
   it expires, as the owner `host=<name>, pid=0`.
+- `append_batch(...)` (since schema 4): a writer's whole batch in one call, hence one round
+  trip and, in autocommit, one transaction (see `writer.py`): it takes the sessions' advisory
+  locks in the order given, checks that every session's stored version, and every fenced
+  session's lease, are what the writer assumed, and only then inserts the events, upserts
+  the index entries and stores the released leases; it returns whether the assumptions held
+  (else it writes nothing) and the transaction's id. It decides nothing itself: the writer
+  decided each append with the port's rules on the state it assumed.
+- `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
+  `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
+  positions, hashes and records, the new head and one NOTIFY; commits asynchronously.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -33,7 +43,7 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
@@ -101,7 +111,85 @@ UPDATE chatledger.leases SET expires_at = 0 WHERE host IS NULL;
 ALTER TABLE chatledger.leases DROP COLUMN owner;
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+# The assumed state is checked after the locks, each statement of a volatile function taking a
+# new snapshot (READ COMMITTED): it sees every append committed before the locks were ours.
+# The transaction gets its id at the first insert, after the locks (see the sealer's order).
+_V4 = f"""
+CREATE OR REPLACE FUNCTION chatledger.append_batch(
+    lock_keys int4[], sessions text[], base_versions int8[],
+    fenced text[], epochs int8[], hosts text[], pids int8[], started_ats float8[],
+    tokens text[],
+    event_sessions text[], event_versions int8[], recorded_ats timestamptz[],
+    schema_versions int4[], events bytea[],
+    index_sessions text[], index_versions int8[], infos bytea[],
+    lease_sessions text[], lease_epochs int8[], lease_hosts text[], lease_pids int8[],
+    lease_started_ats float8[], lease_tokens text[], lease_expiries float8[],
+    OUT assumed boolean, OUT txid text)
+LANGUAGE plpgsql AS $function$
+BEGIN
+    PERFORM pg_advisory_xact_lock({SESSION_LOCK_CLASS}, key) FROM unnest(lock_keys) AS key;
+    IF EXISTS (
+        SELECT 1 FROM unnest(sessions, base_versions) AS a(session_id, base_version)
+        LEFT JOIN chatledger.sessions s ON s.session_id = a.session_id
+        WHERE coalesce(s.version, 0) <> a.base_version
+    ) OR EXISTS (
+        SELECT 1 FROM unnest(fenced, epochs, hosts, pids, started_ats, tokens)
+            AS f(session_id, epoch, host, pid, started_at, token)
+        LEFT JOIN chatledger.leases l ON l.session_id = f.session_id
+        WHERE l.session_id IS NULL OR l.epoch <> f.epoch
+            OR l.host IS DISTINCT FROM f.host OR l.pid IS DISTINCT FROM f.pid
+            OR l.started_at IS DISTINCT FROM f.started_at OR l.token IS DISTINCT FROM f.token
+    ) THEN
+        assumed := false;
+        RETURN;
+    END IF;
+    INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version, event)
+        SELECT * FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions,
+                             events);
+    INSERT INTO chatledger.sessions (session_id, version, info)
+        SELECT * FROM unnest(index_sessions, index_versions, infos)
+        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
+    IF cardinality(lease_sessions) > 0 THEN
+        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
+                                       expires_at)
+            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
+                                 lease_started_ats, lease_tokens, lease_expiries)
+            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
+                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+                token = excluded.token, expires_at = excluded.expires_at;
+    END IF;
+    assumed := true;
+    txid := pg_current_xact_id_if_assigned()::text;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION chatledger.seal_store(
+    expected_position int8, head_position int8, head_hash bytea, below xid8,
+    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
+    channel text)
+RETURNS boolean LANGUAGE plpgsql AS $function$
+DECLARE
+    current_position int8;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
+    IF current_position <> expected_position THEN
+        RETURN false;
+    END IF;
+    UPDATE chatledger.events AS e
+        SET position = u.position, hash = u.hash, record = u.record, event = NULL
+        FROM unnest(sessions, versions, positions, hashes, records)
+            AS u(session_id, version, position, hash, record)
+        WHERE e.session_id = u.session_id AND e.version = u.version;
+    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
+        sealed_below = below, sealed_at = now();
+    PERFORM pg_notify(channel, head_position::text);
+    RETURN true;
+END
+$function$;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 """Target version -> the DDL that brings the previous version to it."""
 
 

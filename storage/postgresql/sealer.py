@@ -1,15 +1,18 @@
 """The sealer: places committed events in the global order and chains them, in batches.
 
 Appends commit without any global lock; the sealer gives their rows positions afterwards. One
-seal is one short transaction:
-1. lock the `seal` row (sealers of several nodes take turns here; appenders never touch it);
-2. in one statement, hence one snapshot, take the horizon
+seal is two round trips, each its own short transaction (schema 4):
+1. in one statement, hence one snapshot, read the sealed head, the horizon
    `X = pg_snapshot_xmin(pg_current_snapshot())` (every transaction with an id below X has
-   ended, so no row with `txid < X` can appear later) and read the unsealed rows with
-   `txid < X` in `(txid, seq)` order;
-3. give them the next positions, the link to the previous record of the log and of their
+   ended, so no row with `txid < X` can appear later) and the unsealed rows with `txid < X` in
+   `(txid, seq)` order;
+2. give them the next positions, the link to the previous record of the log and of their
    session, and their stored record and hash, exactly as LMDB would have written them;
-4. one NOTIFY for the whole batch (a wake-up for other nodes' subscriptions), and commit.
+3. store them with `chatledger.seal_store`, which locks the `seal` row (sealers of several
+   nodes and imports take turns there; appenders never touch it) and writes only if the head
+   is still the one read in 1 (else another sealer or an import moved it, and the seal is
+   computed again), with one NOTIFY for the whole batch (a wake-up for other nodes'
+   subscriptions).
 
 Positions are handed out under the row lock, in commit order of the seals, so a reader that
 checkpoints a position never misses a record.
@@ -32,8 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
@@ -50,18 +52,14 @@ logger = logging.getLogger(__name__)
 SealKey = tuple[str, int]
 """(session id, version)"""
 
-# Seals commit asynchronously (see the module docstring); the seal row is their lock.
-_LOCK_HEAD = (
-    "SELECT set_config('synchronous_commit', 'off', true), position, hash"
-    " FROM chatledger.seal FOR UPDATE"
-)
-# The horizon and the rows come from one statement, hence one snapshot (pg_current_snapshot()
-# is the statement's): every transaction below its xmin has ended and is visible or gone.
+# The head, the horizon and the rows come from one statement, hence one snapshot
+# (pg_current_snapshot() is the statement's): every transaction below its xmin has ended and
+# is visible or gone.
 _UNSEALED = (
     "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS below)"
-    " SELECT horizon.below::text, e.txid::text, e.session_id, e.version, e.recorded_at,"
-    "  e.schema_version, e.event, e.previous_hash"
-    " FROM horizon LEFT JOIN LATERAL ("
+    " SELECT head.position, head.hash, horizon.below::text, e.txid::text, e.session_id,"
+    "  e.version, e.recorded_at, e.schema_version, e.event, e.previous_hash"
+    " FROM chatledger.seal head CROSS JOIN horizon LEFT JOIN LATERAL ("
     "  SELECT e.txid, e.seq, e.session_id, e.version, e.recorded_at, e.schema_version, e.event,"
     "   previous.hash AS previous_hash"
     "  FROM chatledger.events e LEFT JOIN chatledger.events previous"
@@ -70,15 +68,10 @@ _UNSEALED = (
     "  ORDER BY e.txid, e.seq LIMIT %s) e ON true"
     " ORDER BY e.txid, e.seq"
 )
-_STORE = (
-    "WITH placed AS (UPDATE chatledger.events AS e"
-    "  SET position = u.position, hash = u.hash, record = u.record, event = NULL"
-    "  FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::bytea[], %s::bytea[])"
-    "   AS u(session_id, version, position, hash, record)"
-    "  WHERE e.session_id = u.session_id AND e.version = u.version),"
-    " head AS (UPDATE chatledger.seal SET position = %s, hash = %s, sealed_below = %s::xid8,"
-    "  sealed_at = now())"
-    " SELECT pg_notify(%s, %s)"
+# Seals commit asynchronously (see the module docstring); the seal row is their lock.
+_STORE = (  # binary parameters: a third of the client CPU of text arrays
+    "SELECT chatledger.seal_store(%s, %s, %s, %s::xid8, %b::text[], %b::int8[], %b::int8[],"
+    " %b::bytea[], %b::bytea[], %s)"
 )
 _ANY_UNSEALED = "SELECT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
 _SEALED_RECORDS = (
@@ -102,25 +95,26 @@ class SealResult(NamedTuple):
 
 
 def seal_once(pool: Pool, limit: int) -> SealResult:
-    """Run one seal transaction (see the module docstring). Blocks the calling thread."""
+    """Run one seal (see the module docstring). Blocks the calling thread."""
     with pool.connection() as connection:
+        connection.autocommit = True  # two single-statement transactions: two round trips
         try:
             return _seal(connection, limit)
-        except psycopg.Error:
-            connection.rollback()
-            raise
+        finally:
+            if not connection.closed:
+                connection.autocommit = False
 
 
 def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
-    head_row = connection.execute(_LOCK_HEAD).fetchone()
     rows = connection.execute(_UNSEALED, [limit], binary=True).fetchall()
-    assert head_row is not None, "the seal row is missing: the schema was damaged"
-    position, log_hash = int(head_row[1]), bytes(head_row[2])
-    horizon = int(rows[0][0])
-    rows = [row[1:] for row in rows if row[1] is not None]
+    assert rows, "the seal row is missing: the schema was damaged"
+    expected = position = int(rows[0][0])
+    log_hash = bytes(rows[0][1])
+    horizon = int(rows[0][2])
+    read_head = Head(position, log_hash)
+    rows = [row[3:] for row in rows if row[3] is not None]
     if not rows:
-        connection.rollback()
-        return SealResult({}, horizon, Head(position, log_hash), True)
+        return SealResult({}, horizon, read_head, True)
     complete = len(rows) < limit
     sealed_below = horizon if complete else int(rows[-1][0])
     last_in_batch: dict[str, tuple[int, bytes]] = {}
@@ -134,7 +128,6 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
         else:
             earlier = last_in_batch.get(session_id)
             if earlier is None or earlier[0] != version - 1:
-                connection.rollback()
                 raise LedgerError(
                     f"the sealer found version {version} of session {session_id!r} before "
                     f"version {version - 1}: appends are not taking their session locks"
@@ -149,17 +142,31 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
         for column, value in zip(columns, (session_id, version, position, digest, record),
                                  strict=True):
             column.append(value)
-    # Nobody else writes these rows (appenders only insert, other sealers wait for the lock).
-    connection.execute(_STORE, [*columns, position, log_hash, str(sealed_below), SEAL_CHANNEL,
-                                str(position)])
-    connection.commit()
+    # Nobody else writes these rows (appenders only insert, other sealers and imports move
+    # the head first, and then this store writes nothing).
+    stored = connection.execute(_STORE, [expected, position, log_hash, str(sealed_below),
+                                         *columns, SEAL_CHANNEL]).fetchone()
+    if stored is None or not stored[0]:
+        return SealResult({}, 0, read_head, False)  # the head moved meanwhile: seal again
     return SealResult(placed, sealed_below, Head(position, log_hash), complete)
+
+
+class Answer(Protocol):
+    """Where a waiting append's records go once sealed (a Future would do)."""
+
+    def done(self) -> bool:
+        """Whether it is answered already."""
+        ...
+
+    def set_result(self, result: list[list[Recorded]]) -> None:
+        """Answer with the records."""
+        ...
 
 
 class _Waiter(NamedTuple):
     txid: int
     deadline: float
-    future: Future[Any]
+    future: Answer
     lists: list[list[Recorded]]
 
 
@@ -190,7 +197,7 @@ class Sealer:
         """Ask the thread to seal now (non-blocking)."""
         self._wake.set()
 
-    def expect(self, txid: int, future: Future[Any], lists: list[list[Recorded]], *,
+    def expect(self, txid: int, future: Answer, lists: list[list[Recorded]], *,
                wake: bool = True) -> None:
         """Complete `future` with `lists` as sealed, once transaction `txid` is sealed."""
         with self._lock:
@@ -239,6 +246,11 @@ class Sealer:
     def waiting(self) -> bool:
         """Whether appends are still waiting for their seal."""
         return self._has_waiters()
+
+    def waiting_count(self) -> int:
+        """How many appends wait for their seal."""
+        with self._lock:
+            return len(self._waiters)
 
     def _has_waiters(self) -> bool:
         with self._lock:

@@ -102,7 +102,7 @@ class PostgresStore:
         seal_wait_timeout: float = 10.0,
         seal_lag_limit: float = 30.0,
         max_batch: int = 1024,
-        writers: int = 3,
+        writers: int = 1,
         append_timeout: float = 60.0,
         reconnect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 30.0,
