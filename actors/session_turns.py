@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any
 
+import msgspec
+
 from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
 from ..errors import (
     InvalidEventError,
@@ -177,6 +179,9 @@ class SessionTurns(SessionOwnership):
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
             """Report the run's end to the session. Runs on the pool thread."""
+            if outcome.first_token_seconds is None and stream.first_token_seconds is not None:
+                outcome = msgspec.structs.replace(
+                    outcome, first_token_seconds=stream.first_token_seconds)
             finished.trace.result(outcome)
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
                                streamed_modifications=stream.streamed_modifications,

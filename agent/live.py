@@ -33,9 +33,11 @@ from typing import Any
 
 import msgspec
 
+from ..events import ModelUsage
 from .cancel import CancelSwitch
 from .dialect import AgentDialect, FinishedTurn
 from .environment import INHERITED_ENVIRONMENT, agent_environment
+from .model_usage import merged_usage, usage_since
 from .output_readers import LineSplitter
 from .process_tree import ProcessTree, spawn
 from .run_types import (
@@ -99,6 +101,8 @@ class LiveAgent:
         self._tree: ProcessTree | None = None
         self.group: int | None = None
         self.total_cost_usd = 0.0
+        self.total_model_usage: tuple[ModelUsage, ...] = ()
+        """The process's cumulative `modelUsage` after its last result (a new process: none)."""
         self.turns = 0
         self.ended = threading.Event()
         self.exit_code: int | None = None
@@ -460,10 +464,16 @@ class _LiveTurn:
         if total is not None:
             share = round(max(0.0, total - agent.total_cost_usd), 10)
             agent.total_cost_usd = total
+        # modelUsage is cumulative over the process too: this turn's is the difference.
+        model_share = usage_since(parsed.model_usage, agent.total_model_usage)
+        agent.total_model_usage = merged_usage(agent.total_model_usage, parsed.model_usage)
         outcome = outcome_of(parsed, verdict, exit_code=agent.exit_code,
                              stderr_tail=stderr_tail, duration=time.monotonic() - self.started,
                              pid=agent.group)
         return _replace(outcome, cost_usd=share, process_cost_usd=total,
+                        model_usage=model_share,
+                        process_model_usage=agent.total_model_usage if parsed.model_usage
+                        else (),
                         partial_text="" if verdict.failure_reason is None
                         else "".join(self.streamed))
 

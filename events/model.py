@@ -145,6 +145,14 @@ class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True
     process_cost_usd: float | None = None
     text_blocks: tuple[str, ...] = ()
     permission_denials: tuple[Any, ...] = ()
+    model_usage: tuple[ModelUsage, ...] = ()
+    """This turn's tokens and cost per model (claude's `modelUsage`; from a warm process
+    the difference against its previous result)."""
+    process_model_usage: tuple[ModelUsage, ...] = ()
+    """From a warm process: its cumulative `modelUsage` after this turn (else empty)."""
+    first_token_seconds: float | None = None
+    """Seconds from the turn's RunStarted to the agent's first text (None: no text came,
+    or a release that did not measure it)."""
 
 
 class CanvasModified(Event, tag="canvas_modified", kw_only=True, frozen=True):
@@ -321,6 +329,24 @@ class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     spent_tokens: int = 0
     cap_usd: float | None = None
     cap_tokens: int | None = None
+
+
+class ModelUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One model's tokens and cost in a turn (or over a warm process), from claude's
+    `modelUsage`: input, output, cache writes and cache reads."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Input, output and both kinds of cache tokens."""
+        return (self.input_tokens + self.output_tokens + self.cache_creation_input_tokens
+                + self.cache_read_input_tokens)
 
 
 AnyEvent = (
