@@ -20,7 +20,7 @@ from ..errors import (
 from ..events import (
     Event,
 )
-from ..spend.caps import budget_refusal
+from ..spend.caps import Reserve, budget_refusal, owner_turn_start
 from ..telemetry import record_refusal, start_turn_trace
 from .messages import (
     RetryRecording,
@@ -69,13 +69,14 @@ class SessionTurns(SessionOwnership):
                 return
             command = self.queue.popleft()
             self.told_waiting.discard(command.ticket)
-            if self._refuse_over_budget(command):
-                continue
-            try:
-                self._start_turn(command)
-            except Exception as error:
-                self.log.exception("could not start a turn of %s", self.session_id)
-                emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
+            with owner_turn_start(self.info.owner):  # the owner's next check sees this turn
+                if self._refuse_over_budget(command):
+                    continue
+                try:
+                    self._start_turn(command)
+                except Exception as error:
+                    self.log.exception("could not start a turn of %s", self.session_id)
+                    emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self._let_go_if_idle()
             self.services.touch(self.session_id, False)
@@ -86,7 +87,9 @@ class SessionTurns(SessionOwnership):
         indexed = self.services.log.info(self.session_id)
         if indexed is not None and indexed.version != self.info.version:
             self._reload()
-        refused = budget_refusal(self.info, self.services.log)
+        config = self.services.config
+        refused = budget_refusal(self.info, self.services.log, Reserve(
+            usd=config.spend_reserve_usd, tokens=config.spend_reserve_tokens))
         if refused is None:
             return False
         self._append([refused])

@@ -319,7 +319,8 @@ class BudgetSet(Event, tag="budget_set", kw_only=True, frozen=True):
 
 class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     """A turn was refused before it started (no message was recorded for it); `reason` is
-    "budget_exceeded", `scope` is "session" or "owner", and the spend and cap that refused it."""
+    "budget_exceeded", `scope` is "session" or "owner", and the spend, the reservations of
+    turns in flight and the cap that refused it."""
 
     reason: str = "budget_exceeded"
     scope: str = "session"
@@ -329,6 +330,11 @@ class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     spent_tokens: int = 0
     cap_usd: float | None = None
     cap_tokens: int | None = None
+    turns_in_flight: int = 0
+    """The owner's turns running in other sessions when this one was refused."""
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+    """What those turns in flight were counted for (see spend/caps.py)."""
 
 
 class ModelUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
