@@ -1,6 +1,9 @@
 """Spend caps per session and per owner, in USD and tokens: refused before a turn starts (a
 yielded error and a recorded TurnRefused), raised to go on, across a restart and with another
-process setting them; spend per owner and per day in `stats`."""
+process setting them; owner caps that count the turns in flight of concurrent sessions (in
+one process and across two); costs and tokens per model from `modelUsage`, a warm process's
+cumulative figures turned into per-turn ones; spend per owner, per day and per model in
+`stats`."""
 
 from __future__ import annotations
 
@@ -9,21 +12,35 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from testkit import STANDIN, STANDIN_COMMAND_LINE, open_ledger
+from testkit import STANDIN, STANDIN_COMMAND_LINE, open_ledger, wait_until
 
 from chatledger import SessionManager
 from chatledger.cli import main
 from chatledger.errors import InvalidCommandError
-from chatledger.events import MessageSent, Recorded, ResponseReceived, SessionCreated, TurnRefused
+from chatledger.agent.model_usage import merged_usage, parse_model_usage, usage_since
+from chatledger.events import (
+    AgentProcessStarted,
+    MessageSent,
+    ModelUsage,
+    Recorded,
+    ResponseReceived,
+    SessionCreated,
+    TurnRefused,
+    decode_event,
+    encode_event,
+)
 from chatledger.events.projections import usage_tokens
 from chatledger.ledger import Ledger
 from chatledger.spend import owner_budget_stream, spend_report
+from chatledger.testing.standin import STANDIN_MODEL
+from chatledger.testing.standin_agent import CACHE_READ_TOKENS, CACHE_WRITE_TOKENS
 
 
 @pytest.fixture
@@ -159,6 +176,11 @@ def test_the_cli_sets_and_shows_caps_and_stats_shows_spend(ledger_path: Path) ->
     assert figures["spend"]["by_owner"]["erin"]["answers"] == 1
     assert figures["spend"]["by_owner"]["erin"]["refused"] == 1
     assert figures["sessions"] >= 1  # the old keys are all still there
+    assert "spend per model" in stats.stdout and STANDIN_MODEL in stats.stdout
+    model = figures["spend"]["by_model"][STANDIN_MODEL]
+    assert model["answers"] == 1 and model["usd"] == figures["spend"]["by_owner"]["erin"]["usd"]
+    assert (model["cache_creation_input_tokens"], model["cache_read_input_tokens"]) == \
+        (CACHE_WRITE_TOKENS, CACHE_READ_TOKENS)
 
 
 def test_the_spend_report_groups_answers_by_owner_and_day() -> None:
@@ -177,3 +199,166 @@ def test_the_spend_report_groups_answers_by_owner_and_day() -> None:
     assert report.by_owner["(none)"].answers == 1
     assert report.by_day["2026-01-02"].answers == 2
     assert owner_budget_stream("x").startswith("~")
+
+
+def _record(position: int, session_id: str, event: Any) -> Recorded:
+    moment = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    return Recorded(position, session_id, position, moment, 1, b"", b"", event)
+
+
+def test_the_spend_report_counts_each_model_and_both_kinds_of_cache_tokens() -> None:
+    opus = ModelUsage(model="opus", input_tokens=10, output_tokens=20,
+                      cache_creation_input_tokens=30, cache_read_input_tokens=40, cost_usd=0.5)
+    haiku = ModelUsage(model="haiku", input_tokens=1, output_tokens=2, cost_usd=0.01)
+    report = spend_report([
+        _record(1, "a", SessionCreated(owner="x")),
+        _record(2, "a", ResponseReceived(turn=1, text="", cost_usd=0.51, model_usage=(opus, haiku),
+                                         usage={"input_tokens": 11, "output_tokens": 22,
+                                                "cache_creation_input_tokens": 30,
+                                                "cache_read_input_tokens": 40})),
+        _record(3, "a", ResponseReceived(turn=2, text="", cost_usd=0.2,
+                                         usage={"input_tokens": 5, "cache_read_input_tokens": 7})),
+    ])
+    assert report.by_model["opus"].usd == 0.5 and report.by_model["opus"].tokens == 100
+    assert report.by_model["opus"].cache_creation_input_tokens == 30
+    assert report.by_model["haiku"].answers == 1 and report.by_model["haiku"].output_tokens == 2
+    old = report.by_model["(not recorded)"]  # an answer without modelUsage: its whole cost
+    assert (old.usd, old.input_tokens, old.cache_read_input_tokens) == (0.2, 5, 7)
+    owner = report.by_owner["x"]
+    assert owner.usd == pytest.approx(sum(spend.usd for spend in report.by_model.values()))
+    assert owner.tokens == sum(spend.tokens for spend in report.by_model.values()) == 115
+    assert (owner.cache_creation_input_tokens, owner.cache_read_input_tokens) == (30, 47)
+
+
+def test_model_usage_is_parsed_from_claudes_result_and_never_raises() -> None:
+    parsed = parse_model_usage({
+        "claude-sonnet-4-5": {"inputTokens": 12, "outputTokens": 34, "cacheReadInputTokens": 56,
+                              "cacheCreationInputTokens": 78, "webSearchRequests": 0,
+                              "costUSD": 0.0123, "contextWindow": 200000},
+        "claude-haiku": {"inputTokens": "many", "outputTokens": -3, "costUSD": float("nan")},
+        "broken": 5,
+    })
+    assert parsed == (
+        ModelUsage(model="claude-haiku"),
+        ModelUsage(model="claude-sonnet-4-5", input_tokens=12, output_tokens=34,
+                   cache_read_input_tokens=56, cache_creation_input_tokens=78, cost_usd=0.0123))
+    assert parse_model_usage(None) == parse_model_usage([1]) == ()
+
+
+def test_a_warm_processs_cumulative_usage_becomes_the_turns_share() -> None:
+    first = (ModelUsage(model="a", input_tokens=10, cache_read_input_tokens=5, cost_usd=0.1),)
+    second = (ModelUsage(model="a", input_tokens=25, cache_read_input_tokens=9, cost_usd=0.3),
+              ModelUsage(model="b", output_tokens=7, cost_usd=0.05))
+    assert usage_since(first, ()) == first  # the first result of a (new) process counts whole
+    assert usage_since(second, first) == (
+        ModelUsage(model="a", input_tokens=15, cache_read_input_tokens=4, cost_usd=0.2),
+        ModelUsage(model="b", output_tokens=7, cost_usd=0.05))
+    assert usage_since(first, first) == ()  # nothing new: nothing counted
+    assert merged_usage(second, first) == second  # a total never goes back
+
+
+def test_an_answer_recorded_before_model_usage_decodes_with_the_defaults() -> None:
+    old = encode_event(ResponseReceived(turn=1, text="hi", cost_usd=0.5))
+    assert b"model_usage" not in old and b"first_token" not in old  # defaults are omitted
+    decoded = decode_event(old)
+    assert isinstance(decoded, ResponseReceived)
+    assert (decoded.model_usage, decoded.process_model_usage, decoded.first_token_seconds) == \
+        ((), (), None)
+    refused = decode_event(encode_event(TurnRefused(message="over")))
+    assert isinstance(refused, TurnRefused) and refused.turns_in_flight == 0
+
+
+def test_warm_turns_spend_adds_up_per_model_over_several_turns_and_a_respawn(
+        ledger_path: Path) -> None:
+    with open_ledger(ledger_path, warm_agents=True, max_warm_agents=2) as ledger:
+        session_id = ledger.create_session(owner="wes").session_id
+        for text in ("one", "two", "three"):
+            assert ledger.send(session_id, text).ok
+        ledger.switch_mode(session_id, "power")  # a new process, which counts from zero
+        for text in ("four", "five"):
+            assert ledger.send(session_id, text).ok
+        records = ledger.events(session_id)
+        info = ledger.info(session_id)
+        report = spend_report(ledger.runtime.log.read_all())
+    assert info is not None
+    assert len([r for r in records if isinstance(r.event, AgentProcessStarted)]) == 2
+    answers = [r.event for r in records if isinstance(r.event, ResponseReceived)]
+    assert len(answers) == 5
+    for answer in answers:  # each turn's own figures, not the process's running total
+        (model,) = answer.model_usage
+        assert model.model == STANDIN_MODEL
+        assert model.cost_usd == pytest.approx(answer.cost_usd)
+        assert model.tokens == usage_tokens(answer.usage)
+        assert model.cache_read_input_tokens == CACHE_READ_TOKENS
+        assert answer.first_token_seconds is not None and answer.first_token_seconds >= 0
+    for process in (answers[:3], answers[3:]):  # cumulative per process, from zero each time
+        assert process[0].process_model_usage == process[0].model_usage
+        (total,) = process[-1].process_model_usage
+        assert total.cost_usd == pytest.approx(sum(a.cost_usd for a in process))
+        assert total.input_tokens == sum(a.model_usage[0].input_tokens for a in process)
+        assert total.cache_read_input_tokens == CACHE_READ_TOKENS * len(process)
+        assert total.cost_usd == pytest.approx(process[-1].process_cost_usd)
+    spent = sum(a.process_model_usage[0].cost_usd for a in (answers[2], answers[4]))
+    assert info.total_cost_usd == pytest.approx(spent)
+    assert report.by_model[STANDIN_MODEL].usd == pytest.approx(spent)
+    assert report.by_model[STANDIN_MODEL].tokens == info.total_tokens
+
+
+def _send_in_thread(ledger: Ledger, session_id: str, text: str, results: dict[str, Any]) -> \
+        threading.Thread:
+    thread = threading.Thread(target=lambda: results.__setitem__(
+        session_id, ledger.send(session_id, text)), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_concurrent_turns_of_one_owner_cannot_all_pass_a_cap_together(
+        store_location: str) -> None:
+    # Each turn in flight is reserved $1; the cap $2.5 lets three start (0, 1 and 2 reserved
+    # are below it) and refuses the fourth (3 reserved), although nothing is spent yet.
+    with open_ledger(store_location, spend_reserve_usd=1.0, max_runs=4) as ledger:
+        sessions = [ledger.create_session(owner="zed").session_id for _ in range(4)]
+        ledger.set_owner_budget("zed", usd=2.5)
+        results: dict[str, Any] = {}
+        threads = [_send_in_thread(ledger, session_id, "[[slow 4]] hello", results)
+                   for session_id in sessions]
+        for thread in threads:
+            thread.join(60)
+        assert len(results) == 4
+        refused = [session for session, outcome in results.items() if not outcome.ok]
+        assert len(refused) == 1, results
+        assert results[refused[0]].reason == "budget_exceeded"
+        assert "3 turn(s) in flight" in (results[refused[0]].error or "")
+        refusal = ledger.events(refused[0])[-1].event
+        assert isinstance(refusal, TurnRefused) and refusal.scope == "owner"
+        assert (refusal.turns_in_flight, refusal.reserved_usd) == (3, 3.0)
+        assert refusal.spent_usd < refusal.cap_usd  # type: ignore[operator]
+        # Once the turns in flight have ended their reservations are gone: it may go on.
+        assert ledger.send(refused[0], "now").ok
+
+
+def test_a_turn_in_flight_in_another_process_counts_against_the_owner_cap(
+        ledger_path: Path) -> None:
+    with open_ledger(ledger_path) as ledger:
+        running = ledger.create_session(owner="yan").session_id
+        waiting = ledger.create_session(owner="yan").session_id
+        ledger.set_owner_budget("yan", usd=1.0)
+        results: dict[str, Any] = {}
+        thread = _send_in_thread(ledger, running, "[[slow 6]] long", results)
+        assert wait_until(lambda: ledger.info(running).status == "running", 20)  # type: ignore[union-attr]
+        other = subprocess.run(
+            [sys.executable, "-m", "chatledger", "--ledger", str(ledger_path), "send", waiting,
+             "from another process"], capture_output=True, text=True, timeout=120,
+            env={**_cli_env(), "CHATLEDGER_SPEND_RESERVE_USD": "1"})
+        assert other.returncode == 1, other.stdout + other.stderr
+        assert "budget exceeded" in other.stdout + other.stderr
+        assert "1 turn(s) in flight" in other.stdout + other.stderr
+        thread.join(60)
+        assert results[running].ok
+        refusal = ledger.events(waiting)[-1].event
+        assert isinstance(refusal, TurnRefused) and refusal.turns_in_flight == 1
+    later = subprocess.run(  # the turn has ended: its reservation is released
+        [sys.executable, "-m", "chatledger", "--ledger", str(ledger_path), "send", waiting,
+         "again"], capture_output=True, text=True, timeout=120,
+        env={**_cli_env(), "CHATLEDGER_SPEND_RESERVE_USD": "1"})
+    assert later.returncode == 0, later.stdout + later.stderr
