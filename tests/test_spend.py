@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from testkit import STANDIN, STANDIN_COMMAND_LINE, open_ledger, wait_until
 
 from chatledger import SessionManager
+from chatledger.agent.model_usage import merged_usage, parse_model_usage, usage_since
 from chatledger.cli import main
 from chatledger.errors import InvalidCommandError
-from chatledger.agent.model_usage import merged_usage, parse_model_usage, usage_since
 from chatledger.events import (
     AgentProcessStarted,
     MessageSent,
