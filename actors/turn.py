@@ -361,6 +361,9 @@ def finish_run(
                 stderr_tail=outcome.stderr_tail or "",
                 exit_code=outcome.exit_code,
                 partial_text=outcome.partial_text or outcome.text,
+                cost_usd=outcome.cost_usd or None,
+                usage=outcome.usage,
+                model_usage=outcome.model_usage,
             )
         )
     already = {canonical_json(m) for m in streamed_modifications}

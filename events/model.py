@@ -172,6 +172,11 @@ class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     exit_code: int | None = None
     partial_text: str = ""
     """What the agent had already streamed (and the user seen) when the run ended."""
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
+    model_usage: tuple[ModelUsage, ...] = ()
+    """What the failed turn still cost, when the agent said (an error or interrupted
+    result): spend like an answer's, counted against the caps."""
 
 
 class AgentProcessStarted(Event, tag="agent_process_started", kw_only=True, frozen=True):

@@ -44,6 +44,15 @@ class DayFigures(msgspec.Struct, kw_only=True):
             else None
 
 
+def _add_spend(figures: DayFigures, event: ResponseReceived | RunFailed) -> None:
+    """Count a turn's cost and tokens, in all and per model."""
+    figures.usd += event.cost_usd or 0.0
+    figures.tokens += usage_tokens(event.usage)
+    for model in answer_models(event):
+        figures.usd_by_model[model.model] = \
+            figures.usd_by_model.get(model.model, 0.0) + model.cost_usd
+
+
 def daily_figures(records: Iterable[Recorded]) -> list[DayFigures]:
     """The figures of every day with activity, oldest first."""
     days: dict[str, DayFigures] = {}
@@ -57,16 +66,14 @@ def daily_figures(records: Iterable[Recorded]) -> list[DayFigures]:
             figures = days[day] = DayFigures(day=day)
         if isinstance(event, ResponseReceived):
             figures.answers += 1
-            figures.usd += event.cost_usd or 0.0
-            figures.tokens += usage_tokens(event.usage)
+            _add_spend(figures, event)
             figures.run_seconds.append(event.duration)
             if event.first_token_seconds is not None:
                 figures.first_token_seconds.append(event.first_token_seconds)
-            for model in answer_models(event):
-                figures.usd_by_model[model.model] = \
-                    figures.usd_by_model.get(model.model, 0.0) + model.cost_usd
         elif isinstance(event, RunFailed):
             figures.failures[event.reason] = figures.failures.get(event.reason, 0) + 1
+            if event.cost_usd or event.usage:  # a failed turn that still cost something
+                _add_spend(figures, event)
         else:
             figures.refused += 1
     return [days[day] for day in sorted(days)]

@@ -1,10 +1,11 @@
 """What was spent, per owner, per day (UTC) and per model, from the log's answers.
 
 One pass over `read_all`: each ResponseReceived's cost and tokens (input, output, cache
-writes and cache reads) are counted for its session's owner (from SessionCreated) and its
-day, and its `model_usage` for each model (an answer recorded without one, by an older
-release or an agent that gives no `modelUsage`, counts under UNKNOWN_MODEL with its whole
-cost and usage, so the models add up to the total). Reads only.
+writes and cache reads), and a RunFailed's when the failed turn still cost something, are
+counted for its session's owner (from SessionCreated) and its day, and its `model_usage` for
+each model (a turn recorded without one, by an older release or an agent that gives no
+`modelUsage`, counts under UNKNOWN_MODEL with its whole cost and usage, so the models add up
+to the total). Reads only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any
 
 import msgspec
 
-from ..events import ModelUsage, Recorded, ResponseReceived, SessionCreated, TurnRefused
+from ..events import (
+    ModelUsage,
+    Recorded,
+    ResponseReceived,
+    RunFailed,
+    SessionCreated,
+    TurnRefused,
+)
 from ..events.projections import usage_tokens
 
 NO_OWNER = "(none)"
@@ -22,8 +30,9 @@ UNKNOWN_MODEL = "(not recorded)"
 
 
 class Spend(msgspec.Struct, kw_only=True):
-    """Answers, their USD and tokens (all kinds together, then each kind), and refused
-    turns, of one owner, one day or one model."""
+    """Answers, refused turns, and the USD and tokens (all kinds together, then each kind)
+    of the answers and of failed turns that still cost something, of one owner, one day or
+    one model."""
 
     answers: int = 0
     usd: float = 0.0
@@ -35,9 +44,9 @@ class Spend(msgspec.Struct, kw_only=True):
     cache_read_input_tokens: int = 0
 
     def add(self, usd: float, input_tokens: int, output_tokens: int, cache_creation: int,
-            cache_read: int) -> None:
-        """Count one answer's (or one model's share of it)."""
-        self.answers += 1
+            cache_read: int, *, answer: bool = True) -> None:
+        """Count one turn's spend (or one model's share of it); `answer`: it was answered."""
+        self.answers += answer
         self.usd += usd
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
@@ -58,8 +67,8 @@ def _count(usage: dict[str, Any] | None, name: str) -> int:
     return usage_tokens({name: usage.get(name)}) if usage else 0
 
 
-def answer_models(event: ResponseReceived) -> tuple[ModelUsage, ...]:
-    """An answer's figures per model: its `model_usage`, or one UNKNOWN_MODEL entry holding
+def answer_models(event: ResponseReceived | RunFailed) -> tuple[ModelUsage, ...]:
+    """A turn's figures per model: its `model_usage`, or one UNKNOWN_MODEL entry holding
     its whole cost and usage when it has none."""
     if event.model_usage:
         return event.model_usage
@@ -82,7 +91,10 @@ def spend_report(records: Iterable[Recorded]) -> SpendReport:
         if isinstance(event, SessionCreated):
             owners[recorded.session_id] = event.owner or NO_OWNER
             continue
-        if not isinstance(event, (ResponseReceived, TurnRefused)):
+        if not isinstance(event, (ResponseReceived, TurnRefused, RunFailed)):
+            continue
+        answered = isinstance(event, ResponseReceived)
+        if isinstance(event, RunFailed) and not event.cost_usd and not event.usage:
             continue
         owner = owners.get(recorded.session_id, NO_OWNER)
         day = recorded.recorded_at.date().isoformat()
@@ -94,12 +106,13 @@ def spend_report(records: Iterable[Recorded]) -> SpendReport:
                 spend.add(event.cost_usd or 0.0, _count(usage, "input_tokens"),
                           _count(usage, "output_tokens"),
                           _count(usage, "cache_creation_input_tokens"),
-                          _count(usage, "cache_read_input_tokens"))
-        if isinstance(event, ResponseReceived):
+                          _count(usage, "cache_read_input_tokens"), answer=answered)
+        if not isinstance(event, TurnRefused):
             for model in answer_models(event):
                 by_model.setdefault(model.model, Spend()).add(
                     model.cost_usd, model.input_tokens, model.output_tokens,
-                    model.cache_creation_input_tokens, model.cache_read_input_tokens)
+                    model.cache_creation_input_tokens, model.cache_read_input_tokens,
+                    answer=answered)
     return SpendReport(by_owner=dict(sorted(by_owner.items())),
                        by_day=dict(sorted(by_day.items())),
                        by_model=dict(sorted(by_model.items())))

@@ -31,6 +31,7 @@ from chatledger.events import (
     ModelUsage,
     Recorded,
     ResponseReceived,
+    RunFailed,
     SessionCreated,
     TurnRefused,
     decode_event,
@@ -362,3 +363,29 @@ def test_a_turn_in_flight_in_another_process_counts_against_the_owner_cap(
          "again"], capture_output=True, text=True, timeout=120,
         env={**_cli_env(), "CHATLEDGER_SPEND_RESERVE_USD": "1"})
     assert later.returncode == 0, later.stdout + later.stderr
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_failed_turn_that_still_cost_something_is_spend(ledger_path: Path, warm: bool) -> None:
+    with open_ledger(ledger_path, warm_agents=warm) as ledger:
+        session_id = ledger.create_session(owner="fay").session_id
+        assert ledger.send(session_id, "first").ok
+        failed = ledger.send(session_id, "[[error]] overloaded")
+        assert (failed.ok, failed.reason) == (False, "agent_error")
+        records = ledger.events(session_id)
+        (failure,) = [r.event for r in records if isinstance(r.event, RunFailed)]
+        (answer,) = [r.event for r in records if isinstance(r.event, ResponseReceived)]
+        assert failure.cost_usd is not None and failure.cost_usd > 0
+        (model,) = failure.model_usage  # the turn's share, not the process's running total
+        assert model.cost_usd == pytest.approx(failure.cost_usd)
+        assert model.tokens == usage_tokens(failure.usage)
+        info = ledger.info(session_id)
+        assert info is not None
+        assert info.total_cost_usd == pytest.approx(answer.cost_usd + failure.cost_usd)
+        assert info.total_tokens == usage_tokens(answer.usage) + usage_tokens(failure.usage)
+        report = spend_report(ledger.runtime.log.read_all())
+        assert report.by_owner["fay"].usd == pytest.approx(info.total_cost_usd)
+        assert report.by_owner["fay"].answers == 1
+        assert report.by_model[STANDIN_MODEL].usd == pytest.approx(info.total_cost_usd)
+        ledger.set_budget(session_id, usd=info.total_cost_usd)  # the failure counts
+        assert ledger.send(session_id, "over").reason == "budget_exceeded"
