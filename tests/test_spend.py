@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from claude_harness import CLEARED_VARIABLES, ClaudeHarness, require_claude
 from click.testing import CliRunner
+from fake_anthropic import FakeAnthropic, text
 from testkit import STANDIN, STANDIN_COMMAND_LINE, open_ledger, wait_until
 
 from chatledger import SessionManager
@@ -389,3 +391,35 @@ def test_a_failed_turn_that_still_cost_something_is_spend(ledger_path: Path, war
         assert report.by_model[STANDIN_MODEL].usd == pytest.approx(info.total_cost_usd)
         ledger.set_budget(session_id, usd=info.total_cost_usd)  # the failure counts
         assert ledger.send(session_id, "over").reason == "budget_exceeded"
+
+
+@pytest.mark.claude
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_real_claudes_model_usage_is_recorded_per_turn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warm: bool) -> None:
+    binary = require_claude(pytest.skip, pytest.fail)
+    for name in CLEARED_VARIABLES:  # chatledger passes our environment on to the agent
+        monkeypatch.delenv(name, raising=False)
+    with FakeAnthropic(lifetime=150) as fake:
+        harness = ClaudeHarness(binary, fake, tmp_path / "claude")
+        try:
+            fake.script(text("one", input_tokens=31, output_tokens=9))
+            fake.script(text("two", input_tokens=40, output_tokens=11))
+            config = harness.config(tmp_path / "ledger", warm_agents=warm)
+            with Ledger(config=config) as ledger:
+                session_id = ledger.create_session().session_id
+                assert ledger.send(session_id, "hi").ok and ledger.send(session_id, "again").ok
+                answers = [r.event for r in ledger.events(session_id)
+                           if isinstance(r.event, ResponseReceived)]
+        finally:
+            harness.kill_leftovers()
+    for answer, (tokens_in, tokens_out) in zip(answers, [(31, 9), (40, 11)], strict=True):
+        (model,) = answer.model_usage
+        assert (model.input_tokens, model.output_tokens) == (tokens_in, tokens_out)
+        assert model.cost_usd == pytest.approx(answer.cost_usd) and model.cost_usd > 0
+        assert answer.first_token_seconds is not None
+    if warm:  # claude's modelUsage is cumulative over the process: the ledger keeps both
+        (total,) = answers[1].process_model_usage
+        assert (total.input_tokens, total.output_tokens) == (71, 20)
+        assert total.cost_usd == pytest.approx(answers[1].process_cost_usd)
