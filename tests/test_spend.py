@@ -275,11 +275,11 @@ def test_warm_turns_spend_adds_up_per_model_over_several_turns_and_a_respawn(
         ledger_path: Path) -> None:
     with open_ledger(ledger_path, warm_agents=True, max_warm_agents=2) as ledger:
         session_id = ledger.create_session(owner="wes").session_id
-        for text in ("one", "two", "three"):
-            assert ledger.send(session_id, text).ok
+        for message in ("one", "two", "three"):
+            assert ledger.send(session_id, message).ok
         ledger.switch_mode(session_id, "power")  # a new process, which counts from zero
-        for text in ("four", "five"):
-            assert ledger.send(session_id, text).ok
+        for message in ("four", "five"):
+            assert ledger.send(session_id, message).ok
         records = ledger.events(session_id)
         info = ledger.info(session_id)
         report = spend_report(ledger.runtime.log.read_all())
@@ -307,10 +307,11 @@ def test_warm_turns_spend_adds_up_per_model_over_several_turns_and_a_respawn(
     assert report.by_model[STANDIN_MODEL].tokens == info.total_tokens
 
 
-def _send_in_thread(ledger: Ledger, session_id: str, text: str, results: dict[str, Any]) -> \
-        threading.Thread:
+def _send_in_thread(ledger: Ledger, session_id: str, message: str,
+                    results: dict[str, Any]) -> threading.Thread:
+    """Send `message` on a thread of its own; its outcome lands in `results[session_id]`."""
     thread = threading.Thread(target=lambda: results.__setitem__(
-        session_id, ledger.send(session_id, text)), daemon=True)
+        session_id, ledger.send(session_id, message)), daemon=True)
     thread.start()
     return thread
 
