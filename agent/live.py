@@ -6,7 +6,8 @@ the per-run reaper on Linux, watched by the orphan guard) and waits for the answ
 `initialize`. `run_turn` BLOCKS its thread (a run-pool worker) for one turn: it writes the
 user line (carrying the caller's id for the turn), feeds what the agent prints to the
 dialect's stream-json reader until the `result` line, and returns a `RunOutcome` whose
-`cost_usd` is this turn's share of the process's cumulative `total_cost_usd`. A cancel or
+`cost_usd` is this turn's share of the process's cumulative `total_cost_usd` (and
+`model_usage` its share of the cumulative `modelUsage`). A cancel or
 the turn's deadline sends the control `interrupt` (never SIGINT, which ends the process);
 if no result follows within the kill grace the process is killed. A process that dies
 mid-turn gives an `interrupted` outcome, and the process is dead for the next turn.
