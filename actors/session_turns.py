@@ -69,7 +69,8 @@ class SessionTurns(SessionOwnership):
                 return
             command = self.queue.popleft()
             self.told_waiting.discard(command.ticket)
-            with owner_turn_start(self.info.owner):  # the owner's next check sees this turn
+            # Under the owner's lock, the owner's next cap check sees this turn in flight.
+            with owner_turn_start(self.info.owner, self.services.log):
                 if self._refuse_over_budget(command):
                     continue
                 try:

@@ -89,13 +89,19 @@ def owner_budget_stream(owner: str) -> str:
     return OWNER_STREAM_PREFIX + hashlib.sha256(owner.encode()).hexdigest()[:48]
 
 
+def _capped(log: EventStore, owner: str) -> bool:
+    caps = log.info(owner_budget_stream(owner))
+    return caps is not None and (caps.budget_usd is not None or caps.budget_tokens is not None)
+
+
 @contextlib.contextmanager
-def owner_turn_start(owner: str | None) -> Iterator[None]:
+def owner_turn_start(owner: str | None, log: EventStore) -> Iterator[None]:
     """Hold while a turn of `owner` is checked against the caps and its RunStarted recorded,
     so that a concurrent start of the same owner in this process sees it in flight. BLOCKS
-    while another actor thread starts a turn of an owner on the same lock stripe (one index
-    read and one commit). No lock for a session without an owner."""
-    if owner is None:
+    while another actor thread starts a turn of a capped owner on the same lock stripe (an
+    index scan and one commit). No lock for a session without an owner, nor for an owner
+    without caps (one index read)."""
+    if owner is None or not _capped(log, owner):
         yield
         return
     with _start_locks[zlib.crc32(owner.encode()) % START_LOCK_STRIPES]:
