@@ -70,7 +70,9 @@ class SessionTurns(SessionOwnership):
             command = self.queue.popleft()
             self.told_waiting.discard(command.ticket)
             # Under the owner's lock, the owner's next cap check sees this turn in flight.
-            with owner_turn_start(self.info.owner, self.services.log):
+            with owner_turn_start(self.info.owner, self.services.log,
+                                  self.services.leases.owner,
+                                  self.services.config.lease_ttl):
                 if self._refuse_over_budget(command):
                     continue
                 try:

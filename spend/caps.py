@@ -12,27 +12,28 @@ session whose index entry says `running` while its lease is held (a lease that e
 belongs to a process that died, and its turn is not counted). Each is counted for a
 reservation: the larger of a setting (`spend_reserve_usd`, `spend_reserve_tokens`) and the
 session's average per finished turn (the owner's average when the session has none yet). A
-turn of the owner may start only while spent + reserved is below the cap. In one process
-the check and the turn's RunStarted are made under one lock per owner (`owner_turn_start`),
-so the next check sees the turn. The bound this gives (docs/spend.md):
+turn of the owner may start only while spent + reserved is below the cap. The check and the
+turn's RunStarted are made under a lock per owner in the process and the owner's start lease
+in the store, across processes (`owner_turn_start`), so the next check, in any process,
+sees the turn. The bound this gives (docs/spend.md):
 
 - if no turn costs more than its reservation, the owner's spend ends below the cap plus
   the cost of one turn, as for a lone session;
 - in general, below cap + the last turn's cost + the sum, over the turns that were in flight
   when it started, of what each cost beyond its reservation.
 
-Across processes on one ledger the in-flight turns are seen through the index too, but the
-check and the RunStarted are not one atomic step there: turns of one owner that different
-processes start within the same few milliseconds (one index read and one commit) can each
-pass against the same figures, so the bound grows by one turn per other process starting
-one in that window.
+A start lease held longer than its ttl and a second (a process stopped, not dead) is not
+waited for further: that turn starts without it (logged), and the bound can then grow by one
+turn.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -42,6 +43,9 @@ from ..actors.annotations import check_cap
 from ..errors import ChatledgerError, ConcurrencyError
 from ..events import STATUS_RUNNING, BudgetSet, SessionInfo, TurnRefused
 from ..storage import EventStore
+from ..storage.leases import Lease, LeaseOwner
+
+logger = logging.getLogger(__name__)
 
 OWNER_STREAM_PREFIX = "~budget-"
 """Owner budget streams start with the listing's reserved prefix (`~`): never listed."""
@@ -50,6 +54,8 @@ DEFAULT_RESERVE_USD = 0.05
 DEFAULT_RESERVE_TOKENS = 20_000
 """The settings' defaults: what a turn in flight is counted for at least."""
 START_LOCK_STRIPES = 64
+START_LEASE_POLL = (0.002, 0.02)
+"""First and longest wait (s) between tries for an owner's start lease held elsewhere."""
 _start_locks = tuple(threading.Lock() for _ in range(START_LOCK_STRIPES))
 
 
@@ -94,18 +100,57 @@ def _capped(log: EventStore, owner: str) -> bool:
     return caps is not None and (caps.budget_usd is not None or caps.budget_tokens is not None)
 
 
+def owner_start_lease_id(owner: str) -> str:
+    """The id of the store lease that orders the turn starts of a capped owner across
+    processes (a lease record only: no stream is ever written under it)."""
+    return owner_budget_stream(owner) + ":start"
+
+
+def _take_start_lease(log: EventStore, owner: str, holder: LeaseOwner,
+                      ttl: float) -> Lease | None:
+    """The owner's start lease, waited for while another process holds it (at most `ttl`
+    and a second: a holder that died lets it expire). None if it could not be had: the
+    turn then starts without it (logged), as it would without caps ordering."""
+    deadline = time.monotonic() + ttl + 1.0
+    delay = START_LEASE_POLL[0]
+    while True:
+        try:
+            lease = log.acquire_lease(owner_start_lease_id(owner), holder, ttl)
+        except Exception:  # the store cannot be written: the turn's own start will say so
+            logger.exception("could not take the start lease of owner %r", owner)
+            return None
+        if lease is not None:
+            return lease
+        if time.monotonic() >= deadline:
+            logger.warning("owner %r: another process held the start lease for over %.1f s; "
+                           "this turn starts without it", owner, ttl + 1.0)
+            return None
+        time.sleep(delay)  # another process is between its cap check and its RunStarted
+        delay = min(delay * 2, START_LEASE_POLL[1])
+
+
 @contextlib.contextmanager
-def owner_turn_start(owner: str | None, log: EventStore) -> Iterator[None]:
+def owner_turn_start(owner: str | None, log: EventStore, holder: LeaseOwner | None = None,
+                     ttl: float = 5.0) -> Iterator[None]:
     """Hold while a turn of `owner` is checked against the caps and its RunStarted recorded,
-    so that a concurrent start of the same owner in this process sees it in flight. BLOCKS
-    while another actor thread starts a turn of a capped owner on the same lock stripe (an
-    index scan and one commit). No lock for a session without an owner, nor for an owner
-    without caps (one index read)."""
+    so that the next start of the same owner sees it in flight: a lock in this process
+    and, given the process's lease `holder`, the owner's start lease in the store (for
+    other processes; two more commits). BLOCKS while another thread or process starts a
+    turn of the owner (an index scan and one commit). Nothing is held for a session without
+    an owner, nor for an owner without caps (one index read)."""
     if owner is None or not _capped(log, owner):
         yield
         return
     with _start_locks[zlib.crc32(owner.encode()) % START_LOCK_STRIPES]:
-        yield
+        lease = _take_start_lease(log, owner, holder, ttl) if holder is not None else None
+        try:
+            yield
+        finally:
+            if lease is not None:
+                try:
+                    log.release_lease(lease)
+                except Exception:  # it expires after its ttl anyway
+                    logger.exception("could not release the start lease of owner %r", owner)
 
 
 def _finished_turns(info: SessionInfo) -> int:

@@ -34,6 +34,7 @@ from chatledger.events import (
     Recorded,
     ResponseReceived,
     RunFailed,
+    RunStarted,
     SessionCreated,
     TurnRefused,
     decode_event,
@@ -42,6 +43,8 @@ from chatledger.events import (
 from chatledger.events.projections import usage_tokens
 from chatledger.ledger import Ledger
 from chatledger.spend import owner_budget_stream, spend_report
+from chatledger.spend.caps import owner_start_lease_id
+from chatledger.storage.leases import LeaseOwner
 from chatledger.testing.standin import STANDIN_MODEL
 from chatledger.testing.standin_agent import CACHE_READ_TOKENS, CACHE_WRITE_TOKENS
 
@@ -424,3 +427,61 @@ def test_real_claudes_model_usage_is_recorded_per_turn(
         (total,) = answers[1].process_model_usage
         assert (total.input_tokens, total.output_tokens) == (71, 20)
         assert total.cost_usd == pytest.approx(answers[1].process_cost_usd)
+
+
+def test_turns_two_processes_start_together_cannot_all_pass_an_owner_cap(
+        ledger_path: Path, tmp_path: Path) -> None:
+    # Two processes, two sessions each, all of owner "xi", start their turns at the same
+    # moment; each turn in flight is reserved $1 and the cap $2.5 lets three start in all.
+    with open_ledger(ledger_path) as ledger:
+        sessions = [ledger.create_session(owner="xi").session_id for _ in range(4)]
+        ledger.set_owner_budget("xi", usd=2.5)
+    trigger = tmp_path / "go"
+    script = Path(__file__).parent / "support" / "owner_turns.py"
+    env = {**_cli_env(), "CHATLEDGER_SPEND_RESERVE_USD": "1", "CHATLEDGER_MAX_RUNS": "4"}
+    processes = [subprocess.Popen(
+        [sys.executable, str(script), str(ledger_path), str(trigger), "[[slow 4]] hi", *pair],
+        stdout=subprocess.PIPE, text=True, env=env) for pair in (sessions[:2], sessions[2:])]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        trigger.touch()
+        outputs = [process.communicate(timeout=120)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    results = [json.loads(line) for output in outputs for line in output.splitlines()]
+    assert len(results) == 4, outputs
+    refused = [result for result in results if not result["ok"]]
+    assert [result["reason"] for result in refused] == ["budget_exceeded"], results
+    assert "3 turn(s) in flight" in refused[0]["error"]
+
+
+def test_a_turn_start_waits_while_another_process_starts_one_of_the_same_owner(
+        ledger_path: Path) -> None:
+    with open_ledger(ledger_path, spend_reserve_usd=1.0) as ledger:
+        mine = ledger.create_session(owner="uma").session_id
+        theirs = ledger.create_session(owner="uma").session_id
+        ledger.set_owner_budget("uma", usd=1.0)
+        log = ledger.runtime.log
+        other = LeaseOwner(host="another-host", pid=4242, token="other")
+        # Another process is between its cap check and its RunStarted: it holds the start lease.
+        start = log.acquire_lease(owner_start_lease_id("uma"), other, 30)
+        assert start is not None
+        results: dict[str, Any] = {}
+        thread = _send_in_thread(ledger, mine, "hello", results)
+
+        def started() -> bool:
+            return any(isinstance(r.event, MessageSent) for r in ledger.events(mine))
+
+        assert not wait_until(started, 0.5)  # this turn waits for the start lease
+        session_lease = log.acquire_lease(theirs, other, 30)
+        version = ledger.info(theirs).version  # type: ignore[union-attr]
+        log.append(theirs, [MessageSent(turn=1, text="theirs"), RunStarted(turn=1)], version,
+                   lease=session_lease)
+        log.release_lease(start)  # their turn is recorded in flight: now this one is checked
+        thread.join(30)
+        assert results[mine].reason == "budget_exceeded"
+        assert "1 turn(s) in flight" in (results[mine].error or "")
+        assert not started()
