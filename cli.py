@@ -1151,12 +1151,13 @@ def expire(state: State, idle: str | None, dry_run: bool, as_json: bool) -> None
 
 @main.command()
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True),
-              help="Also write charts of turns, failures, run time and spend per day here.")
+              help="Also write charts of turns, failures, run time, time to first token and "
+              "spend per model per day here.")
 @json_option
 @pass_state
 def stats(state: State, html_file: str | None, as_json: bool) -> None:
     """Sessions by status, events, turns, failures by reason, cost, size, activity, and
-    spend (answers, USD, tokens, refused turns) per owner and per day.
+    spend (answers, USD, tokens, refused turns) per owner and per day, and per model.
 
     Example: chatledger stats --json, or chatledger stats --html stats.html
     """

@@ -179,16 +179,21 @@ def _budget_line(who: str, usd: float | None, tokens: int | None, spent_usd: flo
 
 
 def spend_lines(report: SpendReport) -> str:
-    """The `stats` tables of spend per owner and per day."""
+    """The `stats` tables of spend per owner, per day and per model."""
     header = ("answers", "cost $", "tokens", "refused")
 
     def rows(groups: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [(key, spend.answers, f"{spend.usd:.4f}", spend.tokens, spend.refused)
                 for key, spend in groups.items()]
 
+    models = [(model, spend.answers, f"{spend.usd:.4f}", spend.input_tokens,
+               spend.output_tokens, spend.cache_creation_input_tokens,
+               spend.cache_read_input_tokens) for model, spend in report.by_model.items()]
     return "\n".join([
         "", "spend per owner", table(("owner", *header), rows(report.by_owner)),
         "", "spend per day (UTC)", table(("day", *header), rows(report.by_day)),
+        "", "spend per model", table(("model", "answers", "cost $", "input", "output",
+                                      "cache write", "cache read"), models),
     ])
 
 

@@ -75,6 +75,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     warm_idle_timeout: float = 600.0
     tool_approvals: bool = False
     permission_timeout: float = 0.0
+    spend_reserve_usd: float = 0.05
+    spend_reserve_tokens: int = 20_000
 
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
@@ -112,6 +114,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "CHATLEDGER_WARM_IDLE_TIMEOUT": "warm_idle_timeout",
     "CHATLEDGER_TOOL_APPROVALS": "tool_approvals",
     "CHATLEDGER_PERMISSION_TIMEOUT": "permission_timeout",
+    "CHATLEDGER_SPEND_RESERVE_USD": "spend_reserve_usd",
+    "CHATLEDGER_SPEND_RESERVE_TOKENS": "spend_reserve_tokens",
 }
 """Environment variable -> setting."""
 
@@ -134,6 +138,8 @@ NUMERIC_RANGES: dict[str, tuple[float, float]] = {
     "max_warm_agents": (1, 10_000),
     "warm_idle_timeout": (0.01, 365 * DAY),
     "permission_timeout": (0, 365 * DAY),
+    "spend_reserve_usd": (0, 1_000_000),
+    "spend_reserve_tokens": (0, 10**12),
 }
 """Each numeric setting's documented range (inclusive): a value outside it is refused."""
 

@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any
 
+import msgspec
+
 from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
 from ..agent.control import ColdPermissionHandler, PermissionAnswerer
 from ..errors import (
@@ -19,7 +21,7 @@ from ..errors import (
 from ..events import (
     Event,
 )
-from ..spend.caps import budget_refusal
+from ..spend.caps import Reserve, budget_refusal, owner_turn_start
 from ..telemetry import record_refusal, start_turn_trace
 from .checks import check_open
 from .messages import (
@@ -70,13 +72,17 @@ class SessionTurns(SessionOwnership):
                 return
             command = self.queue.popleft()
             self.told_waiting.discard(command.ticket)
-            if self._refuse_over_budget(command):
-                continue
-            try:
-                self._start_turn(command)
-            except Exception as error:
-                self.log.exception("could not start a turn of %s", self.session_id)
-                emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
+            # Under the owner's lock, the owner's next cap check sees this turn in flight.
+            with owner_turn_start(self.info.owner, self.services.log,
+                                  self.services.leases.owner,
+                                  self.services.config.lease_ttl):
+                if self._refuse_over_budget(command):
+                    continue
+                try:
+                    self._start_turn(command)
+                except Exception as error:
+                    self.log.exception("could not start a turn of %s", self.session_id)
+                    emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
         if self.current is None:
             self._let_go_if_idle()
             self.services.touch(self.session_id, False)
@@ -87,7 +93,9 @@ class SessionTurns(SessionOwnership):
         indexed = self.services.log.info(self.session_id)
         if indexed is not None and indexed.version != self.info.version:
             self._reload()
-        refused = budget_refusal(self.info, self.services.log)
+        config = self.services.config
+        refused = budget_refusal(self.info, self.services.log, Reserve(
+            usd=config.spend_reserve_usd, tokens=config.spend_reserve_tokens))
         if refused is None:
             return False
         self._append([refused])
@@ -193,6 +201,9 @@ class SessionTurns(SessionOwnership):
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
             """Report the run's end to the session. Runs on the pool thread."""
+            if outcome.first_token_seconds is None and stream.first_token_seconds is not None:
+                outcome = msgspec.structs.replace(
+                    outcome, first_token_seconds=stream.first_token_seconds)
             finished.trace.result(outcome)
             route(RunCompleted(session_id=self.session_id, ticket=finished, outcome=outcome,
                                streamed_modifications=stream.streamed_modifications,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,9 +265,15 @@ class TurnStream:
         self.stream_deltas = stream_deltas
         self._seen: set[bytes] = set()
         self._modifications: list[Any] = []
+        self._started = time.monotonic()
+        self.first_token_seconds: float | None = None
+        """Seconds from this stream's creation (the turn's start) to the first text."""
 
     def updates_for(self, event: AgentUpdate) -> list[AnyTurnUpdate]:
         """The updates one agent event gives the caller (often none)."""
+        if self.first_token_seconds is None and isinstance(event, (TextDelta, TextReset)) \
+                and event.text:
+            self.first_token_seconds = round(time.monotonic() - self._started, 6)
         if isinstance(event, TextDelta):
             if self.stream_deltas and event.text:
                 return [TextDeltaUpdate(content=event.text)]
@@ -367,6 +374,9 @@ def finish_run(
                 process_cost_usd=outcome.process_cost_usd,
                 text_blocks=_kept_text_blocks(outcome),
                 permission_denials=outcome.permission_denials,
+                model_usage=outcome.model_usage,
+                process_model_usage=outcome.process_model_usage,
+                first_token_seconds=outcome.first_token_seconds,
             )
         )
     else:
@@ -380,6 +390,9 @@ def finish_run(
                 exit_code=outcome.exit_code,
                 partial_text=outcome.partial_text or outcome.text,
                 permission_denials=outcome.permission_denials,
+                cost_usd=outcome.cost_usd or None,
+                usage=outcome.usage,
+                model_usage=outcome.model_usage,
             )
         )
     already = {canonical_json(m) for m in streamed_modifications}

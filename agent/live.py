@@ -6,7 +6,8 @@ the per-run reaper on Linux, watched by the orphan guard) and waits for the answ
 `initialize`. `run_turn` BLOCKS its thread (a run-pool worker) for one turn: it writes the
 user line (carrying the caller's id for the turn), feeds what the agent prints to the
 dialect's stream-json reader until the `result` line, and returns a `RunOutcome` whose
-`cost_usd` is this turn's share of the process's cumulative `total_cost_usd`. A cancel or
+`cost_usd` is this turn's share of the process's cumulative `total_cost_usd` (and
+`model_usage` its share of the cumulative `modelUsage`). A cancel or
 the turn's deadline sends the control `interrupt` (never SIGINT, which ends the process);
 if no result follows within the kill grace the process is killed. A process that dies
 mid-turn gives an `interrupted` outcome, and the process is dead for the next turn.
@@ -33,10 +34,12 @@ from typing import Any
 
 import msgspec
 
+from ..events import ModelUsage
 from .cancel import CancelSwitch
 from .control import CONTROL_PREFIX, permission_answer, refusal, user_line
 from .dialect import AgentDialect, FinishedTurn
 from .environment import INHERITED_ENVIRONMENT, agent_environment
+from .model_usage import merged_usage, usage_since
 from .output_readers import LineSplitter
 from .process_tree import ProcessTree, spawn
 from .run_types import (
@@ -97,6 +100,8 @@ class LiveAgent:
         self._tree: ProcessTree | None = None
         self.group: int | None = None
         self.total_cost_usd = 0.0
+        self.total_model_usage: tuple[ModelUsage, ...] = ()
+        """The process's cumulative `modelUsage` after its last result (a new process: none)."""
         self.turns = 0
         self.ended = threading.Event()
         self.exit_code: int | None = None
@@ -450,10 +455,16 @@ class _LiveTurn:
         if total is not None:
             share = round(max(0.0, total - agent.total_cost_usd), 10)
             agent.total_cost_usd = total
+        # modelUsage is cumulative over the process too: this turn's is the difference.
+        model_share = usage_since(parsed.model_usage, agent.total_model_usage)
+        agent.total_model_usage = merged_usage(agent.total_model_usage, parsed.model_usage)
         outcome = outcome_of(parsed, verdict, exit_code=agent.exit_code,
                              stderr_tail=stderr_tail, duration=time.monotonic() - self.started,
                              pid=agent.group)
         return _replace(outcome, cost_usd=share, process_cost_usd=total,
+                        model_usage=model_share,
+                        process_model_usage=agent.total_model_usage if parsed.model_usage
+                        else (),
                         partial_text="" if verdict.failure_reason is None
                         else "".join(self.streamed))
 

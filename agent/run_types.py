@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ..events import ToolCall
+from ..events import ModelUsage, ToolCall
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -115,6 +115,7 @@ class AgentResult(msgspec.Struct, frozen=True, kw_only=True, tag="agent_result")
     num_turns: int | None = None
     duration_ms: float | None = None
     permission_denials: tuple[dict[str, Any], ...] = ()
+    model_usage: tuple[ModelUsage, ...] = ()
 
 
 class TranscriptFrame(msgspec.Struct, frozen=True, kw_only=True, tag="transcript_frame"):
@@ -163,6 +164,7 @@ class ParsedResult(msgspec.Struct, frozen=True, kw_only=True):
     diagnostics: tuple[str, ...] = ()
     text_blocks: tuple[str, ...] = ()
     permission_denials: tuple[dict[str, Any], ...] = ()
+    model_usage: tuple[ModelUsage, ...] = ()
 
 
 class Classification(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,8 +178,10 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
 class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """How one agent run ended: its answer and cost, or why it failed (`failure_reason`).
 
-    In a live process `cost_usd` is this turn's share and `process_cost_usd` the process's
-    cumulative total; `partial_text` is what a failed turn had streamed; `text_blocks` every
+    In a live process `cost_usd` and `model_usage` are this turn's share and
+    `process_cost_usd` and `process_model_usage` the process's cumulative totals (a one-turn
+    process leaves those None and empty); `first_token_seconds` is the time from the turn's
+    start to the agent's first text, when the caller measured it; `partial_text` is what a failed turn had streamed; `text_blocks` every
     assistant text block; `permission_denials` the tool calls the agent refused.
 
     `agent_session_lost` says the agent could not find the session it was asked to resume
@@ -205,3 +209,6 @@ class RunOutcome(msgspec.Struct, frozen=True, kw_only=True):
     partial_text: str = ""
     text_blocks: tuple[str, ...] = ()
     permission_denials: tuple[dict[str, Any], ...] = ()
+    model_usage: tuple[ModelUsage, ...] = ()
+    process_model_usage: tuple[ModelUsage, ...] = ()
+    first_token_seconds: float | None = None

@@ -365,6 +365,7 @@ def outcome_of(
         usage=parsed.usage, agent_session_id=parsed.agent_session_id,
         num_turns=parsed.num_turns, api_error_status=parsed.api_error_status,
         garbage_lines=parsed.garbage_lines, diagnostics=parsed.diagnostics,
-        text_blocks=parsed.text_blocks, permission_denials=parsed.permission_denials, **fields,
+        text_blocks=parsed.text_blocks, permission_denials=parsed.permission_denials,
+        model_usage=parsed.model_usage, **fields,
     )
 

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from ..events import ToolCall
+from .model_usage import parse_model_usage
 from .run_types import (
     AgentInit,
     AgentResult,
@@ -428,6 +429,7 @@ class StreamJsonParser:
             duration_ms=_optional_float(message.get("duration_ms")),
             permission_denials=tuple(denial for denial in denials if isinstance(denial, dict))
             if isinstance(denials, list) else (),
+            model_usage=parse_model_usage(message.get("modelUsage")),
         )
         return [self._result]
 
@@ -493,5 +495,6 @@ class StreamJsonParser:
             diagnostics=tuple(self._diagnostics),
             text_blocks=tuple(self._text_blocks),
             permission_denials=result.permission_denials if result is not None else (),
+            model_usage=result.model_usage if result is not None else (),
         )
         return self._finished

@@ -145,6 +145,14 @@ class ResponseReceived(Event, tag="response_received", kw_only=True, frozen=True
     process_cost_usd: float | None = None
     text_blocks: tuple[str, ...] = ()
     permission_denials: tuple[Any, ...] = ()
+    model_usage: tuple[ModelUsage, ...] = ()
+    """This turn's tokens and cost per model (claude's `modelUsage`; from a warm process
+    the difference against its previous result)."""
+    process_model_usage: tuple[ModelUsage, ...] = ()
+    """From a warm process: its cumulative `modelUsage` after this turn (else empty)."""
+    first_token_seconds: float | None = None
+    """Seconds from the turn's RunStarted to the agent's first text (None: no text came,
+    or a release that did not measure it)."""
 
 
 class CanvasModified(Event, tag="canvas_modified", kw_only=True, frozen=True):
@@ -166,6 +174,11 @@ class RunFailed(Event, tag="run_failed", kw_only=True, frozen=True):
     """What the agent had already streamed (and the user seen) when the run ended."""
     permission_denials: tuple[Any, ...] = ()
     """The tool calls the agent refused before the run ended, as its result listed them."""
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
+    model_usage: tuple[ModelUsage, ...] = ()
+    """What the failed turn still cost, when the agent said (an error or interrupted
+    result): spend like an answer's, counted against the caps."""
 
 
 class AgentProcessStarted(Event, tag="agent_process_started", kw_only=True, frozen=True):
@@ -324,7 +337,8 @@ class BudgetSet(Event, tag="budget_set", kw_only=True, frozen=True):
 
 class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     """A turn was refused before it started (no message was recorded for it); `reason` is
-    "budget_exceeded", `scope` is "session" or "owner", and the spend and cap that refused it."""
+    "budget_exceeded", `scope` is "session" or "owner", and the spend, the reservations of
+    turns in flight and the cap that refused it."""
 
     reason: str = "budget_exceeded"
     scope: str = "session"
@@ -334,6 +348,29 @@ class TurnRefused(Event, tag="turn_refused", kw_only=True, frozen=True):
     spent_tokens: int = 0
     cap_usd: float | None = None
     cap_tokens: int | None = None
+    turns_in_flight: int = 0
+    """The owner's turns running in other sessions when this one was refused."""
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+    """What those turns in flight were counted for (see spend/caps.py)."""
+
+
+class ModelUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One model's tokens and cost in a turn (or over a warm process), from claude's
+    `modelUsage`: input, output, cache writes and cache reads."""
+
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Input, output and both kinds of cache tokens."""
+        return (self.input_tokens + self.output_tokens + self.cache_creation_input_tokens
+                + self.cache_read_input_tokens)
 
 
 class TranscriptReseeded(Event, tag="transcript_reseeded", kw_only=True, frozen=True):

@@ -176,7 +176,9 @@ def _run_failed(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInf
                     last_active=recorded.recorded_at, status=STATUS_IDLE, open_turn=None,
                     last_error=f"{event.reason}: {event.message}" if event.message
                     else event.reason,
-                    failure_count=info.failure_count + 1)
+                    failure_count=info.failure_count + 1,
+                    total_cost_usd=info.total_cost_usd + (event.cost_usd or 0.0),
+                    total_tokens=info.total_tokens + usage_tokens(event.usage))
 
 
 def _agent_session_lost(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:

@@ -1,4 +1,5 @@
-"""The operators' page: charts of turns, failures, run time and spend per day, as one HTML
+"""The operators' page: charts of turns, failures, run time, time to first token and spend
+(per model) per day, as one HTML
 file with inline SVG (no scripts, no fonts, no external assets: it opens offline and from
 mail). Pure: figures in, a string out.
 """
@@ -9,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from html import escape
 
+from ..spend.report import UNKNOWN_MODEL
 from .daily import DayFigures
 
 WIDTH, HEIGHT = 760, 240
@@ -110,7 +112,8 @@ def _legend(names: Sequence[str]) -> str:
 
 
 def render_stats_html(days: Sequence[DayFigures], *, ledger: str, generated_at: datetime) -> str:
-    """The page: turns, failures by reason, median run time and spend, per day."""
+    """The page: turns, failures by reason, median run time, median time to first token
+    and spend by model, per day."""
     labels = [figures.day for figures in days]
     reasons = sorted({reason for figures in days for reason in figures.failures})
     turns = {
@@ -120,6 +123,10 @@ def render_stats_html(days: Sequence[DayFigures], *, ledger: str, generated_at: 
     }
     failures = {reason: [float(figures.failures.get(reason, 0)) for figures in days]
                 for reason in reasons}
+    models = sorted({model for figures in days for model in figures.usd_by_model})
+    spend = {model: [figures.usd_by_model.get(model, 0.0) for figures in days]
+             for model in models}
+    first_tokens = [figures.median_first_token_seconds for figures in days]
     sections = [
         ("Turns per day", _legend(list(turns)) + stacked_bars("Turns per day", labels, turns)),
         ("Failures per day, by reason",
@@ -127,8 +134,12 @@ def render_stats_html(days: Sequence[DayFigures], *, ledger: str, generated_at: 
          else '<p class="note">No failures.</p>'),
         ("Median agent run time per day (s)",
          line("Median run time", labels, [figures.median_run_seconds for figures in days])),
-        ("Spend per day (USD)",
-         stacked_bars("Spend per day", labels, {"USD": [figures.usd for figures in days]})),
+        ("Median time to first token per day (s)",
+         line("Median time to first token", labels, first_tokens)
+         if any(value is not None for value in first_tokens)
+         else '<p class="note">No answer recorded its time to first token.</p>'),
+        ("Spend per day (USD), by model",
+         _legend(models) + stacked_bars("Spend per day", labels, spend)),
         ("Tokens per day (input, output and cache)",
          stacked_bars("Tokens per day", labels,
                       {"tokens": [float(figures.tokens) for figures in days]})),
@@ -146,7 +157,8 @@ def render_stats_html(days: Sequence[DayFigures], *, ledger: str, generated_at: 
         f"{escape(generated_at.strftime('%Y-%m-%d %H:%M UTC'))} · {len(days)} days · "
         f"{total_turns} turns · ${total_usd:.4f}</p>"
         + (body if days else '<p class="note">No turns recorded yet.</p>')
-        + '<p class="note">Days are UTC. Time to first token is a live metric '
-          "(chatledger.turn.time_to_first_token, see the README's telemetry section): the "
-          "ledger does not record it.</p></body></html>\n"
+        + '<p class="note">Days are UTC. Time to first token is from the turn\'s start '
+          "(RunStarted) to the agent's first text; answers recorded by releases before it "
+          "was kept have none. Spend is ResponseReceived's cost per model (its modelUsage); "
+          f"answers without one count as {escape(UNKNOWN_MODEL)}.</p></body></html>\n"
     )

@@ -3,7 +3,7 @@
 One span per turn (`chatledger.turn`), started when its message was queued, with events
 `queue_wait`, `agent_start`, `first_token`, `result` and `append`; metrics: turns by outcome,
 failures by reason, run duration, time to first token, queue depth, live actors, append
-latency and batch size, ledger size. Everything goes through the global providers of
+latency and events per append, write requests per group commit, ledger size. Everything goes through the global providers of
 `opentelemetry-api`, which the host application configures (without an SDK they are no-ops);
 without the package installed every hook here does nothing. Hooks are called from actor and
 pool threads and never block.
@@ -56,6 +56,10 @@ class _Instruments:
             "chatledger.append.duration", unit="s", description="Append latency (durable)")
         self.append_batch = meter.create_histogram(
             "chatledger.append.batch_size", unit="{event}", description="Events per append")
+        self.group_commit = meter.create_histogram(
+            "chatledger.append.group_commit_size", unit="{request}",
+            description="Write requests (appends, lease changes) committed together in one "
+                        "LMDB write transaction (group commit)")
         meter.create_observable_gauge(
             "chatledger.actors.live", callbacks=[_observe_live_actors], unit="{actor}",
             description="Session actors alive")
@@ -230,6 +234,14 @@ class _InstrumentedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+def record_group_commit(requests: int) -> None:
+    """Count one group commit of `requests` write requests (called on the LMDB writer
+    thread after it committed; never blocks)."""
+    instruments = _meter()
+    if instruments is not None:
+        instruments.group_commit.record(requests)
 
 
 def instrument_store(store: Any) -> Any:

@@ -67,6 +67,11 @@ def mcp_server_names(path: str | None) -> list[str]:
         return []
 
 
+CACHE_WRITE_TOKENS = 4
+CACHE_READ_TOKENS = 8
+"""Cache tokens every stand-in answer reports in its usage (claude reports both kinds)."""
+
+
 class Agent:
     """One turn of the stand-in: writes claude's lines and keeps what it answered."""
 
@@ -85,6 +90,8 @@ class Agent:
         self.mirror: TranscriptMirror | None = None  # with --session-mirror
         self.cost_before = 0.0  # live mode: the process's cost before this turn
         self.result_cost: float | None = None
+        self.model_usage_before: dict[str, float] = {}  # live mode: the process's modelUsage
+        self.result_model_usage: dict[str, float] | None = None
         self.ask_permission: PermissionAsker | None = None
         self.text_blocks: list[str] = []
 
@@ -218,21 +225,32 @@ class Agent:
         if self.mirror is not None:
             self.mirror.before_result(text)
         input_tokens = max(1, len(self.prompt) // 4)
-        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0, "output_tokens": self.output_tokens,
+        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": CACHE_WRITE_TOKENS,
+                 "cache_read_input_tokens": CACHE_READ_TOKENS, "output_tokens": self.output_tokens,
                  "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
                  "service_tier": "standard"}
-        cost = round(self.cost_before + input_tokens * 3e-6 + self.output_tokens * 15e-6, 8)
+        turn_cost = (input_tokens * 3e-6 + self.output_tokens * 15e-6
+                     + CACHE_WRITE_TOKENS * 3.75e-6 + CACHE_READ_TOKENS * 0.3e-6)
+        cost = round(self.cost_before + turn_cost, 8)
         duration_ms = int((time.monotonic() - self.started) * 1000)
         self.result_cost = cost
+        # modelUsage is cumulative over a live process (as claude's is), like total_cost_usd.
+        before = self.model_usage_before
+        model_usage = {
+            "inputTokens": int(before.get("inputTokens", 0)) + input_tokens,
+            "outputTokens": int(before.get("outputTokens", 0)) + self.output_tokens,
+            "cacheReadInputTokens": int(before.get("cacheReadInputTokens", 0))
+            + CACHE_READ_TOKENS,
+            "cacheCreationInputTokens": int(before.get("cacheCreationInputTokens", 0))
+            + CACHE_WRITE_TOKENS,
+            "webSearchRequests": 0, "costUSD": cost, "contextWindow": 200000}
+        self.result_model_usage = model_usage
         message: dict[str, Any] = {
             "type": "result", "subtype": subtype, "is_error": is_error,
             "duration_ms": duration_ms, "duration_api_ms": duration_ms, "num_turns": self.turns,
             "result": text, "session_id": self.session_id, "total_cost_usd": cost,
             "usage": usage,
-            "modelUsage": {self.options.model: {
-                "inputTokens": input_tokens, "outputTokens": self.output_tokens,
-                "costUSD": cost}},
+            "modelUsage": {self.options.model: model_usage},
             "permission_denials": self.denials, "uuid": str(uuid.uuid4()),
         }
         if api_error_status is not None:

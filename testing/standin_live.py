@@ -4,8 +4,8 @@ claude's control protocol, so warm sessions, interrupts and tool approvals run o
 Lines on stdin, one JSON object each: `control_request` (`initialize`, `interrupt`, any other
 subtype answered `success`), `control_response` (answers to our `can_use_tool` requests) and
 `user` messages (one turn each, run one after another in arrival order). Each turn prints
-claude's `system/init` ... `result`; `total_cost_usd` is cumulative over the process, as
-claude's is. `interrupt` ends the running turn with an `error_during_execution` result and
+claude's `system/init` ... `result`; `total_cost_usd` and `modelUsage` are cumulative over
+the process, as claude's are. `interrupt` ends the running turn with an `error_during_execution` result and
 the process lives on; SIGINT ends the process after that result (as claude does); stdin EOF
 ends it once the running turn is done. With `--permission-prompt-tool stdio` a tool call
 outside the allow-list is put to the caller as a `can_use_tool` request. With
@@ -68,6 +68,7 @@ class LiveStandin:
         self.answers: dict[str, dict[str, Any]] = {}
         self.answered = threading.Condition(self.lock)
         self.total_cost = 0.0
+        self.total_model_usage: dict[str, float] = {}
         self.signalled = False
         self.session_id = options.session_id or options.resume or str(uuid.uuid4())
         self.earlier: list[dict[str, str]] = []
@@ -196,6 +197,7 @@ class LiveStandin:
         behaviour, argument = choose_behaviour(self.options, message)
         agent = Agent(self.options, prompt, self.session_id)
         agent.cost_before = self.total_cost
+        agent.model_usage_before = self.total_model_usage
         if self.options.permission_prompt_tool == "stdio":
             agent.ask_permission = lambda tool, given, use_id: self.ask_permission(
                 agent, tool, given, use_id)
@@ -217,6 +219,8 @@ class LiveStandin:
                 self.current = None
         if agent.result_cost is not None:
             self.total_cost = agent.result_cost
+        if agent.result_model_usage is not None:
+            self.total_model_usage = agent.result_model_usage
         if code == 0 and not agent.interrupted:
             self.sessions.remember(self.session_id, prompt, agent.last_text)
             self.earlier.append({"prompt": prompt, "answer": agent.last_text})

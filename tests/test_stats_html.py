@@ -18,6 +18,7 @@ from testkit import STANDIN_COMMAND_LINE
 from chatledger.cli import main
 from chatledger.events import (
     MessageSent,
+    ModelUsage,
     ResponseReceived,
     RunFailed,
     RunStarted,
@@ -42,9 +43,12 @@ def _three_days(path: Path) -> None:
             if turn == 1:
                 events.append(RunFailed(turn=number, reason="timeout"))
             else:
-                events.append(ResponseReceived(turn=number, text="ok", duration=1.0 + day,
-                                               cost_usd=0.01 * (day + 1),
-                                               usage={"input_tokens": 10, "output_tokens": 5}))
+                events.append(ResponseReceived(
+                    turn=number, text="ok", duration=1.0 + day, cost_usd=0.01 * (day + 1),
+                    usage={"input_tokens": 10, "output_tokens": 5},
+                    model_usage=(ModelUsage(model="opus", input_tokens=10, output_tokens=5,
+                                            cost_usd=0.01 * (day + 1)),) if day else (),
+                    first_token_seconds=0.25 * (day + 1)))
             times += [moment] * 3
     events.append(TurnRefused(message="over"))
     times.append(DAY + timedelta(days=2))
@@ -61,6 +65,9 @@ def test_daily_figures_count_turns_failures_refusals_and_spend(tmp_path: Path) -
     assert days[1].failures == {"timeout": 1} and days[2].refused == 1
     assert days[2].usd == pytest.approx(0.06) and days[0].tokens == 15
     assert days[2].median_run_seconds == 3.0
+    assert [d.median_first_token_seconds for d in days] == [0.25, 0.5, 0.75]
+    assert days[0].usd_by_model == {"(not recorded)": pytest.approx(0.01)}  # no modelUsage
+    assert days[2].usd_by_model == {"opus": pytest.approx(0.06)}
 
 
 def test_the_page_is_self_contained_svg() -> None:
@@ -81,7 +88,8 @@ def test_stats_html_writes_charts_chromium_draws(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "spend per owner" in result.stdout  # the usual output is still printed
     page = output.read_text(encoding="utf-8")
-    assert page.count("<svg") == 5
+    assert page.count("<svg") == 6
+    assert "Median time to first token" in page and "opus" in page and "(not recorded)" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # no external assets
     assert "<script" not in page
     assert "timeout" in page and "11-22" in page
@@ -94,7 +102,8 @@ def test_stats_html_writes_charts_chromium_draws(tmp_path: Path) -> None:
     dom = subprocess.run([*common, "--dump-dom", output.as_uri()], capture_output=True,
                          timeout=90, text=True, env={**os.environ, "HOME": str(tmp_path)})
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") == 5 and dom.stdout.count("<rect") >= 9
+    assert dom.stdout.count("<svg") == 6 and dom.stdout.count("<rect") >= 9
+    assert dom.stdout.count("<circle") >= 6  # run time and time to first token, 3 days each
     shot = tmp_path / "stats.png"
     drawn = subprocess.run([*common, f"--screenshot={shot}", "--window-size=900,1800",
                             output.as_uri()], capture_output=True, timeout=90,

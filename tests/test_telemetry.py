@@ -1,10 +1,13 @@
 """Telemetry: the package logger's NullHandler, the session and turn on each record, and the
-OpenTelemetry span per turn and metrics, read back with the SDK's in-memory exporters."""
+OpenTelemetry span per turn and metrics (appends per group commit among them), read back with
+the SDK's in-memory exporters."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 
 import chatledger  # noqa: E402
 from chatledger.actors import session_turns  # noqa: E402
+from chatledger.events import SessionResumed  # noqa: E402
+from chatledger.storage import open_store  # noqa: E402
 
 _SPANS = InMemorySpanExporter()
 _METRICS = InMemoryMetricReader()
@@ -106,3 +111,34 @@ def test_a_turn_is_one_span_with_its_stages_and_metrics_are_reported(store_locat
     assert "chatledger.turn.queue_depth" in points
     assert any(point.value >= 1 for point in points["chatledger.actors.live"])
     assert any(point.value > 0 for point in points["chatledger.ledger.size"])
+
+
+def _histogram(name: str) -> tuple[int, float, float]:
+    """(count, sum, max) of a histogram over its points so far (0s before its first)."""
+    points = _metric_points().get(name, [])
+    return (sum(point.count for point in points), sum(point.sum for point in points),
+            max((point.max for point in points), default=0.0))
+
+
+def test_each_group_commit_reports_how_many_appends_it_committed(tmp_path: Path) -> None:
+    before_count, before_sum, _ = _histogram("chatledger.append.group_commit_size")
+    threads_count, per_thread = 8, 25
+    with open_store(str(tmp_path / "ledger")) as store:
+        ready = threading.Barrier(threads_count)
+
+        def writer(number: int) -> None:
+            ready.wait(30)
+            for version in range(per_thread):
+                store.append(f"s-{number}", [SessionResumed()], version)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(threads_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        commits = store.store.writer.batches_committed  # type: ignore[attr-defined]
+    count, total, largest = _histogram("chatledger.append.group_commit_size")
+    appends = threads_count * per_thread
+    assert total - before_sum == appends  # every append counted once, in its commit
+    assert count - before_count == commits  # one point per group commit
+    assert 1 <= largest <= threads_count

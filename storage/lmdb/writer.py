@@ -17,6 +17,7 @@ from typing import Any
 import lmdb
 
 from ...errors import LedgerClosedError, LedgerError, LedgerFullError
+from ...telemetry.otel import record_group_commit
 from .environment import SharedEnvironment
 
 MAX_BATCH_REQUESTS = 512
@@ -255,6 +256,7 @@ class GroupCommitWriter:
             self._fail(batch, error)
             return
         self.batches_committed += 1
+        record_group_commit(len(batch))
         self._on_commit()
         answer(batch, results)
 
