@@ -35,6 +35,9 @@ class _Pending:
     turn: int
     agent: PermissionAnswerer
     asked_at: float
+    tool_input: Any = None
+    """What the agent asked to run: sent back on an allow that changes nothing, as the
+    control protocol's `updatedInput` (an empty one may be read as "no arguments")."""
 
 
 class PermissionDesk:
@@ -61,7 +64,7 @@ class PermissionDesk:
             tool_use_id=str(request.get("tool_use_id") or ""))])
         with self._lock:
             self._pending[(session_id, request_id)] = _Pending(
-                session_id, turn, agent, time.monotonic())
+                session_id, turn, agent, time.monotonic(), request.get("input"))
         return PermissionRequestUpdate(request_id=request_id, tool=tool,
                                        input=request.get("input"))
 
@@ -77,6 +80,8 @@ class PermissionDesk:
         self.record(session_id, [PermissionDecided(
             turn=pending.turn, request_id=request_id, allow=allow, message=text,
             decided_by=decided_by)])
+        if allow and updated_input is None and isinstance(pending.tool_input, dict):
+            updated_input = pending.tool_input
         pending.agent.answer_permission(request_id, allow, message=text,
                                         updated_input=updated_input)
         return True

@@ -120,3 +120,32 @@ def test_without_tool_approvals_the_tool_is_denied_silently(tmp_path: Path) -> N
         outcome = ledger.send(session, "[[write notes.md]]")
         assert outcome.text.startswith("I could not write")
         assert not events_of(ledger, session, PermissionRequested)
+
+
+class _Answers:
+    """The agent side of a desk: what it was told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, bool, Any]] = []
+
+    def answer_permission(self, request_id: str, allow: bool, *, message: str | None = None,
+                          updated_input: Any = None) -> bool:
+        self.told.append((request_id, allow, updated_input))
+        return True
+
+
+def test_an_allow_sends_the_requested_input_back_unless_the_caller_changes_it() -> None:
+    from chatledger.actors.permissions import PermissionDesk
+
+    recorded: list[Any] = []
+    desk = PermissionDesk(lambda session, events: recorded.extend(events), timeout=0)
+    agent = _Answers()
+    tool_input = {"file_path": "notes.txt", "content": "hi"}
+    for request_id in ("r1", "r2"):
+        desk.request("s", 1, agent, {"request_id": request_id, "request": {
+            "tool_name": "Write", "input": tool_input, "tool_use_id": "t"}})
+    assert desk.decide("s", "r1", True)
+    assert desk.decide("s", "r2", True, updated_input={"file_path": "other.txt"})
+    assert agent.told == [("r1", True, tool_input), ("r2", True, {"file_path": "other.txt"})]
+    assert [type(e).__name__ for e in recorded] == ["PermissionRequested"] * 2 + [
+        "PermissionDecided"] * 2
