@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any
 
+import msgspec
+
 from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
 from ..errors import (
     InvalidEventError,
@@ -20,6 +22,7 @@ from ..events import (
 )
 from ..spend.caps import budget_refusal
 from ..telemetry import record_refusal, start_turn_trace
+from .fork import stale_fork_agent_session
 from .messages import (
     RetryRecording,
     RunCompleted,
@@ -35,7 +38,9 @@ from .turn import (
     TurnPlan,
     TurnStream,
     finish_run,
+    forks_agent_session,
     plan_turn,
+    resume_session_id,
     storable_event,
     turn_uuid,
 )
@@ -102,8 +107,16 @@ class SessionTurns(SessionOwnership):
 
         def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
+            info, lost = self.info, None
+            resume_id = resume_session_id(info, self.services.config, resume)
+            if self.services.warm is not None and resume is None:  # a live turn resumes
+                resume_id = info.agent_session_id or info.fork_agent_session_id
+            if attempt == 1 and forks_agent_session(info, resume_id):
+                lost = stale_fork_agent_session(self.services.log, info, info.turn_count + 1)
+                if lost is not None:  # the parent went on in it: prompt history instead
+                    info = msgspec.structs.replace(info, fork_agent_session_id=None)
             plan = plan_turn(
-                info=self.info,
+                info=info,
                 recent=self.recent,
                 text=command.text,
                 canvas_state=command.canvas_state,
@@ -118,7 +131,7 @@ class SessionTurns(SessionOwnership):
                 lease_epoch=lease.epoch,
                 live=self.services.warm is not None,
             )
-            return plan.events, plan
+            return ([lost, *plan.events] if lost is not None else plan.events), plan
 
         plan = self._record(decide, lease)
         ticket = RunTicket(

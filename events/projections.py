@@ -16,6 +16,7 @@ from .model import (
     AgentSessionLost,
     BudgetSet,
     CanvasModified,
+    ForkedFrom,
     MessageSent,
     ModeSwitched,
     Recorded,
@@ -79,6 +80,13 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     budget_usd: float | None = None
     budget_tokens: int | None = None
     refused_count: int = 0
+    forked_from: str | None = None
+    """The session this one was forked from (None: not a fork)."""
+    forked_at_version: int = 0
+    """The parent's version the fork was made at."""
+    fork_agent_session_id: str | None = None
+    """The parent's agent session a fork's first turn resumes with `--fork-session` (until
+    the fork has an agent session of its own, or the parent's was lost)."""
 
 
 TOKEN_FIELDS = (
@@ -181,7 +189,15 @@ def _run_failed(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInf
 
 def _agent_session_lost(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
     return _replace(info, version=recorded.version, last_position=recorded.position,
-                    last_active=recorded.recorded_at, agent_session_id=None)
+                    last_active=recorded.recorded_at, agent_session_id=None,
+                    fork_agent_session_id=None)
+
+
+def _forked(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at, forked_from=event.parent_session_id,
+                    forked_at_version=event.parent_version,
+                    fork_agent_session_id=event.agent_session_id)
 
 
 def _expired(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
@@ -255,6 +271,7 @@ _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     SessionUnarchived: _unarchived,
     BudgetSet: _budget_set,
     TurnRefused: _turn_refused,
+    ForkedFrom: _forked,
 }
 
 
