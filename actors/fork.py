@@ -125,7 +125,8 @@ def plan_fork(
                     "sends prompt history")
             agent_id = None
         else:
-            note = f"the fork's first turn resumes agent session {agent_id} with --fork-session"
+            note = (f"with the resume strategy, the fork's first turn resumes agent session "
+                    f"{agent_id} with --fork-session")
     forked = ForkedFrom(
         parent_session_id=parent_id, parent_version=at_version, parent_hash=parent_hash.hex(),
         parent_position=upto[-1].position, agent_session_id=agent_id, agent_note=note,
