@@ -51,6 +51,7 @@ from chatledger.events import (
     session_info,
 )
 from chatledger.events.codec import StoredEnvelope, encode_record
+from chatledger.events.model import ForkedFrom, HeadCheckpointed
 from chatledger.storage import EventLog
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1"
@@ -126,6 +127,12 @@ EVENT_STRATEGIES = {
     TurnRefused: st.builds(TurnRefused, scope=st.sampled_from(["session", "owner"]),
                            message=texts, spent_usd=finite, spent_tokens=st.integers(0, 10**9),
                            cap_usd=st.none() | finite, cap_tokens=st.none() | st.integers(0, 10**12)),
+    ForkedFrom: st.builds(ForkedFrom, parent_session_id=texts, parent_version=turns,
+                          parent_hash=texts, parent_position=turns,
+                          agent_session_id=st.none() | texts, agent_note=texts),
+    HeadCheckpointed: st.builds(HeadCheckpointed, position=turns, hash=texts, signed_at=texts,
+                                key=texts, public_key=texts, signature=texts,
+                                trigger=st.sampled_from(["on_demand", "periodic"])),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 
