@@ -83,15 +83,15 @@ def checkpoint_head(
 ) -> Checkpoint:
     """Sign the head, anchor it and (with `record`) record it in the ledger; RollbackError
     (nothing written) if the ledger does not continue the last head anchored with this key.
-    A head that is the last checkpoint's own record is not checkpointed again (its signed
-    head is given back). A ledger that cannot be written keeps the anchor (logged, `problem`
+    A head that is the last checkpoint's own record is not recorded again (its signed head
+    is given back); without `record` it is anchored, unless the anchor file has it. A ledger that cannot be written keeps the anchor (logged, `problem`
     says so)."""
     check = check_anchor(log, anchor_file, key.public_key())
     if not check.ok:
         raise RollbackError(f"not checkpointed: the ledger was {check.message}")
     head = log.head()
     last = last_checkpoint(log)
-    if last is not None and last.position == head.position \
+    if record and last is not None and last.position == head.position \
             and isinstance(last.event, HeadCheckpointed):
         return Checkpoint(signed_head_of(last.event), None, "nothing new since the last "
                           "checkpoint")
