@@ -388,6 +388,8 @@ def _print_check(check: LedgerCheck, as_json: bool) -> None:
             click.echo(f"  also: {problem}", err=True)
     if check.anchor is not None and check.anchor.last is not None and check.anchor.ok:
         click.echo(f"anchor: {check.anchor.message}")
+    for note in check.notes:
+        click.echo(f"note: {note}", err=True)
     if check.checkpoints and check.ok:
         click.echo(f"checkpoints: {check.checkpoints} signed head(s) recorded in the ledger, "
                    "each signature valid and each head on the chain")

@@ -54,6 +54,8 @@ class LedgerCheck(msgspec.Struct, kw_only=True):
     signed_head: SignedHead | None = None
     checkpoints: int = 0
     """How many signed heads the ledger records (`~checkpoints`), each checked."""
+    notes: list[str] = msgspec.field(default_factory=list)
+    """What could not be checked here (a fork whose parent this ledger does not hold)."""
 
     def verification(self) -> Verification:
         """The verdict as an export header states it."""
@@ -140,8 +142,11 @@ def _check_lineage_and_checkpoints(
 ) -> None:
     """Add to `check` what forks (each against its parent) and the checkpoints recorded in
     the ledger (signatures, heads on the chain) show; `session_id` None: the whole ledger."""
-    for position, problem in check_lineage(log, None if session_id is None else [session_id]):
-        _fail(check, position, problem)
+    for finding in check_lineage(log, None if session_id is None else [session_id]):
+        if finding.unverifiable:
+            check.notes.append(finding.message)
+        else:
+            _fail(check, finding.position, finding.message)
     if session_id is None or session_id == CHECKPOINT_STREAM:
         check.checkpoints, problems = check_recorded_checkpoints(log, trusted)
         for position, problem in problems:

@@ -343,3 +343,19 @@ def test_the_fork_command_s_exit_codes(run: Any, parent: tuple[str, list[int]]) 
     taken = run("fork", session_id, "--at", "1", "--as", "taken")
     assert taken.exit_code == 2 and "already exists" in taken.output
     assert run("fork", session_id).exit_code == 2  # --at is required
+
+
+def test_a_fork_imported_without_its_parent_verifies_with_a_note(
+    run: Any, parent: tuple[str, list[int]], tmp_path: Path,
+) -> None:
+    session_id, ends = parent
+    assert run("fork", session_id, "--at", str(ends[0]), "--as", "alone").exit_code == 0
+    exported = tmp_path / "alone.jsonl"
+    assert run("export", "alone", "-o", str(exported)).exit_code == 0
+    other = tmp_path / "other"
+    runner = CliRunner()
+    imported = runner.invoke(main, ["--ledger", str(other), "import", str(exported)])
+    assert imported.exit_code == 0, imported.output
+    checked = runner.invoke(main, ["--ledger", str(other), "verify"])
+    assert checked.exit_code == 0, checked.output
+    assert f"names session {session_id}, which this ledger does not hold" in checked.stderr
