@@ -359,3 +359,24 @@ def test_a_fork_imported_without_its_parent_verifies_with_a_note(
     checked = runner.invoke(main, ["--ledger", str(other), "verify"])
     assert checked.exit_code == 0, checked.output
     assert f"names session {session_id}, which this ledger does not hold" in checked.stderr
+
+
+def test_a_warm_fork_spawns_its_live_agent_forking_the_parent_s_session(
+    ledger_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATLEDGER_STANDIN_SESSIONS", str(tmp_path / "agent-sessions"))
+    with open_ledger(ledger_path, warm_agents=True, max_warm_agents=4,
+                     kill_grace=2.0) as ledger:
+        session_id = ledger.create_session().session_id
+        assert ledger.send(session_id, "my number is 42").ok
+        parent_agent = ledger.info(session_id).agent_session_id  # type: ignore[union-attr]
+        fork = ledger.fork(session_id, ledger.info(session_id).version)  # type: ignore[union-attr]
+        outcome = ledger.send(fork.session_id, "[[prompt]] what do you remember?")
+        runs = [r.event for r in ledger.events(fork.session_id)
+                if isinstance(r.event, RunStarted) and r.version > fork.version]
+        own = ledger.info(fork.session_id).agent_session_id  # type: ignore[union-attr]
+    assert outcome.ok, outcome.error
+    assert runs[0].history_strategy == "live"
+    assert f"--resume={parent_agent}" in runs[0].argv and "--fork-session" in runs[0].argv
+    assert own not in (None, parent_agent)
+    assert "my number is 42" in outcome.text
