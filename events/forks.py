@@ -8,11 +8,9 @@ made (`actors/fork.py`) and when verify compares a fork with its parent (`audit/
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
-from .codec import encode_event
 from .model import (
     AgentProcessStarted,
     AgentProcessStopped,
@@ -66,8 +64,3 @@ def fork_copies(records: Iterable[Recorded]) -> list[AnyRecordedEvent]:
         if copy is not None:
             copies.append(copy)
     return copies
-
-
-def encoded(events: Iterable[Any]) -> list[bytes]:
-    """The events' stored bytes (to compare a fork's copies with what it should hold)."""
-    return [encode_event(event) for event in events]
