@@ -2,7 +2,8 @@
 hash chains, the indexes, the last anchored head), when was that checked, and its head signed.
 
 `check_ledger` verifies the whole ledger (or some sessions) through the store's `verify` and
-the per-session check, and compares it with the anchor file; `open_signing_key` finds (or
+the per-session check, compares it with the anchor file, checks each fork against its
+parent (`lineage.py`) and the signed heads recorded in the ledger (`ledger_checkpoints.py`); `open_signing_key` finds (or
 creates) the ledger's key from the settings. Export, `history`, `show` and the HTML page use
 these; nothing here writes the ledger.
 """
