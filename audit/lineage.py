@@ -10,12 +10,14 @@ holds. Reads the store only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from ..events.forks import fork_copies
+from ..events.codec import decode_envelope, decode_event, decode_record
+from ..events.forks import fork_copy
 from ..events.model import ForkedFrom
-from ..storage import AuditStore, record_hash
+from ..storage import AuditStore, StoredValue, record_hash
 from ..storage.hashing import HASH_SIZE
 
 
@@ -46,38 +48,57 @@ def check_lineage(log: AuditStore, session_ids: Iterable[str] | None = None) -> 
 
 def check_fork(log: AuditStore, fork_id: str) -> list[Finding]:
     """The problems of one fork against its parent (empty: it agrees)."""
-    records = log.read_session(fork_id)
-    if not records or not isinstance(records[0].event, ForkedFrom):
-        where = records[0].position if records else None
-        return [Finding(where, f"session {fork_id} is indexed as a fork but does not start with "
-                        "ForkedFrom")]
-    forked: ForkedFrom = records[0].event
-    at = records[0].position
+    fork_stored = log.read_session_raw(fork_id)
+    first = decode_record(bytes(fork_stored[0][1])[HASH_SIZE:]) if fork_stored else None
+    if first is None or not isinstance(first.event, ForkedFrom):
+        where = fork_stored[0][0] if fork_stored else None
+        return [Finding(where, f"session {fork_id} is indexed as a fork but does not start "
+                               "with ForkedFrom")]
+    forked: ForkedFrom = first.event
+    at = first.position
     parent, version = forked.parent_session_id, forked.parent_version
-    stored = log.read_session_raw(parent, from_version=version) if version >= 1 else []
     if log.info(parent) is None:
         return [Finding(at, f"fork {fork_id} names session {parent}, which this ledger does "
                             "not hold (a partial import?): its lineage cannot be checked here",
                         unverifiable=True)]
-    if not stored:
+    parent_stored = log.read_session_raw(parent)[:version] if version >= 1 else []
+    if len(parent_stored) < version or not parent_stored:
         return [Finding(at, f"fork {fork_id} names version {version} of session {parent}, "
                             "which the parent does not have (its history was cut short)")]
-    position, value = stored[0][0], bytes(stored[0][1])
+    position, value = parent_stored[-1][0], bytes(parent_stored[-1][1])
     digest = record_hash(value[HASH_SIZE:])
     if digest.hex() != forked.parent_hash or position != forked.parent_position:
-        return [Finding(at, f"fork {fork_id} was made from version {version} of session {parent} "
-                     f"with hash {forked.parent_hash}, but that record (position {position}) "
-                     f"now hashes to {digest.hex()}: the parent's history changed after the "
-                     "fork")]
-    expected = fork_copies(log.read_session(parent)[:version])
-    copies = records[1:1 + len(expected)]
-    actual = [recorded.event for recorded in copies]
-    for index, (want, have) in enumerate(zip(expected, actual, strict=False)):
-        if want != have:  # frozen structs compare field by field (unknown events by bytes)
-            return [Finding(copies[index].position,
-                     f"fork {fork_id}'s version {copies[index].version} differs from the "
-                     f"parent {parent}'s history it copies")]
-    if len(actual) < len(expected):
-        return [Finding(at, f"fork {fork_id} holds {len(actual)} of the {len(expected)} events it "
-                     f"copies from session {parent}")]
+        return [Finding(at, f"fork {fork_id} was made from version {version} of session "
+                            f"{parent} with hash {forked.parent_hash}, but that record "
+                            f"(position {position}) now hashes to {digest.hex()}: the "
+                            "parent's history changed after the fork")]
+    return _compare_copies(fork_id, parent, parent_stored, fork_stored[1:], at)
+
+
+def _compare_copies(fork_id: str, parent: str, parent_stored: Sequence[StoredValue],
+                    fork_stored: Sequence[StoredValue], at: int) -> list[Finding]:
+    """Walk the parent's records and the fork's copies together: an event copied verbatim
+    has the same stored bytes (only the envelopes are decoded); any other parent event is
+    decoded, and is either not copied or must equal its copy."""
+    copies = iter(fork_stored)
+    for _, parent_value in parent_stored:
+        parent_envelope = decode_envelope(bytes(parent_value)[HASH_SIZE:])
+        copy = next(copies, None)
+        copy_envelope = decode_envelope(bytes(copy[1])[HASH_SIZE:]) if copy else None
+        if copy_envelope is not None and bytes(copy_envelope.event) == bytes(
+                parent_envelope.event):
+            continue
+        expected = fork_copy(decode_event(bytes(parent_envelope.event),
+                                          parent_envelope.schema_version))
+        if expected is None:  # not copied: the fork's record is the next parent's copy
+            copies = itertools.chain([copy], copies) if copy is not None else copies
+            continue
+        if copy is None or copy_envelope is None:
+            return [Finding(at, f"fork {fork_id} lacks copies of session {parent}'s history "
+                                f"(from its version {parent_envelope.version} on)")]
+        actual = decode_event(bytes(copy_envelope.event), copy_envelope.schema_version)
+        if actual != expected:  # frozen structs compare field by field
+            return [Finding(copy[0], f"fork {fork_id}'s version {copy_envelope.version} "
+                                     f"differs from the parent {parent}'s version "
+                                     f"{parent_envelope.version}, which it copies")]
     return []
