@@ -12,13 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner, Result
 from testkit import STANDIN_COMMAND_LINE, open_ledger
 
+from chatledger.actors.turn import plan_turn
+from chatledger.agent.dialects.claude import CLAUDE, build_argv
 from chatledger.audit.attest import check_ledger
 from chatledger.cli import main
-from chatledger.config import load_config
+from chatledger.config import Config, load_config
 from chatledger.errors import InvalidCommandError, InvalidSessionIdError, UnknownSessionError
 from chatledger.events import (
     AgentSessionLost,
@@ -26,6 +29,7 @@ from chatledger.events import (
     ResponseReceived,
     RunStarted,
     SessionCreated,
+    SessionInfo,
     history,
 )
 from chatledger.events.model import ForkedFrom
@@ -380,3 +384,30 @@ def test_a_warm_fork_spawns_its_live_agent_forking_the_parent_s_session(
     assert f"--resume={parent_agent}" in runs[0].argv and "--fork-session" in runs[0].argv
     assert own not in (None, parent_agent)
     assert "my number is 42" in outcome.text
+
+
+# -- the pure parts ---------------------------------------------------------------------------
+
+
+def test_the_planner_forks_the_agent_session_only_for_a_fork_without_one_of_its_own() -> None:
+    def started(info: SessionInfo, strategy: str) -> RunStarted:
+        plan = plan_turn(info=info, recent=[], text="hi", canvas_state=None,
+                         config=Config(agent_command=("claude",), history_strategy=strategy),
+                         dialect=CLAUDE, mcp_config_path=None, attempt=1, resume=None,
+                         host="box", pid=1)
+        return plan.events[-1]  # type: ignore[return-value]
+
+    fork = SessionInfo(session_id="f", version=3, forked_from="p", forked_at_version=2,
+                       fork_agent_session_id="parent-agent")
+    first = started(fork, "resume")
+    assert first.history_strategy == "fork" and first.resume_agent_session_id == "parent-agent"
+    assert first.argv[-2:] == ("--resume=parent-agent", "--fork-session")
+    own = msgspec.structs.replace(fork, agent_session_id="own-agent")
+    later = started(own, "resume")
+    assert later.history_strategy == "resume" and "--fork-session" not in later.argv
+    assert started(fork, "prompt").history_strategy == "prompt"
+
+
+def test_fork_session_needs_a_session_to_resume() -> None:
+    with pytest.raises(ValueError, match="fork_session needs a session to resume"):
+        build_argv(("claude",), mode="user", allowed_tools=(), fork_session=True)
