@@ -50,9 +50,11 @@ class Checkpointer:
             head = self._log.head()
             if head == self._last or head.position == 0:
                 return
-            checkpoint_head(self._log, self._key, self._anchor_file, trigger,
-                            record=trigger != "shutdown")
-            self._last = self._log.head()  # our own record: nothing new to checkpoint
+            done = checkpoint_head(self._log, self._key, self._anchor_file, trigger,
+                                   record=trigger != "shutdown")
+            # The signed head, not the one after our record: the next tick finds only our
+            # record and records nothing; the shutdown checkpoint anchors it.
+            self._last = done.signed.head
         except (ChatledgerError, OSError) as error:
             logger.error("head not checkpointed: %s", error)
 
