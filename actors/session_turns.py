@@ -114,7 +114,8 @@ class SessionTurns(SessionOwnership):
             if attempt == 1 and forks_agent_session(info, resume_id):
                 lost = stale_fork_agent_session(self.services.log, info, info.turn_count + 1)
                 if lost is not None:  # the parent went on in it: prompt history instead
-                    info = msgspec.structs.replace(info, fork_agent_session_id=None)
+                    info = msgspec.structs.replace(info, fork=msgspec.structs.replace(
+                        info.fork, agent_session_id=None) if info.fork else None)
             plan = plan_turn(
                 info=info,
                 recent=self.recent,

@@ -33,6 +33,7 @@ from chatledger.events import (
     history,
 )
 from chatledger.events.model import ForkedFrom
+from chatledger.events.projections import ForkLineage
 from chatledger.manager import SessionManager
 from chatledger.storage import EventLog, record_hash
 
@@ -327,9 +328,10 @@ def test_the_fork_command_prints_the_new_id_and_show_names_the_parent(
     assert shown.exit_code == 0
     assert f"{session_id} at version {ends[0]}" in shown.stdout and "forked from" in shown.stdout
     info = json.loads(run("show", "cli-fork", "--json").stdout)
-    assert (info["forked_from"], info["forked_at_version"]) == (session_id, ends[0])
+    assert info["fork"]["parent_session_id"] == session_id
+    assert info["fork"]["parent_version"] == ends[0]
     as_json = json.loads(run("fork", session_id, "--at", str(ends[1]), "--json").stdout)
-    assert as_json["forked_from"] == session_id and "--fork-session" in as_json["agent_note"]
+    assert as_json["fork"]["parent_session_id"] == session_id and "--fork-session" in as_json["agent_note"]
     assert run("verify", "cli-fork").exit_code == 0
     assert run("verify").exit_code == 0
     history_lines = run("history", "cli-fork").stdout
@@ -397,8 +399,8 @@ def test_the_planner_forks_the_agent_session_only_for_a_fork_without_one_of_its_
                          host="box", pid=1)
         return plan.events[-1]  # type: ignore[return-value]
 
-    fork = SessionInfo(session_id="f", version=3, forked_from="p", forked_at_version=2,
-                       fork_agent_session_id="parent-agent")
+    fork = SessionInfo(session_id="f", version=3, fork=ForkLineage(
+        parent_session_id="p", parent_version=2, agent_session_id="parent-agent"))
     first = started(fork, "resume")
     assert first.history_strategy == "fork" and first.resume_agent_session_id == "parent-agent"
     assert first.argv[-2:] == ("--resume=parent-agent", "--fork-session")
