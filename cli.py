@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import __version__
 from .actors.expiry import expiry_due
+from .actors.fork import fork_session
 from .actors.updates import AnyTurnUpdate, TurnWaiting
 from .audit.anchors import check_anchor
-from .audit.anchors import checkpoint as checkpoint_head
 from .audit.attest import LedgerCheck, check_ledger, describe_check, open_signing_key
 from .audit.export_check import check_export, describe_signature
 from .audit.html import hashed_sessions, render_html
@@ -41,6 +41,7 @@ from .audit.jsonl import (
     import_checked,
     record_to_json,
 )
+from .audit.ledger_checkpoints import checkpoint_head
 from .audit.locations import anchor_file_path, signing_key_path
 from .audit.replay import replay_history
 from .audit.signing import SigningKeyError, load_public_key, public_key_path, sign_head
@@ -73,7 +74,7 @@ from .errors import (
     UnknownSessionError,
 )
 from .events import MODES, STATUSES, SessionExpired, at_version, history, session_info
-from .events.model import TAGS, Recorded, tag_of
+from .events.model import TAGS, ForkedFrom, Recorded, tag_of
 from .events.projections import (
     STATUS_EXPIRED,
     STATUS_IDLE,
@@ -81,6 +82,7 @@ from .events.projections import (
     HistoryMessage,
     SessionInfo,
 )
+from .events.system import CHECKPOINT_STREAM
 from .spend import spend_report
 from .storage import AuditStore, Head, VerifyReport, open_store
 from .transcript import with_transcripts
@@ -332,6 +334,7 @@ def _info_pairs(info: SessionInfo) -> list[tuple[str, Any]]:
         ("version", info.version),
         ("last position", info.last_position),
         *_label_pairs(info),
+        *_lineage_pairs(info),
     ]
 
 
@@ -386,6 +389,11 @@ def _print_check(check: LedgerCheck, as_json: bool) -> None:
             click.echo(f"  also: {problem}", err=True)
     if check.anchor is not None and check.anchor.last is not None and check.anchor.ok:
         click.echo(f"anchor: {check.anchor.message}")
+    for note in check.notes:
+        click.echo(f"note: {note}", err=True)
+    if check.checkpoints and check.ok:
+        click.echo(f"checkpoints: {check.checkpoints} signed head(s) recorded in the ledger, "
+                   "each signature valid and each head on the chain")
     for ignored in check.anchor.ignored if check.anchor is not None else ():
         click.echo(f"  anchor file: {ignored}", err=True)
     if check.head_check is not None:
@@ -895,14 +903,16 @@ def _verify_export_file(path: str, trusted: Ed25519PublicKey | None, as_json: bo
 
 @main.command(name="head")
 @click.option("--checkpoint", is_flag=True,
-              help="Also append the signed head to the anchor file (outside the ledger).")
+              help="Also append the signed head to the anchor file (outside the ledger) and "
+                   "record it in the ledger (~checkpoints).")
 @json_option
 @pass_state
 def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
     """Print the ledger's current head signed with its key (created 0600 if it has none).
 
     Refuses if the ledger does not continue its last anchored head (rolled back).
-    With --checkpoint the signed head is also anchored, for `verify` to check later.
+    With --checkpoint the signed head is also anchored, for `verify` to check later, and
+    recorded in the ledger as HeadCheckpointed on the reserved stream ~checkpoints.
 
     Example: chatledger head --checkpoint
     """
@@ -912,8 +922,13 @@ def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
         key = open_signing_key(config)
         if key is None:
             _fail(f"no signing key at {signing_key_path(config)} (see the warning above)", 4)
+        recorded_at: int | None = None
         if checkpoint:
-            signed = checkpoint_head(log, key, anchors)
+            done = checkpoint_head(log, key, anchors)
+            signed = done.signed
+            recorded_at = done.recorded.position if done.recorded is not None else None
+            if done.recorded is None and done.problem.startswith("anchored"):
+                click.echo(f"warning: {done.problem}", err=True)
         else:
             anchor = check_anchor(log, anchors, key.public_key())
             if not anchor.ok:
@@ -922,7 +937,8 @@ def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
     public_file = str(public_key_path(signing_key_path(config)))
     if as_json:
         _emit_json({**_to_builtins(signed), "public_key_file": public_file,
-                    "anchor_file": str(anchors) if checkpoint else None})
+                    "anchor_file": str(anchors) if checkpoint else None,
+                    **({"recorded_at_position": recorded_at} if checkpoint else {})})
         return
     click.echo(key_values([
         ("head", f"{signed.position}:{signed.hash}"),
@@ -931,6 +947,9 @@ def head_command(state: State, checkpoint: bool, as_json: bool) -> None:
         ("public key", public_file),
         ("signature", signed.signature),
         *([("anchored in", str(anchors))] if checkpoint else []),
+        *([("recorded in ledger", f"{CHECKPOINT_STREAM} at position {recorded_at}"
+            if recorded_at is not None else "no (nothing new since the last checkpoint)")]
+          if checkpoint else []),
     ]))
 
 
@@ -1185,6 +1204,47 @@ def stats(state: State, html_file: str | None, as_json: bool) -> None:
         ("head", figures.head),
     ]))
     click.echo(cli_manage.spend_lines(spend))
+
+
+# -- forks ----------------------------------------------------------------------------------
+
+
+def _lineage_pairs(info: SessionInfo) -> list[tuple[str, Any]]:
+    """The `show` line of a fork: its parent and the version it was forked at."""
+    if info.forked_from is None:
+        return []
+    return [("forked from", f"{info.forked_from} at version {info.forked_at_version}")]
+
+
+@main.command()
+@click.argument("session_id")
+@click.option("--at", "at_version", required=True, type=click.IntRange(1, LARGEST_COUNT),
+              help="The parent's version to fork at (its history up to it is copied).")
+@click.option("--as", "new_session_id", help="The fork's id (default: a new uuid4).")
+@json_option
+@pass_state
+def fork(state: State, session_id: str, at_version: int, new_session_id: str | None,
+         as_json: bool) -> None:
+    """Fork a session at a version: a new session that starts from its history.
+
+    The fork starts with ForkedFrom (the parent, the version, that record's hash), then the
+    parent's events up to that version, written at once; `show` names the parent and
+    `verify` checks the fork against it. A version inside a turn is refused (the error names
+    the versions before and after it). Prints the fork's id. With the resume strategy the
+    fork's first turn forks the agent's own session too (`--fork-session`).
+
+    Example: chatledger fork 3f2a --at 12 --as what-if
+    """
+    with state.log() as log:
+        parent = resolve_session_id(log, session_id)
+        info = fork_session(log, parent, at_version, new_session_id)
+        first = log.read_session(info.session_id, from_version=1)[:1]
+    note = first[0].event.agent_note if first and isinstance(first[0].event, ForkedFrom) else ""
+    if as_json:
+        _emit_json({**_to_builtins(info), "agent_note": note})
+        return
+    click.echo(info.session_id)
+    click.echo(f"forked from {parent} at version {at_version}: {note}", err=True)
 
 
 # -- the demo -----------------------------------------------------------------------------

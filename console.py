@@ -213,6 +213,12 @@ def _event_detail(kind: str, fields: dict[str, Any]) -> str:
         idle = fields.get("idle_seconds", 0)
         idle = idle if isinstance(idle, (int, float)) else 0
         return f"{fields.get('reason', 'idle')}, idle {format_duration(idle)}"
+    if kind == "forked_from":
+        return (f"from {fields.get('parent_session_id')} at version "
+                f"{fields.get('parent_version')} ({str(fields.get('parent_hash', ''))[:16]}...)")
+    if kind == "head_checkpointed":
+        return (f"head {fields.get('position')}:{str(fields.get('hash', ''))[:16]}... signed by "
+                f"{fields.get('key')} ({fields.get('trigger', 'on_demand')})")
     return _short(fields, 70) if fields else ""
 
 

@@ -103,6 +103,14 @@ class Ledger:
             session_id, mode=mode, study_id=study_id, owner=owner, title=title
         )
 
+    def fork(
+        self, session_id: str, at_version: int, *, new_session_id: str | None = None
+    ) -> SessionInfo:
+        """Fork a session at `at_version` into a new session (a uuid4 id unless one is
+        given) that starts with ForkedFrom and the parent's history up to that version;
+        returns the fork's info. Refused for a version out of range or inside a turn."""
+        return self.runtime.fork(session_id, at_version, new_session_id=new_session_id)
+
     def set_title(self, session_id: str, title: str) -> SessionInfo:
         """Set a session's title ("" clears it)."""
         return self.runtime.annotate(session_id, retitle(title))

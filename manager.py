@@ -272,6 +272,18 @@ class SessionManager:
         except (UnknownSessionError, InvalidSessionIdError):
             raise _not_found(session_id) from None
 
+    async def fork(
+        self, session_id: str, at_version: int, *, new_session_id: str | None = None
+    ) -> SessionInfo:
+        """Fork a session at `at_version` into a new session (see `Ledger.fork`); ValueError
+        for an unknown parent."""
+        runtime = await self._runtime_async()
+        try:
+            return await asyncio.to_thread(runtime.fork, session_id, at_version,
+                                           new_session_id=new_session_id)
+        except UnknownSessionError:
+            raise _not_found(session_id) from None
+
     async def set_title(self, session_id: str, title: str) -> SessionInfo:
         """Set a session's title ("" clears it); ValueError for an unknown session."""
         return await self._annotate(session_id, retitle(title))

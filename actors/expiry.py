@@ -3,7 +3,8 @@
 A session expires once it has been idle (no recorded activity) for at least the expiry age
 (`expiry_age`, or `chatledger expire --idle`). Never expired: a session the ledger does not
 hold, one already expired, one with a turn open (its status is running: this process or
-another may be running it) or busy in a live actor, and one with no recorded activity. The
+another may be running it) or busy in a live actor, one with no recorded activity, and
+chatledger's own reserved streams (`~...`: budgets, checkpoints). The
 supervisor's sweep, the session actor (which decides again on its own state) and
 `chatledger expire` all ask this function. Pure: no clock, no I/O.
 """
@@ -11,6 +12,7 @@ supervisor's sweep, the session actor (which decides again on its own state) and
 from __future__ import annotations
 
 from ..events import STATUS_EXPIRED, STATUS_RUNNING, SessionInfo
+from ..events.system import is_reserved
 
 
 def expiry_due(
@@ -18,7 +20,7 @@ def expiry_due(
 ) -> float | None:
     """How long the session has been idle if it should expire at `now` (epoch seconds), or
     None if it should not; `busy` says a live actor has a turn queued or running."""
-    if busy or info.version == 0 or info.last_active is None:
+    if busy or info.version == 0 or info.last_active is None or is_reserved(info.session_id):
         return None
     if info.status in (STATUS_EXPIRED, STATUS_RUNNING):
         return None

@@ -31,12 +31,21 @@ import pykka
 from ..agent import McpConfigFiles, select_dialect
 from ..catalog.search import SearchIndex
 from ..config import Config
-from ..errors import ChatledgerError, ConcurrencyError, ConfigError, LedgerClosedError, LedgerError
+from ..errors import (
+    ChatledgerError,
+    ConcurrencyError,
+    ConfigError,
+    InvalidSessionIdError,
+    LedgerClosedError,
+    LedgerError,
+)
 from ..events import Event, HistoryMessage, Recorded, SessionInfo, history
+from ..events.system import is_reserved
 from ..sdk_store import LedgerSessionStore
 from ..storage import AuditStore, Lease, local_directory, open_store, validate_session_id
 from ..telemetry import instrument_store, watch_runtime
 from .annotations import Decider
+from .fork import fork_session
 from .interrupts import InterruptWatcher
 from .messages import (
     Activate,
@@ -231,6 +240,11 @@ class Runtime:
     ) -> pykka.ActorRef[SessionActor]:
         self._check_open()
         validate_session_id(session_id)
+        if is_reserved(session_id):
+            raise InvalidSessionIdError(
+                f"session id {session_id[:40]!r} is reserved: ids starting with '~' are "
+                "chatledger's own streams, not sessions"
+            )
         if pin:  # a live actor is found without a round trip through the supervisor
             ref = self.registry.pin(session_id)
             if ref is not None:
@@ -281,6 +295,14 @@ class Runtime:
             CreateSession(mode=mode, study_id=study_id, owner=owner, title=title),
             must_exist=False,
         )
+
+    def fork(
+        self, session_id: str, at_version: int, *, new_session_id: str | None = None
+    ) -> SessionInfo:
+        """Fork a session at a version into a new one (a uuid4 id unless one is given):
+        ForkedFrom, then the parent's history up to that version, in one atomic append."""
+        self._check_open()
+        return fork_session(self.log, session_id, at_version, new_session_id)
 
     def annotate(self, session_id: str, decide: Decider) -> SessionInfo:
         """Record a label change (title, tags, archive, caps) decided by `decide`."""

@@ -24,6 +24,7 @@ from ..events import (
 from ..spend.caps import Reserve, budget_refusal, owner_turn_start
 from ..telemetry import record_refusal, start_turn_trace
 from .checks import check_open
+from .fork import stale_fork_agent_session
 from .messages import (
     RetryRecording,
     RunCompleted,
@@ -39,7 +40,9 @@ from .turn import (
     TurnPlan,
     TurnStream,
     finish_run,
+    forks_agent_session,
     plan_turn,
+    resume_session_id,
     storable_event,
     turn_uuid,
     warm_turn_ahead,
@@ -113,8 +116,17 @@ class SessionTurns(SessionOwnership):
 
         def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
+            info, lost = self.info, None
+            resume_id = resume_session_id(info, self.services.config, resume)
+            if self.services.warm is not None and resume is None:  # a live turn resumes
+                resume_id = info.agent_session_id or info.fork_agent_session_id
+            if attempt == 1 and forks_agent_session(info, resume_id):
+                lost = stale_fork_agent_session(self.services.log, info, info.turn_count + 1)
+                if lost is not None:  # the parent went on in it: prompt history instead
+                    info = msgspec.structs.replace(info, fork=msgspec.structs.replace(
+                        info.fork, agent_session_id=None) if info.fork else None)
             plan = plan_turn(
-                info=self.info,
+                info=info,
                 recent=self.recent,
                 text=command.text,
                 canvas_state=command.canvas_state,
@@ -130,7 +142,7 @@ class SessionTurns(SessionOwnership):
                 live=self.services.warm is not None,
                 last_started=self.last_run_started,
             )
-            return plan.events, plan
+            return ([lost, *plan.events] if lost is not None else plan.events), plan
 
         plan = self._record(decide, lease)
         ticket = RunTicket(

@@ -116,11 +116,19 @@ class TurnPlan:
 def resume_session_id(info: SessionInfo, config: Config, resume: bool | None) -> str | None:
     """The agent session to resume for this turn, or None to send prompt history. `resume`
     None follows the configured strategy (and only an id that cannot pose as a flag)."""
+    agent_session_id = info.agent_session_id or info.fork_agent_session_id
     if resume is None:
         resume = config.history_strategy == "resume" and bool(
-            RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or "")
+            RESUMABLE_AGENT_SESSION_ID.fullmatch(agent_session_id or "")
         )
-    return info.agent_session_id if resume else None
+    return agent_session_id if resume else None
+
+
+def forks_agent_session(info: SessionInfo, resume_id: str | None) -> bool:
+    """Whether a turn resuming `resume_id` forks the agent's session (`--fork-session`): a
+    fork's turn before it has an agent session of its own resumes its parent's."""
+    return resume_id is not None and info.agent_session_id is None \
+        and resume_id == info.fork_agent_session_id
 
 
 def mirrors_transcript(config: Config, dialect: AgentDialect) -> bool:
@@ -163,8 +171,10 @@ def plan_turn(
     ValueError for a bad argv setting."""
     turn = info.turn_count + (1 if attempt == 1 else 0)
     if live and resume is None:
-        resume = bool(RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or ""))
+        resume = bool(RESUMABLE_AGENT_SESSION_ID.fullmatch(
+            info.agent_session_id or info.fork_agent_session_id or ""))
     resume_id = resume_session_id(info, config, resume)
+    fork = forks_agent_session(info, resume_id)
     prompt = build_prompt(
         mode=info.mode,
         study_id=info.study_id,
@@ -185,12 +195,14 @@ def plan_turn(
         resume_session_id=resume_id,
         transcript_mirror=mirror,
         permission_prompt=approvals,
+        fork_session=fork,
     ))
     warm: WarmTurn | None = None
     refusal = ""
     if live:
         try:
-            warm = _warm_turn(dialect, config, info.mode, mcp_config_path, resume_id, argv)
+            warm = _warm_turn(dialect, config, info.mode, mcp_config_path, resume_id, argv,
+                              fork)
         except ValueError as error:
             refusal = str(error)
         if warm is not None and resume_id:
@@ -207,7 +219,8 @@ def plan_turn(
                 events.append(SessionTitled(title=title, source="first_message"))
     if refusal:
         events.append(ColdRunChosen(turn=turn, reason="unsupported", message=refusal))
-    strategy = "live" if warm is not None else "resume" if resume_id else "prompt"
+    strategy = "live" if warm is not None else "fork" if fork else \
+        "resume" if resume_id else "prompt"
     events.append(
         RunStarted(
             turn=turn,
@@ -240,7 +253,7 @@ def warm_turn_ahead(info: SessionInfo, config: Config, dialect: AgentDialect,
 
 
 def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path: str | None,
-               resume_id: str | None, cold_argv: Sequence[str]) -> WarmTurn:
+               resume_id: str | None, cold_argv: Sequence[str], fork: bool = False) -> WarmTurn:
     """The argv of a live process for this turn (ValueError if the dialect cannot)."""
     def live_argv(resume: str | None) -> tuple[str, ...]:
         return tuple(dialect.turn_argv(config.agent_command, TurnOptions(
@@ -248,6 +261,7 @@ def _warm_turn(dialect: AgentDialect, config: Config, mode: str, mcp_config_path
             mcp_config_path=mcp_config_path, include_partial_messages=config.partial_messages,
             resume_session_id=resume, live=True,
             permission_prompt=config.tool_approvals and mode == "user",
+            fork_session=fork and resume is not None,
         )))
 
     return WarmTurn(live_argv=live_argv(resume_id), identity=live_argv(None),
@@ -351,7 +365,8 @@ def finish_run(
     the events to record and the updates for the caller."""
     if resumed_session_was_lost(outcome, started):
         return RetryWithPromptHistory(
-            AgentSessionLost(turn=turn, agent_session_id=agent_session_id or "",
+            AgentSessionLost(turn=turn, agent_session_id=agent_session_id
+                             or (started.resume_agent_session_id if started else None) or "",
                              message=outcome.message)
         )
     if outcome.ok:

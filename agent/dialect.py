@@ -44,6 +44,8 @@ class TurnOptions(msgspec.Struct, frozen=True, kw_only=True):
     transcript_mirror: bool = False
     live: bool = False
     permission_prompt: bool = False
+    fork_session: bool = False
+    """With `resume_session_id`: the agent continues that session under a new id (a fork)."""
 
 
 class FinishedTurn(msgspec.Struct, frozen=True, kw_only=True):

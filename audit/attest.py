@@ -2,7 +2,8 @@
 hash chains, the indexes, the last anchored head), when was that checked, and its head signed.
 
 `check_ledger` verifies the whole ledger (or some sessions) through the store's `verify` and
-the per-session check, and compares it with the anchor file; `open_signing_key` finds (or
+the per-session check, compares it with the anchor file, checks each fork against its
+parent (`lineage.py`) and the signed heads recorded in the ledger (`ledger_checkpoints.py`); `open_signing_key` finds (or
 creates) the ledger's key from the settings. Export, `history`, `show` and the HTML page use
 these; nothing here writes the ledger.
 """
@@ -17,10 +18,13 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..config import Config
+from ..events.system import CHECKPOINT_STREAM
 from ..storage import AuditStore, Head
 from ..storage.hashing import HASH_SIZE
 from .anchors import AnchorCheck, HeadComparison, check_anchor, compare_head
 from .export_check import Verification
+from .ledger_checkpoints import check_recorded_checkpoints
+from .lineage import check_lineage
 from .locations import anchor_file_path, signing_key_path
 from .session_check import verify_session
 from .signing import (
@@ -49,6 +53,10 @@ class LedgerCheck(msgspec.Struct, kw_only=True):
     anchor: AnchorCheck | None = None
     head_check: HeadComparison | None = None
     signed_head: SignedHead | None = None
+    checkpoints: int = 0
+    """How many signed heads the ledger records (`~checkpoints`), each checked."""
+    notes: list[str] = msgspec.field(default_factory=list)
+    """What could not be checked here (a fork whose parent this ledger does not hold)."""
 
     def verification(self) -> Verification:
         """The verdict as an export header states it."""
@@ -102,6 +110,7 @@ def check_ledger(
         check.anchor = anchor
         if not anchor.ok:
             _fail(check, anchor.last.position if anchor.last else None, anchor.message)
+        _check_lineage_and_checkpoints(check, log, None, verifier)
         if saved_head is not None:
             check.head_check = compare_head(log, saved_head)
             if not check.head_check.matches and check.ok:
@@ -118,12 +127,31 @@ def check_ledger(
         if not part.ok:
             _fail(check, part.first_bad_position, f"session {session_id}: {part.reason}")
             check.problems.extend(part.problems[1:])
+        _check_lineage_and_checkpoints(check, log, session_id, trusted or (
+            key.public_key() if key is not None else None))
         stream = log.read_session_raw(session_id) if key is not None else []
         if stream:
             tips[session_id] = session_tip(len(stream), bytes(stream[-1][1][:HASH_SIZE]))
     if check.ok and key is not None:
         check.signed_head = sign_head(key, check.head, sessions=tips)
     return check
+
+
+def _check_lineage_and_checkpoints(
+    check: LedgerCheck, log: AuditStore, session_id: str | None,
+    trusted: Ed25519PublicKey | None,
+) -> None:
+    """Add to `check` what forks (each against its parent) and the checkpoints recorded in
+    the ledger (signatures, heads on the chain) show; `session_id` None: the whole ledger."""
+    for finding in check_lineage(log, None if session_id is None else [session_id]):
+        if finding.unverifiable:
+            check.notes.append(finding.message)
+        else:
+            _fail(check, finding.position, finding.message)
+    if session_id is None or session_id == CHECKPOINT_STREAM:
+        check.checkpoints, problems = check_recorded_checkpoints(log, trusted)
+        for position, problem in problems:
+            _fail(check, position, problem)
 
 
 def _fail(check: LedgerCheck, position: int | None, reason: str) -> None:

@@ -1,6 +1,7 @@
 """Ledger statistics: sessions by status, events, turns, failures by reason, cost, size, activity.
 
-Session figures come from the session index; failures by reason need one pass over the log
+Session figures come from the session index (chatledger's own reserved streams left out:
+they are not sessions); failures by reason need one pass over the log
 (its progress can be reported).
 """
 
@@ -13,6 +14,7 @@ from datetime import datetime
 import msgspec
 
 from ..events.model import RunFailed
+from ..events.system import is_reserved
 from ..storage import AuditStore
 
 
@@ -38,7 +40,7 @@ class LedgerStats(msgspec.Struct, kw_only=True):
 
 def ledger_stats(log: AuditStore, progress: Callable[[int], None] | None = None) -> LedgerStats:
     """Compute the statistics of a ledger (one pass over the log for failure reasons)."""
-    infos = log.sessions()
+    infos = [info for info in log.sessions() if not is_reserved(info.session_id)]
     head = log.head()
     failures: Counter[str] = Counter()
     for recorded in log.read_all(to_position=head.position):

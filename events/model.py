@@ -386,6 +386,40 @@ class TranscriptReseeded(Event, tag="transcript_reseeded", kw_only=True, frozen=
     prompt_digest: str = ""
 
 
+class ForkedFrom(Event, tag="forked_from", kw_only=True, frozen=True):
+    """This session was forked from another one: the first record of a fork, followed by
+    copies of the parent's events up to and including `parent_version`.
+
+    `parent_hash` is the hex hash of the parent's record at that version (at global
+    position `parent_position`), so `verify` can tell when the parent's history changed
+    since. `agent_session_id` is the parent's agent session that the fork's first turn
+    resumes with `--fork-session` (the resume strategy), None when it cannot (then the
+    fork sends prompt history); `agent_note` says why.
+    """
+
+    parent_session_id: str
+    parent_version: int
+    parent_hash: str
+    parent_position: int = 0
+    agent_session_id: str | None = None
+    agent_note: str = ""
+
+
+class HeadCheckpointed(Event, tag="head_checkpointed", kw_only=True, frozen=True):
+    """The ledger's head was signed and checkpointed (on demand or periodically), on the
+    reserved checkpoint stream: the head's `position` and `hash`, when it was signed, the
+    key's fingerprint and public key (base64), and the Ed25519 signature (base64) of the
+    signed head; `trigger` is "on_demand" or "periodic"."""
+
+    position: int
+    hash: str
+    signed_at: str
+    key: str
+    public_key: str
+    signature: str
+    trigger: str = "on_demand"
+
+
 AnyEvent = (
     SessionCreated
     | SessionResumed
@@ -414,6 +448,8 @@ AnyEvent = (
     | PermissionDecided
     | InterruptRequested
     | TranscriptReseeded
+    | ForkedFrom
+    | HeadCheckpointed
 )
 """The tagged union of every event this release knows."""
 

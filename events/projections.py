@@ -16,6 +16,7 @@ from .model import (
     AgentSessionLost,
     BudgetSet,
     CanvasModified,
+    ForkedFrom,
     MessageSent,
     ModeSwitched,
     Recorded,
@@ -46,6 +47,15 @@ STATUSES = (STATUS_NEW, STATUS_IDLE, STATUS_RUNNING, STATUS_EXPIRED)
 
 class ProjectionError(ValueError):
     """Records were folded out of order (a gap or a repeat in a session's versions)."""
+
+
+class ForkLineage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A fork's parent and version, and the parent's agent session its first turn forks
+    (until the fork has an agent session of its own, or the parent's was lost)."""
+
+    parent_session_id: str
+    parent_version: int
+    agent_session_id: str | None = None
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -79,6 +89,24 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     budget_usd: float | None = None
     budget_tokens: int | None = None
     refused_count: int = 0
+    fork: ForkLineage | None = None
+    """Where a fork came from (None: not a fork); one compact field, so the index entries
+    of the sessions that are not forks grow by a few bytes only."""
+
+    @property
+    def forked_from(self) -> str | None:
+        """The session this one was forked from (None: not a fork)."""
+        return self.fork.parent_session_id if self.fork is not None else None
+
+    @property
+    def forked_at_version(self) -> int:
+        """The parent's version the fork was made at (0: not a fork)."""
+        return self.fork.parent_version if self.fork is not None else 0
+
+    @property
+    def fork_agent_session_id(self) -> str | None:
+        """The parent's agent session a fork's first turn resumes with `--fork-session`."""
+        return self.fork.agent_session_id if self.fork is not None else None
 
 
 TOKEN_FIELDS = (
@@ -183,7 +211,17 @@ def _run_failed(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInf
 
 def _agent_session_lost(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
     return _replace(info, version=recorded.version, last_position=recorded.position,
-                    last_active=recorded.recorded_at, agent_session_id=None)
+                    last_active=recorded.recorded_at, agent_session_id=None,
+                    fork=None if info.fork is None else _replace(info.fork,
+                                                                 agent_session_id=None))
+
+
+def _forked(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
+    return _replace(info, version=recorded.version, last_position=recorded.position,
+                    last_active=recorded.recorded_at,
+                    fork=ForkLineage(parent_session_id=event.parent_session_id,
+                                     parent_version=event.parent_version,
+                                     agent_session_id=event.agent_session_id))
 
 
 def _expired(info: SessionInfo, recorded: Recorded, event: Any) -> SessionInfo:
@@ -257,6 +295,7 @@ _CHANGES: dict[type, Callable[[SessionInfo, Recorded, Any], SessionInfo]] = {
     SessionUnarchived: _unarchived,
     BudgetSet: _budget_set,
     TurnRefused: _turn_refused,
+    ForkedFrom: _forked,
 }
 
 

@@ -362,6 +362,9 @@ def run(args: Sequence[str]) -> int:
     if agent.mirror is not None:
         agent.mirror.after_result()
     if code == 0:
+        if options.fork_session:  # a fork starts with the resumed session's turns
+            for turn in earlier:
+                sessions.remember(session_id, turn.get("prompt", ""), turn.get("answer", ""))
         sessions.remember(session_id, prompt, agent.last_text)
     return code
 

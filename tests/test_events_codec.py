@@ -53,6 +53,7 @@ from chatledger.events import (
     session_info,
 )
 from chatledger.events.codec import StoredEnvelope, encode_record
+from chatledger.events.model import ForkedFrom, HeadCheckpointed
 from chatledger.storage import EventLog
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1"
@@ -133,6 +134,12 @@ EVENT_STRATEGIES = {
                            cap_usd=st.none() | finite, cap_tokens=st.none() | st.integers(0, 10**12)),
     InterruptRequested: st.builds(InterruptRequested, turn=turns, requested_by=texts, host=texts,
                                   pid=st.integers(0, 2**22)),
+    ForkedFrom: st.builds(ForkedFrom, parent_session_id=texts, parent_version=turns,
+                          parent_hash=texts, parent_position=turns,
+                          agent_session_id=st.none() | texts, agent_note=texts),
+    HeadCheckpointed: st.builds(HeadCheckpointed, position=turns, hash=texts, signed_at=texts,
+                                key=texts, public_key=texts, signature=texts,
+                                trigger=st.sampled_from(["on_demand", "periodic"])),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 

@@ -78,6 +78,7 @@ def build_argv(
     transcript_mirror: bool = False,
     live: bool = False,
     permission_prompt: bool = False,
+    fork_session: bool = False,
 ) -> list[str]:
     """The argv for one claude turn: command, `--print`, format, MCP config, permissions,
     session, transcript mirror. `permission_prompt` (user mode) has claude ask the caller
@@ -128,6 +129,10 @@ def build_argv(
     if resume_session_id is not None:
         _check_session_id("resume_session_id", resume_session_id)
         argv.append(f"--resume={resume_session_id}")
+        if fork_session:  # claude answers under a new session id holding the history
+            argv.append("--fork-session")
+    elif fork_session:
+        raise ValueError("fork_session needs a session to resume")
     if new_session_id is not None:
         _check_session_id("new_session_id", new_session_id)
         argv.append(f"--session-id={new_session_id}")
@@ -210,6 +215,7 @@ class ClaudeDialect:
             resume_session_id=options.resume_session_id, new_session_id=options.new_session_id,
             transcript_mirror=options.transcript_mirror,
             live=options.live, permission_prompt=options.permission_prompt,
+            fork_session=options.fork_session,
         )
 
     def environment_defaults(self, timeout: float) -> Mapping[str, str]:
