@@ -243,7 +243,10 @@ def plan_turn(
 def warm_turn_ahead(info: SessionInfo, config: Config, dialect: AgentDialect,
                     mcp_config_path: str | None) -> WarmTurn | None:
     """The live process the session's next turn would run in, to start ahead of need (on
-    activation, after a turn); None if the dialect cannot run live."""
+    activation, after a turn); None if the dialect cannot run live, or for a fork whose first
+    turn has yet to fork its parent's agent session (that turn checks the parent first)."""
+    if info.fork_agent_session_id and not info.agent_session_id:
+        return None
     resume = bool(RESUMABLE_AGENT_SESSION_ID.fullmatch(info.agent_session_id or ""))
     try:
         return _warm_turn(dialect, config, info.mode, mcp_config_path,

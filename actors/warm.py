@@ -105,7 +105,8 @@ class WarmPool:
         events: list[Event] = []
         entry, reason = self._take(session_id, turn, warm, events)
         if entry is None:
-            events.append(ColdRunChosen(turn=turn, reason=reason[0], message=reason[1]))
+            events.append(ColdRunChosen(turn=turn, reason=reason[0], message=reason[1],
+                                        argv=tuple(warm.cold_argv)))
             cold = dataclasses.replace(spec, argv=warm.cold_argv)
             ask = None if on_request is None else (lambda message, answerer: on_request(
                 self.permissions.request(session_id, turn, answerer, dict(message))))

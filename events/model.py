@@ -241,6 +241,8 @@ class ColdRunChosen(Event, tag="cold_run_chosen", kw_only=True, frozen=True):
     turn: int
     reason: str
     message: str = ""
+    argv: tuple[str, ...] = ()
+    """What ran instead of RunStarted's live argv (empty: RunStarted's argv is what ran)."""
 
 
 class AgentSessionLost(Event, tag="agent_session_lost", kw_only=True, frozen=True):

@@ -751,8 +751,15 @@ def test_a_tool_request_nobody_answers_is_denied_after_permission_timeout(
         session = ledger.create_session().session_id
         fake_api.script(write_call(claude.workdir / "never.md"), text("Nobody answered."))
         began = time.monotonic()
-        outcome = ledger.send(session, "write it")
+        asked: list[PermissionRequestUpdate] = []  # a consumer that sees and never answers
+
+        def ignore(update: Any) -> None:
+            if isinstance(update, PermissionRequestUpdate):
+                asked.append(update)
+
+        outcome = ledger.send(session, "write it", on_update=ignore)
         assert (outcome.ok, outcome.text) == (True, "Nobody answered.")
+        assert len(asked) == 1
         assert 1.0 <= time.monotonic() - began < 1.0 + INTERRUPT_BOUND_SECONDS
         decided = events_of(ledger, session, PermissionDecided)
         assert [(d.allow, d.decided_by) for d in decided] == [(False, "chatledger")]

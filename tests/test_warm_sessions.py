@@ -186,8 +186,11 @@ def test_an_agent_that_fails_initialize_runs_cold_and_says_so(tmp_path: Path) ->
         session = ledger.create_session().session_id
         outcome = ledger.send(session, "hello")
         assert (outcome.ok, outcome.reason) == (False, "exit_status")  # the cold run's own
-        assert [c.reason for c in events_of(ledger, session, ColdRunChosen)] == \
-            ["initialize_failed"]
+        chosen = events_of(ledger, session, ColdRunChosen)
+        assert [c.reason for c in chosen] == ["initialize_failed"]
+        started = events_of(ledger, session, RunStarted)[-1]
+        assert chosen[0].argv and chosen[0].argv != started.argv  # what ran, not the live one
+        assert "--input-format" not in chosen[0].argv
 
 
 def test_a_stream_retried_without_streaming_resets_the_deltas(ledger: Ledger) -> None:

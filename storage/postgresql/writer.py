@@ -77,9 +77,10 @@ KNOWN_SESSIONS = 16384
 """How many sessions' last (version, info) a writer keeps to assume their state."""
 
 
-class AppendOutcomeUnknownError(LedgerError):
+class AppendOutcomeUnknownError(ConnectionLostError):
     """The connection was lost while an append committed and the server did not come back in
-    time to tell: read the session's version before appending again."""
+    time to tell: read the session's version before appending again. A kind of
+    ConnectionLostError: a caller that handles a lost server handles this one too."""
 
 
 class _Request:
