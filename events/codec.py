@@ -10,6 +10,7 @@ their bytes. This module does no I/O.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -69,12 +70,41 @@ def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]
 StoredEnvelope = Envelope[msgspec.Raw]
 """A record's stored shape with the event left encoded: used to write and to check."""
 
+SEALED_RECORD_MARKER = 0x9B
+"""The first byte of a record of the redaction-ready format: a MessagePack array of 11."""
+
+
+class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A record of the redaction-ready format, its parts left encoded (to write and to check).
+
+    The envelope's seven fields, then the event (nil once redacted) and the salt (nil once
+    redacted): the two parts a redaction removes, side by side; then the event's redacted
+    form (`events.content.redacted_form`) and the commitment, BLAKE2b-256 of the event's
+    bytes keyed with the salt. The chain hash covers every byte but the event's and the
+    salt's (`storage.hashing`), so removing them keeps every link. `Recorded` reads the
+    first eight fields of such a record as it reads an older one (msgspec skips the rest).
+    """
+
+    position: int
+    session_id: str
+    version: int
+    recorded_at: datetime
+    schema_version: int
+    prev_session_hash: bytes
+    prev_log_hash: bytes
+    event: msgspec.Raw
+    salt: bytes | None
+    redacted: msgspec.Raw
+    commitment: bytes
+
 
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(AnyEvent)
 _record_decoder = msgspec.msgpack.Decoder(Recorded)
 _envelope_decoder = msgspec.msgpack.Decoder(StoredEnvelope)
 _raw_map_decoder: msgspec.msgpack.Decoder[dict[str, Any]] = msgspec.msgpack.Decoder(dict[str, Any])
+_sealed_decoder = msgspec.msgpack.Decoder(SealedEnvelope)
+_NIL = b"\xc0"
 
 
 ENCODE_ERRORS = (
@@ -176,8 +206,24 @@ def encode_record(envelope: Envelope[Any]) -> bytes:
 
 
 def decode_envelope(data: bytes | memoryview) -> StoredEnvelope:
-    """Decode a stored record's envelope, leaving its event as raw MessagePack."""
+    """Decode a stored record's envelope, leaving its event as raw MessagePack (of a
+    redacted record: nil)."""
     return _envelope_decoder.decode(data)
+
+
+def is_sealed(data: bytes | memoryview) -> bool:
+    """Whether a stored record has the redaction-ready format (see `SealedEnvelope`)."""
+    return len(data) > 0 and data[0] == SEALED_RECORD_MARKER
+
+
+def decode_sealed(data: bytes | memoryview) -> SealedEnvelope:
+    """Decode a record of the redaction-ready format into its encoded parts."""
+    return _sealed_decoder.decode(data)
+
+
+def is_nil(raw: msgspec.Raw) -> bool:
+    """Whether a raw part holds MessagePack nil (a removed event)."""
+    return bytes(raw) == _NIL
 
 
 def decode_record(data: bytes | memoryview) -> Recorded:
@@ -189,7 +235,10 @@ def decode_record(data: bytes | memoryview) -> Recorded:
     except msgspec.ValidationError:
         pass  # an unknown tag or a newer shape
     envelope = _envelope_decoder.decode(data)
-    event = decode_event(bytes(envelope.event), envelope.schema_version)
+    event_bytes = bytes(envelope.event)
+    if event_bytes == _NIL and is_sealed(data):  # redacted: it reads as its redacted form
+        event_bytes = bytes(_sealed_decoder.decode(data).redacted)
+    event = decode_event(event_bytes, envelope.schema_version)
     return Recorded(
         position=envelope.position,
         session_id=envelope.session_id,

@@ -39,7 +39,8 @@ from chatledger.storage import (
     open_store,
     record_hash,
 )
-from chatledger.storage.hashing import HASH_SIZE
+from chatledger.events.codec import decode_envelope, decode_sealed, is_sealed
+from chatledger.storage.hashing import HASH_SIZE, examine_record
 
 
 def _forget(location: str) -> None:
@@ -287,8 +288,28 @@ def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
             store.append_atomically([SessionAppend("t", [SessionCreated()], 0, [when])])
             stored[name] = list(store.read_raw())
         _forget(location)
-    first, *others = stored.values()
+    for values in stored.values():  # every hash by the same rule
+        assert all(examine_record(value[HASH_SIZE:])[0] == value[:HASH_SIZE]
+                   for _, value in values)
+    shapes = {name: [_same_everywhere(value) for _, value in values]
+              for name, values in stored.items()}
+    first, *others = shapes.values()
     assert all(other == first for other in others)
+    assert [shape[0] for shape in first] == [False, True, False]  # only the message is sealed
+
+
+def _same_everywhere(value: bytes) -> tuple[object, ...]:
+    """What every store writes alike for the same events: all but the random salt, the
+    commitment it keys, and the hash links that follow from them."""
+    record = value[HASH_SIZE:]
+    if is_sealed(record):
+        parts = decode_sealed(record)
+        return (True, parts.position, parts.session_id, parts.version, parts.recorded_at,
+                parts.schema_version, bytes(parts.event), bytes(parts.redacted),
+                len(parts.salt or b""), len(parts.commitment))
+    envelope = decode_envelope(record)
+    return (False, envelope.position, envelope.session_id, envelope.version,
+            envelope.recorded_at, envelope.schema_version, bytes(envelope.event))
 
 
 def test_a_postgresql_location_opens_the_postgresql_store_and_a_dead_server_is_named() -> None:

@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 
 from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
-from ...events.codec import SCHEMA_VERSION, encode_record
-from ...events.model import Envelope, Recorded
+from ...events.codec import SCHEMA_VERSION
+from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
-from ..hashing import GENESIS, Head, record_hash
+from ..hashing import GENESIS, Head
 from ..leases import Lease, decode_lease, encode_lease, fences, released
-from ..records import EncodedAppend, IndexEntry
+from ..records import EncodedAppend, IndexEntry, stored_record
 from ..verbatim import plan_verbatim
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
@@ -52,6 +52,8 @@ class LedgerStore:
         self.sessions_db = shared.databases[layout.SESSIONS_DB]
         self.meta_db = shared.databases[layout.META_DB]
         self.appended = threading.Condition()
+        self._stored_format = layout.FORMAT_VERSION
+        self._format_written = False
         self.writer: GroupCommitWriter | None = None
         if not shared.readonly:
             self._initialise_format()
@@ -60,6 +62,8 @@ class LedgerStore:
             self._check_format()
 
     def _notify(self) -> None:
+        if self._format_written:
+            self._stored_format = layout.FORMAT_VERSION
         with self.appended:
             self.appended.notify_all()
 
@@ -71,7 +75,14 @@ class LedgerStore:
                     raise LedgerError(f"{self.shared.path} holds a log without a format marker")
                 txn.put(layout.META_FORMAT, layout.encode_format(), db=self.meta_db)
             else:
-                self._check_marker(marker)
+                self._stored_format = self._check_marker(marker)
+
+    def mark_format(self, txn: Any) -> None:
+        """Mark a format-1 ledger as format 2 before this release writes records into it.
+        Writer thread only."""
+        if self._stored_format < layout.FORMAT_VERSION:
+            txn.put(layout.META_FORMAT, layout.encode_format(), db=self.meta_db)
+            self._format_written = True  # kept once the transaction commits (`_notify`)
 
     def _check_format(self) -> None:
         with self.shared.transaction() as txn:
@@ -80,7 +91,7 @@ class LedgerStore:
             raise LedgerError(f"{self.shared.path} is not a chatledger ledger")
         self._check_marker(marker)
 
-    def _check_marker(self, marker: bytes) -> None:
+    def _check_marker(self, marker: bytes) -> int:
         try:
             fields = layout.decode_format(marker)
         except msgspec.DecodeError:
@@ -93,6 +104,7 @@ class LedgerStore:
                 f"{fields.get('version')}, this release reads {layout.FORMAT_VERSION}): "
                 "upgrade chatledger"
             )
+        return int(fields.get("version", 0))
 
     def index_entry_in(self, txn: Any, session_id: str) -> IndexEntry | None:
         """A session's index entry as `txn` sees it (None if the session is unknown)."""
@@ -139,6 +151,7 @@ class LedgerStore:
                 log_hash = head.hash
                 touched.clear()
                 continue
+            self.mark_format(txn)
             result, next_position, log_hash = self._apply_appends(
                 txn, payload.appends, touched, next_position, log_hash
             )
@@ -226,21 +239,13 @@ class LedgerStore:
         times = payload.recorded_at or [now] * len(payload.events)
         position_key, stream_key = layout.position_key, layout.stream_key
         recorded_list: list[Recorded] = []
-        for event, encoded_event, recorded_at in zip(
-            payload.events, payload.encoded, times, strict=True
+        seals = payload.seals or [None] * len(payload.events)
+        for event, encoded_event, seal, recorded_at in zip(
+            payload.events, payload.encoded, seals, times, strict=True
         ):
             version += 1
-            record = encode_record(Envelope(
-                position=next_position,
-                session_id=session_id,
-                version=version,
-                recorded_at=recorded_at,
-                schema_version=SCHEMA_VERSION,
-                prev_session_hash=session_hash,
-                prev_log_hash=log_hash,
-                event=msgspec.Raw(encoded_event),
-            ))
-            digest = record_hash(record)
+            record, digest = stored_record(next_position, session_id, version, recorded_at,
+                                           session_hash, log_hash, encoded_event, seal)
             txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
             txn.put(stream_key(session_id, version), position_key(next_position),
                     db=self.streams_db)
@@ -273,6 +278,7 @@ class LedgerStore:
         )
         if isinstance(plan, Exception):
             return plan
+        self.mark_format(txn)
         for recorded, value in plan.values:
             txn.put(layout.position_key(recorded.position), value, db=self.log_db, append=True)
             txn.put(layout.stream_key(recorded.session_id, recorded.version),

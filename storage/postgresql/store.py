@@ -194,7 +194,7 @@ class PostgresStore:
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction (all or none; original recorded_at
         times kept when given, for import), each fenced by its lease when it has one."""
-        payloads = [encode_append(append) for append in appends]
+        payloads = [encode_append(append, seal=False) for append in appends]
         distinct_sessions([payload.session_id for payload in payloads])
         if not any(payload.events or payload.release_lease for payload in payloads):
             return [[] for _ in payloads]
