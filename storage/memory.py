@@ -45,6 +45,7 @@ from .records import (
     encode_append,
     stored_record,
 )
+from .redaction import plan_redaction
 from .subscription import Subscription
 from .verbatim import plan_verbatim
 from .verification import VerifyReport, verify_snapshot
@@ -242,6 +243,45 @@ class MemoryStore:
         with data.appended:
             data.appended.notify_all()
         return plan.head
+
+    def redact(
+        self, session_id: str, version: int | None, *, reason: str = "",
+        redacted_by: str | None = None,
+    ) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of every record that still
+        has some) and append a Redacted event for each, atomically; returns those records."""
+        validate_session_id(session_id)
+        data = self.data
+        with data.lock:
+            entry = data.index.get(session_id)
+            if entry is None:
+                raise UnknownSessionError(f"Session not found: {session_id}")
+            positions = data.streams[session_id]
+            values = [(position, data.values[position - 1]) for position in positions]
+            plan = plan_redaction(session_id, values, version, reason=reason,
+                                  redacted_by=redacted_by)
+            append = encode_append(SessionAppend(session_id, plan.events, entry.info.version))
+            refolded = IndexEntry(info=plan.info, last_hash=entry.last_hash)
+            stage = None
+            if append.events:
+                data.index[session_id] = refolded  # _stage folds on top of it
+                try:
+                    stage = _stage(data, append, data.head.position, data.head.hash)
+                finally:
+                    data.index[session_id] = entry
+            for position, value in plan.rewrites:  # nothing can fail from here on
+                data.values[position - 1] = value
+            data.index[session_id] = refolded
+            if stage is not None:
+                data.values.extend(stage.values)
+                positions.extend(range(stage.head.position - len(stage.values) + 1,
+                                       stage.head.position + 1))
+                data.index[session_id] = stage.entry
+                data.head = stage.head
+        if stage is not None:
+            with data.appended:
+                data.appended.notify_all()
+        return stage.records if stage is not None else []
 
     # -- leases --------------------------------------------------------------------------
 

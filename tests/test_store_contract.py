@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, truncate
+from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, rewrite_record, truncate
 
 from chatledger.audit.session_check import verify_session
 from chatledger.errors import (
@@ -29,6 +29,9 @@ from chatledger.errors import (
     UnknownSessionError,
 )
 from chatledger.events import MessageSent, ModeSwitched, ResponseReceived, SessionCreated
+from chatledger.events.codec import decode_record
+from chatledger.events.content import REDACTED_TEXT
+from chatledger.events.model import Redacted
 from chatledger.storage import (
     GENESIS,
     AuditStore,
@@ -41,6 +44,7 @@ from chatledger.storage import (
 )
 from chatledger.events.codec import decode_envelope, decode_sealed, is_sealed
 from chatledger.storage.hashing import HASH_SIZE, examine_record
+from chatledger.storage.redaction import RedactionRefusedError, without_content
 
 
 def _forget(location: str) -> None:
@@ -469,3 +473,102 @@ def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> N
         store.append("s", [MessageSent(turn=2, text="b")], 2, release_lease=True)
     second = store.acquire_lease("s", OWNER_B, ttl=30)
     assert second is not None and second.epoch == lease.epoch + 1
+
+
+# -- redaction -----------------------------------------------------------------------------
+
+
+def _stored(store: AuditStore, position: int) -> bytes:
+    return dict(store.read_raw())[position]
+
+
+def test_a_redacted_record_loses_its_content_and_every_chain_still_verifies(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    conversation(store, "t")
+    before = _stored(store, 2)
+    head = store.head()
+    [redaction] = store.redact("s", 2, reason="personal data", redacted_by="dpo")
+    after = _stored(store, 2)
+    assert after[:HASH_SIZE] == before[:HASH_SIZE]  # the hash, so every link, unchanged
+    assert b"question 1" in before and b"question 1" not in after
+    assert decode_sealed(after[HASH_SIZE:]).salt is None
+    event = redaction.event
+    assert isinstance(event, Redacted)
+    assert (event.version, event.position, event.event_type, event.reason,
+            event.redacted_by) == (2, 2, "message_sent", "personal data", "dpo")
+    assert event.commitment == decode_sealed(before[HASH_SIZE:]).commitment
+    assert (redaction.session_id, redaction.version) == ("s", 6)
+    message = store.read_session("s")[1].event
+    assert isinstance(message, MessageSent) and message.text == REDACTED_TEXT
+    assert store.require_info("s").version == 6
+    report = store.verify(head)
+    assert report.ok, report.problems
+    assert report.records_redacted == 1
+    assert verify_session(store, "s").ok and verify_session(store, "s").records_redacted == 1
+
+
+def test_a_flipped_byte_in_a_redacted_records_commitment_is_still_tampering(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    store.redact("s", 3, reason="")
+    record = _stored(store, 3)[HASH_SIZE:]
+    flip_byte(store, 3, offset=len(record) - 5)  # inside the commitment, the record's end
+    report = store.verify()
+    assert not report.ok and report.first_bad_position == 3
+    assert "altered" in (report.reason or "")
+
+
+def test_content_edited_under_an_intact_hash_breaks_its_commitment(store: AuditStore) -> None:
+    conversation(store, "s")
+    record = _stored(store, 2)[HASH_SIZE:]
+    rewrite_record(store, 2, record.replace(b"question 1", b"question 9"))
+    report = store.verify()
+    assert not report.ok and report.first_bad_position == 2
+    assert "commitment" in (report.reason or "")
+    with pytest.raises(RedactionRefusedError, match="fails its own check"):
+        store.redact("s", 2)
+
+
+def test_content_removed_without_a_redacted_event_is_reported(store: AuditStore) -> None:
+    conversation(store, "s")
+    stripped = without_content(_stored(store, 4))
+    rewrite_record(store, 4, stripped[HASH_SIZE:])
+    report = store.verify()
+    assert not report.ok and "without a Redacted event" in (report.reason or "")
+
+
+def test_erasing_a_whole_session_keeps_the_global_chain(store: AuditStore) -> None:
+    conversation(store, "a", turns=2)
+    conversation(store, "b", turns=1)
+    store.append("a", [MessageSent(turn=3, text="late")], store.require_info("a").version)
+    others = {position: value for position, value in store.read_raw()
+              if decode_record(value[HASH_SIZE:]).session_id == "b"}
+    written = store.redact("a", None, reason="erasure request")
+    assert [(record.event.version, record.event.position) for record in written] == [
+        (2, 2), (3, 3), (4, 4), (5, 5), (6, 9)]
+    assert all(b"question" not in value and b"answer" not in value and b"late" not in value
+               for position, value in store.read_raw() if position not in others)
+    assert {position: value for position, value in store.read_raw()
+            if position in others} == others
+    report = store.verify()
+    assert report.ok, report.problems
+    assert report.records_redacted == 5
+    assert store.redact("a", None) == []  # nothing left to redact
+
+
+def test_a_redaction_that_cannot_be_done_changes_nothing(store: AuditStore) -> None:
+    conversation(store, "s")
+    store.redact("s", 2)
+    head = store.head()
+    with pytest.raises(RedactionRefusedError, match="no content"):
+        store.redact("s", 1)  # session_created
+    with pytest.raises(RedactionRefusedError, match="already redacted"):
+        store.redact("s", 2)
+    with pytest.raises(RedactionRefusedError, match="no version 99"):
+        store.redact("s", 99)
+    with pytest.raises(UnknownSessionError):
+        store.redact("nobody", 1)
+    assert store.head() == head and store.verify().ok

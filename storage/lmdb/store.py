@@ -12,18 +12,27 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from itertools import islice
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
 
-from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
+from ...errors import ConcurrencyError, LedgerError, StaleLeaseError, UnknownSessionError
 from ...events.codec import SCHEMA_VERSION
 from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head
 from ..leases import Lease, decode_lease, encode_lease, fences, released
-from ..records import EncodedAppend, IndexEntry, stored_record
+from ..records import (
+    EncodedAppend,
+    IndexEntry,
+    SessionAppend,
+    StoredValue,
+    encode_append,
+    stored_record,
+)
+from ..redaction import RedactionRefusedError, plan_redaction
 from ..verbatim import plan_verbatim
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
@@ -289,6 +298,51 @@ class LedgerStore:
         txn.put(layout.META_HEAD, layout.encode_head(plan.head.position, plan.head.hash),
                 db=self.meta_db)
         return plan.head
+
+    def redact(
+        self, txn: Any, session_id: str, version: int | None, reason: str,
+        redacted_by: str | None,
+    ) -> list[Recorded] | Exception:
+        """Remove the content of a version of a session (None: of all of it) and append its
+        Redacted events, in the writer's transaction; returns the Redacted records, or the
+        error (nothing written). Writer thread only: an error is returned, not raised, so the
+        other requests of the batch still commit."""
+        entry = self.index_entry_in(txn, session_id)
+        if entry is None:
+            return UnknownSessionError(f"Session not found: {session_id}")
+        try:
+            values = self._session_values_in(txn, session_id, entry.info.version)
+            plan = plan_redaction(session_id, values, version, reason=reason,
+                                  redacted_by=redacted_by)
+            payload = encode_append(SessionAppend(session_id, plan.events, entry.info.version))
+        except (RedactionRefusedError, LedgerError, TypeError) as error:
+            return error
+        for position, value in plan.rewrites:
+            txn.put(layout.position_key(position), value, db=self.log_db)
+        refolded = IndexEntry(info=plan.info, last_hash=entry.last_hash)
+        if not payload.events:
+            txn.put(layout.session_key(session_id), layout.encode_index_entry(refolded),
+                    db=self.sessions_db)
+            return []
+        head = self.head_in(txn)
+        touched: dict[str, IndexEntry | None] = {}
+        written, next_position, log_hash = self._write_append(
+            txn, payload, refolded, touched, head.position + 1, head.hash
+        )
+        self._flush(txn, touched, head, next_position, log_hash)
+        return written
+
+    def _session_values_in(self, txn: Any, session_id: str, count: int) -> list[StoredValue]:
+        """Every stored value of a session (versions 1..count) as `txn` sees them."""
+        cursor = txn.cursor(db=self.streams_db)
+        positions: list[bytes] = []
+        if count and cursor.set_key(layout.stream_key(session_id, 1)):
+            positions = list(islice(cursor.iternext(keys=False, values=True), count))
+        found = txn.cursor(db=self.log_db).getmulti(positions) if positions else []
+        if len(found) != count:
+            raise LedgerError(f"the stream index of {session_id!r} does not match its index "
+                              "entry: run `chatledger verify`")
+        return [(layout.key_position(key), bytes(value)) for key, value in found]
 
     def close(self) -> None:
         """Stop the writer (after what is queued) and close the environment if last."""

@@ -32,7 +32,7 @@ from ..hashing import GENESIS, HASH_SIZE, Head
 from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner
 from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_append
-from . import leases
+from . import leases, redaction
 from .connection import ConnectionLostError, Pool, connect, describe, redact
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
@@ -217,6 +217,14 @@ class PostgresStore:
                         "appending to them before importing") from None
                 self.seal_now()
         raise AssertionError("unreachable")
+
+    def redact(self, session_id: str, version: int | None, *, reason: str = "",
+               redacted_by: str | None = None) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of every record that still
+        has some) and append a Redacted event for each (see `redaction.py`); returns them."""
+        validate_session_id(session_id)
+        self._check_writable()
+        return redaction.redact(self, self._read, session_id, version, reason, redacted_by)
 
     def _check_writable(self) -> None:
         if self._closed:
