@@ -10,8 +10,8 @@ their bytes. This module does no I/O.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -200,8 +200,9 @@ def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | U
         return UnknownEvent(type=tag, fields=fields, raw=bytes(data))
 
 
-def encode_record(envelope: Envelope[Any]) -> bytes:
-    """Encode a record for storage (its event as a struct or as `msgspec.Raw` bytes)."""
+def encode_record(envelope: Envelope[Any] | SealedEnvelope) -> bytes:
+    """Encode a record for storage (its event as a struct or as `msgspec.Raw` bytes; of the
+    redaction-ready format, its parts encoded)."""
     return _event_encoder.encode(envelope)
 
 

@@ -116,7 +116,7 @@ def plan_redaction(
             ))
     rewritten = dict(rewrites)
     info = SessionInfo(session_id=session_id)
-    for (position, value), recorded in zip(values, records, strict=True):
+    for (position, _), recorded in zip(values, records, strict=True):
         if position in rewritten:
             recorded = decode_record(rewritten[position][HASH_SIZE:])
         info = evolve(info, recorded)

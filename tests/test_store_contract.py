@@ -29,7 +29,7 @@ from chatledger.errors import (
     UnknownSessionError,
 )
 from chatledger.events import MessageSent, ModeSwitched, ResponseReceived, SessionCreated
-from chatledger.events.codec import decode_record
+from chatledger.events.codec import decode_envelope, decode_record, decode_sealed, is_sealed
 from chatledger.events.content import REDACTED_TEXT
 from chatledger.events.model import Redacted
 from chatledger.storage import (
@@ -42,7 +42,6 @@ from chatledger.storage import (
     open_store,
     record_hash,
 )
-from chatledger.events.codec import decode_envelope, decode_sealed, is_sealed
 from chatledger.storage.hashing import HASH_SIZE, examine_record
 from chatledger.storage.redaction import RedactionRefusedError, without_content
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from itertools import islice
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Any
 
 import msgspec

@@ -14,6 +14,7 @@ does not change the schema and must not be used for ordinary appends.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,14 +60,15 @@ def redact(store: PostgresStore, run: Callable[[Callable[[psycopg.Connection[Any
             written = store.append(session_id, plan.events, info.version) if plan.events else []
         except ConcurrencyError:
             continue
-        originals = dict(values)
-        run(lambda connection: _remove_content(connection, session_id, plan, originals))
+        run(functools.partial(_remove_content, session_id=session_id, plan=plan,
+                              originals=dict(values)))
         return written
-    raise ConcurrencyError(session_id, -1, -1)
+    raise LedgerError(f"session {session_id} kept changing while it was being redacted: "
+                      "run the command again")
 
 
-def _remove_content(connection: psycopg.Connection[Any], session_id: str, plan: RedactionPlan,
-                    originals: dict[int, bytes]) -> None:
+def _remove_content(connection: psycopg.Connection[Any], *, session_id: str,
+                    plan: RedactionPlan, originals: dict[int, bytes]) -> None:
     """Rewrite the planned records and fold the session's info again, in one transaction
     under the session's lock; commits. LedgerError (rolled back) if a record changed."""
     connection.execute(_LOCK, [SESSION_LOCK_CLASS, session_lock_key(session_id)])
