@@ -379,6 +379,9 @@ def _print_check(check: LedgerCheck, as_json: bool) -> None:
     if check.ok:
         click.secho(f"ok: {check.records_checked} records in {check.sessions_checked} "
                     "session(s) verified", fg="green")
+        if check.records_redacted:
+            click.echo(f"redacted: {check.records_redacted} record(s), content removed, "
+                       "commitments kept in the chains (not tampering)")
     else:
         click.secho(describe_check(check), fg="red", err=True)
         for problem in check.problems[1:]:
@@ -1235,7 +1238,10 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
 
 
 # The command list shows each command's whole first line, never a sentence cut short.
-from . import cli_manage  # noqa: E402, F401  (registers the commands that manage sessions)
+from . import (  # noqa: E402, F401  (register commands kept in modules of their own)
+    cli_manage,  # the commands that manage sessions
+    cli_redact,  # `redact`
+)
 
 for _command in main.commands.values():
     _command.short_help = (_command.help or "").strip().splitlines()[0]

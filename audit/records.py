@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ..events.codec import decode_sealed, is_sealed
 from ..events.model import Event, Recorded, UnknownEvent
 from ..storage.hashing import HASH_SIZE
 
@@ -98,11 +99,26 @@ def record_to_json(recorded: Recorded) -> dict[str, Any]:
 
 
 def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
-    """One export line: the readable record plus its hash links, stored bytes and hash."""
-    return {
+    """One export line: the readable record plus its hash links, stored bytes and hash, and
+    `"redacted": true` when its content was redacted (its event then reads as the event's
+    redacted form)."""
+    line = {
         **record_to_json(recorded),
         "prev_session_hash": recorded.prev_session_hash.hex(),
         "prev_log_hash": recorded.prev_log_hash.hex(),
         "hash": stored[:HASH_SIZE].hex(),
         "record": base64.b64encode(stored[HASH_SIZE:]).decode("ascii"),
     }
+    if is_redacted(stored[HASH_SIZE:]):
+        line["redacted"] = True
+    return line
+
+
+def is_redacted(record: bytes) -> bool:
+    """Whether a stored record's content was redacted (event and salt removed)."""
+    if not is_sealed(record):
+        return False
+    try:
+        return decode_sealed(record).salt is None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
