@@ -25,6 +25,7 @@ from chatledger.events import (
     ModeSwitched,
     PermissionDecided,
     PermissionRequested,
+    Redacted,
     ResponseReceived,
     RunFailed,
     RunStarted,
@@ -126,6 +127,9 @@ EVENT_STRATEGIES = {
     TurnRefused: st.builds(TurnRefused, scope=st.sampled_from(["session", "owner"]),
                            message=texts, spent_usd=finite, spent_tokens=st.integers(0, 10**9),
                            cap_usd=st.none() | finite, cap_tokens=st.none() | st.integers(0, 10**12)),
+    Redacted: st.builds(Redacted, version=st.integers(1, 10**6), position=st.integers(1, 10**9),
+                        event_type=texts, commitment=st.binary(min_size=32, max_size=32),
+                        reason=texts, redacted_by=st.none() | texts),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 
