@@ -208,6 +208,7 @@ def test_the_ledger_and_the_session_manager_redact(ledger_path: Path) -> None:
         info = ledger.create_session()
         outcome = ledger.send(info.session_id, f"{SECRET} [[echo]]")
         assert outcome.ok
+        assert 2 in [hit.position for hit in ledger.search("X1234567")]  # indexed before
         [written] = ledger.redact(info.session_id, 2, reason="asked", redacted_by="api")
         assert isinstance(written.event, Redacted) and written.event.version == 2
         assert [m.content for m in ledger.history(info.session_id)][0] == REDACTED_TEXT
