@@ -70,19 +70,24 @@ def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]
 StoredEnvelope = Envelope[msgspec.Raw]
 """A record's stored shape with the event left encoded: used to write and to check."""
 
-SEALED_RECORD_MARKER = 0x9B
-"""The first byte of a record of the redaction-ready format: a MessagePack array of 11."""
+SEALED_RECORD_MARKER = 0x9A
+"""The first byte of a record of the redaction-ready format: a MessagePack array of 10."""
+SEAL_TRAILER = 40
+"""The seal's last bytes: the commitment (32), then the extents (8)."""
 
 
 class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A record of the redaction-ready format, its parts left encoded (to write and to check).
 
     The envelope's seven fields, then the event (nil once redacted) and the salt (nil once
-    redacted): the two parts a redaction removes, side by side; then the event's redacted
-    form (`events.content.redacted_form`) and the commitment, BLAKE2b-256 of the event's
-    bytes keyed with the salt. The chain hash covers every byte but the event's and the
+    redacted): the two parts a redaction removes, side by side; then the seal, one bin: the
+    event's redacted form (`events.content.redacted_form`, encoded), the commitment
+    (BLAKE2b-256 of the event's bytes keyed with the salt) and the extents (the event's
+    offset in the record and the seal element's length, 4 bytes each, big-endian, neither
+    changed by a redaction). The chain hash covers every byte but the event's and the
     salt's (`storage.hashing`), so removing them keeps every link. `Recorded` reads the
-    first eight fields of such a record as it reads an older one (msgspec skips the rest).
+    first eight fields of such a record as it reads an older one (msgspec skips the two bins
+    after them at almost no cost).
     """
 
     position: int
@@ -94,8 +99,17 @@ class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     prev_log_hash: bytes
     event: msgspec.Raw
     salt: bytes | None
-    redacted: msgspec.Raw
-    commitment: bytes
+    seal: bytes
+
+    @property
+    def redacted(self) -> bytes:
+        """The encoded redacted form of the event."""
+        return self.seal[:-SEAL_TRAILER]
+
+    @property
+    def commitment(self) -> bytes:
+        """The commitment to the event's bytes."""
+        return self.seal[-SEAL_TRAILER:-8]
 
 
 _event_encoder = msgspec.msgpack.Encoder()
@@ -222,11 +236,6 @@ def decode_sealed(data: bytes | memoryview) -> SealedEnvelope:
     return _sealed_decoder.decode(data)
 
 
-def is_nil(raw: msgspec.Raw) -> bool:
-    """Whether a raw part holds MessagePack nil (a removed event)."""
-    return bytes(raw) == _NIL
-
-
 def decode_record(data: bytes | memoryview) -> Recorded:
     """Decode a stored record into a `Recorded`, on the fast path whenever possible."""
     try:
@@ -238,7 +247,7 @@ def decode_record(data: bytes | memoryview) -> Recorded:
     envelope = _envelope_decoder.decode(data)
     event_bytes = bytes(envelope.event)
     if event_bytes == _NIL and is_sealed(data):  # redacted: it reads as its redacted form
-        event_bytes = bytes(_sealed_decoder.decode(data).redacted)
+        event_bytes = _sealed_decoder.decode(data).redacted
     event = decode_event(event_bytes, envelope.schema_version)
     return Recorded(
         position=envelope.position,

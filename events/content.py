@@ -72,7 +72,8 @@ def encode_redacted_form(event: Event) -> bytes:
 
 def redacted_form(event: Event) -> Event:
     """The event with every content field replaced by its placeholder (see the module doc)."""
-    names = CONTENT_FIELDS[type(event)]
-    return msgspec.structs.replace(
-        event, **{name: _placeholder(getattr(event, name)) for name in names}
-    )
+    return _replace(event, **{name: _placeholder(getattr(event, name))
+                              for name in CONTENT_FIELDS[type(event)]})
+
+
+_replace = msgspec.structs.replace

@@ -5,8 +5,8 @@ Two record formats, told apart by their first byte (`events.codec.is_sealed`): a
 format 1 (and of format 2 when its event has no content) is hashed whole; a record of the
 redaction-ready format 2 (`events.codec.SealedEnvelope`) is hashed over every byte but its
 event's and its salt's, which its commitment stands for, so removing them (a redaction)
-keeps the hash. `sealed_digest` also says whether the content is there and matches its
-commitment. This module only hashes bytes and parses saved heads; it must not touch storage.
+keeps the hash; the extents at the record's end say where those two are. `sealed_digest`
+also says whether the content is there and matches its commitment. This module only hashes bytes and parses saved heads; it must not touch storage.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 
 import msgspec
 
-from ..events.codec import decode_sealed, is_nil, is_sealed
+from ..events.codec import SEAL_TRAILER, is_sealed
 
 HASH_SIZE = 32
 GENESIS = bytes(HASH_SIZE)
@@ -31,7 +31,10 @@ CONTENT_ALTERED = "altered"
 """The event does not match its commitment, or only one of event and salt is there."""
 
 _blake2b = hashlib.blake2b
-_NIL_LENGTH = 1
+_NIL_PAIR = b"\xc0\xc0"  # a redacted record's event and salt
+_SALT_HEADER = b"\xc4\x10"  # MessagePack bin 8 of 16 bytes
+_SALT_ELEMENT = 18
+_MIN_SEAL_ELEMENT = 2 + SEAL_TRAILER
 
 
 def encoded_bytes_length(size: int) -> int:
@@ -47,50 +50,52 @@ def commitment(salt: bytes, event: bytes) -> bytes:
     return _blake2b(event, digest_size=HASH_SIZE, key=salt).digest()
 
 
-def hashed_part(record: bytes, event_length: int, salt_length: int, tail_length: int) -> bytes:
-    """What a format-2 record's hash covers: every byte but the event's and the salt's
-    (given their encoded lengths, and that of what follows them: redacted form, commitment)."""
-    salt_end = len(record) - tail_length
-    event_start = salt_end - salt_length - event_length
-    return record[:event_start] + record[salt_end:]
+def extents(event_start: int, seal_element: int) -> bytes:
+    """The seal's last 8 bytes: where the event starts, and the seal element's length."""
+    return event_start.to_bytes(4, "big") + seal_element.to_bytes(4, "big")
 
 
 def sealed_digest(record: bytes) -> tuple[bytes, str]:
-    """The chain hash of a format-2 record and the state of its content (CONTENT_*).
-    Raises msgspec's errors if the record does not decode."""
-    parts = decode_sealed(record)
-    event = bytes(parts.event)
-    salt = parts.salt
-    tail = len(parts.redacted) + encoded_bytes_length(len(parts.commitment))
-    salt_length = _NIL_LENGTH if salt is None else encoded_bytes_length(len(salt))
-    digest = _blake2b(hashed_part(record, len(event), salt_length, tail),
-                      digest_size=HASH_SIZE).digest()
-    if is_nil(parts.event):
-        state = CONTENT_REDACTED if salt is None else CONTENT_ALTERED
-    elif salt is None or commitment(salt, event) != parts.commitment:
-        state = CONTENT_ALTERED
-    else:
+    """The chain hash of a format-2 record and the state of its content (CONTENT_*), read
+    from the extents at its end (no decoding: the caller decodes the record anyway)."""
+    size = len(record)
+    event_start = int.from_bytes(record[-8:-4], "big")
+    salt_end = size - int.from_bytes(record[-4:], "big")
+    if not 8 <= event_start <= salt_end <= size - _MIN_SEAL_ELEMENT:
+        return _blake2b(record, digest_size=HASH_SIZE).digest(), CONTENT_ALTERED
+    hasher = _blake2b(record[:event_start], digest_size=HASH_SIZE)
+    hasher.update(record[salt_end:])
+    removable = record[event_start:salt_end]
+    if removable == _NIL_PAIR:
+        state = CONTENT_REDACTED
+    elif (len(removable) > _SALT_ELEMENT and removable[-_SALT_ELEMENT:-16] == _SALT_HEADER
+          and _blake2b(removable[:-_SALT_ELEMENT], digest_size=HASH_SIZE,
+                       key=removable[-16:]).digest() == record[-SEAL_TRAILER:-8]):
         state = CONTENT_KEPT
-    return digest, state
+    else:
+        state = CONTENT_ALTERED
+    return hasher.digest(), state
+
+
+def without_content(record: bytes) -> bytes:
+    """A format-2 record with its event and salt replaced by nil (the same chain hash)."""
+    event_start = int.from_bytes(record[-8:-4], "big")
+    salt_end = len(record) - int.from_bytes(record[-4:], "big")
+    return record[:event_start] + _NIL_PAIR + record[salt_end:]
 
 
 def examine_record(record: bytes) -> tuple[bytes, str]:
-    """A stored record's chain hash and the state of its content (CONTENT_*); raises
-    msgspec's errors for a format-2 record that does not decode."""
+    """A stored record's chain hash and the state of its content (CONTENT_*)."""
     if is_sealed(record):
         return sealed_digest(record)
     return _blake2b(record, digest_size=HASH_SIZE).digest(), CONTENT_PLAIN
 
 
 def record_hash(record: bytes | memoryview) -> bytes:
-    """The chain hash of one stored record's bytes (see the module docstring); a record that
-    does not decode is hashed whole (its hash then matches nothing)."""
+    """The chain hash of one stored record's bytes (see the module docstring)."""
     data = bytes(record)
     if is_sealed(data):
-        try:
-            return sealed_digest(data)[0]
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+        return sealed_digest(data)[0]
     return _blake2b(data, digest_size=HASH_SIZE).digest()
 
 

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
 
 from ..events.codec import SCHEMA_VERSION, SealedEnvelope, decode_event, encode_event, encode_record
-from ..events.content import encode_redacted_form, has_content
+from ..events.content import CONTENT_FIELDS, encode_redacted_form
 from ..events.model import Envelope, Event, UnknownEvent
 from ..events.projections import SessionInfo
-from .hashing import HASH_SIZE, commitment, encoded_bytes_length, hashed_part
+from .hashing import HASH_SIZE, commitment, encoded_bytes_length, extents
 from .ids import validate_session_id
 from .leases import Lease
 
 SALT_SIZE = 16
 """Random bytes per record that key its content's commitment (removed with the content)."""
+SALT_POOL_BYTES = 64 * 1024
+"""Salts are cut from this much `os.urandom` at a time (one system call per 4,096 salts)."""
 _SALT_LENGTH = encoded_bytes_length(SALT_SIZE)
-_COMMITMENT_LENGTH = encoded_bytes_length(HASH_SIZE)
+_NO_EXTENTS = bytes(8)
 _blake2b = hashlib.blake2b
 
 StoredValue = tuple[int, bytes]
@@ -103,23 +106,56 @@ class EncodedAppend(msgspec.Struct):
 
 def content_seal(event: Event | UnknownEvent, encoded: bytes, salt: bytes) -> ContentSeal | None:
     """The content seal of an event (None if its type has no content)."""
-    if isinstance(event, UnknownEvent) or not has_content(event):
+    if type(event) not in CONTENT_FIELDS or isinstance(event, UnknownEvent):
         return None
     return ContentSeal(salt=salt, redacted=encode_redacted_form(event),
                        commitment=commitment(salt, encoded))
 
 
+class _SaltPool:
+    """Random bytes from `os.urandom`, handed out once each, SALT_POOL_BYTES at a time;
+    emptied in a forked child, so two processes never share a salt. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+    def take(self, size: int) -> bytes:
+        """`size` random bytes no one else was given."""
+        with self._lock:
+            if self._offset + size > len(self._buffer):
+                self._buffer = os.urandom(max(SALT_POOL_BYTES, size))
+                self._offset = 0
+            start = self._offset
+            self._offset += size
+            return self._buffer[start:self._offset]
+
+    def forget(self) -> None:
+        """Drop what is left (in a forked child: the parent hands those bytes out too)."""
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+
+_salts = _SaltPool()
+os.register_at_fork(after_in_child=_salts.forget)
+
+
 def content_seals(events: Sequence[Event | UnknownEvent], encoded: Sequence[bytes]
                   ) -> list[ContentSeal | None]:
-    """Each event's content seal, with fresh random salts (one system call for them all)."""
-    randomness = os.urandom(SALT_SIZE * len(events))
+    """Each event's content seal, with fresh random salts."""
+    if not any(type(event) in CONTENT_FIELDS for event in events):
+        return [None] * len(events)
+    randomness = _salts.take(SALT_SIZE * len(events))
     return [content_seal(event, data, randomness[index * SALT_SIZE:(index + 1) * SALT_SIZE])
             for index, (event, data) in enumerate(zip(events, encoded, strict=True))]
 
 
 def seal_of_stored_event(encoded: bytes, schema_version: int) -> ContentSeal | None:
     """The content seal of an event kept encoded (a PostgreSQL row before its seal)."""
-    return content_seal(decode_event(encoded, schema_version), encoded, os.urandom(SALT_SIZE))
+    return content_seal(decode_event(encoded, schema_version), encoded,
+                        _salts.take(SALT_SIZE))
 
 
 def encode_append(append: SessionAppend, *, seal: bool = True) -> EncodedAppend:
@@ -160,13 +196,17 @@ def stored_record(
             event=msgspec.Raw(event),
         ))
         return record, _blake2b(record, digest_size=HASH_SIZE).digest()
+    seal_content = seal.redacted + seal.commitment + _NO_EXTENTS
     record = encode_record(SealedEnvelope(
         position=position, session_id=session_id, version=version,
         recorded_at=recorded_at, schema_version=schema_version,
         prev_session_hash=prev_session_hash, prev_log_hash=prev_log_hash,
-        event=msgspec.Raw(event), salt=seal.salt, redacted=msgspec.Raw(seal.redacted),
-        commitment=seal.commitment,
+        event=msgspec.Raw(event), salt=seal.salt, seal=seal_content,
     ))
-    hashed = hashed_part(record, len(event), _SALT_LENGTH,
-                         len(seal.redacted) + _COMMITMENT_LENGTH)
-    return record, _blake2b(hashed, digest_size=HASH_SIZE).digest()
+    seal_element = encoded_bytes_length(len(seal_content))
+    salt_end = len(record) - seal_element
+    event_start = salt_end - _SALT_LENGTH - len(event)
+    record = record[:-8] + extents(event_start, seal_element)
+    hasher = _blake2b(record[:event_start], digest_size=HASH_SIZE)
+    hasher.update(record[salt_end:])
+    return record, hasher.digest()

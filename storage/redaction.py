@@ -21,10 +21,10 @@ from ..events.content import has_content
 from ..events.model import Recorded, Redacted, tag_of
 from ..events.projections import SessionInfo, evolve
 from .hashing import CONTENT_KEPT, CONTENT_PLAIN, CONTENT_REDACTED, HASH_SIZE, examine_record
+from .hashing import without_content as remove_content
 from .records import StoredValue
 
 MAX_REASON_CHARS = 1000
-_NIL = b"\xc0"
 
 
 class RedactionRefusedError(InvalidCommandError):
@@ -42,13 +42,7 @@ class RedactionPlan(msgspec.Struct, kw_only=True):
 
 def without_content(value: bytes) -> bytes:
     """A format-2 stored value (hash + record) with its event and salt replaced by nil."""
-    record = value[HASH_SIZE:]
-    parts = decode_sealed(record)
-    event_and_salt = len(bytes(parts.event)) + len(msgspec.msgpack.encode(parts.salt))
-    tail = len(bytes(parts.redacted)) + len(msgspec.msgpack.encode(parts.commitment))
-    salt_end = len(record) - tail
-    return value[:HASH_SIZE] + record[:salt_end - event_and_salt] + _NIL + _NIL \
-        + record[salt_end:]
+    return value[:HASH_SIZE] + remove_content(value[HASH_SIZE:])
 
 
 def check_words(name: str, value: str | None, *, optional: bool) -> None:

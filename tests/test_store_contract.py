@@ -514,7 +514,7 @@ def test_a_flipped_byte_in_a_redacted_records_commitment_is_still_tampering(
     conversation(store, "s")
     store.redact("s", 3, reason="")
     record = _stored(store, 3)[HASH_SIZE:]
-    flip_byte(store, 3, offset=len(record) - 5)  # inside the commitment, the record's end
+    flip_byte(store, 3, offset=len(record) - 8 - 5)  # inside the commitment (extents last)
     report = store.verify()
     assert not report.ok and report.first_bad_position == 3
     assert "altered" in (report.reason or "")
@@ -571,3 +571,29 @@ def test_a_redaction_that_cannot_be_done_changes_nothing(store: AuditStore) -> N
     with pytest.raises(UnknownSessionError):
         store.redact("nobody", 1)
     assert store.head() == head and store.verify().ok
+
+
+def test_a_redaction_recorded_but_not_done_is_finished_without_a_second_event(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    commitment = decode_sealed(_stored(store, 2)[HASH_SIZE:]).commitment
+    # As PostgreSQL leaves it when its process dies between the event and the removal.
+    store.append("s", [Redacted(version=2, position=2, event_type="message_sent",
+                                commitment=commitment)], store.require_info("s").version)
+    assert store.redact("s", 2) == []
+    assert b"question 1" not in _stored(store, 2)
+    assert [r.version for r in store.read_session("s")][-1] == 6
+    report = store.verify()
+    assert report.ok and report.records_redacted == 1
+
+
+def test_a_flipped_byte_in_a_records_extents_is_tampering(store: AuditStore) -> None:
+    conversation(store, "s")
+    record = _stored(store, 2)[HASH_SIZE:]
+    for offset in (len(record) - 7, len(record) - 2):  # where the event starts; the seal's size
+        flip_byte(store, 2, offset=offset)
+        report = store.verify()
+        assert not report.ok and report.first_bad_position == 2
+        flip_byte(store, 2, offset=offset)
+    assert store.verify().ok
