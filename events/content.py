@@ -49,14 +49,6 @@ CONTENT_FIELDS: dict[type[Event], tuple[str, ...]] = {
 """Event type -> the fields that are content; a type not listed has none."""
 
 
-def _placeholder(value: Any) -> Any:
-    if isinstance(value, str):
-        return REDACTED_TEXT if value else ""
-    if isinstance(value, tuple):
-        return ()
-    return None
-
-
 def has_content(event: Event | UnknownEvent) -> bool:
     """Whether the event's type has content fields (its record is split and redactable)."""
     return type(event) in CONTENT_FIELDS
@@ -72,8 +64,21 @@ def encode_redacted_form(event: Event) -> bytes:
 
 def redacted_form(event: Event) -> Event:
     """The event with every content field replaced by its placeholder (see the module doc)."""
-    return _replace(event, **{name: _placeholder(getattr(event, name))
-                              for name in CONTENT_FIELDS[type(event)]})
+    constant, texts = _PLACEHOLDERS[type(event)]
+    if not texts:
+        return _replace(event, **constant)
+    return _replace(event, **constant,
+                    **{name: REDACTED_TEXT if getattr(event, name) else "" for name in texts})
+
+
+def _placeholders(event_type: type[Event]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A type's content fields split: those with a fixed placeholder (and it), text ones."""
+    types = {field.name: field.type for field in msgspec.structs.fields(event_type)}
+    texts = tuple(name for name in CONTENT_FIELDS[event_type] if types[name] is str)
+    constant = {name: () if str(types[name]).startswith("tuple") else None
+                for name in CONTENT_FIELDS[event_type] if name not in texts}
+    return constant, texts
 
 
 _replace = msgspec.structs.replace
+_PLACEHOLDERS = {event_type: _placeholders(event_type) for event_type in CONTENT_FIELDS}
