@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from ..events.codec import decode_sealed, is_sealed
+from ..events.codec import is_sealed
 from ..events.model import Event, Recorded, UnknownEvent
-from ..storage.hashing import HASH_SIZE
+from ..storage.hashing import CONTENT_REDACTED, HASH_SIZE, examine_record
 
 _REQUIRED = object()
 """Stands for a field without a default in a template (the event always has it)."""
@@ -115,10 +115,5 @@ def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
 
 
 def is_redacted(record: bytes) -> bool:
-    """Whether a stored record's content was redacted (event and salt removed)."""
-    if not is_sealed(record):
-        return False
-    try:
-        return decode_sealed(record).salt is None
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return False
+    """Whether a stored record's content was redacted (its event, salt in it, removed)."""
+    return is_sealed(record) and examine_record(record)[1] == CONTENT_REDACTED

@@ -70,24 +70,26 @@ def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]
 StoredEnvelope = Envelope[msgspec.Raw]
 """A record's stored shape with the event left encoded: used to write and to check."""
 
-SEALED_RECORD_MARKER = 0x9A
-"""The first byte of a record of the redaction-ready format: a MessagePack array of 10."""
+SEALED_RECORD_MARKER = 0x99
+"""The first byte of a record of the redaction-ready format: a MessagePack array of 9."""
 SEAL_TRAILER = 40
 """The seal's last bytes: the commitment (32), then the extents (8)."""
+SALT_KEY = "_salt"
+"""The key under which an event with content carries its salt, inside its own map (decoding
+ignores it: no event has such a field), so event and salt go in one redaction."""
 
 
 class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A record of the redaction-ready format, its parts left encoded (to write and to check).
 
-    The envelope's seven fields, then the event (nil once redacted) and the salt (nil once
-    redacted): the two parts a redaction removes, side by side; then the seal, one bin: the
-    event's redacted form (`events.content.redacted_form`, encoded), the commitment
-    (BLAKE2b-256 of the event's bytes keyed with the salt) and the extents (the event's
-    offset in the record and the seal element's length, 4 bytes each, big-endian, neither
-    changed by a redaction). The chain hash covers every byte but the event's and the
-    salt's (`storage.hashing`), so removing them keeps every link. `Recorded` reads the
-    first eight fields of such a record as it reads an older one (msgspec skips the two bins
-    after them at almost no cost).
+    The envelope's seven fields, then the event (its map holding 16 random bytes under
+    SALT_KEY; nil once redacted), then the seal, one bin: the event's redacted form
+    (`events.content.redacted_form`, encoded), the commitment (BLAKE2b-256 of the event's
+    bytes, salt included) and the extents (the event's offset in the record and the seal
+    element's length, 4 bytes each, big-endian, neither changed by a redaction). The chain
+    hash covers every byte but the event's (`storage.hashing`), so removing it keeps every
+    link. `Recorded` reads the first eight fields of such a record as it reads an older one
+    (msgspec skips the seal, one bin, at almost no cost).
     """
 
     position: int
@@ -98,7 +100,6 @@ class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     prev_session_hash: bytes
     prev_log_hash: bytes
     event: msgspec.Raw
-    salt: bytes | None
     seal: bytes
 
     @property
@@ -112,12 +113,31 @@ class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return self.seal[-SEAL_TRAILER:-8]
 
 
+def with_salt(event: bytes, salt: bytes) -> bytes:
+    """An encoded event (a MessagePack map) with `salt` added under SALT_KEY."""
+    first = event[0]
+    if 0x80 <= first <= 0x8F:
+        count, body = first & 0x0F, event[1:]
+    elif first == 0xDE:
+        count, body = int.from_bytes(event[1:3], "big"), event[3:]
+    elif first == 0xDF:
+        count, body = int.from_bytes(event[1:5], "big"), event[5:]
+    else:
+        raise ValueError("an encoded event is a MessagePack map")
+    count += 1
+    header = (bytes([0x80 | count]) if count < 16 else
+              b"\xde" + count.to_bytes(2, "big") if count < 0x10000 else
+              b"\xdf" + count.to_bytes(4, "big"))
+    return header + body + _SALT_KEY + _event_encoder.encode(salt)
+
+
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(AnyEvent)
 _record_decoder = msgspec.msgpack.Decoder(Recorded)
 _envelope_decoder = msgspec.msgpack.Decoder(StoredEnvelope)
 _raw_map_decoder: msgspec.msgpack.Decoder[dict[str, Any]] = msgspec.msgpack.Decoder(dict[str, Any])
 _sealed_decoder = msgspec.msgpack.Decoder(SealedEnvelope)
+_SALT_KEY = msgspec.msgpack.encode(SALT_KEY)
 _NIL = b"\xc0"
 
 

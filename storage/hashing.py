@@ -4,8 +4,8 @@ the log, so one flipped byte or a reordered record breaks a link that `verify` r
 Two record formats, told apart by their first byte (`events.codec.is_sealed`): a record of
 format 1 (and of format 2 when its event has no content) is hashed whole; a record of the
 redaction-ready format 2 (`events.codec.SealedEnvelope`) is hashed over every byte but its
-event's and its salt's, which its commitment stands for, so removing them (a redaction)
-keeps the hash; the extents at the record's end say where those two are. `sealed_digest`
+event's (which holds its salt), which its commitment stands for, so removing it (a
+redaction) keeps the hash; the extents at the record's end say where it is. `sealed_digest`
 also says whether the content is there and matches its commitment. This module only hashes bytes and parses saved heads; it must not touch storage.
 """
 
@@ -25,19 +25,17 @@ GENESIS = bytes(HASH_SIZE)
 CONTENT_PLAIN = "plain"
 """The record is hashed whole: no commitment (format 1, or an event without content)."""
 CONTENT_KEPT = "kept"
-"""The event and its salt are there and match the commitment."""
+"""The event (its salt in it) is there and matches the commitment."""
 CONTENT_REDACTED = "redacted"
-"""The event and its salt were removed; the commitment stays."""
+"""The event (its salt in it) was removed; the commitment stays."""
 CONTENT_ALTERED = "altered"
-"""The event does not match its commitment, or only one of event and salt is there."""
+"""The event does not match its commitment, or the extents do not fit the record."""
 
 _blake2b = hashlib.blake2b
-_NIL_PAIR = b"\xc0\xc0"  # a redacted record's event and salt
-_SALT_HEADER = b"\xc4\x10"  # MessagePack bin 8 of 16 bytes
-_SALT_ELEMENT = 18
+_NIL = b"\xc0"  # a redacted record's event
 _MIN_SEAL_ELEMENT = 2 + SEAL_TRAILER
 _EXTENTS = struct.Struct(">II")
-_MIN_RECORD = 8 + 2 + _MIN_SEAL_ELEMENT  # an envelope's first bytes, nil nil, the seal
+_MIN_RECORD = 8 + 1 + _MIN_SEAL_ELEMENT  # an envelope's first bytes, nil, the seal
 
 
 def encoded_bytes_length(size: int) -> int:
@@ -47,10 +45,10 @@ def encoded_bytes_length(size: int) -> int:
     return (3 if size < 0x10000 else 5) + size
 
 
-def commitment(salt: bytes, event: bytes) -> bytes:
-    """The commitment to an event's bytes: BLAKE2b-256 keyed with its salt (hiding once the
+def commitment(event: bytes) -> bytes:
+    """The commitment to an event's bytes (its salt among them): BLAKE2b-256 (hiding once the
     salt is gone, binding while BLAKE2b resists collisions)."""
-    return _blake2b(event, digest_size=HASH_SIZE, key=salt).digest()
+    return _blake2b(event, digest_size=HASH_SIZE).digest()
 
 
 def extents(event_start: int, seal_element: int) -> bytes:
@@ -66,25 +64,23 @@ def sealed_digest(record: bytes) -> tuple[bytes, str]:
     if size < _MIN_RECORD:
         return _blake2b(record, digest_size=HASH_SIZE).digest(), CONTENT_ALTERED
     event_start, seal_element = _EXTENTS.unpack_from(record, size - 8)
-    salt_end = size - seal_element
-    if not 8 <= event_start <= salt_end - 2 <= size - _MIN_SEAL_ELEMENT - 2:
+    event_end = size - seal_element
+    if not 8 <= event_start < event_end <= size - _MIN_SEAL_ELEMENT:
         return _blake2b(record, digest_size=HASH_SIZE).digest(), CONTENT_ALTERED
-    digest = _blake2b(record[:event_start] + record[salt_end:], digest_size=HASH_SIZE).digest()
-    salt_start = salt_end - _SALT_ELEMENT
-    if salt_start > event_start and record[salt_start:salt_start + 2] == _SALT_HEADER:
-        if _blake2b(record[event_start:salt_start], digest_size=HASH_SIZE,
-                    key=record[salt_start + 2:salt_end]).digest() == record[-SEAL_TRAILER:-8]:
-            return digest, CONTENT_KEPT
-        return digest, CONTENT_ALTERED
-    if salt_end - event_start == 2 and record[event_start:salt_end] == _NIL_PAIR:
+    digest = _blake2b(record[:event_start] + record[event_end:], digest_size=HASH_SIZE).digest()
+    event = record[event_start:event_end]
+    if event == _NIL:
         return digest, CONTENT_REDACTED
+    if _blake2b(event, digest_size=HASH_SIZE).digest() == record[-SEAL_TRAILER:-8]:
+        return digest, CONTENT_KEPT
     return digest, CONTENT_ALTERED
 
 
 def without_content(record: bytes) -> bytes:
-    """A format-2 record with its event and salt replaced by nil (the same chain hash)."""
+    """A format-2 record with its event (and the salt in it) replaced by nil (the same chain
+    hash)."""
     event_start, seal_element = _EXTENTS.unpack_from(record, len(record) - 8)
-    return record[:event_start] + _NIL_PAIR + record[len(record) - seal_element:]
+    return record[:event_start] + _NIL + record[len(record) - seal_element:]
 
 
 def examine_record(record: bytes) -> tuple[bytes, str]:

@@ -14,7 +14,14 @@ from datetime import datetime
 
 import msgspec
 
-from ..events.codec import SCHEMA_VERSION, SealedEnvelope, decode_event, encode_event, encode_record
+from ..events.codec import (
+    SCHEMA_VERSION,
+    SealedEnvelope,
+    decode_event,
+    encode_event,
+    encode_record,
+    with_salt,
+)
 from ..events.content import CONTENT_FIELDS, encode_redacted_form
 from ..events.model import Envelope, Event, UnknownEvent
 from ..events.projections import SessionInfo
@@ -26,7 +33,6 @@ SALT_SIZE = 16
 """Random bytes per record that key its content's commitment (removed with the content)."""
 SALT_POOL_BYTES = 64 * 1024
 """Salts are cut from this much `os.urandom` at a time (one system call per 4,096 salts)."""
-_SALT_LENGTH = encoded_bytes_length(SALT_SIZE)
 _NO_EXTENTS = bytes(8)
 _blake2b = hashlib.blake2b
 
@@ -80,10 +86,9 @@ def distinct_sessions(session_ids: Sequence[str]) -> None:
 
 
 class ContentSeal(msgspec.Struct, frozen=True, gc=False):
-    """What a format-2 record adds for an event with content: the salt, the encoded redacted
-    form and the commitment (see `events.codec.SealedEnvelope`)."""
+    """What a format-2 record adds for an event with content: the encoded redacted form and
+    the commitment (see `events.codec.SealedEnvelope`)."""
 
-    salt: bytes
     redacted: bytes
     commitment: bytes
 
@@ -104,12 +109,12 @@ class EncodedAppend(msgspec.Struct):
     seals: list[ContentSeal | None] | None = None
 
 
-def content_seal(event: Event | UnknownEvent, encoded: bytes, salt: bytes) -> ContentSeal | None:
-    """The content seal of an event (None if its type has no content)."""
+def content_seal(event: Event | UnknownEvent, encoded: bytes) -> ContentSeal | None:
+    """The content seal of an event, given its encoded bytes with their salt (None if its
+    type has no content)."""
     if type(event) not in CONTENT_FIELDS or isinstance(event, UnknownEvent):
         return None
-    return ContentSeal(salt=salt, redacted=encode_redacted_form(event),
-                       commitment=commitment(salt, encoded))
+    return ContentSeal(redacted=encode_redacted_form(event), commitment=commitment(encoded))
 
 
 class _SaltPool:
@@ -142,27 +147,28 @@ _salts = _SaltPool()
 os.register_at_fork(after_in_child=_salts.forget)
 
 
-def content_seals(events: Sequence[Event | UnknownEvent], encoded: Sequence[bytes]
-                  ) -> list[ContentSeal | None]:
-    """Each event's content seal, with fresh random salts."""
+def salted(events: Sequence[Event | UnknownEvent], encoded: list[bytes]) -> list[bytes]:
+    """The encoded events, each event with content holding a fresh random salt."""
     if not any(type(event) in CONTENT_FIELDS for event in events):
-        return [None] * len(events)
+        return encoded
     randomness = _salts.take(SALT_SIZE * len(events))
-    return [content_seal(event, data, randomness[index * SALT_SIZE:(index + 1) * SALT_SIZE])
+    return [with_salt(data, randomness[index * SALT_SIZE:(index + 1) * SALT_SIZE])
+            if type(event) in CONTENT_FIELDS else data
             for index, (event, data) in enumerate(zip(events, encoded, strict=True))]
 
 
 def seal_of_stored_event(encoded: bytes, schema_version: int) -> ContentSeal | None:
-    """The content seal of an event kept encoded (a PostgreSQL row before its seal)."""
-    return content_seal(decode_event(encoded, schema_version), encoded,
-                        _salts.take(SALT_SIZE))
+    """The content seal of an event kept encoded with its salt (a PostgreSQL row before its
+    seal): a function of the bytes, so a seal redone after a crash is the same."""
+    return content_seal(decode_event(encoded, schema_version), encoded)
 
 
 def encode_append(append: SessionAppend, *, seal: bool = True) -> EncodedAppend:
-    """Validate and encode one session's append (in the caller's thread); with `seal`, the
-    content seals too (a store that seals later, PostgreSQL, makes its own then)."""
+    """Validate and encode one session's append (in the caller's thread), each event with
+    content salted; with `seal`, the content seals too (a store that seals later,
+    PostgreSQL, makes them then from the salted bytes)."""
     checked = checked_append(append)
-    encoded = [encode_event(event) for event in checked.events]
+    encoded = salted(checked.events, [encode_event(event) for event in checked.events])
     return EncodedAppend(
         session_id=checked.session_id,
         events=checked.events,
@@ -171,7 +177,9 @@ def encode_append(append: SessionAppend, *, seal: bool = True) -> EncodedAppend:
         recorded_at=checked.recorded_at,
         lease=checked.lease,
         release_lease=checked.release_lease,
-        seals=content_seals(checked.events, encoded) if seal else None,
+        seals=([content_seal(event, data) for event, data in zip(checked.events, encoded,
+                                                                   strict=True)]
+               if seal else None),
     )
 
 
@@ -201,12 +209,11 @@ def stored_record(
         position=position, session_id=session_id, version=version,
         recorded_at=recorded_at, schema_version=schema_version,
         prev_session_hash=prev_session_hash, prev_log_hash=prev_log_hash,
-        event=msgspec.Raw(event), salt=seal.salt, seal=seal_content,
+        event=msgspec.Raw(event), seal=seal_content,
     ))
     seal_element = encoded_bytes_length(len(seal_content))
-    salt_end = len(record) - seal_element
-    event_start = salt_end - _SALT_LENGTH - len(event)
+    event_end = len(record) - seal_element
+    event_start = event_end - len(event)
     record = record[:-8] + extents(event_start, seal_element)
-    hasher = _blake2b(record[:event_start], digest_size=HASH_SIZE)
-    hasher.update(record[salt_end:])
-    return record, hasher.digest()
+    return record, _blake2b(record[:event_start] + record[event_end:],
+                            digest_size=HASH_SIZE).digest()

@@ -2,7 +2,7 @@
 
 Pure: given a session's stored values, the versions to redact (None: every one whose content
 is still there) and who asks why, it decides the new stored value of each record (the same
-bytes with the event and the salt replaced by nil: the hash, and so every link, unchanged),
+bytes with the event (its salt in it) replaced by nil: the hash, and so every link, unchanged),
 the `Redacted` events to append, and the session's info folded again over the redacted
 records. Every store calls it inside its own write transaction or lock, then writes the
 plan. A record written before the redaction-ready format (format 1), or one that fails its
@@ -41,7 +41,7 @@ class RedactionPlan(msgspec.Struct, kw_only=True):
 
 
 def without_content(value: bytes) -> bytes:
-    """A format-2 stored value (hash + record) with its event and salt replaced by nil."""
+    """A format-2 stored value (hash + record) with its event (its salt in it) replaced by nil."""
     return value[:HASH_SIZE] + remove_content(value[HASH_SIZE:])
 
 

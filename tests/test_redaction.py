@@ -275,3 +275,18 @@ def test_every_content_type_reads_as_its_redacted_form(ledger_path: Path) -> Non
         assert not any(SECRET.encode() in value for _, value in log.read_raw())
         info = log.require_info("s")
         assert (info.message_count, info.turn_count, info.version) == (2, 1, 5)
+
+
+def test_the_same_message_twice_gets_two_commitments_and_reads_back_without_its_salt(
+    ledger_path: Path,
+) -> None:
+    with EventLog(ledger_path) as log:
+        same = MessageSent(turn=1, text="yes")
+        log.append("s", [SessionCreated(), same, same], 0)
+        values = [value[HASH_SIZE:] for _, value in log.read_session_raw("s")[1:]]
+        from chatledger.events.codec import SALT_KEY, decode_sealed
+
+        first, second = (decode_sealed(value) for value in values)
+        assert first.commitment != second.commitment  # a guess cannot be checked against it
+        assert SALT_KEY.encode() in bytes(first.event)
+        assert [r.event for r in log.read_session("s")[1:]] == [same, same]
