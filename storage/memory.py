@@ -494,7 +494,8 @@ def _stage(data: MemoryData, append: EncodedAppend, position: int, log_hash: byt
         position += 1
         version += 1
         record, digest = stored_record(position, session_id, version, recorded_at,
-                                       session_hash, log_hash, encoded_event, seal)
+                                       session_hash, log_hash, encoded_event, seal,
+                                           SCHEMA_VERSION)
         recorded = Recorded(
             position=position, session_id=session_id, version=version,
             recorded_at=recorded_at, schema_version=SCHEMA_VERSION,

@@ -254,7 +254,8 @@ class LedgerStore:
         ):
             version += 1
             record, digest = stored_record(next_position, session_id, version, recorded_at,
-                                           session_hash, log_hash, encoded_event, seal)
+                                           session_hash, log_hash, encoded_event, seal,
+                                           SCHEMA_VERSION)
             txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
             txn.put(stream_key(session_id, version), position_key(next_position),
                     db=self.streams_db)
