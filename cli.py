@@ -383,6 +383,9 @@ def _print_check(check: LedgerCheck, as_json: bool) -> None:
     if check.ok:
         click.secho(f"ok: {check.records_checked} records in {check.sessions_checked} "
                     "session(s) verified", fg="green")
+        if check.records_redacted:
+            click.echo(f"redacted: {check.records_redacted} record(s), content removed, "
+                       "commitments kept in the chains (not tampering)")
     else:
         click.secho(describe_check(check), fg="red", err=True)
         for problem in check.problems[1:]:
@@ -1319,6 +1322,7 @@ def demo(state: State, keep: bool, as_json: bool) -> None:
 from . import (  # noqa: E402  (registering commands on `main`)
     cli_live,  # `interrupt`; the tool approvals of `send`
     cli_manage,  # noqa: F401  (the commands that manage sessions)
+    cli_redact,  # noqa: F401  `redact`
 )
 
 for _command in main.commands.values():

@@ -229,6 +229,12 @@ class Ledger:
         """Set or clear a session's study."""
         return self.runtime.set_study(session_id, study_id)
 
+    def redact(self, session_id: str, version: int | None, *, reason: str = "",
+               redacted_by: str | None = None) -> list[Recorded]:
+        """Remove the content of one version of a session (None: erase all its content),
+        keeping every hash chain verifiable; returns the Redacted records appended."""
+        return self.runtime.redact(session_id, version, reason=reason, redacted_by=redacted_by)
+
     def info(self, session_id: str) -> SessionInfo | None:
         """A session's info, or None if unknown."""
         return self.runtime.info(session_id)

@@ -35,7 +35,7 @@ from .errors import (
     InvalidSessionIdError,
     UnknownSessionError,
 )
-from .events import STATUS_EXPIRED, STATUS_IDLE, SessionInfo
+from .events import STATUS_EXPIRED, STATUS_IDLE, Recorded, SessionInfo
 from .spend import OwnerBudget, owner_budget, set_owner_budget
 
 
@@ -301,6 +301,18 @@ class SessionManager:
     async def unarchive(self, session_id: str) -> SessionInfo:
         """Take a session out of the archive; ValueError for an unknown session."""
         return await self._annotate(session_id, set_archived(False))
+
+    async def redact(self, session_id: str, version: int | None, *, reason: str = "",
+                     redacted_by: str | None = None) -> list[Recorded]:
+        """Remove the content of one version of a session (None: erase all its content),
+        keeping the hash chains verifiable; returns the Redacted records. ValueError for an
+        unknown session; RedactionRefusedError when the version cannot be redacted."""
+        runtime = await self._runtime_async()
+        try:
+            return await asyncio.to_thread(runtime.redact, session_id, version, reason=reason,
+                                           redacted_by=redacted_by)
+        except (UnknownSessionError, InvalidSessionIdError):
+            raise _not_found(session_id) from None
 
     async def list_sessions(
         self,

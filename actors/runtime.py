@@ -392,6 +392,18 @@ class Runtime:
         except pykka.ActorDeadError:
             return False
 
+    def redact(self, session_id: str, version: int | None, *, reason: str = "",
+               redacted_by: str | None = None) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of all of it), recording a
+        Redacted event each (see `AuditStore.redact`); an idle actor is passivated, so it
+        comes back from the redacted log (a busy one reloads at its next append)."""
+        self._check_open()
+        validate_session_id(session_id)
+        written = self.log.redact(session_id, version, reason=reason, redacted_by=redacted_by)
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.passivate(session_id)
+        return written
+
     # -- queries (from the index and the log: no activation needed) -------------------------
 
     def info(self, session_id: str) -> SessionInfo | None:

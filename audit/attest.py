@@ -57,6 +57,8 @@ class LedgerCheck(msgspec.Struct, kw_only=True):
     """How many signed heads the ledger records (`~checkpoints`), each checked."""
     notes: list[str] = msgspec.field(default_factory=list)
     """What could not be checked here (a fork whose parent this ledger does not hold)."""
+    records_redacted: int = 0
+    """Records whose content was redacted (intact: their commitments stay in the chains)."""
 
     def verification(self) -> Verification:
         """The verdict as an export header states it."""
@@ -104,6 +106,7 @@ def check_ledger(
             sessions_checked=report.sessions_checked,
             first_bad_position=report.first_bad_position, reason=report.reason,
             problems=list(report.problems), head=report.head,
+            records_redacted=report.records_redacted,
         )
         verifier = trusted or (key.public_key() if key is not None else None)
         anchor = check_anchor(log, anchor_file_path(config), verifier)
@@ -123,6 +126,7 @@ def check_ledger(
     for session_id in session_ids:
         part = verify_session(log, session_id, progress)
         check.records_checked += part.records_checked
+        check.records_redacted += part.records_redacted
         check.sessions_checked += 1
         if not part.ok:
             _fail(check, part.first_bad_position, f"session {session_id}: {part.reason}")
@@ -166,8 +170,10 @@ def _fail(check: LedgerCheck, position: int | None, reason: str) -> None:
 def describe_check(check: LedgerCheck) -> str:
     """One line for people: clean, or tampered at position N and why."""
     if check.ok:
+        redacted = (f" ({check.records_redacted} redacted: content removed, commitments kept)"
+                    if check.records_redacted else "")
         return (f"verified: {check.records_checked} records in {check.sessions_checked} "
-                "session(s) intact")
+                f"session(s) intact{redacted}")
     where = (f": first bad position {check.first_bad_position}"
              if check.first_bad_position is not None else "")
     return f"TAMPERED or inconsistent{where}: {check.reason}"

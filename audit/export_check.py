@@ -20,8 +20,10 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..events.codec import decode_record, event_from_builtins
-from ..events.model import Recorded
+from ..events.model import Recorded, Redacted
 from ..storage import GENESIS, Head, record_hash
+from ..storage.checks import unrecorded_redaction_problem
+from ..storage.hashing import CONTENT_ALTERED, CONTENT_REDACTED, examine_record
 from .records import event_json
 from .signing import SignedHead, fingerprint, session_tip, signature_problem
 
@@ -75,6 +77,8 @@ class ExportLine(msgspec.Struct, frozen=True):
     recorded: Recorded
     stored: bytes
     digest: bytes
+    redacted: bool = False
+    """Its content was redacted (removed; its commitment is in the hash)."""
 
 
 class ExportCheck(msgspec.Struct, kw_only=True):
@@ -92,6 +96,8 @@ class ExportCheck(msgspec.Struct, kw_only=True):
     was given), `missing`, or `invalid`."""
     source_verification: Verification | None = None
     problems: list[str] = msgspec.field(default_factory=list)
+    records_redacted: int = 0
+    """Records whose content was redacted (intact: their commitments are in the chains)."""
 
     def fail(self, problem: str) -> None:
         """Record a problem; the export does not verify."""
@@ -119,12 +125,17 @@ def _parse_record_line(number: int, line: bytes) -> ExportLine | str:
         claimed_hash = bytes.fromhex(data["hash"])
     except (msgspec.DecodeError, KeyError, TypeError, ValueError) as error:
         return f"line {number}: not a chatledger export line ({error})"
-    if record_hash(stored) != claimed_hash:
-        return f"line {number}: the record does not match its hash"
     try:
+        digest, content = examine_record(stored)
         recorded = decode_record(stored)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
+        if record_hash(stored) != claimed_hash:
+            return f"line {number}: the record does not match its hash"
         return f"line {number}: the stored record does not decode ({error})"
+    if digest != claimed_hash:
+        return f"line {number}: the record does not match its hash"
+    if content == CONTENT_ALTERED:
+        return f"line {number}: the record's content does not match its commitment (edited)"
     readable = {
         "position": recorded.position,
         "session_id": recorded.session_id,
@@ -146,7 +157,7 @@ def _parse_record_line(number: int, line: bytes) -> ExportLine | str:
         _normalised_event(theirs) != _normalised(expected)
     ):
         return f"line {number}: its 'event' was edited (it differs from the stored record)"
-    return ExportLine(recorded, stored, claimed_hash)
+    return ExportLine(recorded, stored, claimed_hash, content == CONTENT_REDACTED)
 
 
 def _normalised(value: Any) -> Any:
@@ -175,6 +186,8 @@ def check_export(
     header: ExportHeader | None = None
     kept: list[ExportLine] = []
     session_tips: dict[str, tuple[int, bytes]] = {}
+    redacted: dict[str, list[int]] = {}  # session -> versions whose content is gone
+    recorded_redactions: set[tuple[str, int]] = set()  # what Redacted events name
     log_hash = GENESIS
     log_chain_whole = True
     first = True
@@ -205,6 +218,11 @@ def check_export(
                 "does not link to the record before it (hash chain broken)"
             )
         session_tips[recorded.session_id] = (recorded.version, parsed.digest)
+        if parsed.redacted:
+            report.records_redacted += 1
+            redacted.setdefault(recorded.session_id, []).append(recorded.version)
+        if isinstance(recorded.event, Redacted):
+            recorded_redactions.add((recorded.session_id, recorded.event.version))
         if recorded.position != report.records or recorded.prev_log_hash != log_hash:
             log_chain_whole = False
         log_hash = parsed.digest
@@ -212,6 +230,11 @@ def check_export(
         if keep:
             kept.append(parsed)
     report.sessions = len(session_tips)
+    for session_id, versions in redacted.items():
+        missing = [version for version in versions
+                   if (session_id, version) not in recorded_redactions]
+        if missing:
+            report.fail(unrecorded_redaction_problem(session_id, missing))
     last = Head(previous.recorded.position, previous.digest) if previous else Head(0, GENESIS)
     if header is None:
         report.scope = SCOPE_LEDGER if log_chain_whole else SCOPE_SESSIONS

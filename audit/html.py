@@ -24,6 +24,7 @@ from ..events.model import (
     MessageSent,
     ModeSwitched,
     Recorded,
+    Redacted,
     ResponseReceived,
     RunFailed,
     RunStarted,
@@ -150,6 +151,14 @@ def _item(recorded: Recorded) -> tuple[str, str]:
         return "lifecycle", f"agent session {escape(event.agent_session_id)} lost; history sent in the prompt"
     if isinstance(event, SessionExpired):
         return "lifecycle", f"session expired ({escape(event.reason)}, idle {event.idle_seconds:.0f} s)"
+    if isinstance(event, Redacted):
+        by = f" by {escape(event.redacted_by)}" if event.redacted_by else ""
+        reason = f": {escape(event.reason)}" if event.reason else ""
+        return "lifecycle", (
+            f"content of <a href='#p{event.position}'>version {event.version}</a> "
+            f"({escape(event.event_type)}) <b>redacted</b>{by}{reason}; its commitment "
+            f"<code class=hash>{event.commitment.hex()}</code> stays in the hash chain"
+        )
     if isinstance(event, UnknownEvent):
         return "lifecycle", f"event <code>{escape(event.type)}</code> (newer release)<pre>{_json(event.fields)}</pre>"
     return "lifecycle", f"<pre>{_json(event_to_builtins(event))}</pre>"
@@ -168,13 +177,16 @@ def _session_section(number: int, info: SessionInfo, records: list[tuple[Recorde
     ]
     details = "".join(f"<dt>{escape(key)}</dt><dd>{escape(value)}</dd>" for key, value in rows)
     items = []
+    redacted = {recorded.event.version for recorded, _ in records
+                if isinstance(recorded.event, Redacted)}
     for recorded, digest in records:
         css, inner = _item(recorded)
+        mark = " · <b>[redacted]</b>" if recorded.version in redacted else ""
         items.append(
             f"<li class={css} id='p{recorded.position}'><div class=meta>"
             f"position {recorded.position} · version {recorded.version} · "
             f"{_time(recorded.recorded_at)} · hash <code class=hash>{digest.hex()}</code>"
-            f"</div>{inner}</li>"
+            f"{mark}</div>{inner}</li>"
         )
     return (
         f"<section class=session id='s{number}'><h2>Session {escape(info.session_id)}</h2>"

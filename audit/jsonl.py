@@ -40,7 +40,7 @@ from .export_check import (
     Verification,
     check_export,
 )
-from .records import record_to_json, record_to_line
+from .records import is_redacted, record_to_json, record_to_line
 from .signing import session_tip, sign_head
 
 __all__ = ["CheckedImport", "ImportRejectedError", "ImportReport", "check_import",
@@ -237,4 +237,19 @@ def import_checked(
         report.sessions_imported += 1
     if appends and not dry_run and log is not None:
         log.append_atomically(appends)
+        _redact_again(log, parsed, sessions)
     return report
+
+
+def _redact_again(log: AuditStore, parsed: list[ExportLine],
+                  sessions: dict[str, list[Recorded]]) -> None:
+    """Merged records get new salts and hashes: remove again the content of those redacted
+    in the export (their Redacted events came with them, so none is added)."""
+    for line in parsed:
+        if line.redacted and line.recorded.session_id in sessions:
+            info = log.info(line.recorded.session_id)
+            record = log.read_session_raw(line.recorded.session_id,
+                                          line.recorded.version)[:1]
+            if info is not None and record and not is_redacted(record[0][1][HASH_SIZE:]):
+                log.redact(line.recorded.session_id, line.recorded.version,
+                           reason="redacted in the exported ledger")

@@ -12,8 +12,9 @@ from typing import Any
 
 import msgspec
 
+from ..events.codec import is_sealed
 from ..events.model import Event, Recorded, UnknownEvent
-from ..storage.hashing import HASH_SIZE
+from ..storage.hashing import CONTENT_REDACTED, HASH_SIZE, examine_record
 
 _REQUIRED = object()
 """Stands for a field without a default in a template (the event always has it)."""
@@ -98,11 +99,21 @@ def record_to_json(recorded: Recorded) -> dict[str, Any]:
 
 
 def record_to_line(recorded: Recorded, stored: bytes) -> dict[str, Any]:
-    """One export line: the readable record plus its hash links, stored bytes and hash."""
-    return {
+    """One export line: the readable record plus its hash links, stored bytes and hash, and
+    `"redacted": true` when its content was redacted (its event then reads as the event's
+    redacted form)."""
+    line = {
         **record_to_json(recorded),
         "prev_session_hash": recorded.prev_session_hash.hex(),
         "prev_log_hash": recorded.prev_log_hash.hex(),
         "hash": stored[:HASH_SIZE].hex(),
         "record": base64.b64encode(stored[HASH_SIZE:]).decode("ascii"),
     }
+    if is_redacted(stored[HASH_SIZE:]):
+        line["redacted"] = True
+    return line
+
+
+def is_redacted(record: bytes) -> bool:
+    """Whether a stored record's content was redacted (its event, salt in it, removed)."""
+    return is_sealed(record) and examine_record(record)[1] == CONTENT_REDACTED

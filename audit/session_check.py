@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from ..storage import AuditStore, VerifyReport
 from ..storage.checks import SessionChain, check_record
+from ..storage.verification import check_redactions
 
 
 def verify_session(
@@ -50,5 +51,6 @@ def verify_session(
             "the session index entry differs from the log (run `chatledger rebuild` if the "
             "log verifies)",
         )
+    check_redactions({session_id: chain}, report)
     report.sessions_checked = 1
     return report

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..events import MessageSent, Recorded, ResponseReceived, SessionCreated
+from ..events import MessageSent, Recorded, Redacted, ResponseReceived, SessionCreated
 from ..storage import AuditStore, local_directory
 from ..storage.hashing import HASH_SIZE
 
@@ -224,6 +224,11 @@ class SearchIndex:
             elif isinstance(event, ResponseReceived):
                 role = "assistant"
             else:
+                if isinstance(event, Redacted):  # what was said there is gone: forget it
+                    self._insert(batch)
+                    batch.clear()
+                    self._connection.execute("DELETE FROM said WHERE rowid = ?",
+                                             (event.position,))
                 if isinstance(event, SessionCreated) and event.owner is not None:
                     owners[recorded.session_id] = event.owner
                     keys.pop(recorded.session_id, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -69,12 +70,75 @@ def upcast_v1_v2(tag: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]
 StoredEnvelope = Envelope[msgspec.Raw]
 """A record's stored shape with the event left encoded: used to write and to check."""
 
+SEALED_RECORD_MARKER = 0x99
+"""The first byte of a record of the redaction-ready format: a MessagePack array of 9."""
+SEAL_TRAILER = 40
+"""The seal's last bytes: the commitment (32), then the extents (8)."""
+SALT_KEY = "_salt"
+"""The key under which an event with content carries its salt, inside its own map (decoding
+ignores it: no event has such a field), so event and salt go in one redaction."""
+
+
+class SealedEnvelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A record of the redaction-ready format, its parts left encoded (to write and to check).
+
+    The envelope's seven fields, then the event (its map holding 16 random bytes under
+    SALT_KEY; nil once redacted), then the seal, one bin: the event's redacted form
+    (`events.content.redacted_form`, encoded), the commitment (BLAKE2b-256 of the event's
+    bytes, salt included) and the extents (the event's offset in the record and the seal
+    element's length, 4 bytes each, big-endian, neither changed by a redaction). The chain
+    hash covers every byte but the event's (`storage.hashing`), so removing it keeps every
+    link. `Recorded` reads the first eight fields of such a record as it reads an older one
+    (msgspec skips the seal, one bin, at almost no cost).
+    """
+
+    position: int
+    session_id: str
+    version: int
+    recorded_at: datetime
+    schema_version: int
+    prev_session_hash: bytes
+    prev_log_hash: bytes
+    event: msgspec.Raw
+    seal: bytes
+
+    @property
+    def redacted(self) -> bytes:
+        """The encoded redacted form of the event."""
+        return self.seal[:-SEAL_TRAILER]
+
+    @property
+    def commitment(self) -> bytes:
+        """The commitment to the event's bytes."""
+        return self.seal[-SEAL_TRAILER:-8]
+
+
+def with_salt(event: bytes, salt: bytes) -> bytes:
+    """An encoded event (a MessagePack map) with `salt` added under SALT_KEY."""
+    first = event[0]
+    if 0x80 <= first <= 0x8F:
+        count, body = first & 0x0F, event[1:]
+    elif first == 0xDE:
+        count, body = int.from_bytes(event[1:3], "big"), event[3:]
+    elif first == 0xDF:
+        count, body = int.from_bytes(event[1:5], "big"), event[5:]
+    else:
+        raise ValueError("an encoded event is a MessagePack map")
+    count += 1
+    header = (bytes([0x80 | count]) if count < 16 else
+              b"\xde" + count.to_bytes(2, "big") if count < 0x10000 else
+              b"\xdf" + count.to_bytes(4, "big"))
+    return header + body + _SALT_KEY + _event_encoder.encode(salt)
+
 
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(AnyEvent)
 _record_decoder = msgspec.msgpack.Decoder(Recorded)
 _envelope_decoder = msgspec.msgpack.Decoder(StoredEnvelope)
 _raw_map_decoder: msgspec.msgpack.Decoder[dict[str, Any]] = msgspec.msgpack.Decoder(dict[str, Any])
+_sealed_decoder = msgspec.msgpack.Decoder(SealedEnvelope)
+_SALT_KEY = msgspec.msgpack.encode(SALT_KEY)
+_NIL = b"\xc0"
 
 
 ENCODE_ERRORS = (
@@ -170,14 +234,26 @@ def decode_event(data: bytes, schema_version: int = SCHEMA_VERSION) -> Event | U
         return UnknownEvent(type=tag, fields=fields, raw=bytes(data))
 
 
-def encode_record(envelope: Envelope[Any]) -> bytes:
-    """Encode a record for storage (its event as a struct or as `msgspec.Raw` bytes)."""
+def encode_record(envelope: Envelope[Any] | SealedEnvelope) -> bytes:
+    """Encode a record for storage (its event as a struct or as `msgspec.Raw` bytes; of the
+    redaction-ready format, its parts encoded)."""
     return _event_encoder.encode(envelope)
 
 
 def decode_envelope(data: bytes | memoryview) -> StoredEnvelope:
-    """Decode a stored record's envelope, leaving its event as raw MessagePack."""
+    """Decode a stored record's envelope, leaving its event as raw MessagePack (of a
+    redacted record: nil)."""
     return _envelope_decoder.decode(data)
+
+
+def is_sealed(data: bytes | memoryview) -> bool:
+    """Whether a stored record has the redaction-ready format (see `SealedEnvelope`)."""
+    return len(data) > 0 and data[0] == SEALED_RECORD_MARKER
+
+
+def decode_sealed(data: bytes | memoryview) -> SealedEnvelope:
+    """Decode a record of the redaction-ready format into its encoded parts."""
+    return _sealed_decoder.decode(data)
 
 
 def decode_record(data: bytes | memoryview) -> Recorded:
@@ -189,7 +265,10 @@ def decode_record(data: bytes | memoryview) -> Recorded:
     except msgspec.ValidationError:
         pass  # an unknown tag or a newer shape
     envelope = _envelope_decoder.decode(data)
-    event = decode_event(bytes(envelope.event), envelope.schema_version)
+    event_bytes = bytes(envelope.event)
+    if event_bytes == _NIL and is_sealed(data):  # redacted: it reads as its redacted form
+        event_bytes = _sealed_decoder.decode(data).redacted
+    event = decode_event(event_bytes, envelope.schema_version)
     return Recorded(
         position=envelope.position,
         session_id=envelope.session_id,

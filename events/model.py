@@ -422,6 +422,20 @@ class HeadCheckpointed(Event, tag="head_checkpointed", kw_only=True, frozen=True
     trigger: str = "on_demand"
 
 
+class Redacted(Event, tag="redacted", kw_only=True, frozen=True):
+    """The content of an earlier event of this session (`version`, at log `position`, a
+    `event_type`) was removed: its salt and content are gone from the record, its
+    `commitment` (BLAKE2b-256 of the content, keyed with the removed salt) stays in the hash
+    chain. `redacted_by` is who asked (as given), `reason` why; when is the envelope's time."""
+
+    version: int
+    position: int = 0
+    event_type: str = ""
+    commitment: bytes = b""
+    reason: str = ""
+    redacted_by: str | None = None
+
+
 AnyEvent = (
     SessionCreated
     | SessionResumed
@@ -452,6 +466,7 @@ AnyEvent = (
     | TranscriptReseeded
     | ForkedFrom
     | HeadCheckpointed
+    | Redacted
 )
 """The tagged union of every event this release knows."""
 

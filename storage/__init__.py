@@ -28,6 +28,7 @@ from .leases import Lease, LeaseOwner
 from .memory import MemoryStore, forget_memory_store
 from .port import AuditStore, EventStore
 from .records import IndexEntry, SessionAppend, StoredValue
+from .redaction import RedactionRefusedError
 from .subscription import Subscription
 from .verification import VerifyReport
 
@@ -61,6 +62,7 @@ __all__ = [
     "LedgerFullError",
     "LedgerMissingError",
     "MemoryStore",
+    "RedactionRefusedError",
     "SessionAppend",
     "StaleLeaseError",
     "StoredValue",

@@ -1,8 +1,11 @@
 """The per-record check of a ledger, in one place: every verifier walks records through it.
 
 `check_record` takes one stored value (hash + record bytes) and says what is wrong with it:
-its bytes against its stored hash, whether it decodes, its position, its links to the
-previous record of the log and of its session, and whether it folds onto its session's state.
+its bytes against its stored hash (by its format's rule, `hashing`), its content against its
+commitment, whether it decodes, its position, its links to the previous record of the log
+and of its session, and whether it folds onto its session's state. A redacted record (content
+and salt removed, commitment kept) is intact: it is counted on its session's chain, and so is
+every `Redacted` event, so that a walk can tell content removed without a record of it.
 The whole-ledger walk, the parallel range check and the one-session audit differ only in the
 order they read records and in what they check around them. No I/O here.
 """
@@ -13,26 +16,40 @@ import hashlib
 
 import msgspec
 
-from ..events.codec import decode_record
-from ..events.model import Recorded
+from ..events.codec import SEALED_RECORD_MARKER, decode_record
+from ..events.model import Recorded, Redacted
 from ..events.projections import ProjectionError, SessionInfo, evolve
-from .hashing import GENESIS, HASH_SIZE
+from .hashing import CONTENT_ALTERED, CONTENT_REDACTED, GENESIS, HASH_SIZE, sealed_digest
 
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 """What a damaged record's decoding raises."""
 
 _blake2b = hashlib.blake2b
+_SEALED = bytes([SEALED_RECORD_MARKER])
 
 
 class SessionChain:
     """A session's state as a verifier has folded it so far: info, last hash, positions."""
 
-    __slots__ = ("info", "last_hash", "positions")
+    __slots__ = ("info", "last_hash", "positions", "redacted", "redactions")
 
     def __init__(self, session_id: str) -> None:
         self.info = SessionInfo(session_id=session_id)
         self.last_hash = GENESIS
         self.positions: list[int] = []  # positions[version - 1]
+        self.redacted: list[int] = []  # versions whose content was removed
+        self.redactions: set[int] = set()  # versions a Redacted event names
+
+    def unrecorded_redactions(self) -> list[int]:
+        """Versions whose content is gone although no Redacted event of the session says so."""
+        return [version for version in self.redacted if version not in self.redactions]
+
+
+def unrecorded_redaction_problem(session_id: str, versions: list[int]) -> str:
+    """The problem of content removed without a Redacted event (edited outside chatledger)."""
+    listed = ", ".join(str(version) for version in versions)
+    return (f"session {session_id!r}: the content of version(s) {listed} was removed without "
+            "a Redacted event (the file was edited outside chatledger)")
 
 
 def check_record(
@@ -48,9 +65,18 @@ def check_record(
     # Byte slices, not memoryview slices: msgspec and blake2b read bytes faster. The hash
     # is `hashing.record_hash`, inlined: this runs once per record of a whole-ledger verify.
     data = value[HASH_SIZE:]
-    digest = _blake2b(data, digest_size=HASH_SIZE).digest()
+    content = None
+    if data[:1] == _SEALED:
+        try:
+            digest, content = sealed_digest(data)
+        except DECODE_ERRORS:
+            digest = _blake2b(data, digest_size=HASH_SIZE).digest()
+    else:
+        digest = _blake2b(data, digest_size=HASH_SIZE).digest()
     if digest != value[:HASH_SIZE]:
         problems.append("record bytes do not match their stored hash (altered)")
+    if content == CONTENT_ALTERED:
+        problems.append("record content does not match its commitment (altered)")
     try:
         recorded = decode_record(data)
     except DECODE_ERRORS as error:
@@ -72,4 +98,8 @@ def check_record(
         problems.append(str(error))
     chain.last_hash = digest
     chain.positions.append(position)
+    if content == CONTENT_REDACTED:
+        chain.redacted.append(recorded.version)
+    if type(recorded.event) is Redacted:
+        chain.redactions.add(recorded.event.version)
     return digest, recorded, problems

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -30,19 +29,26 @@ from ..errors import (
     StaleLeaseError,
     UnknownSessionError,
 )
-from ..events.codec import SCHEMA_VERSION, decode_record, encode_event, encode_record
-from ..events.model import Envelope, Event, Recorded, UnknownEvent
+from ..events.codec import SCHEMA_VERSION, decode_record
+from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import ProjectionError, SessionInfo, evolve
 from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 from .ids import validate_session_id
 from .leases import Lease, LeaseOwner, acquired, fences, released, renewed
-from .records import IndexEntry, SessionAppend, StoredValue, checked_append, distinct_sessions
+from .records import (
+    EncodedAppend,
+    IndexEntry,
+    SessionAppend,
+    StoredValue,
+    checked_append,
+    distinct_sessions,
+    encode_append,
+    stored_record,
+)
+from .redaction import plan_redaction
 from .subscription import Subscription
 from .verbatim import plan_verbatim
 from .verification import VerifyReport, verify_snapshot
-
-if TYPE_CHECKING:
-    from .port import AuditStore
 
 MEMORY_SCHEME = "memory:"
 READ_CHUNK = 1024
@@ -182,9 +188,8 @@ class MemoryStore:
 
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions at once: all commit, or (a stale version) none does."""
-        checked = [checked_append(append) for append in appends]
+        checked = [encode_append(append) for append in appends]
         distinct_sessions([append.session_id for append in checked])
-        encoded = [[encode_event(event) for event in append.events] for append in checked]
         data = self.data
         with data.lock:
             for append in checked:
@@ -197,8 +202,8 @@ class MemoryStore:
                     raise ConcurrencyError(append.session_id, append.expected_version, current)
             position, log_hash = data.head.position, data.head.hash
             staged: list[_Staged] = []
-            for append, events in zip(checked, encoded, strict=True):
-                stage = _stage(data, append, events, position, log_hash)
+            for append in checked:
+                stage = _stage(data, append, position, log_hash)
                 staged.append(stage)
                 position, log_hash = stage.head.position, stage.head.hash
             for stage in staged:  # nothing can fail from here on: all or nothing
@@ -238,6 +243,45 @@ class MemoryStore:
         with data.appended:
             data.appended.notify_all()
         return plan.head
+
+    def redact(
+        self, session_id: str, version: int | None, *, reason: str = "",
+        redacted_by: str | None = None,
+    ) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of every record that still
+        has some) and append a Redacted event for each, atomically; returns those records."""
+        validate_session_id(session_id)
+        data = self.data
+        with data.lock:
+            entry = data.index.get(session_id)
+            if entry is None:
+                raise UnknownSessionError(f"Session not found: {session_id}")
+            positions = data.streams[session_id]
+            values = [(position, data.values[position - 1]) for position in positions]
+            plan = plan_redaction(session_id, values, version, reason=reason,
+                                  redacted_by=redacted_by)
+            append = encode_append(SessionAppend(session_id, plan.events, entry.info.version))
+            refolded = IndexEntry(info=plan.info, last_hash=entry.last_hash)
+            stage = None
+            if append.events:
+                data.index[session_id] = refolded  # _stage folds on top of it
+                try:
+                    stage = _stage(data, append, data.head.position, data.head.hash)
+                finally:
+                    data.index[session_id] = entry
+            for position, value in plan.rewrites:  # nothing can fail from here on
+                data.values[position - 1] = value
+            data.index[session_id] = refolded
+            if stage is not None:
+                data.values.extend(stage.values)
+                positions.extend(range(stage.head.position - len(stage.values) + 1,
+                                       stage.head.position + 1))
+                data.index[session_id] = stage.entry
+                data.head = stage.head
+        if stage is not None:
+            with data.appended:
+                data.appended.notify_all()
+        return stage.records if stage is not None else []
 
     # -- leases --------------------------------------------------------------------------
 
@@ -403,14 +447,14 @@ class MemoryStore:
         with EventLog(destination) as target:
             if target.head().position:
                 raise LedgerError(f"{destination} is not empty: copy into a new ledger")
-            run: list[Recorded] = []
-            for recorded in self.read_all():
-                if run and run[-1].session_id != recorded.session_id:
-                    _append_run(target, run)
-                    run = []
-                run.append(recorded)
-            if run:
-                _append_run(target, run)
+            chunk: list[bytes] = []
+            for _, value in self.read_raw():
+                chunk.append(value[HASH_SIZE:])
+                if len(chunk) >= READ_CHUNK:
+                    target.append_verbatim(chunk)
+                    chunk = []
+            if chunk:
+                target.append_verbatim(chunk)
             return target.disk_size()
 
     def disk_size(self) -> int:
@@ -433,9 +477,7 @@ class _Staged(msgspec.Struct):
     head: Head
 
 
-def _stage(
-    data: MemoryData, append: SessionAppend, encoded: list[bytes], position: int, log_hash: bytes
-) -> _Staged:
+def _stage(data: MemoryData, append: EncodedAppend, position: int, log_hash: bytes) -> _Staged:
     """Encode and fold one session's events after `position`; changes nothing. Under the lock."""
     session_id = append.session_id
     entry = data.index.get(session_id)
@@ -446,16 +488,14 @@ def _stage(
     times = append.recorded_at or [now] * len(append.events)
     records: list[Recorded] = []
     values: list[bytes] = []
-    for event, encoded_event, recorded_at in zip(append.events, encoded, times, strict=True):
+    seals = append.seals or [None] * len(append.events)
+    for event, encoded_event, seal, recorded_at in zip(append.events, append.encoded, seals,
+                                                       times, strict=True):
         position += 1
         version += 1
-        record = encode_record(Envelope(
-            position=position, session_id=session_id, version=version,
-            recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
-            prev_session_hash=session_hash, prev_log_hash=log_hash,
-            event=msgspec.Raw(encoded_event),
-        ))
-        digest = record_hash(record)
+        record, digest = stored_record(position, session_id, version, recorded_at,
+                                       session_hash, log_hash, encoded_event, seal,
+                                           SCHEMA_VERSION)
         recorded = Recorded(
             position=position, session_id=session_id, version=version,
             recorded_at=recorded_at, schema_version=SCHEMA_VERSION,
@@ -467,13 +507,3 @@ def _stage(
         session_hash = log_hash = digest
     return _Staged(records, values, IndexEntry(info=info, last_hash=session_hash),
                    Head(position, log_hash))
-
-
-def _append_run(target: AuditStore, run: list[Recorded]) -> None:
-    """Append consecutive records of one session to `target` with their original times."""
-    target.append_atomically([SessionAppend(
-        session_id=run[0].session_id,
-        events=[recorded.event for recorded in run],
-        expected_version=run[0].version - 1,
-        recorded_at=[recorded.recorded_at for recorded in run],
-    )])

@@ -142,6 +142,17 @@ class AuditStore(EventStore, Protocol):
         LogMovedError if they do not continue the log, ValueError if they do not link."""
         ...
 
+    def redact(
+        self, session_id: str, version: int | None, *, reason: str = "",
+        redacted_by: str | None = None,
+    ) -> list[Recorded]:
+        """Remove the content (and salt) of one version of a session, None: of every record
+        of it that still has some, keeping each commitment, and append a Redacted event per
+        record; returns those records. Every chain still verifies. RedactionRefusedError
+        (nothing changed) for an unknown version, an event without content, a record already
+        redacted, one written before the redaction-ready format, or a damaged one."""
+        ...
+
     def verify(
         self, saved_head: Head | None = None, *, progress: Callable[[int], None] | None = None
     ) -> VerifyReport:

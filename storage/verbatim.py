@@ -14,7 +14,7 @@ import msgspec
 from ..errors import ChatledgerError, ConcurrencyError
 from ..events.model import Recorded
 from ..events.projections import ProjectionError, SessionInfo, evolve
-from .hashing import GENESIS, Head, record_hash
+from .hashing import CONTENT_ALTERED, GENESIS, Head, examine_record
 from .records import IndexEntry
 
 
@@ -70,7 +70,12 @@ def plan_verbatim(
             info = evolve(info, recorded)
         except ProjectionError as error:
             return ValueError(f"record at {position}: {error}")
-        digest = record_hash(records[offset])
+        try:
+            digest, content = examine_record(records[offset])
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            return ValueError(f"record at {position} does not decode: {error}")
+        if content == CONTENT_ALTERED:
+            return ValueError(f"record at {position}: its content does not match its commitment")
         entries[session_id] = IndexEntry(info=info, last_hash=digest)
         values.append((recorded, digest + records[offset]))
         log_hash = digest

@@ -1,9 +1,10 @@
 """Verification of a ledger snapshot: both hash chains, the stream index and the session index.
 
 `verify_snapshot` walks the log of one consistent snapshot once, checking every record with
-`checks.check_record` (hash, decoding, position, both chain links, the fold), then the stored
-head, a saved head (which catches truncation), the stream index (session, version ->
-position) and the session index (the fold of each session). Every store verifies through it,
+`checks.check_record` (hash, commitment, decoding, position, both chain links, the fold), then
+the stored head, a saved head (which catches truncation), the stream index (session, version
+-> position), the session index (the fold of each session), and that every redacted record
+has its `Redacted` event. Redacted records are counted, never reported as tampered. Every store verifies through it,
 so every store reports the same problems in the same words. It only reads.
 """
 
@@ -14,7 +15,7 @@ from typing import Protocol
 
 import msgspec
 
-from .checks import SessionChain, check_record
+from .checks import SessionChain, check_record, unrecorded_redaction_problem
 from .hashing import GENESIS, Head
 from .records import IndexEntry, StoredValue
 
@@ -32,6 +33,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     reason: str | None = None
     problems: list[str] = msgspec.field(default_factory=list)
     head: Head = msgspec.field(default_factory=lambda: Head(0, GENESIS))
+    records_redacted: int = 0
+    """Records whose content was redacted (removed; their commitments verified in the chain)."""
 
     def fail(self, position: int | None, reason: str) -> None:
         """Record a problem; the first one becomes the report's verdict."""
@@ -110,8 +113,19 @@ def verify_snapshot(
             report.fail(saved_head.position, "record differs from the saved head's hash")
     _check_stream_index(snapshot, chains, report)
     _check_session_index(snapshot, chains, report)
+    check_redactions(chains, report)
     report.sessions_checked = len(chains)
     return report
+
+
+def check_redactions(chains: dict[str, SessionChain], report: VerifyReport) -> None:
+    """Count the redacted records; content removed without a Redacted event is a problem."""
+    for session_id, chain in chains.items():
+        report.records_redacted += len(chain.redacted)
+        missing = chain.unrecorded_redactions()
+        if missing:
+            report.fail(chain.positions[missing[0] - 1],
+                        unrecorded_redaction_problem(session_id, missing))
 
 
 def _check_stream_index(

@@ -26,6 +26,7 @@ from chatledger.events import (
     ModeSwitched,
     PermissionDecided,
     PermissionRequested,
+    Redacted,
     ResponseReceived,
     RunFailed,
     RunStarted,
@@ -141,6 +142,9 @@ EVENT_STRATEGIES = {
     HeadCheckpointed: st.builds(HeadCheckpointed, position=turns, hash=texts, signed_at=texts,
                                 key=texts, public_key=texts, signature=texts,
                                 trigger=st.sampled_from(["on_demand", "periodic"])),
+    Redacted: st.builds(Redacted, version=st.integers(1, 10**6), position=st.integers(1, 10**9),
+                        event_type=texts, commitment=st.binary(min_size=32, max_size=32),
+                        reason=texts, redacted_by=st.none() | texts),
 }
 any_event = st.one_of(*EVENT_STRATEGIES.values())
 

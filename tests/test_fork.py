@@ -413,3 +413,22 @@ def test_the_planner_forks_the_agent_session_only_for_a_fork_without_one_of_its_
 def test_fork_session_needs_a_session_to_resume() -> None:
     with pytest.raises(ValueError, match="fork_session needs a session to resume"):
         build_argv(("claude",), mode="user", allowed_tools=(), fork_session=True)
+
+
+def test_redacting_a_parent_or_a_fork_keeps_the_lineage_verifiable(
+    ledger_path: Path, parent: tuple[str, list[int]],
+) -> None:
+    """Personal data redacted in the parent after the fork (or in the fork's copy) is not a
+    forged copy: verify stays clean and counts the redactions."""
+    session_id, ends = parent
+    with open_ledger(ledger_path) as ledger:
+        fork_id = ledger.fork(session_id, ends[1]).session_id
+        first_message = next(r.version for r in ledger.events(session_id)
+                             if isinstance(r.event, MessageSent))
+        ledger.redact(session_id, first_message, reason="personal data")
+        copied = next(r.version for r in ledger.events(fork_id)
+                      if isinstance(r.event, MessageSent) and "turn 2" in r.event.text)
+        ledger.redact(fork_id, copied, reason="personal data")
+        check = check_ledger(ledger.log, ledger.config)
+    assert check.ok, check.reason
+    assert check.records_redacted == 2

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, truncate
+from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, rewrite_record, truncate
 
 from chatledger.audit.session_check import verify_session
 from chatledger.errors import (
@@ -29,6 +29,15 @@ from chatledger.errors import (
     UnknownSessionError,
 )
 from chatledger.events import MessageSent, ModeSwitched, ResponseReceived, SessionCreated
+from chatledger.events.codec import (
+    decode_envelope,
+    decode_event,
+    decode_record,
+    decode_sealed,
+    is_sealed,
+)
+from chatledger.events.content import REDACTED_TEXT
+from chatledger.events.model import Redacted
 from chatledger.storage import (
     GENESIS,
     AuditStore,
@@ -39,7 +48,8 @@ from chatledger.storage import (
     open_store,
     record_hash,
 )
-from chatledger.storage.hashing import HASH_SIZE
+from chatledger.storage.hashing import HASH_SIZE, examine_record
+from chatledger.storage.redaction import RedactionRefusedError, without_content
 
 
 def _forget(location: str) -> None:
@@ -287,8 +297,28 @@ def test_every_store_writes_the_same_bytes_and_hashes_for_the_same_events(
             store.append_atomically([SessionAppend("t", [SessionCreated()], 0, [when])])
             stored[name] = list(store.read_raw())
         _forget(location)
-    first, *others = stored.values()
+    for values in stored.values():  # every hash by the same rule
+        assert all(examine_record(value[HASH_SIZE:])[0] == value[:HASH_SIZE]
+                   for _, value in values)
+    shapes = {name: [_same_everywhere(value) for _, value in values]
+              for name, values in stored.items()}
+    first, *others = shapes.values()
     assert all(other == first for other in others)
+    assert [shape[0] for shape in first] == [False, True, False]  # only the message is sealed
+
+
+def _same_everywhere(value: bytes) -> tuple[object, ...]:
+    """What every store writes alike for the same events: all but the random salt in each
+    event with content, the commitment it changes, and the hash links that follow."""
+    record = value[HASH_SIZE:]
+    if is_sealed(record):
+        parts = decode_sealed(record)
+        return (True, parts.position, parts.session_id, parts.version, parts.recorded_at,
+                parts.schema_version, decode_event(bytes(parts.event)), parts.redacted,
+                len(parts.event), len(parts.commitment))
+    envelope = decode_envelope(record)
+    return (False, envelope.position, envelope.session_id, envelope.version,
+            envelope.recorded_at, envelope.schema_version, bytes(envelope.event))
 
 
 def test_a_postgresql_location_opens_the_postgresql_store_and_a_dead_server_is_named() -> None:
@@ -448,3 +478,128 @@ def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> N
         store.append("s", [MessageSent(turn=2, text="b")], 2, release_lease=True)
     second = store.acquire_lease("s", OWNER_B, ttl=30)
     assert second is not None and second.epoch == lease.epoch + 1
+
+
+# -- redaction -----------------------------------------------------------------------------
+
+
+def _stored(store: AuditStore, position: int) -> bytes:
+    return dict(store.read_raw())[position]
+
+
+def test_a_redacted_record_loses_its_content_and_every_chain_still_verifies(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    conversation(store, "t")
+    before = _stored(store, 2)
+    head = store.head()
+    [redaction] = store.redact("s", 2, reason="personal data", redacted_by="dpo")
+    after = _stored(store, 2)
+    assert after[:HASH_SIZE] == before[:HASH_SIZE]  # the hash, so every link, unchanged
+    assert b"question 1" in before and b"question 1" not in after
+    assert bytes(decode_sealed(after[HASH_SIZE:]).event) == b"\xc0"  # nil: event and salt
+    event = redaction.event
+    assert isinstance(event, Redacted)
+    assert (event.version, event.position, event.event_type, event.reason,
+            event.redacted_by) == (2, 2, "message_sent", "personal data", "dpo")
+    assert event.commitment == decode_sealed(before[HASH_SIZE:]).commitment
+    assert (redaction.session_id, redaction.version) == ("s", 6)
+    message = store.read_session("s")[1].event
+    assert isinstance(message, MessageSent) and message.text == REDACTED_TEXT
+    assert store.require_info("s").version == 6
+    report = store.verify(head)
+    assert report.ok, report.problems
+    assert report.records_redacted == 1
+    assert verify_session(store, "s").ok and verify_session(store, "s").records_redacted == 1
+
+
+def test_a_flipped_byte_in_a_redacted_records_commitment_is_still_tampering(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    store.redact("s", 3, reason="")
+    record = _stored(store, 3)[HASH_SIZE:]
+    flip_byte(store, 3, offset=len(record) - 8 - 5)  # inside the commitment (extents last)
+    report = store.verify()
+    assert not report.ok and report.first_bad_position == 3
+    assert "altered" in (report.reason or "")
+
+
+def test_content_edited_under_an_intact_hash_breaks_its_commitment(store: AuditStore) -> None:
+    conversation(store, "s")
+    record = _stored(store, 2)[HASH_SIZE:]
+    rewrite_record(store, 2, record.replace(b"question 1", b"question 9"))
+    report = store.verify()
+    assert not report.ok and report.first_bad_position == 2
+    assert "commitment" in (report.reason or "")
+    with pytest.raises(RedactionRefusedError, match="fails its own check"):
+        store.redact("s", 2)
+
+
+def test_content_removed_without_a_redacted_event_is_reported(store: AuditStore) -> None:
+    conversation(store, "s")
+    stripped = without_content(_stored(store, 4))
+    rewrite_record(store, 4, stripped[HASH_SIZE:])
+    report = store.verify()
+    assert not report.ok and "without a Redacted event" in (report.reason or "")
+
+
+def test_erasing_a_whole_session_keeps_the_global_chain(store: AuditStore) -> None:
+    conversation(store, "a", turns=2)
+    conversation(store, "b", turns=1)
+    store.append("a", [MessageSent(turn=3, text="late")], store.require_info("a").version)
+    others = {position: value for position, value in store.read_raw()
+              if decode_record(value[HASH_SIZE:]).session_id == "b"}
+    written = store.redact("a", None, reason="erasure request")
+    assert [(record.event.version, record.event.position) for record in written] == [
+        (2, 2), (3, 3), (4, 4), (5, 5), (6, 9)]
+    assert all(b"question" not in value and b"answer" not in value and b"late" not in value
+               for position, value in store.read_raw() if position not in others)
+    assert {position: value for position, value in store.read_raw()
+            if position in others} == others
+    report = store.verify()
+    assert report.ok, report.problems
+    assert report.records_redacted == 5
+    assert store.redact("a", None) == []  # nothing left to redact
+
+
+def test_a_redaction_that_cannot_be_done_changes_nothing(store: AuditStore) -> None:
+    conversation(store, "s")
+    store.redact("s", 2)
+    head = store.head()
+    with pytest.raises(RedactionRefusedError, match="no content"):
+        store.redact("s", 1)  # session_created
+    with pytest.raises(RedactionRefusedError, match="already redacted"):
+        store.redact("s", 2)
+    with pytest.raises(RedactionRefusedError, match="no version 99"):
+        store.redact("s", 99)
+    with pytest.raises(UnknownSessionError):
+        store.redact("nobody", 1)
+    assert store.head() == head and store.verify().ok
+
+
+def test_a_redaction_recorded_but_not_done_is_finished_without_a_second_event(
+    store: AuditStore,
+) -> None:
+    conversation(store, "s")
+    commitment = decode_sealed(_stored(store, 2)[HASH_SIZE:]).commitment
+    # As PostgreSQL leaves it when its process dies between the event and the removal.
+    store.append("s", [Redacted(version=2, position=2, event_type="message_sent",
+                                commitment=commitment)], store.require_info("s").version)
+    assert store.redact("s", 2) == []
+    assert b"question 1" not in _stored(store, 2)
+    assert [r.version for r in store.read_session("s")][-1] == 6
+    report = store.verify()
+    assert report.ok and report.records_redacted == 1
+
+
+def test_a_flipped_byte_in_a_records_extents_is_tampering(store: AuditStore) -> None:
+    conversation(store, "s")
+    record = _stored(store, 2)[HASH_SIZE:]
+    for offset in (len(record) - 7, len(record) - 2):  # where the event starts; the seal's size
+        flip_byte(store, 2, offset=offset)
+        report = store.verify()
+        assert not report.ok and report.first_bad_position == 2
+        flip_byte(store, 2, offset=offset)
+    assert store.verify().ok

@@ -5,7 +5,8 @@ Named databases in one environment:
               (MessagePack envelope + event); the stored hash pins a flipped byte to its record
 - `streams`:  session id (UTF-8), NUL, version (8-byte big-endian) -> position (a `log` key)
 - `sessions`: session id (UTF-8) -> index entry (the folded SessionInfo and the last hash)
-- `meta`:     `format` -> the format marker; `head` -> last position (8 bytes) + its hash;
+- `meta`:     `format` -> the format marker (version 2: records may be redaction-ready,
+              see `events.codec.SealedEnvelope`); `head` -> last position (8 bytes) + its hash;
               `lease`, NUL, session id -> the session's lease record (storage.leases)
 
 Every module of the LMDB store (and the test fixtures that forge damage) builds keys and
@@ -30,7 +31,10 @@ DATABASES = (LOG_DB, STREAMS_DB, SESSIONS_DB, META_DB)
 META_FORMAT = b"format"
 META_HEAD = b"head"
 FORMAT_MARKER = b"chatledger-lmdb"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Format 2 (redaction-ready records, `events.codec.SealedEnvelope`) reads format 1 as it
+is; a format-1 ledger is marked 2 by the first write of this release, so an older release
+refuses it instead of taking its new records for tampered ones."""
 
 META_LEASE_PREFIX = b"lease\x00"
 POSITION_BYTES = 8

@@ -137,6 +137,21 @@ class EventLog:
             raise outcome
         return outcome
 
+    def redact(
+        self, session_id: str, version: int | None, *, reason: str = "",
+        redacted_by: str | None = None,
+    ) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of every record that still
+        has some) and append a Redacted event for each, in one transaction; returns those
+        records. The chains keep verifying. Blocks the caller."""
+        validate_session_id(session_id)
+        outcome: list[Recorded] | Exception = self.run_in_writer(
+            lambda txn: self.store.redact(txn, session_id, version, reason, redacted_by)
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     def _submit(self, payloads: list[EncodedAppend]) -> list[list[Recorded]]:
         """Hand encoded appends to the writer as one all-or-nothing request; wait for it."""
         result: list[list[Recorded]] = self.store.submit(AtomicAppends(payloads), self.path)

@@ -13,17 +13,26 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
+from itertools import islice
 from typing import Any
 
 import msgspec
 
-from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
-from ...events.codec import SCHEMA_VERSION, encode_record
-from ...events.model import Envelope, Recorded
+from ...errors import ConcurrencyError, LedgerError, StaleLeaseError, UnknownSessionError
+from ...events.codec import SCHEMA_VERSION
+from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
-from ..hashing import GENESIS, Head, record_hash
+from ..hashing import GENESIS, Head
 from ..leases import Lease, decode_lease, encode_lease, fences, released
-from ..records import EncodedAppend, IndexEntry
+from ..records import (
+    EncodedAppend,
+    IndexEntry,
+    SessionAppend,
+    StoredValue,
+    encode_append,
+    stored_record,
+)
+from ..redaction import RedactionRefusedError, plan_redaction
 from ..verbatim import plan_verbatim
 from . import layout
 from .environment import SharedEnvironment, open_environment, release_environment
@@ -52,6 +61,8 @@ class LedgerStore:
         self.sessions_db = shared.databases[layout.SESSIONS_DB]
         self.meta_db = shared.databases[layout.META_DB]
         self.appended = threading.Condition()
+        self._stored_format = layout.FORMAT_VERSION
+        self._format_written = False
         self.writer: GroupCommitWriter | None = None
         if not shared.readonly:
             self._initialise_format()
@@ -60,6 +71,8 @@ class LedgerStore:
             self._check_format()
 
     def _notify(self) -> None:
+        if self._format_written:
+            self._stored_format = layout.FORMAT_VERSION
         with self.appended:
             self.appended.notify_all()
 
@@ -71,7 +84,14 @@ class LedgerStore:
                     raise LedgerError(f"{self.shared.path} holds a log without a format marker")
                 txn.put(layout.META_FORMAT, layout.encode_format(), db=self.meta_db)
             else:
-                self._check_marker(marker)
+                self._stored_format = self._check_marker(marker)
+
+    def mark_format(self, txn: Any) -> None:
+        """Mark a format-1 ledger as format 2 before this release writes records into it.
+        Writer thread only."""
+        if self._stored_format < layout.FORMAT_VERSION:
+            txn.put(layout.META_FORMAT, layout.encode_format(), db=self.meta_db)
+            self._format_written = True  # kept once the transaction commits (`_notify`)
 
     def _check_format(self) -> None:
         with self.shared.transaction() as txn:
@@ -80,7 +100,7 @@ class LedgerStore:
             raise LedgerError(f"{self.shared.path} is not a chatledger ledger")
         self._check_marker(marker)
 
-    def _check_marker(self, marker: bytes) -> None:
+    def _check_marker(self, marker: bytes) -> int:
         try:
             fields = layout.decode_format(marker)
         except msgspec.DecodeError:
@@ -93,6 +113,7 @@ class LedgerStore:
                 f"{fields.get('version')}, this release reads {layout.FORMAT_VERSION}): "
                 "upgrade chatledger"
             )
+        return int(fields.get("version", 0))
 
     def index_entry_in(self, txn: Any, session_id: str) -> IndexEntry | None:
         """A session's index entry as `txn` sees it (None if the session is unknown)."""
@@ -139,6 +160,7 @@ class LedgerStore:
                 log_hash = head.hash
                 touched.clear()
                 continue
+            self.mark_format(txn)
             result, next_position, log_hash = self._apply_appends(
                 txn, payload.appends, touched, next_position, log_hash
             )
@@ -226,21 +248,14 @@ class LedgerStore:
         times = payload.recorded_at or [now] * len(payload.events)
         position_key, stream_key = layout.position_key, layout.stream_key
         recorded_list: list[Recorded] = []
-        for event, encoded_event, recorded_at in zip(
-            payload.events, payload.encoded, times, strict=True
+        seals = payload.seals or [None] * len(payload.events)
+        for event, encoded_event, seal, recorded_at in zip(
+            payload.events, payload.encoded, seals, times, strict=True
         ):
             version += 1
-            record = encode_record(Envelope(
-                position=next_position,
-                session_id=session_id,
-                version=version,
-                recorded_at=recorded_at,
-                schema_version=SCHEMA_VERSION,
-                prev_session_hash=session_hash,
-                prev_log_hash=log_hash,
-                event=msgspec.Raw(encoded_event),
-            ))
-            digest = record_hash(record)
+            record, digest = stored_record(next_position, session_id, version, recorded_at,
+                                           session_hash, log_hash, encoded_event, seal,
+                                           SCHEMA_VERSION)
             txn.put(position_key(next_position), digest + record, db=self.log_db, append=True)
             txn.put(stream_key(session_id, version), position_key(next_position),
                     db=self.streams_db)
@@ -273,6 +288,7 @@ class LedgerStore:
         )
         if isinstance(plan, Exception):
             return plan
+        self.mark_format(txn)
         for recorded, value in plan.values:
             txn.put(layout.position_key(recorded.position), value, db=self.log_db, append=True)
             txn.put(layout.stream_key(recorded.session_id, recorded.version),
@@ -283,6 +299,51 @@ class LedgerStore:
         txn.put(layout.META_HEAD, layout.encode_head(plan.head.position, plan.head.hash),
                 db=self.meta_db)
         return plan.head
+
+    def redact(
+        self, txn: Any, session_id: str, version: int | None, reason: str,
+        redacted_by: str | None,
+    ) -> list[Recorded] | Exception:
+        """Remove the content of a version of a session (None: of all of it) and append its
+        Redacted events, in the writer's transaction; returns the Redacted records, or the
+        error (nothing written). Writer thread only: an error is returned, not raised, so the
+        other requests of the batch still commit."""
+        entry = self.index_entry_in(txn, session_id)
+        if entry is None:
+            return UnknownSessionError(f"Session not found: {session_id}")
+        try:
+            values = self._session_values_in(txn, session_id, entry.info.version)
+            plan = plan_redaction(session_id, values, version, reason=reason,
+                                  redacted_by=redacted_by)
+            payload = encode_append(SessionAppend(session_id, plan.events, entry.info.version))
+        except (RedactionRefusedError, LedgerError, TypeError) as error:
+            return error
+        for position, value in plan.rewrites:
+            txn.put(layout.position_key(position), value, db=self.log_db)
+        refolded = IndexEntry(info=plan.info, last_hash=entry.last_hash)
+        if not payload.events:
+            txn.put(layout.session_key(session_id), layout.encode_index_entry(refolded),
+                    db=self.sessions_db)
+            return []
+        head = self.head_in(txn)
+        touched: dict[str, IndexEntry | None] = {}
+        written, next_position, log_hash = self._write_append(
+            txn, payload, refolded, touched, head.position + 1, head.hash
+        )
+        self._flush(txn, touched, head, next_position, log_hash)
+        return written
+
+    def _session_values_in(self, txn: Any, session_id: str, count: int) -> list[StoredValue]:
+        """Every stored value of a session (versions 1..count) as `txn` sees them."""
+        cursor = txn.cursor(db=self.streams_db)
+        positions: list[bytes] = []
+        if count and cursor.set_key(layout.stream_key(session_id, 1)):
+            positions = list(islice(cursor.iternext(keys=False, values=True), count))
+        found = txn.cursor(db=self.log_db).getmulti(positions) if positions else []
+        if len(found) != count:
+            raise LedgerError(f"the stream index of {session_id!r} does not match its index "
+                              "entry: run `chatledger verify`")
+        return [(layout.key_position(key), bytes(value)) for key, value in found]
 
     def close(self) -> None:
         """Stop the writer (after what is queued) and close the environment if last."""

@@ -45,6 +45,8 @@ class RangeReport(msgspec.Struct, kw_only=True):
     sessions: int = 0
     records_until: int = 0
     sessions_until: int = 0
+    redacted: int = 0
+    redacted_until: int = 0
 
 
 _range_decoder = msgspec.msgpack.Decoder(RangeReport)
@@ -163,6 +165,11 @@ def check_sessions(
             layout.decode_index_entry(stored) != expected
         ):
             raise _RangeBroken
+        if chain.unrecorded_redactions():
+            raise _RangeBroken
+        report.redacted += len(chain.redacted)
+        report.redacted_until += sum(1 for version in chain.redacted
+                                     if chain.positions[version - 1] <= until_position)
         report.sessions += 1
         if session_counted_until:
             report.sessions_until += 1
@@ -329,4 +336,5 @@ def _verify_with_helper(
             return None
     if progress is not None and theirs.records_until:
         progress(theirs.records_until)
-    return VerifyReport(records_checked=records, sessions_checked=sessions, head=head)
+    return VerifyReport(records_checked=records, sessions_checked=sessions, head=head,
+                        records_redacted=mine.redacted + theirs.redacted_until)

@@ -14,11 +14,12 @@ from typing import Any
 
 import msgspec
 
-from ...events.codec import StoredEnvelope, decode_event, decode_record, encode_record
+from ...events.codec import decode_event, decode_record
 from ...events.model import Recorded
 from ...events.projections import SessionInfo
-from ..hashing import GENESIS, record_hash
+from ..hashing import GENESIS
 from ..leases import Lease
+from ..records import seal_of_stored_event, stored_record
 
 UNSEALED_POSITION = 0
 """The position of a record the sealer has not placed in the global order yet."""
@@ -80,18 +81,11 @@ def row_record(session_id: str, version: int, recorded_at: datetime, schema_vers
 def seal_record(position: int, session_id: str, version: int, recorded_at: datetime,
                 schema_version: int, prev_session_hash: bytes, prev_log_hash: bytes,
                 event: bytes) -> tuple[bytes, bytes]:
-    """The stored record of a row placed at `position`, and its hash."""
-    record = encode_record(StoredEnvelope(
-        position=position,
-        session_id=session_id,
-        version=version,
-        recorded_at=recorded_at,
-        schema_version=schema_version,
-        prev_session_hash=prev_session_hash,
-        prev_log_hash=prev_log_hash,
-        event=msgspec.Raw(event),
-    ))
-    return record, record_hash(record)
+    """The stored record of a row placed at `position` (LMDB's format, its content sealed
+    with a fresh salt), and its hash."""
+    return stored_record(position, session_id, version, recorded_at, prev_session_hash,
+                         prev_log_hash, event, seal_of_stored_event(event, schema_version),
+                         schema_version)
 
 
 def with_seal(recorded: Recorded, position: int, prev_session_hash: bytes,

@@ -33,7 +33,7 @@ from ..hashing import GENESIS, HASH_SIZE, Head
 from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner
 from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_append
-from . import leases
+from . import leases, redaction
 from .connection import ConnectionLostError, Pool, connect, describe, redact, retrying
 from .listener import SealListener
 from .records import decode_info, encode_info, row_record
@@ -209,7 +209,7 @@ class PostgresStore:
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction (all or none; original recorded_at
         times kept when given, for import), each fenced by its lease when it has one."""
-        payloads = [encode_append(append) for append in appends]
+        payloads = [encode_append(append, seal=False) for append in appends]
         distinct_sessions([payload.session_id for payload in payloads])
         if not any(payload.events or payload.release_lease for payload in payloads):
             return [[] for _ in payloads]
@@ -232,6 +232,14 @@ class PostgresStore:
                         "appending to them before importing") from None
                 self.seal_now()
         raise AssertionError("unreachable")
+
+    def redact(self, session_id: str, version: int | None, *, reason: str = "",
+               redacted_by: str | None = None) -> list[Recorded]:
+        """Remove the content of one version of a session (None: of every record that still
+        has some) and append a Redacted event for each (see `redaction.py`); returns them."""
+        validate_session_id(session_id)
+        self._check_writable()
+        return redaction.redact(self, self._read, session_id, version, reason, redacted_by)
 
     def _check_writable(self) -> None:
         if self._closed:

@@ -17,9 +17,12 @@ import msgspec
 import psycopg
 
 from ...events.codec import decode_record
-from ...events.projections import ProjectionError, SessionInfo, evolve
+from ...events.model import Redacted
+from ...events.projections import ProjectionError, evolve
 from .. import VerifyReport
-from ..hashing import GENESIS, Head, record_hash
+from ..checks import SessionChain
+from ..hashing import CONTENT_ALTERED, CONTENT_REDACTED, GENESIS, Head, examine_record, record_hash
+from ..verification import check_redactions
 from .records import decode_info, unsealed_record
 
 PROGRESS_STEP = 10_000
@@ -32,12 +35,7 @@ class PostgresVerifyReport(VerifyReport, kw_only=True):
     seal_lag_seconds: float = 0.0
 
 
-class _Session:
-    __slots__ = ("info", "last_hash")
-
-    def __init__(self, session_id: str) -> None:
-        self.info = SessionInfo(session_id=session_id)
-        self.last_hash = GENESIS
+_Session = SessionChain
 
 
 def verify_snapshot(connection: psycopg.Connection[Any], saved_head: Head | None,
@@ -63,9 +61,14 @@ def verify_snapshot(connection: psycopg.Connection[Any], saved_head: Head | None
             if position != expected_position:
                 report.fail(position, f"gap in the log: expected position {expected_position}")
             expected_position = position + 1
-            digest = record_hash(data)
+            try:
+                digest, content = examine_record(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                digest, content = record_hash(data), None
             if stored_hash is None or digest != bytes(stored_hash):
                 report.fail(position, "record bytes do not match their stored hash (altered)")
+            if content == CONTENT_ALTERED:
+                report.fail(position, "record content does not match its commitment (altered)")
             try:
                 recorded = decode_record(data)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as error:
@@ -91,6 +94,11 @@ def verify_snapshot(connection: psycopg.Connection[Any], saved_head: Head | None
             except ProjectionError as error:
                 report.fail(position, str(error))
             state.last_hash = digest
+            state.positions.append(position)
+            if content == CONTENT_REDACTED:
+                state.redacted.append(recorded.version)
+            if type(recorded.event) is Redacted:
+                state.redactions.add(recorded.event.version)
             previous_hash = digest
             if saved_head is not None and position == saved_head.position:
                 saved_hash_seen = digest
@@ -100,6 +108,7 @@ def verify_snapshot(connection: psycopg.Connection[Any], saved_head: Head | None
     _check_head(connection, report, last_position, previous_hash, saved_head, saved_hash_seen)
     _fold_unsealed(connection, report, sessions, seal_lag_limit)
     _check_session_index(connection, report, sessions)
+    check_redactions(sessions, report)
     report.sessions_checked = len(sessions)
     return report
 

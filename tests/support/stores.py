@@ -122,3 +122,25 @@ def forge_index_entry(store: AuditStore, session_id: str, **info_changes: Any) -
     store.run_in_writer(lambda txn: txn.put(
         layout.session_key(session_id), layout.encode_index_entry(forged), db=ledger.sessions_db
     ))
+
+
+def rewrite_record(store: AuditStore, position: int, record: bytes) -> None:
+    """Replace the record stored at `position` (its stored hash kept), as one editing the
+    file would."""
+    if store_kind(store.location) == "postgresql":
+        _sql(store, "UPDATE chatledger.events SET record = %s WHERE position = %s",
+             [record, position])
+        return
+    stored_hash = dict(store.read_raw())[position][:HASH_SIZE]
+    if isinstance(store, MemoryStore):
+        data = store.data
+        with data.lock:
+            data.values[position - 1] = stored_hash + record
+        return
+    from chatledger.storage.lmdb import EventLog, layout
+
+    assert isinstance(store, EventLog)
+    ledger = store.store
+    store.run_in_writer(lambda txn: txn.put(
+        layout.position_key(position), stored_hash + record, db=ledger.log_db
+    ))
