@@ -9,8 +9,9 @@ Prints `ready`, then one line per acknowledged append:
 acknowledged, and when). An append whose outcome is
 unknown (the commit was cut) is re-read and reported as `unknown ...`; errors go to stderr,
 one line each, and the thread carries on. A line on stdin stops it: it prints
-`done {json}` with its counts and the highest position its subscription saw (once it saw
-the last one acknowledged here, or after 20 s), and exits.
+`done {json}` with its counts, the highest position its subscription saw (once it saw
+the last one acknowledged here, or after 20 s) and how many times its listener connected
+(once it reconnected after the failover, or after 20 s more), and exits.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def main() -> None:
     APPENDS_ENDED.set()
     threads[-1].join(30)
     listener = store.listener
+    # Every run of this node spans a failover: give its LISTEN connection (which retries on a
+    # back-off of its own) up to 20 s to be up on the new primary before reporting it.
+    reconnected = threading.Event()
+    deadline = time.monotonic() + 20
+    while listener and listener.connections < 2 and time.monotonic() < deadline:
+        reconnected.wait(0.05)  # a bounded poll of the listener thread's counter
     say("done " + json.dumps({"counts": counts, "seen": seen, "acknowledged": acknowledged,
                               "listener_connections": listener.connections if listener else 0}))
     store.close()
