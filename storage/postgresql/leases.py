@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from ..leases import Lease, LeaseOwner, acquired, released, renewed
+from .records import lease_columns
 from .schema import SESSION_LOCK_CLASS, session_lock_key
 
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
@@ -58,16 +59,7 @@ def write(connection: psycopg.Connection[Any], records: Sequence[Lease]) -> None
     """Store these lease records (in the caller's transaction, under the sessions' locks)."""
     if not records:
         return
-    owners = [record.owner for record in records]
-    connection.execute(_WRITE, [
-        [record.session_id for record in records],
-        [record.epoch for record in records],
-        [owner.host if owner is not None else None for owner in owners],
-        [owner.pid if owner is not None else None for owner in owners],
-        [owner.started_at if owner is not None else None for owner in owners],
-        [owner.token if owner is not None else None for owner in owners],
-        [record.expires_at for record in records],
-    ])
+    connection.execute(_WRITE, lease_columns(records))
 
 
 def _locked(connection: psycopg.Connection[Any], session_id: str) -> Lease | None:
