@@ -82,7 +82,7 @@ from .events.projections import (
     HistoryMessage,
     SessionInfo,
 )
-from .events.system import CHECKPOINT_STREAM
+from .events.system import CHECKPOINT_STREAM, is_reserved
 from .spend import spend_report
 from .storage import AuditStore, Head, VerifyReport, open_store
 from .transcript import with_transcripts
@@ -1024,7 +1024,8 @@ def export_command(state: State, session_ids: tuple[str, ...], export_format: st
             check = check_ledger(log, config, session_ids=wanted, key=key, progress=advance)
         if export_format == "html":
             page = render_html(
-                hashed_sessions(log, wanted or [info.session_id for info in log.sessions()]),
+                hashed_sessions(log, wanted or [info.session_id for info in log.sessions()
+                                               if not is_reserved(info.session_id)]),
                 title="chatledger transcript", head=str(log.head()), check=check,
             )
             _write_output(output, page.encode())

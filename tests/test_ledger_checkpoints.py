@@ -101,6 +101,9 @@ def test_the_checkpoint_stream_is_not_a_session(ledger_path: Path, session: str)
         assert expired == []
         assert ledger.info(session).status == "expired"  # type: ignore[union-attr]
     assert invoke(ledger_path, "verify").exit_code == 0
+    page = ledger_path.parent / "all.html"  # a whole-ledger transcript: the sessions only
+    assert invoke(ledger_path, "export", "--format", "html", "-o", str(page)).exit_code == 0
+    assert session in page.read_text() and CHECKPOINT_STREAM not in page.read_text()
 
 
 def test_a_running_backend_records_checkpoints_periodically_but_not_of_its_own(
