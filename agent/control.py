@@ -76,6 +76,34 @@ def refusal(request_id: str, subtype: object) -> dict[str, Any]:
         "error": f"chatledger does not serve {subtype!r} here"}}
 
 
+class PausedWaits:
+    """The tool requests put to the caller, and the time spent waiting for their answers (by
+    which a run's deadline moves back). Any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._asked: dict[str, float] = {}
+        self.seconds = 0.0
+        """Time spent waiting for answers, over the life of the owner."""
+
+    def asked(self, request_id: str) -> None:
+        """A request was put to the caller: its wait starts now."""
+        with self._lock:
+            self._asked[request_id] = time.monotonic()
+
+    def answered(self, request_id: str) -> None:
+        """A request was answered: its wait is added to `seconds`."""
+        with self._lock:
+            asked_at = self._asked.pop(request_id, None)
+            if asked_at is not None:
+                self.seconds += time.monotonic() - asked_at
+
+    @property
+    def pending(self) -> bool:
+        """Whether a request still waits for its answer."""
+        return bool(self._asked)
+
+
 class ColdControl:
     """The control side of one cold run with stream-json input; see the module docstring."""
 
@@ -86,10 +114,8 @@ class ColdControl:
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._splitter = LineSplitter()
         self._lock = threading.Lock()
-        self._waiting: dict[str, float] = {}
+        self.waits = PausedWaits()
         self._closed = False
-        self.paused_seconds = 0.0
-        """Time spent waiting for the caller's answers, over the run."""
         self._writer = threading.Thread(target=self._write_all, name=f"{name}-stdin",
                                         daemon=True)
 
@@ -101,7 +127,12 @@ class ColdControl:
     @property
     def waiting(self) -> bool:
         """Whether a tool request waits for the caller's answer."""
-        return bool(self._waiting)
+        return self.waits.pending
+
+    @property
+    def paused_seconds(self) -> float:
+        """Time spent waiting for the caller's answers, over the run."""
+        return self.waits.seconds
 
     def filter(self, chunk: bytes) -> bytes:
         """The part of a stdout chunk for the dialect's reader (whole lines); the control
@@ -129,10 +160,7 @@ class ColdControl:
     def answer_permission(self, request_id: str, allow: bool, *, message: str | None = None,
                           updated_input: Mapping[str, Any] | None = None) -> bool:
         """Answer the agent's `can_use_tool` request (any thread); False once stdin is closed."""
-        with self._lock:
-            asked_at = self._waiting.pop(request_id, None)
-            if asked_at is not None:
-                self.paused_seconds += time.monotonic() - asked_at
+        self.waits.answered(request_id)
         return self._send(permission_answer(request_id, allow, message=message,
                                             updated_input=updated_input))
 
@@ -161,8 +189,7 @@ class ColdControl:
             self._send(permission_answer(
                 request_id, False, message="nobody is there to approve this tool call"))
             return
-        with self._lock:
-            self._waiting[request_id] = time.monotonic()
+        self.waits.asked(request_id)
         try:
             self.on_permission(message, self)
         except Exception:

@@ -36,7 +36,7 @@ import msgspec
 
 from ..events import ModelUsage
 from .cancel import CancelSwitch
-from .control import CONTROL_PREFIX, permission_answer, refusal, user_line
+from .control import CONTROL_PREFIX, PausedWaits, permission_answer, refusal, user_line
 from .dialect import AgentDialect, FinishedTurn
 from .environment import INHERITED_ENVIRONMENT, agent_environment
 from .model_usage import merged_usage, usage_since
@@ -108,8 +108,7 @@ class LiveAgent:
         self.started_at = 0.0
         self.last_used = 0.0
         self._turn_ids: set[str] = set()
-        self._waiting: dict[str, float] = {}  # tool requests put to the caller, since when
-        self.paused_seconds = 0.0  # time spent waiting for those answers, over the process
+        self.waits = PausedWaits()  # tool requests put to the caller, over the process
         self.last_turn_times: tuple[float, float] = (0.0, 0.0)
         """perf_counter() when the last turn's user line was written and its result read:
         the agent's own share of the turn (benchmarks subtract it from the caller's time)."""
@@ -221,10 +220,7 @@ class LiveAgent:
     def answer_permission(self, request_id: str, allow: bool, *, message: str | None = None,
                           updated_input: Mapping[str, Any] | None = None) -> bool:
         """Answer the agent's `can_use_tool` request; whether the answer could be written."""
-        with self._lock:
-            asked_at = self._waiting.pop(request_id, None)
-            if asked_at is not None:
-                self.paused_seconds += time.monotonic() - asked_at
+        self.waits.answered(request_id)
         try:
             self._write(permission_answer(request_id, allow, message=message,
                                           updated_input=updated_input))
@@ -325,7 +321,7 @@ class _LiveTurn:
         self.reader = agent.dialect.output_reader("stream-json")
         self.started = time.monotonic()
         self.deadline = self.started + spec.timeout
-        self.paused_before = agent.paused_seconds
+        self.paused_before = agent.waits.seconds
         self.stop_reason: str | None = None
         self.interrupt_sent_at: float | None = None
         self.streamed: list[str] = []
@@ -408,9 +404,9 @@ class _LiveTurn:
     def _deadline(self, now: float) -> float:
         """The turn's deadline, paused while a tool request waits for the caller."""
         agent = self.agent
-        if agent._waiting:
+        if agent.waits.pending:
             return now + 1.0
-        return self.deadline + agent.paused_seconds - self.paused_before
+        return self.deadline + agent.waits.seconds - self.paused_before
 
     def _check_limits(self, now: float) -> None:
         if self.stop_reason is not None:
@@ -430,8 +426,7 @@ class _LiveTurn:
         if not isinstance(request, dict) or not isinstance(request_id, str):
             return
         if request.get("subtype") == "can_use_tool" and self.on_permission is not None:
-            with self.agent._lock:
-                self.agent._waiting[request_id] = time.monotonic()
+            self.agent.waits.asked(request_id)
             try:
                 self.on_permission(message)
             except Exception:
