@@ -29,6 +29,7 @@ from postgres_server import (  # noqa: E402
     PostgresUnavailable,
     multi_host_url,
 )
+from testkit import wait_until  # noqa: E402
 
 from chatledger.events import (  # noqa: E402
     ResponseReceived,
@@ -142,15 +143,15 @@ def test_a_promoted_synchronous_standby_has_every_acknowledged_append_and_nodes_
         for node in nodes:
             assert node.ready.wait(BOUND), node.process.stderr
         started = time.monotonic()
-        assert _wait(lambda: all(node.acks_after(started) >= 10 for node in nodes))
+        assert wait_until(lambda: all(node.acks_after(started) >= 10 for node in nodes), BOUND)
         time.sleep(LOAD_BEFORE_KILL)  # load for a while: appends in flight when it dies
         killed_at = time.monotonic()
         primary.kill_postmaster()
         time.sleep(PROMOTION_DELAY)  # the outage itself, not an ordering of threads
         standby.promote()
         promoted_at = time.monotonic()
-        assert _wait(lambda: all(node.acks_after(promoted_at) >= ACKS_AFTER_PROMOTION
-                                 for node in nodes)), [len(node.acks) for node in nodes]
+        assert wait_until(lambda: all(node.acks_after(promoted_at) >= ACKS_AFTER_PROMOTION
+                                      for node in nodes), BOUND), [len(n.acks) for n in nodes]
         first_ack_after = min(ack[4] for node in nodes for ack in node.acks
                               if ack[4] > promoted_at)
         errors = [node.stop() for node in nodes]
@@ -216,7 +217,7 @@ def test_ledger_nodes_running_turns_ride_out_a_failover_and_lose_no_turn(
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
-        assert _wait(lambda: _runs_started(url) >= 6), "the turns did not start"
+        assert wait_until(lambda: _runs_started(url) >= 6, BOUND), "the turns did not start"
         primary.kill_postmaster()
         time.sleep(PROMOTION_DELAY)  # the outage itself, not an ordering of threads
         standby.promote()
@@ -300,15 +301,6 @@ def test_every_connection_of_a_node_cut_at_once_costs_its_callers_nothing(
         assert store.append("s", [SessionTitled(title="after")], 1)[0].position == 2
         recorded = subscription.get(timeout=10)
         assert recorded is not None and recorded.position == 2
-        assert _wait(lambda: store.listener is not None
-                     and store.listener.connections > listening, timeout=10)
+        assert wait_until(lambda: store.listener is not None
+                          and store.listener.connections > listening, 10)
         subscription.close()
-
-
-def _wait(condition: object, timeout: float = BOUND) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return bool(condition())  # type: ignore[operator]

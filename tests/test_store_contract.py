@@ -10,13 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from stores import STORE_LOCATIONS, flip_byte, forge_index_entry, rewrite_record, truncate
+from testkit import wait_until
 
 from chatledger.audit.session_check import verify_session
 from chatledger.errors import (
@@ -456,13 +456,11 @@ def test_a_lease_is_seen_by_another_handle(location: str) -> None:
 
 def wait_until_expired(store: AuditStore, session_id: str, timeout: float = 5.0) -> bool:
     """Whether the session's lease expires (store clock) within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def expired() -> bool:
         lease = store.lease(session_id)
-        if lease is None or not lease.held_at(store.clock()):
-            return True
-        time.sleep(0.01)
-    return False
+        return lease is None or not lease.held_at(store.clock())
+
+    return wait_until(expired, timeout)
 
 
 def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> None:

@@ -26,10 +26,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from testkit import wait_until
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -166,15 +167,16 @@ class PostgresServer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not accept connections in time") from None
-                time.sleep(0.05)
+        if not wait_until(self._accepts_connections, START_TIMEOUT):
+            raise RuntimeError("PostgreSQL did not accept connections in time")
+
+    def _accepts_connections(self) -> bool:
+        """Whether the cluster's port takes a TCP connection now."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop the cluster (`pg_ctl stop -m immediate`: its files are removed next, so no
@@ -252,16 +254,13 @@ class PostgresServer:
                           what: str) -> None:
         import psycopg
 
-        deadline = time.monotonic() + START_TIMEOUT
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
-            while True:
-                rows = connection.execute(
+            def rows() -> list[tuple[str, str]]:
+                return connection.execute(
                     "SELECT state, sync_state FROM pg_stat_replication").fetchall()
-                if condition(rows):
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out waiting for {what}: {rows}")
-                time.sleep(0.05)
+
+            if not wait_until(lambda: condition(rows()), START_TIMEOUT):
+                raise RuntimeError(f"timed out waiting for {what}: {rows()}")
 
     def kill_postmaster(self) -> None:
         """Crash the cluster the hard way: SIGKILL its postmaster by pid (its backends end
@@ -269,15 +268,8 @@ class PostgresServer:
         assert self.pid is not None, "the server is not running"
         os.kill(self.pid, signal.SIGKILL)
         self.pid = None
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    pass
-            except OSError:
-                return
-            time.sleep(0.02)
-        raise RuntimeError("the killed postmaster's port still accepts connections")
+        if not wait_until(lambda: not self._accepts_connections(), STOP_TIMEOUT):
+            raise RuntimeError("the killed postmaster's port still accepts connections")
 
     def promote(self) -> None:
         """Promote this standby to a primary (`pg_ctl promote -w`); returns once it accepts
@@ -286,12 +278,10 @@ class PostgresServer:
 
         self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w",
                    "-t", str(int(START_TIMEOUT)), "promote"], timeout=START_TIMEOUT + 10)
-        deadline = time.monotonic() + START_TIMEOUT
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as connection:
-            while connection.execute("SELECT pg_is_in_recovery()").fetchone() != (False,):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the promoted standby stayed in recovery")
-                time.sleep(0.02)
+            if not wait_until(lambda: connection.execute(
+                    "SELECT pg_is_in_recovery()").fetchone() == (False,), START_TIMEOUT):
+                raise RuntimeError("the promoted standby stayed in recovery")
 
     # -- databases --------------------------------------------------------------------
 
