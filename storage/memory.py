@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 
 import msgspec
@@ -102,9 +102,17 @@ class _Snapshot:
             for version, position in enumerate(self._streams[session_id], start=1):
                 yield session_id, version, position
 
+    def stream_index_matches(self, positions: Mapping[str, list[int]]) -> bool:
+        """Whether the stream index is exactly `positions`."""
+        return self._streams == positions
+
     def index_entries(self) -> dict[str, IndexEntry]:
         """The whole session index as stored."""
         return dict(self._index)
+
+    def index_matches(self, entries: Mapping[str, IndexEntry]) -> bool:
+        """Whether the session index is exactly `entries`."""
+        return self._index == entries
 
 
 class MemoryStore:

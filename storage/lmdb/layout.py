@@ -15,6 +15,8 @@ values here. Changing anything here changes the file format. No I/O here.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -50,6 +52,11 @@ def position_key(position: int) -> bytes:
     return position.to_bytes(POSITION_BYTES, "big")
 
 
+def position_keys(positions: Iterable[int], count: int) -> bytes:
+    """The `log` keys of `count` positions, joined (what their `streams` values hold)."""
+    return struct.pack(f">{count}Q", *positions)
+
+
 def key_position(key: bytes) -> int:
     """The position of a `log` key."""
     return int.from_bytes(key, "big")
@@ -83,6 +90,19 @@ def stream_key_session(key: bytes) -> bytes:
 def stream_key_version(key: bytes) -> int:
     """The version of a `streams` key."""
     return int.from_bytes(key[-POSITION_BYTES:], "big")
+
+
+def joined_stream_keys(sessions: Sequence[tuple[bytes, int]]) -> tuple[list[int], bytes]:
+    """The `streams` keys of versions 1..count of each (stream prefix, count), in that
+    order: each key's length, and all of them joined (built in bulk, for `verify`)."""
+    longest = max((count for _, count in sessions), default=0)
+    versions = [b""] + [version.to_bytes(POSITION_BYTES, "big")
+                        for version in range(1, longest + 1)]
+    lengths: list[int] = []
+    for prefix, count in sessions:
+        lengths += [len(prefix) + POSITION_BYTES] * count
+    # prefix.join([b"", v1, v2]) is prefix + v1 + prefix + v2: one session's keys
+    return lengths, b"".join(prefix.join(versions[:count + 1]) for prefix, count in sessions)
 
 
 def lease_key(session_id: str) -> bytes:

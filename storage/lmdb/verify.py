@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -86,12 +87,45 @@ class LmdbSnapshot:
                     session_id = None
             yield session_id, layout.stream_key_version(key), layout.key_position(value)
 
+    def stream_index_matches(self, positions: Mapping[str, list[int]]) -> bool:
+        """Whether the stream index is exactly `positions`: its keys and its values each
+        compared as one string of bytes (and their lengths as one list) with the index
+        those positions make, rather than decoded one by one."""
+        try:
+            sessions = sorted((layout.stream_prefix(session_id), session_positions)
+                              for session_id, session_positions in positions.items())
+        except UnicodeEncodeError:
+            return False
+        total = sum(len(session_positions) for _, session_positions in sessions)
+        txn, streams_db = self._txn, self._store.streams_db
+        if int(txn.stat(streams_db)["entries"]) != total:
+            return False
+        lengths, keys_joined = layout.joined_stream_keys(
+            [(prefix, len(session_positions)) for prefix, session_positions in sessions])
+        keys = list(txn.cursor(db=streams_db).iternext(keys=True, values=False))
+        if list(map(len, keys)) != lengths or b"".join(keys) != keys_joined:
+            return False
+        values = list(txn.cursor(db=streams_db).iternext(keys=False, values=True))
+        return list(map(len, values)) == [layout.POSITION_BYTES] * total and b"".join(
+            values) == layout.position_keys(
+            chain.from_iterable(session_positions for _, session_positions in sessions), total)
+
     def index_entries(self) -> dict[str, IndexEntry]:
         """The whole session index as stored."""
         return {
             key.decode(): layout.decode_index_entry(value)
             for key, value in self._txn.cursor(db=self._store.sessions_db)
         }
+
+    def index_matches(self, entries: Mapping[str, IndexEntry]) -> bool:
+        """Whether the session index holds exactly `entries`, encoded as a writer stores
+        them (an entry stored in other bytes sends the caller to `index_entries`)."""
+        try:
+            expected = sorted((layout.session_key(session_id), layout.encode_index_entry(entry))
+                              for session_id, entry in entries.items())
+        except UnicodeEncodeError:
+            return False
+        return list(self._txn.cursor(db=self._store.sessions_db)) == expected
 
 
 def verify_log(
