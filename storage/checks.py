@@ -19,7 +19,14 @@ import msgspec
 from ..events.codec import SEALED_RECORD_MARKER, decode_record
 from ..events.model import Recorded, Redacted
 from ..events.projections import ProjectionError, SessionInfo, evolve
-from .hashing import CONTENT_ALTERED, CONTENT_REDACTED, GENESIS, HASH_SIZE, sealed_digest
+from .hashing import (
+    CONTENT_ALTERED,
+    CONTENT_REDACTED,
+    GENESIS,
+    HASH_SIZE,
+    new_hasher,
+    sealed_digest,
+)
 
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 """What a damaged record's decoding raises."""
@@ -72,7 +79,9 @@ def check_record(
         except DECODE_ERRORS:
             digest = _blake2b(data, digest_size=HASH_SIZE).digest()
     else:
-        digest = _blake2b(data, digest_size=HASH_SIZE).digest()
+        hasher = new_hasher()
+        hasher.update(data)
+        digest = hasher.digest()
     if digest != value[:HASH_SIZE]:
         problems.append("record bytes do not match their stored hash (altered)")
     if content == CONTENT_ALTERED:
