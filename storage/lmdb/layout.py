@@ -92,6 +92,14 @@ def stream_key_version(key: bytes) -> int:
     return int.from_bytes(key[-POSITION_BYTES:], "big")
 
 
+def split_stream_key(key: bytes) -> tuple[bytes, int] | None:
+    """The session id bytes and the version of a `streams` key (None if it has not the shape
+    of one: see `is_stream_key`), in one call (verify splits every key of the index)."""
+    if len(key) <= _STREAM_SUFFIX or key[-_STREAM_SUFFIX] != 0:
+        return None
+    return key[:-_STREAM_SUFFIX], int.from_bytes(key[-POSITION_BYTES:], "big")
+
+
 def joined_stream_keys(sessions: Sequence[tuple[bytes, int]]) -> tuple[list[int], bytes]:
     """The `streams` keys of versions 1..count of each (stream prefix, count), in that
     order: each key's length, and all of them joined (built in bulk, for `verify`)."""
