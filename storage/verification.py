@@ -4,7 +4,10 @@
 `checks.check_record` (hash, commitment, decoding, position, both chain links, the fold), then
 the stored head, a saved head (which catches truncation), the stream index (session, version
 -> position), the session index (the fold of each session), and that every redacted record
-has its `Redacted` event. Redacted records are counted, never reported as tampered. Every store verifies through it,
+has its `Redacted` event. Redacted records are counted, never reported as tampered. Each
+index is first compared whole with what the fold implies (`stream_index_matches`,
+`index_matches`: a few C-level scans and comparisons); only one that differs is walked entry
+by entry, which is what says how. Every store verifies through it,
 so every store reports the same problems in the same words. It only reads.
 """
 
