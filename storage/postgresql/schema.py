@@ -43,7 +43,7 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
@@ -189,7 +189,103 @@ END
 $function$;
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+# Schema 4's append_batch, and the seal in the same transaction when it can be made there: the
+# writer computed each record for the head it assumes (see `writer.py`). The seal row is taken
+# with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
+# import's): when the row is taken, the head is not the assumed one, any committed row still
+# waits for the sealer, or a session's last record is not the assumed one, the events are
+# stored unsealed, exactly as append_batch stores them, and the sealer places them.
+# PL/pgSQL keeps each statement's first plan, made while the tables may still be tiny (a
+# sequential scan then looks cheapest, and stays for the connection's life, reading the whole
+# events table per batch): the function plans with sequential scans off, so its lookups use
+# the primary keys and the partial index of unsealed rows whatever the tables' size.
+_V5 = f"""
+CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
+    lock_keys int4[], sessions text[], base_versions int8[], base_hashes bytea[],
+    fenced text[], epochs int8[], hosts text[], pids int8[], started_ats float8[],
+    tokens text[],
+    event_sessions text[], event_versions int8[], recorded_ats timestamptz[],
+    schema_versions int4[], events bytea[],
+    index_sessions text[], index_versions int8[], infos bytea[],
+    lease_sessions text[], lease_epochs int8[], lease_hosts text[], lease_pids int8[],
+    lease_started_ats float8[], lease_tokens text[], lease_expiries float8[],
+    head_position int8, head_hash bytea, hashes bytea[], records bytea[], channel text,
+    OUT assumed boolean, OUT sealed boolean, OUT txid text)
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $function$
+DECLARE
+    current_position int8;
+    current_hash bytea;
+BEGIN
+    sealed := false;
+    PERFORM pg_advisory_xact_lock({SESSION_LOCK_CLASS}, key) FROM unnest(lock_keys) AS key;
+    IF EXISTS (
+        SELECT 1 FROM unnest(sessions, base_versions) AS a(session_id, base_version)
+        WHERE a.base_version <> coalesce((SELECT s.version FROM chatledger.sessions s
+                                          WHERE s.session_id = a.session_id), 0)
+    ) OR EXISTS (
+        SELECT 1 FROM unnest(fenced, epochs, hosts, pids, started_ats, tokens)
+            AS f(session_id, epoch, host, pid, started_at, token)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM chatledger.leases l WHERE l.session_id = f.session_id
+                AND l.epoch = f.epoch AND l.host IS NOT DISTINCT FROM f.host
+                AND l.pid IS NOT DISTINCT FROM f.pid
+                AND l.started_at IS NOT DISTINCT FROM f.started_at
+                AND l.token IS NOT DISTINCT FROM f.token)
+    ) THEN
+        assumed := false;
+        RETURN;
+    END IF;
+    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
+        SELECT position, hash INTO current_position, current_hash
+            FROM chatledger.seal FOR UPDATE SKIP LOCKED;
+        sealed := FOUND AND current_position = head_position AND current_hash = head_hash
+            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
+            AND NOT EXISTS (
+                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
+                    AS a(session_id, base_version, base_hash)
+                WHERE a.base_version > 0 AND a.base_hash IS DISTINCT FROM (
+                    SELECT e.hash FROM chatledger.events e
+                    WHERE e.session_id = a.session_id AND e.version = a.base_version));
+    END IF;
+    IF sealed THEN
+        INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version,
+                                       position, hash, record)
+            SELECT u.session_id, u.version, u.recorded_at, u.schema_version,
+                   head_position + u.number, u.hash, u.record
+            FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions, hashes,
+                        records) WITH ORDINALITY
+                AS u(session_id, version, recorded_at, schema_version, hash, record, number)
+            ORDER BY u.number;
+        UPDATE chatledger.seal SET position = head_position + cardinality(event_sessions),
+            hash = hashes[cardinality(hashes)], sealed_at = now();
+        PERFORM pg_notify(channel, (head_position + cardinality(event_sessions))::text);
+    ELSE
+        INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version, event)
+            SELECT u.session_id, u.version, u.recorded_at, u.schema_version, u.event
+            FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions, events)
+                WITH ORDINALITY AS u(session_id, version, recorded_at, schema_version, event,
+                                     number)
+            ORDER BY u.number;
+    END IF;
+    INSERT INTO chatledger.sessions (session_id, version, info)
+        SELECT * FROM unnest(index_sessions, index_versions, infos)
+        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
+    IF cardinality(lease_sessions) > 0 THEN
+        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
+                                       expires_at)
+            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
+                                 lease_started_ats, lease_tokens, lease_expiries)
+            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
+                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+                token = excluded.token, expires_at = excluded.expires_at;
+    END IF;
+    assumed := true;
+    txid := pg_current_xact_id_if_assigned()::text;
+END
+$function$;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 """Target version -> the DDL that brings the previous version to it."""
 
 
