@@ -3,11 +3,11 @@
 Tables (all in the `chatledger` schema):
 - `events`: one row per event. Written by an append: `session_id`, `version` (the primary
   key, so a stale expected version can never write a second row), `recorded_at`,
-  `schema_version`, the encoded `event`, and `txid`, the appending transaction's id
-  (`pg_current_xact_id()`), with `seq` ordering rows inside one transaction. Written once more
-  by the sealer: the global `position`, the stored `record` (the very bytes LMDB stores: a
-  MessagePack envelope holding both hash links) and its `hash`; `event` is then cleared,
-  since the record holds it.
+  `schema_version`, and `txid`, the appending transaction's id (`pg_current_xact_id()`), with
+  `seq` ordering rows inside one transaction; then either, sealed in the append's own
+  transaction (schema 5), the global `position`, the stored `record` (the very bytes LMDB
+  stores: a MessagePack envelope holding both hash links) and its `hash`, or, left to the
+  sealer, the encoded `event`, which the sealer replaces by `position`, `record` and `hash`.
 - `sessions`: the session index (the folded SessionInfo, its `last_position` filled in on
   reading), updated in the append's transaction.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
@@ -24,6 +24,11 @@ Tables (all in the `chatledger` schema):
   the index entries and stores the released leases; it returns whether the assumptions held
   (else it writes nothing) and the transaction's id. It decides nothing itself: the writer
   decided each append with the port's rules on the state it assumed.
+- `append_batch_sealed(...)` (since schema 5): `append_batch`, plus the batch's records as the
+  writer computed them for the head it assumes; stored sealed when that head, the sessions'
+  last hashes and "nothing waits for the sealer" hold under the seal row's lock, which it
+  never waits for; else stored unsealed as `append_batch` does. One NOTIFY per sealed batch.
+  `append_batch` stays, for nodes of the previous release until they restart.
 - `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
   `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
   positions, hashes and records, the new head and one NOTIFY; commits asynchronously.

@@ -1,7 +1,8 @@
 """The sealer: places committed events in the global order and chains them, in batches.
 
-Appends commit without any global lock; the sealer gives their rows positions afterwards. One
-seal is two round trips, each its own short transaction (schema 4):
+Appends commit without any global lock. Most seal their own batch in their transaction when
+the head they assumed holds (see `writer.py`); the sealer gives the rows of the others
+positions afterwards. One seal is two round trips, each its own short transaction (schema 4):
 1. in one statement, hence one snapshot, read the sealed head, the horizon
    `X = pg_snapshot_xmin(pg_current_snapshot())` (every transaction with an id below X has
    ended, so no row with `txid < X` can appear later) and the unsealed rows with `txid < X` in

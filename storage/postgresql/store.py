@@ -4,8 +4,8 @@ order and its hash chain, `verify.py` for the checks).
 
 Records and hashes are LMDB's: a sealed record is the same MessagePack envelope with the same
 two links, so verify and exports agree across stores. A record is sealed (given its position
-and links) by the sealer within its lag; `append` waits for that by default, so it answers
-with complete records. `read_session`, `latest` and `info` also see records of other nodes that
+and links) by its own append's transaction when this node knows the head, else by the sealer
+within its lag; `append` waits for that by default, so it answers with complete records. `read_session`, `latest` and `info` also see records of other nodes that
 are committed but not sealed yet, at position 0; `read_all`, `head` and subscriptions see only
 sealed records, in the global order. This module must not hold a connection across a
 caller's code.

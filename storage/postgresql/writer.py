@@ -14,8 +14,8 @@ on both sides for no more throughput. Why not psycopg's pipeline mode to save ro
 measured here, it cost more client CPU than the round trips it saved; a batch takes one
 round trip instead.
 
-One batch, one round trip (schema 4's `chatledger.append_batch`, called in autocommit, so the
-call is the whole transaction and its commit):
+One batch, one round trip (schema 5's `chatledger.append_batch_sealed`, called in autocommit,
+so the call is the whole transaction and its commit):
 1. the leader decides every append with the port's rules (`fences`, `released`, the expected
    versions, the fold of the session index) on the state it assumes: each session's last
    (version, info) as this writer last read or wrote it (a version's info never changes) or
@@ -29,7 +29,12 @@ call is the whole transaction and its commit):
 3. if they are, it inserts the events (the primary key (session, version) is the last guard
    against a duplicate), upserts the index entries and stores the released leases; a stale or
    fenced append was answered with ConcurrencyError or StaleLeaseError and wrote nothing, the
-   others commit. No NOTIFY here, since NOTIFY takes a database-wide lock at commit.
+   others commit;
+4. the events go in sealed, with the records the leader computed for the positions after the
+   head it assumes (its last seal, or the sealer's, taught it the head and each session's
+   last hash), when the server finds those assumptions true under the seal row's lock, which
+   it takes only if free; else they go in unsealed and the sealer places them (a node that
+   appends alone seals every batch inline: one round trip, one write per event).
 If the assumed state was not the stored one (another node appended, this writer never saw the
 session, the index was rebuilt) nothing was written, and the batch is decided again on the
 state read under the locks in one transaction of a few statements (`_in_transaction`, also
