@@ -52,7 +52,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import datetime, timezone
 from typing import Any
@@ -69,6 +69,14 @@ from ..hashing import GENESIS, Head
 from ..leases import Lease, fences, released
 from ..records import ContentSeal, EncodedAppend, stored_record
 from . import leases
+from .arrays import (
+    bytea_array,
+    float8_array,
+    int4_array,
+    int8_array,
+    text_array,
+    timestamptz_array,
+)
 from .connection import ConnectionLostError, Pool, describe
 from .records import encode_info, lease_columns, with_seal
 from .schema import SEAL_CHANNEL, SESSION_LOCK_CLASS, session_lock_key
@@ -161,8 +169,9 @@ _WRITE = (
     "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info)"
     " SELECT pg_current_xact_id()::text"
 )
-# Binary parameters (a third of the client CPU of text arrays); an empty array is sent as
-# NULL, which the function reads as empty (cheaper still).
+# Binary parameters, encoded by `arrays.py` (psycopg's generic list dumper cost more client CPU
+# than anything else in a batch); an empty array is sent as NULL, which the function reads as
+# empty.
 _APPEND_BATCH = (
     "SELECT assumed, sealed, txid FROM chatledger.append_batch_sealed(%b::int4[], %b::text[],"
     " %b::int8[], %b::bytea[],"
@@ -172,6 +181,15 @@ _APPEND_BATCH = (
     " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[], %b::float8[],"
     " %s, %b, %b::bytea[], %b::bytea[], %s)"
 )
+_BATCH_ARRAYS = (
+    int4_array, text_array, int8_array, bytea_array,  # locks, sessions, versions, hashes
+    text_array, int8_array, text_array, int8_array, float8_array, text_array,  # fenced leases
+    text_array, int8_array, timestamptz_array, int4_array, bytea_array,  # events
+    text_array, int8_array, bytea_array,  # index entries
+    text_array, int8_array, text_array, int8_array, float8_array, text_array,  # released
+    float8_array,  # leases
+)
+"""The encoder of each array parameter of `_APPEND_BATCH`, in order."""
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -467,7 +485,7 @@ class AppendWriter:
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
         fenced = sorted(outcome.leases)
         owners = [outcome.leases[session_id].owner for session_id in fenced]
-        assumed_leases = [
+        assumed_leases: list[list[Any]] = [
             fenced, [outcome.leases[session_id].epoch for session_id in fenced],
             [owner.host if owner is not None else None for owner in owners],
             [owner.pid if owner is not None else None for owner in owners],
@@ -480,16 +498,17 @@ class AppendWriter:
         state["outcome"] = outcome
         if self.fault is not None:
             self.fault("before_commit", connection)
+        arrays: list[Sequence[Any]] = [
+            keys, session_ids, bases, base_hashes, *assumed_leases, *outcome.columns,
+            *self._index_columns(outcome, touched), *lease_columns(outcome.released)]
         state["sent_commit"] = True
         connection.autocommit = True
         try:
             row = connection.execute(_APPEND_BATCH, [
-                *(column or None for column in (
-                    keys, session_ids, bases, base_hashes, *assumed_leases, *outcome.columns,
-                    *self._index_columns(outcome, touched), *lease_columns(outcome.released))),
+                *(encode(array) for encode, array in zip(_BATCH_ARRAYS, arrays, strict=True)),
                 head.position if head is not None else None,
                 head.hash if head is not None else None,
-                hashes or None, records or None, SEAL_CHANNEL,
+                bytea_array(hashes), bytea_array(records), SEAL_CHANNEL,
             ]).fetchone()
         finally:
             if not connection.closed:
