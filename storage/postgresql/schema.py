@@ -200,10 +200,15 @@ $function$;
 # import's): when the row is taken, the head is not the assumed one, any committed row still
 # waits for the sealer, or a session's last record is not the assumed one, the events are
 # stored unsealed, exactly as append_batch stores them, and the sealer places them.
-# PL/pgSQL keeps each statement's first plan, made while the tables may still be tiny (a
-# sequential scan then looks cheapest, and stays for the connection's life, reading the whole
-# events table per batch): the function plans with sequential scans off, so its lookups use
-# the primary keys and the partial index of unsealed rows whatever the tables' size.
+# How it is planned matters (measured with auto_explain and pg_stat_statements):
+# - its lookups are correlated subqueries, one primary-key probe per session, planned with
+#   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
+#   made while the tables were tiny (a sequential scan, or a merge join over a whole index)
+#   read the whole events table on every call once it had grown;
+# - JIT is off: the penalty that keeps sequential scans out made every plan look worth
+#   compiling (15-30 ms a statement);
+# - plans are generic, made once per connection: left to choose, PostgreSQL planned every
+#   statement afresh on every call (505 us of server time per one-event call, 217 us now).
 _V5 = f"""
 CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
     lock_keys int4[], sessions text[], base_versions int8[], base_hashes bytea[],
@@ -216,7 +221,8 @@ CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
     lease_started_ats float8[], lease_tokens text[], lease_expiries float8[],
     head_position int8, head_hash bytea, hashes bytea[], records bytea[], channel text,
     OUT assumed boolean, OUT sealed boolean, OUT txid text)
-LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $function$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
+AS $function$
 DECLARE
     current_position int8;
     current_hash bytea;
