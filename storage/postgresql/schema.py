@@ -31,7 +31,8 @@ Tables (all in the `chatledger` schema):
   `append_batch` stays, for nodes of the previous release until they restart.
 - `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
   `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
-  positions, hashes and records, the new head and one NOTIFY; commits asynchronously.
+  positions, hashes and records, the new head and one NOTIFY; commits asynchronously. Since
+  schema 5 it plans its row updates as one primary-key probe per row.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -294,6 +295,15 @@ BEGIN
     txid := pg_current_xact_id_if_assigned()::text;
 END
 $function$;
+"""
+
+# The sealer's writes were planned the same way (their cached plan joined the batch to a whole
+# scan of the events table): a probe per row, whatever the table's size.
+_V5 += """
+ALTER FUNCTION chatledger.seal_store(int8, int8, bytea, xid8, text[], int8[], int8[], bytea[],
+                                     bytea[], text)
+    SET enable_seqscan = off SET enable_mergejoin = off SET enable_hashjoin = off
+    SET jit = off SET plan_cache_mode = force_generic_plan;
 """
 
 MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
