@@ -3,10 +3,12 @@
 `python -m benchmarks.postgresql [--quick]` starts its own throwaway cluster (the tests'
 tests/support/postgres_server.py: fsync on, synchronous_commit=on for everyone) and measures:
 - appends at 1, 16 and 64 sessions, each thread appending one ~256-byte event per call to its
-  own session (throughput and p99): chatledger's store (group commit, answers wait for the
-  seal; and "commit-only", `wait_for_seal=False`, answers at commit with position 0) against
-  a plain table with one INSERT per commit on one connection per thread, and that plain table
-  with a global advisory lock taken by every insert (what serialising writers costs);
+  own session (throughput and p99): chatledger's store (group commit, each batch sealed in its
+  own transaction when it can be, else answered once the sealer placed it; and "commit-only",
+  `wait_for_seal=False`, where a batch left to the sealer is answered at commit, position 0)
+  against a plain table with one INSERT per commit on one connection per thread, and that
+  plain table with a global advisory lock taken by every insert (what serialising writers
+  costs);
 - replay (every record decoded), rehydrating a 1,000-event session, listing the sessions;
 - the lag of a global-order reader on another store (like another node) under 16 writers,
   and how many events a checkpointing reader of the plain table's bigserial misses.
@@ -395,6 +397,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{fast:,.0f}/s), plain {theirs:,.0f}/s, plain+global lock "
                       f"{serial:,.0f}/s", flush=True)
             commit_only.close()
+            inline = (f"{store.writer.sealed_batches:,} of {store.writer.commits:,} batches "
+                      "sealed in their own transaction")
+            print(f"  {inline}", flush=True)
             print(f"loading {listed:,} sessions + a 1,000-event session ...", flush=True)
             load_dataset(store, plain, listed)
             store.seal_now()
@@ -434,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:<34} {unit:>4} {ours:>11,.1f} {_cell(theirs):>11} {ratio:>8}"
               f" {_cell(serial):>11} {lock_cost:>9}")
     print("\n(x plain: higher is better for chatledger; for ms and us it is plain / chatledger.)")
-    print(f"load average at the end: {_load()}")
+    print(f"load average at the end: {_load()}; {inline}")
     print(f"reader lag measured on {received:,} records delivered to a subscriber on another "
           f"store; a checkpointing reader of the plain table's bigserial missed {missed:,} of "
           f"{written:,} events ({missed / max(written, 1):.1%}).")

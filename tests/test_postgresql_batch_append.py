@@ -203,15 +203,17 @@ def _schema_3_database(url: str) -> None:
                            [NODE_A.host, NODE_A.pid, NODE_A.started_at, NODE_A.token])
 
 
-def test_a_schema_3_database_is_migrated_to_4_and_carries_on(postgres_url: str) -> None:
+def test_a_schema_3_database_is_migrated_to_the_current_schema_and_carries_on(
+        postgres_url: str) -> None:
     _schema_3_database(postgres_url)
     assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch')") == [(None,)]
     with open_postgresql_store(postgres_url) as store:
-        assert SCHEMA_VERSION == 4
-        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(4,)]
+        assert SCHEMA_VERSION == 5
+        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(5,)]
         assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch') IS NOT NULL,"
+                                 " to_regproc('chatledger.append_batch_sealed') IS NOT NULL,"
                                  " to_regproc('chatledger.seal_store') IS NOT NULL") == [
-            (True, True)]
+            (True, True, True)]
         store.seal_now()  # the schema-3 node's rows get their positions
         assert store.head().position == 4
         lease = store.lease("alpha")

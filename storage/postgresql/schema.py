@@ -3,11 +3,11 @@
 Tables (all in the `chatledger` schema):
 - `events`: one row per event. Written by an append: `session_id`, `version` (the primary
   key, so a stale expected version can never write a second row), `recorded_at`,
-  `schema_version`, the encoded `event`, and `txid`, the appending transaction's id
-  (`pg_current_xact_id()`), with `seq` ordering rows inside one transaction. Written once more
-  by the sealer: the global `position`, the stored `record` (the very bytes LMDB stores: a
-  MessagePack envelope holding both hash links) and its `hash`; `event` is then cleared,
-  since the record holds it.
+  `schema_version`, and `txid`, the appending transaction's id (`pg_current_xact_id()`), with
+  `seq` ordering rows inside one transaction; then either, sealed in the append's own
+  transaction (schema 5), the global `position`, the stored `record` (the very bytes LMDB
+  stores: a MessagePack envelope holding both hash links) and its `hash`, or, left to the
+  sealer, the encoded `event`, which the sealer replaces by `position`, `record` and `hash`.
 - `sessions`: the session index (the folded SessionInfo, its `last_position` filled in on
   reading), updated in the append's transaction.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
@@ -24,9 +24,15 @@ Tables (all in the `chatledger` schema):
   the index entries and stores the released leases; it returns whether the assumptions held
   (else it writes nothing) and the transaction's id. It decides nothing itself: the writer
   decided each append with the port's rules on the state it assumed.
+- `append_batch_sealed(...)` (since schema 5): `append_batch`, plus the batch's records as the
+  writer computed them for the head it assumes; stored sealed when that head, the sessions'
+  last hashes and "nothing waits for the sealer" hold under the seal row's lock, which it
+  never waits for; else stored unsealed as `append_batch` does. One NOTIFY per sealed batch.
+  `append_batch` stays, for nodes of the previous release until they restart.
 - `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
   `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
-  positions, hashes and records, the new head and one NOTIFY; commits asynchronously.
+  positions, hashes and records, the new head and one NOTIFY; commits asynchronously. Since
+  schema 5 it plans its row updates as one primary-key probe per row.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -43,7 +49,7 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
@@ -189,7 +195,118 @@ END
 $function$;
 """
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+# Schema 4's append_batch, and the seal in the same transaction when it can be made there: the
+# writer computed each record for the head it assumes (see `writer.py`). The seal row is taken
+# with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
+# import's): when the row is taken, the head is not the assumed one, any committed row still
+# waits for the sealer, or a session's last record is not the assumed one, the events are
+# stored unsealed, exactly as append_batch stores them, and the sealer places them.
+# How it is planned matters (measured with auto_explain and pg_stat_statements):
+# - its lookups are correlated subqueries, one primary-key probe per session, planned with
+#   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
+#   made while the tables were tiny (a sequential scan, or a merge join over a whole index)
+#   read the whole events table on every call once it had grown;
+# - JIT is off: the penalty that keeps sequential scans out made every plan look worth
+#   compiling (15-30 ms a statement);
+# - plans are generic, made once per connection: left to choose, PostgreSQL planned every
+#   statement afresh on every call (505 us of server time per one-event call, 217 us now).
+_V5 = f"""
+CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
+    lock_keys int4[], sessions text[], base_versions int8[], base_hashes bytea[],
+    fenced text[], epochs int8[], hosts text[], pids int8[], started_ats float8[],
+    tokens text[],
+    event_sessions text[], event_versions int8[], recorded_ats timestamptz[],
+    schema_versions int4[], events bytea[],
+    index_sessions text[], index_versions int8[], infos bytea[],
+    lease_sessions text[], lease_epochs int8[], lease_hosts text[], lease_pids int8[],
+    lease_started_ats float8[], lease_tokens text[], lease_expiries float8[],
+    head_position int8, head_hash bytea, hashes bytea[], records bytea[], channel text,
+    OUT assumed boolean, OUT sealed boolean, OUT txid text)
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
+AS $function$
+DECLARE
+    current_position int8;
+    current_hash bytea;
+BEGIN
+    sealed := false;
+    PERFORM pg_advisory_xact_lock({SESSION_LOCK_CLASS}, key) FROM unnest(lock_keys) AS key;
+    IF EXISTS (
+        SELECT 1 FROM unnest(sessions, base_versions) AS a(session_id, base_version)
+        WHERE a.base_version <> coalesce((SELECT s.version FROM chatledger.sessions s
+                                          WHERE s.session_id = a.session_id), 0)
+    ) OR EXISTS (
+        SELECT 1 FROM unnest(fenced, epochs, hosts, pids, started_ats, tokens)
+            AS f(session_id, epoch, host, pid, started_at, token)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM chatledger.leases l WHERE l.session_id = f.session_id
+                AND l.epoch = f.epoch AND l.host IS NOT DISTINCT FROM f.host
+                AND l.pid IS NOT DISTINCT FROM f.pid
+                AND l.started_at IS NOT DISTINCT FROM f.started_at
+                AND l.token IS NOT DISTINCT FROM f.token)
+    ) THEN
+        assumed := false;
+        RETURN;
+    END IF;
+    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
+        SELECT position, hash INTO current_position, current_hash
+            FROM chatledger.seal FOR UPDATE SKIP LOCKED;
+        sealed := FOUND AND current_position = head_position AND current_hash = head_hash
+            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
+            AND NOT EXISTS (
+                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
+                    AS a(session_id, base_version, base_hash)
+                WHERE a.base_version > 0 AND a.base_hash IS DISTINCT FROM (
+                    SELECT e.hash FROM chatledger.events e
+                    WHERE e.session_id = a.session_id AND e.version = a.base_version));
+    END IF;
+    IF sealed THEN
+        INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version,
+                                       position, hash, record)
+            SELECT u.session_id, u.version, u.recorded_at, u.schema_version,
+                   head_position + u.number, u.hash, u.record
+            FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions, hashes,
+                        records) WITH ORDINALITY
+                AS u(session_id, version, recorded_at, schema_version, hash, record, number)
+            ORDER BY u.number;
+        UPDATE chatledger.seal SET position = head_position + cardinality(event_sessions),
+            hash = hashes[cardinality(hashes)], sealed_at = now();
+        PERFORM pg_notify(channel, (head_position + cardinality(event_sessions))::text);
+    ELSE
+        INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version, event)
+            SELECT u.session_id, u.version, u.recorded_at, u.schema_version, u.event
+            FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions, events)
+                WITH ORDINALITY AS u(session_id, version, recorded_at, schema_version, event,
+                                     number)
+            ORDER BY u.number;
+    END IF;
+    INSERT INTO chatledger.sessions (session_id, version, info)
+        SELECT * FROM unnest(index_sessions, index_versions, infos)
+        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
+    IF cardinality(lease_sessions) > 0 THEN
+        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
+                                       expires_at)
+            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
+                                 lease_started_ats, lease_tokens, lease_expiries)
+            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
+                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+                token = excluded.token, expires_at = excluded.expires_at;
+    END IF;
+    assumed := true;
+    txid := pg_current_xact_id_if_assigned()::text;
+END
+$function$;
+"""
+
+# The sealer's writes were planned the same way (their cached plan joined the batch to a whole
+# scan of the events table): a probe per row, whatever the table's size.
+_V5 += """
+ALTER FUNCTION chatledger.seal_store(int8, int8, bytea, xid8, text[], int8[], int8[], bytea[],
+                                     bytea[], text)
+    SET enable_seqscan = off SET enable_mergejoin = off SET enable_hashjoin = off
+    SET jit = off SET plan_cache_mode = force_generic_plan;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 """Target version -> the DDL that brings the previous version to it."""
 
 

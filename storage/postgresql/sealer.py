@@ -1,7 +1,8 @@
 """The sealer: places committed events in the global order and chains them, in batches.
 
-Appends commit without any global lock; the sealer gives their rows positions afterwards. One
-seal is two round trips, each its own short transaction (schema 4):
+Appends commit without any global lock. Most seal their own batch in their transaction when
+the head they assumed holds (see `writer.py`); the sealer gives the rows of the others
+positions afterwards. One seal is two round trips, each its own short transaction (schema 4):
 1. in one statement, hence one snapshot, read the sealed head, the horizon
    `X = pg_snapshot_xmin(pg_current_snapshot())` (every transaction with an id below X has
    ended, so no row with `txid < X` can appear later) and the unsealed rows with `txid < X` in
@@ -92,6 +93,8 @@ class SealResult(NamedTuple):
     head: Head
     complete: bool
     """False when the batch limit cut the work short: seal again."""
+    hashes: dict[SealKey, bytes] = {}
+    """(session, version) -> the hash of the record placed there"""
 
 
 def seal_once(pool: Pool, limit: int) -> SealResult:
@@ -119,6 +122,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
     sealed_below = horizon if complete else int(rows[-1][0])
     last_in_batch: dict[str, tuple[int, bytes]] = {}
     placed: dict[SealKey, tuple[int, bytes, bytes]] = {}
+    hashes: dict[SealKey, bytes] = {}
     columns: tuple[list[Any], ...] = ([], [], [], [], [])
     for _txid, session_id, version, recorded_at, schema_version, event, previous_hash in rows:
         if version == 1:
@@ -137,6 +141,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
         record, digest = seal_record(position, session_id, version, recorded_at,
                                      schema_version, session_hash, log_hash, bytes(event))
         placed[(session_id, version)] = (position, session_hash, log_hash)
+        hashes[(session_id, version)] = digest
         last_in_batch[session_id] = (version, digest)
         log_hash = digest
         for column, value in zip(columns, (session_id, version, position, digest, record),
@@ -148,7 +153,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
                                          *columns, SEAL_CHANNEL]).fetchone()
     if stored is None or not stored[0]:
         return SealResult({}, 0, read_head, False)  # the head moved meanwhile: seal again
-    return SealResult(placed, sealed_below, Head(position, log_hash), complete)
+    return SealResult(placed, sealed_below, Head(position, log_hash), complete, hashes)
 
 
 class Answer(Protocol):
@@ -186,6 +191,8 @@ class Sealer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_placed: Callable[[Head, dict[SealKey, bytes]], None] | None = None
+        """Told of every seal this sealer stores (the writer keeps the head it assumes)."""
 
     def start(self) -> None:
         """Start the background sealing thread."""
@@ -263,9 +270,15 @@ class Sealer:
             connection.rollback()
         return bool(row and row[0])
 
+    def placed_inline(self, head: Head) -> None:
+        """An append sealed its own records (in its transaction) up to `head`."""
+        self._on_sealed(head)
+
     def _complete(self, result: SealResult) -> None:
         if result.placed:
             self._on_sealed(result.head)
+            if self.on_placed is not None:
+                self.on_placed(result.head, result.hashes)
         with self._lock:
             ready = [waiter for waiter in self._waiters if waiter.txid < result.sealed_below]
             if not ready:

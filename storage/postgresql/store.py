@@ -4,8 +4,8 @@ order and its hash chain, `verify.py` for the checks).
 
 Records and hashes are LMDB's: a sealed record is the same MessagePack envelope with the same
 two links, so verify and exports agree across stores. A record is sealed (given its position
-and links) by the sealer within its lag; `append` waits for that by default, so it answers
-with complete records. `read_session`, `latest` and `info` also see records of other nodes that
+and links) by its own append's transaction when this node knows the head, else by the sealer
+within its lag; `append` waits for that by default, so it answers with complete records. `read_session`, `latest` and `info` also see records of other nodes that
 are committed but not sealed yet, at position 0; `read_all`, `head` and subscriptions see only
 sealed records, in the global order. This module must not hold a connection across a
 caller's code.
@@ -127,7 +127,7 @@ class PostgresStore:
                               f"{describe(error)}") from None
         finally:
             first.close()
-        seal = seal and not readonly
+        seal = self._seal = seal and not readonly
         self._pool = Pool(url, size=pool_size, timeout=pool_timeout,
                           connect_timeout=connect_timeout,
                           idle_in_transaction_timeout=idle_in_transaction_timeout)
@@ -137,7 +137,9 @@ class PostgresStore:
             self.sealer.start()
         self.writer = AppendWriter(self._pool, self.sealer, wait_for_seal=wait_for_seal and seal,
                                    max_batch=max_batch, reconnect_timeout=reconnect_timeout,
-                                   writers=writers)
+                                   writers=writers, seal_inline=seal)
+        if seal:
+            self.writer.learn_seal(self.head(), {})
         self._listener: SealListener | None = None
         self._listener_lock = threading.Lock()
 
@@ -209,7 +211,9 @@ class PostgresStore:
     def append_atomically(self, appends: Sequence[SessionAppend]) -> list[list[Recorded]]:
         """Append to several sessions in one transaction (all or none; original recorded_at
         times kept when given, for import), each fenced by its lease when it has one."""
-        payloads = [encode_append(append, seal=False) for append in appends]
+        # With a sealer, the content seals are made here, in the caller's thread, so that the
+        # writer can seal the batch in its own transaction (see `writer.py`).
+        payloads = [encode_append(append, seal=self._seal) for append in appends]
         distinct_sessions([payload.session_id for payload in payloads])
         if not any(payload.events or payload.release_lease for payload in payloads):
             return [[] for _ in payloads]

@@ -14,8 +14,8 @@ on both sides for no more throughput. Why not psycopg's pipeline mode to save ro
 measured here, it cost more client CPU than the round trips it saved; a batch takes one
 round trip instead.
 
-One batch, one round trip (schema 4's `chatledger.append_batch`, called in autocommit, so the
-call is the whole transaction and its commit):
+One batch, one round trip (schema 5's `chatledger.append_batch_sealed`, called in autocommit,
+so the call is the whole transaction and its commit):
 1. the leader decides every append with the port's rules (`fences`, `released`, the expected
    versions, the fold of the session index) on the state it assumes: each session's last
    (version, info) as this writer last read or wrote it (a version's info never changes) or
@@ -29,7 +29,12 @@ call is the whole transaction and its commit):
 3. if they are, it inserts the events (the primary key (session, version) is the last guard
    against a duplicate), upserts the index entries and stores the released leases; a stale or
    fenced append was answered with ConcurrencyError or StaleLeaseError and wrote nothing, the
-   others commit. No NOTIFY here, since NOTIFY takes a database-wide lock at commit.
+   others commit;
+4. the events go in sealed, with the records the leader computed for the positions after the
+   head it assumes (its last seal, or the sealer's, taught it the head and each session's
+   last hash), when the server finds those assumptions true under the seal row's lock, which
+   it takes only if free; else they go in unsealed and the sealer places them (a node that
+   appends alone seals every batch inline: one round trip, one write per event).
 If the assumed state was not the stored one (another node appended, this writer never saw the
 session, the index was rebuilt) nothing was written, and the batch is decided again on the
 state read under the locks in one transaction of a few statements (`_in_transaction`, also
@@ -47,7 +52,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import datetime, timezone
 from typing import Any
@@ -60,14 +65,22 @@ from ...errors import ConcurrencyError, LedgerError, StaleLeaseError
 from ...events.codec import SCHEMA_VERSION, decode_envelope
 from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
-from ..hashing import GENESIS
+from ..hashing import GENESIS, Head
 from ..leases import Lease, fences, released
-from ..records import EncodedAppend
+from ..records import ContentSeal, EncodedAppend, stored_record
 from . import leases
+from .arrays import (
+    bytea_array,
+    float8_array,
+    int4_array,
+    int8_array,
+    text_array,
+    timestamptz_array,
+)
 from .connection import ConnectionLostError, Pool, describe
-from .records import encode_info, lease_columns
-from .schema import SESSION_LOCK_CLASS, session_lock_key
-from .sealer import Sealer
+from .records import encode_info, lease_columns, with_seal
+from .schema import SEAL_CHANNEL, SESSION_LOCK_CLASS, session_lock_key
+from .sealer import Sealer, SealKey
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +154,11 @@ class _Request:
 
 
 _LOCK = "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key"
-_VERSIONS = "SELECT session_id, version, info FROM chatledger.sessions WHERE session_id = ANY(%s)"
+_VERSIONS = (
+    "SELECT s.session_id, s.version, s.info, e.hash FROM chatledger.sessions s"
+    " LEFT JOIN chatledger.events e ON e.session_id = s.session_id AND e.version = s.version"
+    " WHERE s.session_id = ANY(%s)"
+)
 # One statement writes the events and the index entries and says the transaction's id.
 _WRITE = (
     "WITH events AS (INSERT INTO chatledger.events"
@@ -152,15 +169,27 @@ _WRITE = (
     "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info)"
     " SELECT pg_current_xact_id()::text"
 )
-# Binary parameters (a third of the client CPU of text arrays); an empty array is sent as
-# NULL, which the function reads as empty (cheaper still).
+# Binary parameters, encoded by `arrays.py` (psycopg's generic list dumper cost more client CPU
+# than anything else in a batch); an empty array is sent as NULL, which the function reads as
+# empty.
 _APPEND_BATCH = (
-    "SELECT assumed, txid FROM chatledger.append_batch(%b::int4[], %b::text[], %b::int8[],"
+    "SELECT assumed, sealed, txid FROM chatledger.append_batch_sealed(%b::int4[], %b::text[],"
+    " %b::int8[], %b::bytea[],"
     " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[],"
     " %b::text[], %b::int8[], %b::timestamptz[], %b::int4[], %b::bytea[],"
     " %b::text[], %b::int8[], %b::bytea[],"
-    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[], %b::float8[])"
+    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[], %b::float8[],"
+    " %s, %b, %b::bytea[], %b::bytea[], %s)"
 )
+_BATCH_ARRAYS = (
+    int4_array, text_array, int8_array, bytea_array,  # locks, sessions, versions, hashes
+    text_array, int8_array, text_array, int8_array, float8_array, text_array,  # fenced leases
+    text_array, int8_array, timestamptz_array, int4_array, bytea_array,  # events
+    text_array, int8_array, bytea_array,  # index entries
+    text_array, int8_array, text_array, int8_array, float8_array, text_array,  # released
+    float8_array,  # leases
+)
+"""The encoder of each array parameter of `_APPEND_BATCH`, in order."""
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -183,6 +212,14 @@ class _Batch:
         """the lease records that accepted appends let go"""
         self.assumed_new: set[str] = set()
         """sessions assumed to have no index entry yet (their first append is here)"""
+        self.seals: list[ContentSeal | None] | None = []
+        """the content seals of `columns`' events, in the same order (None when an append
+        came without them: then the batch is not sealed in its own transaction)"""
+        self.base_hashes: dict[str, bytes] = {}
+        """session -> the hash of its record at the assumed version, where known"""
+        self.placed: dict[SealKey, tuple[int, bytes, bytes]] = {}
+        """(session, version) -> (position, previous session hash, previous log hash), when
+        the batch was sealed in its own transaction"""
 
 
 class AppendWriter:
@@ -192,9 +229,13 @@ class AppendWriter:
     to another thread when nobody else is appending. `write` is called from any thread."""
 
     def __init__(self, pool: Pool, sealer: Sealer, *, wait_for_seal: bool, max_batch: int,
-                 reconnect_timeout: float, writers: int = 1) -> None:
+                 reconnect_timeout: float, writers: int = 1, seal_inline: bool = True) -> None:
         self._pool = pool
         self._sealer = sealer
+        self._seal_inline = seal_inline
+        self._head: Head | None = None
+        """The sealed head as this writer last saw it (an assumption the server checks)."""
+        sealer.on_placed = self.learn_seal
         self._wait_for_seal = wait_for_seal
         self._max_batch = max_batch
         self._reconnect_timeout = reconnect_timeout
@@ -214,8 +255,13 @@ class AppendWriter:
         self.slow_batches = 0
         """How many batches found the assumed state stale and were written again from the
         state read under the locks."""
+        self.sealed_batches = 0
+        """How many batches were sealed in their own transaction."""
         self._known: collections.OrderedDict[str, tuple[int, SessionInfo]] = (
             collections.OrderedDict())
+        self._hashes: collections.OrderedDict[str, tuple[int, bytes]] = (
+            collections.OrderedDict())
+        """session -> (version, hash) of its last sealed record, as last seen here"""
         self._known_lock = threading.Lock()
         self._sealing = threading.Lock()
         """Held by the leader sealing for everyone."""
@@ -314,6 +360,9 @@ class AppendWriter:
             except (psycopg.OperationalError, ConnectionLostError) as error:
                 logger.warning("chatledger writer: %s", describe(error))
                 if state["sent_commit"]:
+                    # Whether it was sealed in its transaction is not known: answer as the
+                    # sealer finds the rows.
+                    state["outcome"].placed = {}
                     resolved = self._resolve(state["outcome"], deadline)
                     if resolved is None:
                         self._fail(batch, AppendOutcomeUnknownError(
@@ -381,15 +430,20 @@ class AppendWriter:
                     known = self._known.get(session_id)
                     if known is not None:
                         outcome.index[session_id] = known
+                        last = self._hashes.get(session_id)
+                        if last is not None and last[0] == known[0]:
+                            outcome.base_hashes[session_id] = last[1]
                     elif append.expected_version != 0:
                         return None
                     else:
                         outcome.assumed_new.add(session_id)
         return outcome
 
-    def _remember(self, index: dict[str, tuple[int, SessionInfo]]) -> None:
-        """Keep sessions' (version, info) as read or written; a version's info never changes,
-        so the highest version seen is always right to assume (until another node appends)."""
+    def _remember(self, index: dict[str, tuple[int, SessionInfo]],
+                  hashes: dict[str, tuple[int, bytes]] | None = None) -> None:
+        """Keep sessions' (version, info) as read or written, and the hash of their last
+        sealed record; a version's info and a sealed record's hash never change, so the
+        highest version seen is always right to assume (until another node appends)."""
         with self._known_lock:
             for session_id, entry in index.items():
                 known = self._known.get(session_id)
@@ -398,6 +452,26 @@ class AppendWriter:
                     self._known.move_to_end(session_id)
             while len(self._known) > KNOWN_SESSIONS:
                 self._known.popitem(last=False)
+            if hashes:
+                self._keep_hashes(hashes)
+
+    def _keep_hashes(self, hashes: dict[str, tuple[int, bytes]]) -> None:
+        for session_id, last in hashes.items():
+            known = self._hashes.get(session_id)
+            if known is None or known[0] <= last[0]:
+                self._hashes[session_id] = last
+                self._hashes.move_to_end(session_id)
+        while len(self._hashes) > KNOWN_SESSIONS:
+            self._hashes.popitem(last=False)
+
+    def learn_seal(self, head: Head, hashes: dict[SealKey, bytes]) -> None:
+        """Take in a seal made elsewhere (the sealer, another call): the head it left and the
+        hashes of the records it placed. Only ever moves the assumed head forward."""
+        with self._known_lock:
+            if self._head is None or head.position > self._head.position:
+                self._head = head
+            self._keep_hashes({session_id: (version, digest)
+                               for (session_id, version), digest in hashes.items()})
 
     def _in_one_call(self, connection: psycopg.Connection[Any], batch: list[_Request],
                      outcome: _Batch, state: dict[str, Any]) -> tuple[int | None, _Batch] | None:
@@ -411,24 +485,31 @@ class AppendWriter:
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
         fenced = sorted(outcome.leases)
         owners = [outcome.leases[session_id].owner for session_id in fenced]
-        assumed_leases = [
+        assumed_leases: list[list[Any]] = [
             fenced, [outcome.leases[session_id].epoch for session_id in fenced],
             [owner.host if owner is not None else None for owner in owners],
             [owner.pid if owner is not None else None for owner in owners],
             [owner.started_at if owner is not None else None for owner in owners],
             [owner.token if owner is not None else None for owner in owners],
         ]
+        base_hashes = [outcome.base_hashes.get(session_id) for session_id in session_ids]
         touched = self._decide(batch, outcome)
+        head, hashes, records = self._seal_columns(outcome)
         state["outcome"] = outcome
         if self.fault is not None:
             self.fault("before_commit", connection)
+        arrays: list[Sequence[Any]] = [
+            keys, session_ids, bases, base_hashes, *assumed_leases, *outcome.columns,
+            *self._index_columns(outcome, touched), *lease_columns(outcome.released)]
         state["sent_commit"] = True
         connection.autocommit = True
         try:
-            row = connection.execute(_APPEND_BATCH, [column or None for column in (
-                keys, session_ids, bases, *assumed_leases, *outcome.columns,
-                *self._index_columns(outcome, touched), *lease_columns(outcome.released),
-            )]).fetchone()
+            row = connection.execute(_APPEND_BATCH, [
+                *(encode(array) for encode, array in zip(_BATCH_ARRAYS, arrays, strict=True)),
+                head.position if head is not None else None,
+                head.hash if head is not None else None,
+                bytea_array(hashes), bytea_array(records), SEAL_CHANNEL,
+            ]).fetchone()
         finally:
             if not connection.closed:
                 connection.autocommit = False
@@ -440,8 +521,56 @@ class AppendWriter:
             self.fault("after_commit", connection)
         if touched or outcome.released:
             self.commits = next(self._commits)
-        self._remember({session_id: outcome.index[session_id] for session_id in touched})
-        return (int(row[1]) if row[1] is not None and touched else None), outcome
+        last_hashes: dict[str, tuple[int, bytes]] = {}
+        if row[1]:
+            self.sealed_batches += 1
+            new_head = Head(head.position + len(hashes), hashes[-1])  # type: ignore[union-attr]
+            for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
+                last_hashes[session_id] = (version, digest)
+            with self._known_lock:
+                if self._head is None or new_head.position > self._head.position:
+                    self._head = new_head
+            self._sealer.placed_inline(new_head)
+        else:
+            outcome.placed = {}
+        self._remember({session_id: outcome.index[session_id] for session_id in touched},
+                       last_hashes)
+        return (int(row[2]) if row[2] is not None and touched else None), outcome
+
+    def _seal_columns(self, outcome: _Batch) -> tuple[Head | None, list[bytes], list[bytes]]:
+        """The batch's records sealed for the head this writer assumes, to be stored in the
+        append's own transaction if the assumptions hold there: (that head, each event's hash,
+        each stored record), exactly as the sealer would have made them, or (None, [], [])
+        when they cannot be made here (no head known, or a session's last hash unknown)."""
+        with self._known_lock:
+            head = self._head
+        if not self._seal_inline or head is None or not outcome.seals:
+            return None, [], []
+        sessions, versions, times, schema_versions, encoded = outcome.columns
+        last: dict[str, bytes] = {}
+        for session_id, version in zip(sessions, versions, strict=True):
+            if session_id in last:
+                continue
+            if version == 1:
+                last[session_id] = GENESIS
+            elif session_id in outcome.base_hashes:
+                last[session_id] = outcome.base_hashes[session_id]
+            else:
+                return None, [], []
+        position, log_hash = head.position, head.hash
+        hashes: list[bytes] = []
+        records: list[bytes] = []
+        for session_id, version, recorded_at, schema_version, data, seal in zip(
+                sessions, versions, times, schema_versions, encoded, outcome.seals, strict=True):
+            position += 1
+            session_hash = last[session_id]
+            record, digest = stored_record(position, session_id, version, recorded_at,
+                                           session_hash, log_hash, data, seal, schema_version)
+            outcome.placed[(session_id, version)] = (position, session_hash, log_hash)
+            last[session_id] = log_hash = digest
+            hashes.append(digest)
+            records.append(record)
+        return head, hashes, records
 
     @staticmethod
     def _index_columns(outcome: _Batch, touched: list[str]) -> tuple[list[Any], ...]:
@@ -472,10 +601,13 @@ class AppendWriter:
         outcome = _Batch(len(batch))
         if fenced:
             outcome.leases = leases.read(connection, fenced)
-        for session_id, version, info in rows:
+        last_hashes: dict[str, tuple[int, bytes]] = {}
+        for session_id, version, info, last_hash in rows:
             outcome.index[session_id] = (int(version), msgspec.msgpack.decode(
                 bytes(info), type=SessionInfo))
-        self._remember(outcome.index)
+            if last_hash is not None:
+                last_hashes[session_id] = (int(version), bytes(last_hash))
+        self._remember(outcome.index, last_hashes)
         touched = self._decide(batch, outcome)
         if not touched and not outcome.released:
             connection.rollback()
@@ -547,6 +679,10 @@ class AppendWriter:
                             append.session_id, version, recorded_at, SCHEMA_VERSION, encoded),
                             strict=True):
                         column.append(value)
+                if append.seals is None:
+                    outcome.seals = None
+                elif outcome.seals is not None:
+                    outcome.seals.extend(append.seals)
                 outcome.first_rows.append((append.session_id, records[0].version,
                                            records[0].recorded_at, append.encoded[0]))
                 outcome.index[append.session_id] = (version, info)
@@ -583,6 +719,15 @@ class AppendWriter:
     def _answer(self, batch: list[_Request], txid: int | None, outcome: _Batch) -> None:
         """Answer each request, or, with `wait_for_seal`, hand its answer to the sealer to
         complete once sealed (`_seal_waiting` then seals)."""
+        if outcome.placed:  # sealed in the append's own transaction
+            for request, answer in zip(batch, outcome.answers, strict=True):
+                if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
+                    request.set_exception(answer)
+                elif answer is not None:
+                    request.set_result([[with_seal(recorded, *outcome.placed[
+                        (recorded.session_id, recorded.version)]) for recorded in records]
+                        for records in answer])
+            return
         for request, answer in zip(batch, outcome.answers, strict=True):
             if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
                 request.set_exception(answer)

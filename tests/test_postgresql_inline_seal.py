@@ -1,0 +1,134 @@
+"""Appends sealed in their own transaction (schema 5's `chatledger.append_batch_sealed`): a
+node that knows the head seals its batch where it commits it, in one round trip; whenever it
+cannot know (another node, the sealer or an import moved the head, a row waits for the
+sealer, the seal row is taken) its events go in unsealed and the sealer places them, with the
+same order and chains either way."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the extra is not installed
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
+                allow_module_level=True)
+
+from chatledger.events import MessageSent, SessionCreated
+from chatledger.storage import open_store
+from chatledger.storage.hashing import HASH_SIZE
+from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
+
+
+def unsealed_rows(url: str) -> int:
+    """How many committed rows wait for the sealer."""
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM chatledger.events WHERE position IS NULL").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def message(text: str) -> list[MessageSent]:
+    """One message event."""
+    return [MessageSent(turn=1, text=text)]
+
+
+@pytest.fixture
+def lone_node(postgres_url: str) -> Iterator[PostgresStore]:
+    """A store whose sealer thread only wakes when asked (every seal below is inline)."""
+    store = open_postgresql_store(postgres_url, seal_interval=3600)
+    yield store
+    store.close()
+
+
+def test_a_lone_nodes_appends_come_back_sealed_from_their_own_transaction(
+        lone_node: PostgresStore, postgres_url: str) -> None:
+    records = []
+    for number in range(3):
+        records += lone_node.append(f"s{number}", [SessionCreated(mode="user")], 0)
+        records += lone_node.append(f"s{number}", message(f"hello {number}"), 1)
+    assert [record.position for record in records] == list(range(1, 7))
+    assert lone_node.writer.sealed_batches == 6
+    assert unsealed_rows(postgres_url) == 0
+    assert list(lone_node.read_all()) == records
+    assert lone_node.verify().ok
+    # The records are LMDB's, byte for byte: a copy made of them has the same head.
+    copy = open_store("memory:")
+    assert copy.append_verbatim([value[HASH_SIZE:] for _, value in lone_node.read_raw()]
+                                ) == lone_node.head()
+    assert copy.verify(lone_node.head()).ok
+    copy.close()
+
+
+def test_an_append_never_waits_for_a_seal_row_another_transaction_holds(
+        postgres_url: str) -> None:
+    store = open_postgresql_store(postgres_url, wait_for_seal=False, seal_interval=3600)
+    holder = psycopg.connect(postgres_url)
+    try:
+        store.append("alpha", [SessionCreated()], 0)
+        holder.execute("SELECT position FROM chatledger.seal FOR UPDATE")
+        answered: list[int] = []
+        appending = threading.Thread(target=lambda: answered.extend(
+            record.position for record in store.append("alpha", message("while held"), 1)))
+        appending.start()
+        appending.join(timeout=10)
+        assert not appending.is_alive() and answered == [0]  # committed, not sealed yet
+        assert unsealed_rows(postgres_url) == 1
+        holder.rollback()
+        assert store.seal_now().position == 2
+        sealed_before = store.writer.sealed_batches
+        assert [record.position for record in store.append("alpha", message("after"), 2)
+                ] == [3]
+        assert store.writer.sealed_batches == sealed_before + 1  # inline again
+        assert store.verify().ok
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_a_node_falls_back_when_another_node_moved_the_head_then_seals_inline_again(
+        postgres_url: str) -> None:
+    node_a = open_postgresql_store(postgres_url, seal_interval=3600)
+    node_b = open_postgresql_store(postgres_url, seal_interval=3600)
+    try:
+        positions = [node_a.append("alpha", [SessionCreated()], 0)[0].position]
+        inline_b = node_b.writer.sealed_batches
+        positions.append(node_b.append("beta", [SessionCreated()], 0)[0].position)
+        assert node_b.writer.sealed_batches == inline_b  # its head was stale: the sealer's
+        positions.append(node_b.append("beta", message("b"), 1)[0].position)
+        assert node_b.writer.sealed_batches == inline_b + 1  # it learned the head
+        positions.append(node_a.append("alpha", message("a"), 1)[0].position)
+        assert positions == [1, 2, 3, 4]
+        assert unsealed_rows(postgres_url) == 0
+        assert node_a.verify().ok
+        assert [record.version for record in node_a.read_all()] == [1, 1, 2, 2]
+    finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_a_session_whose_last_record_waits_for_the_sealer_is_never_sealed_ahead_of_it(
+        postgres_url: str) -> None:
+    unsealing = open_postgresql_store(postgres_url, seal=False)  # a node without a sealer
+    node = open_postgresql_store(postgres_url, seal_interval=3600)
+    try:
+        unsealing.append("alpha", [SessionCreated()], 0)
+        second = node.append("alpha", message("second"), 1)[0]
+        first = node.read_session("alpha")[0]
+        assert 0 < first.position < second.position
+        sealed_before = node.writer.sealed_batches
+        third = node.append("alpha", message("third"), 2)[0]
+        assert third.position == second.position + 1
+        assert node.writer.sealed_batches == sealed_before + 1
+        assert third.prev_session_hash == node.read_session_raw("alpha")[1][1][:HASH_SIZE]
+        assert node.verify().ok
+    finally:
+        unsealing.close()
+        node.close()
