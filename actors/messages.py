@@ -117,12 +117,6 @@ class ExpireSession:
 
 
 @dataclass(frozen=True)
-class StartTurns:
-    """Start the session's queued turns: told by the actor to itself once a send is answered,
-    so that the caller's wake-up runs while the turn's start is committed, not after."""
-
-
-@dataclass(frozen=True)
 class RetryTurns:
     """Look again whether the session's queued turns can start (another process held it)."""
 

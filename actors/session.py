@@ -54,7 +54,6 @@ from .messages import (
     RunCompleted,
     SendMessage,
     SetStudy,
-    StartTurns,
     SwitchMode,
 )
 from .rehydration import owner_is_elsewhere_and_alive
@@ -127,11 +126,6 @@ class SessionActor(SessionTurns):
         """Handle one command or report. Runs in the actor's own thread."""
         if isinstance(message, RunCompleted):
             self._on_run_completed(message)
-            return None
-        if isinstance(message, StartTurns):
-            self.start_told = False
-            if self.current is None:
-                self._start_next_turn()
             return None
         if isinstance(message, RetryTurns):
             self.retries_pending.discard(RetryTurns)
@@ -243,12 +237,8 @@ class SessionActor(SessionTurns):
         check_canvas_state(command.canvas_state)
         self.queue.append(command)
         self.services.touch(self.session_id, True)
-        if self.current is None and not self.start_told:
-            # Answer the caller first: its thread and event loop wake up while the turn's
-            # start is being committed (the GIL is free then) instead of competing with the
-            # run's way to the agent afterwards.
-            self.start_told = True
-            self.actor_ref.tell(StartTurns())
+        if self.current is None:
+            self._start_next_turn()
         return command.ticket
 
     def _cancel(self, command: CancelTurn) -> bool:

@@ -124,7 +124,6 @@ class SessionCore(pykka.ThreadingActor):
         # The grant in reach while the next turn starts, taken with its first append
         # (`SessionOwnership._own_session_for_turn`); None otherwise.
         self.lease_to_take: LeaseRequest | None = None
-        self.start_told = False  # a StartTurns is on its way to this actor
         self.told_waiting: set[int] = set()  # tickets whose caller heard TurnWaiting
         self.retries_pending: set[type] = set()
         self.unrecorded: tuple[int, str] | None = None  # (turn, why) of an unwritten outcome
