@@ -173,8 +173,8 @@ def _live_options() -> TurnOptions:
 
 STEPS = (
     ("actor_send", "the call reaches the session actor"),
-    ("lease_taken", "the session's lease taken (a durable write)"),
-    ("started_recorded", "MessageSent + RunStarted appended (durable)"),
+    ("lease_taken", "the session's lease in reach (a read; taken with the next step)"),
+    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
     ("submitted", "the run handed to the run pool"),
     ("begin_in", "a pool thread picks it up"),
     ("begin_out", "the transcript upkeep before the agent"),
@@ -208,7 +208,7 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
         setattr(owner, name, stamped)
 
     stamp(session.SessionActor, "_send", "actor_send", None)
-    stamp(session_turns.SessionTurns, "_own_session", None, "lease_taken")
+    stamp(session_turns.SessionTurns, "_own_session_for_turn", None, "lease_taken")
     stamp(session_turns.SessionTurns, "_start_turn", None, "submitted")
     stamp(transcripts.TurnTranscript, "begin", "begin_in", "begin_out")
     stamp(warm_pool.WarmPool, "_take", None, "taken")
@@ -228,15 +228,20 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
                                  warm_agents=True, timeout=120.0)
         manager = SessionManager(config=config)
         log = manager.runtime.log
-        append = log.append
 
-        def stamped_append(*args: Any, **kwargs: Any) -> Any:
-            result = append(*args, **kwargs)
-            marks.setdefault("started_recorded" if "started_recorded" not in marks
-                             else "answer_recorded", time.perf_counter())
-            return result
+        def stamp_appends(name: str) -> None:
+            append = getattr(log, name)
 
-        log.append = stamped_append  # type: ignore[method-assign]
+            def stamped_append(*args: Any, **kwargs: Any) -> Any:
+                result = append(*args, **kwargs)
+                marks.setdefault("started_recorded" if "started_recorded" not in marks
+                                 else "answer_recorded", time.perf_counter())
+                return result
+
+            setattr(log, name, stamped_append)
+
+        stamp_appends("append")
+        stamp_appends("append_taking_lease")
         steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
         added: list[float] = []
         try:
