@@ -12,7 +12,8 @@ of the warm session's process tree, and interrupts: a slow answer, `SessionManag
 at its first delta, timed to the `done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
 claude (found like the tests find it); it never touches the network beyond 127.0.0.1.
 `--breakdown` instead splits what chatledger adds to a warm turn by component (the time
-between stamps taken at each step of the turn, medians), with the stand-in live agent
+between stamps taken at each step of the turn, medians; a step that ran beside the one before
+it counts only what it added), with the stand-in live agent
 (`--breakdown-agent claude` for the real one), so the agent's own time is left out.
 """
 
@@ -173,11 +174,12 @@ def _live_options() -> TurnOptions:
 
 STEPS = (
     ("actor_send", "the call reaches the session actor"),
-    ("lease_taken", "the session's lease in reach (a read; taken with the next step)"),
-    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
-    ("submitted", "the run handed to the run pool"),
+    ("lease_taken", "the session's lease in reach (a read; taken with the start's commit)"),
+    ("handed_over", "the run handed to the run pool (before the start's commit)"),
     ("begin_in", "a pool thread picks it up"),
     ("begin_out", "the transcript upkeep before the agent"),
+    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
+    ("submitted", "the start's gate opened"),
     ("taken", "the warm pool hands out the live process"),
     ("written", "the user line written to the agent"),
     ("result", "the agent's own time, to its result line (left out)"),
@@ -209,6 +211,7 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
 
     stamp(session.SessionActor, "_send", "actor_send", None)
     stamp(session_turns.SessionTurns, "_own_session_for_turn", None, "lease_taken")
+    stamp(session_turns.SessionTurns, "_hand_over", None, "handed_over")
     stamp(session_turns.SessionTurns, "_start_turn", None, "submitted")
     stamp(transcripts.TurnTranscript, "begin", "begin_in", "begin_out")
     stamp(warm_pool.WarmPool, "_take", None, "taken")
@@ -259,11 +262,11 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
                     pool._agents[session_id].agent.last_turn_times
                 if index < warmups:
                     continue
-                previous = started
-                for name, _ in STEPS:
+                previous = started  # steps that ran beside an earlier one cost what they
+                for name, _ in STEPS:  # added to the way to `done` (0 if they ended first)
                     if name in marks:
-                        steps[name].append(marks[name] - previous)
-                        previous = marks[name]
+                        steps[name].append(max(0.0, marks[name] - previous))
+                        previous = max(previous, marks[name])
                 added.append(marks["done_seen"] - started
                              - (marks["result"] - marks["written"]))
         finally:
