@@ -35,28 +35,6 @@ def cancelled_outcome(message: str = "Run cancelled before it started") -> RunOu
     return RunOutcome(ok=False, failure_reason="cancelled", message=message)
 
 
-class StartGate:
-    """Holds a run back, before the agent hears of its turn, until the turn's start is
-    durable (`open`), or for good (`refuse`: the start could not be recorded)."""
-
-    def __init__(self) -> None:
-        self._decided = threading.Event()
-        self.refused = False
-
-    def open(self) -> None:
-        """Let the run go on: its start is recorded. Any thread."""
-        self._decided.set()
-
-    def refuse(self) -> None:
-        """Stop the run before the agent hears of it. Any thread."""
-        self.refused = True
-        self._decided.set()
-
-    def wait(self, timeout: float) -> bool:
-        """Whether the run may go on: opened within `timeout` seconds. Blocks the caller."""
-        return self._decided.wait(timeout) and not self.refused
-
-
 class RunPool:
     """Runs agent turns on at most `max_runs` threads, first come, first served."""
 

@@ -16,7 +16,8 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pykka
 
@@ -26,7 +27,6 @@ from ..errors import (
 )
 from ..events import (
     Event,
-    Recorded,
     RunFailed,
 )
 from ..storage import Lease, LeaseRequest
@@ -40,6 +40,8 @@ from .session_core import LEASE_POLL, RECORDING_RETRY, SessionCore, emit_all
 from .updates import TurnWaiting, turn_failed
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class LeaseNotTaken(Exception):
@@ -90,11 +92,16 @@ class SessionOwnership(SessionCore):
             return True
         return self._own_session()
 
-    def _append_taking_lease(self, batch: list[Event], request: LeaseRequest) -> list[Recorded]:
-        """Append a turn's start taking the lease `request` asks for, in one step; the
-        records. LeaseNotTaken (nothing appended, no lease held) if the lease went to
-        someone else or the session moved on since this actor looked. Blocks for one
-        commit."""
+    def _record_taking_lease(
+        self, decide: Callable[[], tuple[list[Event], T]], request: LeaseRequest
+    ) -> T:
+        """Decide events and append them taking the lease `request` asks for, in one step;
+        what the decision returned. LeaseNotTaken (nothing appended, no lease held) if the
+        lease went to someone else or the session moved on since this actor looked. Blocks
+        for one commit."""
+        if self.info.open_turn is not None:  # seen on a reload: closed under the lease first
+            raise LeaseNotTaken(self.session_id)
+        batch, result = decide()
         try:
             taken = self.services.leases.append_taking(
                 self.session_id, batch, self.info.version, request)
@@ -103,7 +110,8 @@ class SessionOwnership(SessionCore):
         if taken is None:
             raise LeaseNotTaken(self.session_id)
         self.lease, recorded = taken
-        return recorded
+        self._fold(recorded)
+        return result
 
     def _close_cut_turn(self) -> None:
         """Close the session's open turn, which nobody runs any more (this actor holds the

@@ -15,7 +15,6 @@ import msgspec
 from ..agent import AgentUpdate, CancelSwitch, RunOutcome, RunSpec, run_turn
 from ..agent.control import ColdPermissionHandler, PermissionAnswerer
 from ..errors import (
-    ConcurrencyError,
     InvalidEventError,
     StaleLeaseError,
 )
@@ -33,7 +32,6 @@ from .messages import (
     SendMessage,
 )
 from .rehydration import HOST
-from .runs import StartGate, cancelled_outcome
 from .session_core import emit_all
 from .session_ownership import LeaseNotTaken, SessionOwnership
 from .transcripts import TurnTranscript
@@ -116,16 +114,10 @@ class SessionTurns(SessionOwnership):
 
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         """Record the turn's start (decided on the session as it is, again after a reload;
-        fenced by the lease) and hand its run to the pool. A turn left open before it is
+        fenced by the lease), then hand its run to the pool. A turn left open before it is
         closed first: no RunStarted stays dangling once a later turn has run. With a grant
         in reach (`lease_to_take`), the start is recorded taking the lease (LeaseNotTaken,
-        nothing appended, if that fails).
-
-        The run is handed over before the start's commit, behind a `StartGate`: its thread
-        gets ready (transcript upkeep) while the commit is on disk, and the agent hears of
-        the turn only once the gate opens, after the commit. A commit that fails refuses the
-        gate (that run ends without a word to anyone); a stale version then starts the turn
-        again the long way, decided on the session as it is."""
+        nothing appended, if that fails)."""
         lease = self._turn_lease()
         if attempt == 1 and self.lease is not None:
             self._close_cut_turn()
@@ -161,31 +153,8 @@ class SessionTurns(SessionOwnership):
             return ([lost, *plan.events] if lost is not None else plan.events), plan
 
         request, self.lease_to_take = self.lease_to_take, None
-        if request is not None and self.info.open_turn is not None:
-            raise LeaseNotTaken(self.session_id)  # seen on a reload: closed under the lease
-        batch, plan = decide()
-        gate = StartGate()
-        self._hand_over(command, plan, attempt, gate)
-        try:
-            recorded = (self._append_taking_lease(batch, request) if request is not None
-                        else self.services.log.append(self.session_id, batch,
-                                                      self.info.version, lease=lease))
-        except BaseException as error:
-            gate.refuse()
-            self.current = None
-            if request is not None or not isinstance(error, ConcurrencyError):
-                raise
-            plan = self._record(decide, lease)  # another process wrote: decide again
-            self._hand_over(command, plan, attempt, None)
-            return
-        self._fold(recorded)
-        gate.open()
-
-    def _hand_over(self, command: SendMessage, plan: TurnPlan, attempt: int,
-                   gate: StartGate | None) -> None:
-        """Make the planned turn the session's current one and hand its run to the pool;
-        with `gate`, the run waits for it to open before the agent hears of the turn, and a
-        refused gate ends the run without reporting it. Runs in the actor's own thread."""
+        plan = (self._record(decide, lease) if request is None
+                else self._record_taking_lease(decide, request))
         ticket = RunTicket(
             session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )
@@ -237,8 +206,6 @@ class SessionTurns(SessionOwnership):
                 transcript.begin(restore=warm is None or plan.warm is None
                                  or not warm.has_process(self.session_id))
             try:
-                if gate is not None and not gate.wait(config.timeout):
-                    return cancelled_outcome("the turn's start could not be recorded")
                 if warm is None or plan.warm is None:
                     return run_turn(spec, self.services.dialect, forward,
                                     on_permission=ask_caller, turn_id=turn_id)
@@ -255,10 +222,7 @@ class SessionTurns(SessionOwnership):
         route = self.services.route_completion
 
         def done(finished: RunTicket, outcome: RunOutcome) -> None:
-            """Report the run's end to the session (not a run whose start was refused: the
-            session has moved on). Runs on the pool thread."""
-            if gate is not None and gate.refused:
-                return
+            """Report the run's end to the session. Runs on the pool thread."""
             if outcome.first_token_seconds is None and stream.first_token_seconds is not None:
                 outcome = msgspec.structs.replace(
                     outcome, first_token_seconds=stream.first_token_seconds)

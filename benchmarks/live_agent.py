@@ -174,12 +174,11 @@ def _live_options() -> TurnOptions:
 
 STEPS = (
     ("actor_send", "the call reaches the session actor"),
-    ("lease_taken", "the session's lease in reach (a read; taken with the start's commit)"),
-    ("handed_over", "the run handed to the run pool (before the start's commit)"),
+    ("lease_taken", "the session's lease in reach (a read; taken with the next step)"),
+    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
+    ("submitted", "the run handed to the run pool"),
     ("begin_in", "a pool thread picks it up"),
     ("begin_out", "the transcript upkeep before the agent"),
-    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
-    ("submitted", "the start's gate opened"),
     ("taken", "the warm pool hands out the live process"),
     ("written", "the user line written to the agent"),
     ("result", "the agent's own time, to its result line (left out)"),
@@ -211,7 +210,6 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
 
     stamp(session.SessionActor, "_send", "actor_send", None)
     stamp(session_turns.SessionTurns, "_own_session_for_turn", None, "lease_taken")
-    stamp(session_turns.SessionTurns, "_hand_over", None, "handed_over")
     stamp(session_turns.SessionTurns, "_start_turn", None, "submitted")
     stamp(transcripts.TurnTranscript, "begin", "begin_in", "begin_out")
     stamp(warm_pool.WarmPool, "_take", None, "taken")
@@ -262,8 +260,8 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
                     pool._agents[session_id].agent.last_turn_times
                 if index < warmups:
                     continue
-                previous = started  # steps that ran beside an earlier one cost what they
-                for name, _ in STEPS:  # added to the way to `done` (0 if they ended first)
+                previous = started  # a step that ran beside an earlier one costs what it
+                for name, _ in STEPS:  # added to the way to `done` (0 if it ended first)
                     if name in marks:
                         steps[name].append(max(0.0, marks[name] - previous))
                         previous = max(previous, marks[name])

@@ -2,9 +2,9 @@
 (MessageSent + RunStarted) and let go in the one that records its answer, so a turn is two
 commits; a turn whose lease another live process holds records nothing and waits; a grant
 that moved between the actor's look and its commit falls back to taking the lease first. The
-run is handed over before that commit but the agent hears of the turn only once it is
-durable, and a run whose start could not be recorded never reaches the agent. Real LMDB
-ledgers, the stand-in agent as a real subprocess, real actors."""
+agent hears of a turn only once its start is durable (also when that commit is slow), and a
+start that could not be recorded never reaches the agent. Real LMDB ledgers, the stand-in
+agent as a real subprocess, real actors."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def slow_commits(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     append = EventLog.append_taking_lease
 
     def slow(self: EventLog, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(seconds)  # the run's thread is ready meanwhile: it must wait for the commit
+        time.sleep(seconds)  # nothing may reach the agent meanwhile
         return append(self, *args, **kwargs)
 
     monkeypatch.setattr(EventLog, "append_taking_lease", slow)
