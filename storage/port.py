@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..errors import StaleLeaseError
 from ..events.model import Event, Recorded, UnknownEvent
@@ -217,11 +217,9 @@ def append_taking_lease(
         raise ValueError("append_taking_lease needs events to append")
     if request.lease.session_id != session_id:
         raise ValueError("the lease to take must be the append's own session's")
-    one_step = getattr(store, "append_taking_lease", None)
-    if one_step is not None:
-        result: tuple[Lease, list[Recorded]] | None = one_step(
+    if hasattr(store, "append_taking_lease"):
+        return cast(LeaseTakingStore, store).append_taking_lease(
             session_id, batch, expected_version, request)
-        return result
     return _take_lease_then_append(store, session_id, batch, expected_version, request)
 
 
