@@ -1,7 +1,8 @@
 """Who runs a session's turns across processes: this process's identity, whether a lease's
 holder is dead, and the keeper that takes, renews and lets go of one runtime's leases.
 
-A session actor asks the keeper for its session's lease before a turn and lets it go when it
+A session actor asks the keeper for its session's lease before a turn (or, to save a commit,
+for the grant in reach, which it takes with the turn's first append) and lets it go when it
 has nothing left to run; the keeper renews every lease it holds on its own daemon thread
 (every `ttl / RENEWALS_PER_TTL` seconds, one small store write each) and reports a lease it
 lost (another process took the session over after it expired) to `on_lost`. The rules of
@@ -18,7 +19,9 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from ..storage import EventStore, Lease, LeaseOwner
+from ..events import Event, Recorded
+from ..storage import EventStore, Lease, LeaseOwner, LeaseRequest, append_taking_lease
+from ..storage.leases import acquired
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +115,45 @@ class LeaseKeeper:
         held = self.held(session_id)
         if held is not None:
             return held
-        current = self.store.lease(session_id)
-        take_over: LeaseOwner | None = None
-        if (current is not None and current.owner is not None and current.owner != self.owner
-                and current.held_at(self.store.clock())):
-            if not holder_is_dead(current.owner):
-                return None
-            take_over = current.owner
-        lease = self.store.acquire_lease(session_id, self.owner, self.ttl, take_over=take_over)
+        request = self.grant_in_reach(session_id)
+        if request is None:
+            return None
+        lease = self.store.acquire_lease(session_id, self.owner, self.ttl,
+                                         take_over=request.take_over)
         if lease is not None:
             with self._lock:
                 self._held[session_id] = lease
         return lease
+
+    def grant_in_reach(self, session_id: str) -> LeaseRequest | None:
+        """The grant this runtime would get for the session now, decided on its record as
+        read (one read, nothing written): None while a live owner holds it. Blocks briefly."""
+        current = self.store.lease(session_id)
+        take_over: LeaseOwner | None = None
+        now = self.store.clock()
+        if (current is not None and current.owner is not None and current.owner != self.owner
+                and current.held_at(now)):
+            if not holder_is_dead(current.owner):
+                return None
+            take_over = current.owner
+        expected = acquired(current, session_id, self.owner, self.ttl, now, take_over)
+        if expected is None:
+            return None
+        return LeaseRequest(lease=expected, ttl=self.ttl, take_over=take_over)
+
+    def append_taking(
+        self, session_id: str, events: list[Event], expected_version: int,
+        request: LeaseRequest,
+    ) -> tuple[Lease, list[Recorded]] | None:
+        """Take the lease `request` asks for and append `events` under it (one durable commit
+        where the store can: `storage.append_taking_lease`); the lease and the records, or
+        None (nothing appended, no lease) if the grant went otherwise. ConcurrencyError if
+        the version is stale. Blocks the caller for the commit."""
+        taken = append_taking_lease(self.store, session_id, events, expected_version, request)
+        if taken is not None:
+            with self._lock:
+                self._held[session_id] = taken[0]
+        return taken
 
     def holder(self, session_id: str) -> LeaseOwner | None:
         """Who holds the session's lease now, as stored (None: nobody)."""

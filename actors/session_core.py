@@ -35,7 +35,7 @@ from ..events import (
     conversation,
     evolve,
 )
-from ..storage import EventStore, Lease
+from ..storage import EventStore, Lease, LeaseRequest
 from ..telemetry import TrackedQueue, session_logger
 from .checks import check_mode, check_open, check_turn_allowed
 from .messages import (
@@ -121,6 +121,9 @@ class SessionCore(pykka.ThreadingActor):
             logger, session_id,
             lambda: self.current.turn if self.current else self.info.open_turn)
         self.lease: Lease | None = services.leases.held(session_id)
+        # The grant in reach while the next turn starts, taken with its first append
+        # (`SessionOwnership._own_session_for_turn`); None otherwise.
+        self.lease_to_take: LeaseRequest | None = None
         self.told_waiting: set[int] = set()  # tickets whose caller heard TurnWaiting
         self.retries_pending: set[type] = set()
         self.unrecorded: tuple[int, str] | None = None  # (turn, why) of an unwritten outcome
@@ -182,10 +185,14 @@ class SessionCore(pykka.ThreadingActor):
                 backoff = min(max(backoff * 2, 0.001), MAX_BACKOFF)
                 self._reload()
                 continue
-            for item in recorded:
-                self.info = evolve(self.info, item)
-            self._remember(recorded)
+            self._fold(recorded)
             return result
+
+    def _fold(self, recorded: list[Recorded]) -> None:
+        """Fold records just appended into the session's state."""
+        for item in recorded:
+            self.info = evolve(self.info, item)
+        self._remember(recorded)
 
     def _append(
         self, events: list[Event] | Callable[[], list[Event]], lease: Lease | None = None,

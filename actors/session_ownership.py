@@ -3,7 +3,10 @@
 A turn starts only under the session's lease (`ownership.LeaseKeeper`): the actor takes it
 before a turn (reloading the session, so the prompt sees every earlier answer, and closing a
 turn its dead owner left open), appends the turn's events fenced by it, and lets it go when
-nothing is left to run. While another process holds it, queued turns wait and the actor
+nothing is left to run. When there is nothing to do under the lease before the turn's start
+is recorded, the grant is taken in the same durable commit as MessageSent + RunStarted
+(`storage.append_taking_lease`): nothing is appended unless the lease is taken, so the
+fencing is the same, one commit cheaper. While another process holds it, queued turns wait and the actor
 looks again every LEASE_POLL seconds. Runs in the actor's own thread.
 """
 
@@ -13,17 +16,20 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pykka
 
 from ..errors import (
+    ConcurrencyError,
     StaleLeaseError,
 )
 from ..events import (
+    Event,
     RunFailed,
 )
-from ..storage import Lease
+from ..storage import Lease, LeaseRequest
 from .messages import (
     LeaseLost,
     RetryRecording,
@@ -34,6 +40,16 @@ from .session_core import LEASE_POLL, RECORDING_RETRY, SessionCore, emit_all
 from .updates import TurnWaiting, turn_failed
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LeaseNotTaken(Exception):
+    """A turn's first append could not take the session's lease with it (another process
+    got the lease, or wrote to the session, since the actor looked): nothing was appended."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"the lease of {session_id} was not taken with the turn's start")
 
 
 class SessionOwnership(SessionCore):
@@ -57,6 +73,45 @@ class SessionOwnership(SessionCore):
             self._reload()  # written since this actor last looked: by another process
         self._close_cut_turn()
         return True
+
+    def _own_session_for_turn(self, defer: bool) -> bool:
+        """Whether the next turn may start under the session's lease: held, or (`defer`) in
+        reach and taken with the turn's first append (`lease_to_take`, one durable commit
+        less), or taken now as `_own_session` does. The grant is deferred only when there is
+        nothing to do under the lease first (no turn left open, nothing unrecorded): a
+        session another process wrote meanwhile fails the append's version check, and the
+        turn then starts the long way. Blocks briefly (one read when deferred)."""
+        if self.lease is not None or self.lease_to_take is not None:
+            return True
+        if (defer and self.info.open_turn is None and self.unrecorded is None
+                and self.services.leases.held(self.session_id) is None):
+            request = self.services.leases.grant_in_reach(self.session_id)
+            if request is None:
+                return False
+            self.lease_to_take = request
+            return True
+        return self._own_session()
+
+    def _record_taking_lease(
+        self, decide: Callable[[], tuple[list[Event], T]], request: LeaseRequest
+    ) -> T:
+        """Decide events and append them taking the lease `request` asks for, in one step;
+        what the decision returned. LeaseNotTaken (nothing appended, no lease held) if the
+        lease went to someone else or the session moved on since this actor looked. Blocks
+        for one commit."""
+        if self.info.open_turn is not None:  # seen on a reload: closed under the lease first
+            raise LeaseNotTaken(self.session_id)
+        batch, result = decide()
+        try:
+            taken = self.services.leases.append_taking(
+                self.session_id, batch, self.info.version, request)
+        except ConcurrencyError:
+            taken = None
+        if taken is None:
+            raise LeaseNotTaken(self.session_id)
+        self.lease, recorded = taken
+        self._fold(recorded)
+        return result
 
     def _close_cut_turn(self) -> None:
         """Close the session's open turn, which nobody runs any more (this actor holds the
@@ -86,8 +141,16 @@ class SessionOwnership(SessionCore):
             raise StaleLeaseError(self.session_id, 0)
         return self.lease
 
+    def _turn_lease(self) -> Lease:
+        """The lease a starting turn runs under: held, or the one it is about to take with
+        its first append; StaleLeaseError if neither."""
+        if self.lease is None and self.lease_to_take is not None:
+            return self.lease_to_take.lease
+        return self._fence()
+
     def _let_go_if_idle(self) -> None:
         """Let the lease go when nothing is left to run or to record (hand-over at once)."""
+        self.lease_to_take = None
         if (self.lease is not None and self.current is None and not self.queue
                 and self.unrecorded is None):
             self.lease = None

@@ -33,7 +33,7 @@ from .messages import (
 )
 from .rehydration import HOST
 from .session_core import emit_all
-from .session_ownership import SessionOwnership
+from .session_ownership import LeaseNotTaken, SessionOwnership
 from .transcripts import TurnTranscript
 from .turn import (
     RetryWithPromptHistory,
@@ -59,13 +59,14 @@ class SessionTurns(SessionOwnership):
 
     def _start_next_turn(self) -> None:
         """Start queued turns until one is running (a turn that cannot start fails at once)."""
+        defer_lease = True  # until a deferred grant fails once: then the long way
         while self.current is None and self.queue:
             if self.services.closing.is_set():
                 command = self.queue.popleft()
                 emit_all(command.sink, turn_failed("chatledger is shutting down", "cancelled"))
                 continue
             try:
-                owned = self._own_session()
+                owned = self._own_session_for_turn(defer_lease)
             except Exception as error:  # the store cannot be written: the turn cannot start
                 logger.exception("could not take the lease of %s", self.session_id)
                 emit_all(self.queue.popleft().sink, turn_failed(str(error), "ledger_error"))
@@ -83,9 +84,14 @@ class SessionTurns(SessionOwnership):
                     continue
                 try:
                     self._start_turn(command)
+                except LeaseNotTaken:  # nothing was appended: start it again, the long way
+                    self.lease_to_take = None
+                    defer_lease = False
+                    self.queue.appendleft(command)
                 except Exception as error:
                     self.log.exception("could not start a turn of %s", self.session_id)
                     emit_all(command.sink, turn_failed(str(error), "spawn_failed"))
+        self.lease_to_take = None  # a grant in reach is only good for the turn it was for
         if self.current is None:
             self._let_go_if_idle()
             self.services.touch(self.session_id, False)
@@ -109,9 +115,11 @@ class SessionTurns(SessionOwnership):
     def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
         """Record the turn's start (decided on the session as it is, again after a reload;
         fenced by the lease), then hand its run to the pool. A turn left open before it is
-        closed first: no RunStarted stays dangling once a later turn has run."""
-        lease = self._fence()
-        if attempt == 1:
+        closed first: no RunStarted stays dangling once a later turn has run. With a grant
+        in reach (`lease_to_take`), the start is recorded taking the lease (LeaseNotTaken,
+        nothing appended, if that fails)."""
+        lease = self._turn_lease()
+        if attempt == 1 and self.lease is not None:
             self._close_cut_turn()
 
         def decide() -> tuple[list[Event], TurnPlan]:
@@ -144,7 +152,9 @@ class SessionTurns(SessionOwnership):
             )
             return ([lost, *plan.events] if lost is not None else plan.events), plan
 
-        plan = self._record(decide, lease)
+        request, self.lease_to_take = self.lease_to_take, None
+        plan = (self._record(decide, lease) if request is None
+                else self._record_taking_lease(decide, request))
         ticket = RunTicket(
             session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
         )

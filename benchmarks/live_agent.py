@@ -12,7 +12,8 @@ of the warm session's process tree, and interrupts: a slow answer, `SessionManag
 at its first delta, timed to the `done` that follows the recorded RunFailed. Medians over `--turns` turns. Needs the real
 claude (found like the tests find it); it never touches the network beyond 127.0.0.1.
 `--breakdown` instead splits what chatledger adds to a warm turn by component (the time
-between stamps taken at each step of the turn, medians), with the stand-in live agent
+between stamps taken at each step of the turn, medians; a step that ran beside the one before
+it counts only what it added), with the stand-in live agent
 (`--breakdown-agent claude` for the real one), so the agent's own time is left out.
 """
 
@@ -173,8 +174,8 @@ def _live_options() -> TurnOptions:
 
 STEPS = (
     ("actor_send", "the call reaches the session actor"),
-    ("lease_taken", "the session's lease taken (a durable write)"),
-    ("started_recorded", "MessageSent + RunStarted appended (durable)"),
+    ("lease_taken", "the session's lease in reach (a read; taken with the next step)"),
+    ("started_recorded", "the lease taken with MessageSent + RunStarted (one durable write)"),
     ("submitted", "the run handed to the run pool"),
     ("begin_in", "a pool thread picks it up"),
     ("begin_out", "the transcript upkeep before the agent"),
@@ -208,7 +209,7 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
         setattr(owner, name, stamped)
 
     stamp(session.SessionActor, "_send", "actor_send", None)
-    stamp(session_turns.SessionTurns, "_own_session", None, "lease_taken")
+    stamp(session_turns.SessionTurns, "_own_session_for_turn", None, "lease_taken")
     stamp(session_turns.SessionTurns, "_start_turn", None, "submitted")
     stamp(transcripts.TurnTranscript, "begin", "begin_in", "begin_out")
     stamp(warm_pool.WarmPool, "_take", None, "taken")
@@ -228,15 +229,20 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
                                  warm_agents=True, timeout=120.0)
         manager = SessionManager(config=config)
         log = manager.runtime.log
-        append = log.append
 
-        def stamped_append(*args: Any, **kwargs: Any) -> Any:
-            result = append(*args, **kwargs)
-            marks.setdefault("started_recorded" if "started_recorded" not in marks
-                             else "answer_recorded", time.perf_counter())
-            return result
+        def stamp_appends(name: str) -> None:
+            append = getattr(log, name)
 
-        log.append = stamped_append  # type: ignore[method-assign]
+            def stamped_append(*args: Any, **kwargs: Any) -> Any:
+                result = append(*args, **kwargs)
+                marks.setdefault("started_recorded" if "started_recorded" not in marks
+                                 else "answer_recorded", time.perf_counter())
+                return result
+
+            setattr(log, name, stamped_append)
+
+        stamp_appends("append")
+        stamp_appends("append_taking_lease")
         steps: dict[str, list[float]] = {name: [] for name, _ in STEPS}
         added: list[float] = []
         try:
@@ -254,11 +260,11 @@ async def breakdown(turns: int, warmups: int, agent: str) -> dict[str, Any]:
                     pool._agents[session_id].agent.last_turn_times
                 if index < warmups:
                     continue
-                previous = started
-                for name, _ in STEPS:
+                previous = started  # a step that ran beside an earlier one costs what it
+                for name, _ in STEPS:  # added to the way to `done` (0 if it ended first)
                     if name in marks:
-                        steps[name].append(marks[name] - previous)
-                        previous = marks[name]
+                        steps[name].append(max(0.0, marks[name] - previous))
+                        previous = max(previous, marks[name])
                 added.append(marks["done_seen"] - started
                              - (marks["result"] - marks["written"]))
         finally:

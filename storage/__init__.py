@@ -24,9 +24,9 @@ from ..errors import (
 from .factory import local_directory, open_store, store_kind
 from .hashing import GENESIS, Head, record_hash
 from .ids import MAX_SESSION_ID_CHARS, validate_session_id
-from .leases import Lease, LeaseOwner
+from .leases import Lease, LeaseOwner, LeaseRequest
 from .memory import MemoryStore, forget_memory_store
-from .port import AuditStore, EventStore
+from .port import AuditStore, EventStore, LeaseTakingStore, append_taking_lease
 from .records import IndexEntry, SessionAppend, StoredValue
 from .redaction import RedactionRefusedError
 from .subscription import Subscription
@@ -57,6 +57,8 @@ __all__ = [
     "InvalidSessionIdError",
     "Lease",
     "LeaseOwner",
+    "LeaseRequest",
+    "LeaseTakingStore",
     "LedgerClosedError",
     "LedgerError",
     "LedgerFullError",
@@ -68,6 +70,7 @@ __all__ = [
     "StoredValue",
     "Subscription",
     "VerifyReport",
+    "append_taking_lease",
     "forget_memory_store",
     "local_directory",
     "open_store",

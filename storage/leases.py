@@ -14,7 +14,10 @@ in the transaction):
   as nobody took it over since);
 - release: clears the holder, keeping the epoch, so the next grant is higher still;
 - fence: an append made under a lease commits only if the record still holds that epoch
-  and owner; else it raises StaleLeaseError and writes nothing.
+  and owner; else it raises StaleLeaseError and writes nothing;
+- take with an append (`LeaseRequest`): the grant `acquire` would make, but only if it has the
+  epoch the caller expects (its events name that epoch); else nothing is granted and nothing
+  appended.
 
 An expired lease that nobody took over still fences correctly: only a grant changes the
 epoch. No I/O here.
@@ -81,6 +84,27 @@ def released(current: Lease | None, lease: Lease) -> Lease | None:
     if not fences(current, lease):
         return None
     return Lease(session_id=lease.session_id, epoch=lease.epoch, owner=None, expires_at=0.0)
+
+
+class LeaseRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A lease to take in the same atomic step as an append: `lease` is the grant the caller
+    expects (its session, epoch and owner; its expiry is decided by the store), `ttl` and
+    `take_over` are as for an acquire."""
+
+    lease: Lease
+    ttl: float
+    take_over: LeaseOwner | None = None
+
+
+def granted_as_expected(current: Lease | None, request: LeaseRequest, now: float) -> Lease | None:
+    """The record after `request` is granted at `now`, or None if it is not granted, or
+    would be granted under another epoch than the one the caller expects."""
+    expected = request.lease
+    if expected.owner is None:
+        return None
+    granted = acquired(current, expected.session_id, expected.owner, request.ttl, now,
+                       request.take_over)
+    return granted if granted is not None and granted.epoch == expected.epoch else None
 
 
 def fences(current: Lease | None, lease: Lease) -> bool:

@@ -34,7 +34,16 @@ from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import ProjectionError, SessionInfo, evolve
 from .hashing import GENESIS, HASH_SIZE, Head, record_hash
 from .ids import validate_session_id
-from .leases import Lease, LeaseOwner, acquired, fences, released, renewed
+from .leases import (
+    Lease,
+    LeaseOwner,
+    LeaseRequest,
+    acquired,
+    fences,
+    granted_as_expected,
+    released,
+    renewed,
+)
 from .records import (
     EncodedAppend,
     IndexEntry,
@@ -198,8 +207,43 @@ class MemoryStore:
         """Append to several sessions at once: all commit, or (a stale version) none does."""
         checked = [encode_append(append) for append in appends]
         distinct_sessions([append.session_id for append in checked])
+        written = self._append_encoded(checked, None)
+        assert written is not None  # only a lease request can go ungranted
+        return written[1]
+
+    def append_taking_lease(
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+        request: LeaseRequest,
+    ) -> tuple[Lease, list[Recorded]] | None:
+        """Take the session's lease as `request` expects and append `events` under it, under
+        one hold of the lock: None (nothing changed) if the lease is not granted so;
+        ConcurrencyError (lease not taken) if the version is stale."""
+        if request.lease.session_id != session_id:
+            raise ValueError("the lease to take must be the append's own session's")
+        append = encode_append(SessionAppend(session_id, list(events), expected_version))
+        written = self._append_encoded([append], request)
+        if written is None or written[0] is None:
+            return None
+        return written[0], written[1][0]
+
+    def _append_encoded(
+        self, checked: list[EncodedAppend], take_lease: LeaseRequest | None
+    ) -> tuple[Lease | None, list[list[Recorded]]] | None:
+        """Check leases and versions, then keep every append (or none), under the lock;
+        with `take_lease`, the first append's session's lease is granted as it asks first
+        (None, nothing changed, if it is not). Returns the lease granted and the records."""
         data = self.data
+        granted: Lease | None = None
         with data.lock:
+            if take_lease is not None:
+                session_id = take_lease.lease.session_id
+                granted = granted_as_expected(data.leases.get(session_id), take_lease,
+                                              self.clock())
+                if granted is None:
+                    return None
             for append in checked:
                 if append.lease is not None and not fences(data.leases.get(append.session_id),
                                                            append.lease):
@@ -226,10 +270,12 @@ class MemoryStore:
                          if append.release_lease and append.lease is not None else None)
                 if freed is not None:
                     data.leases[append.session_id] = freed
+            if granted is not None:
+                data.leases[granted.session_id] = granted
             written = [stage.records for stage in staged]
         with data.appended:
             data.appended.notify_all()
-        return written
+        return granted, written
 
     def append_verbatim(self, records: Sequence[bytes]) -> Head:
         """Append stored records exactly as they are (an export's bytes): same positions,

@@ -5,19 +5,25 @@ expected version, read, follow, and the session index. `AuditStore` adds what au
 maintenance need: records with their stored bytes and hashes, the atomic multi-session append
 of an import, verify, rebuild, a compacted copy and sizes. Every store implements both
 (`open_store` returns an `AuditStore`); the contract tests in tests/test_store_contract.py
-run against each. This module must not import any store implementation (nor `lmdb`).
+run against each. `append_taking_lease` takes a session's lease and appends under it: in one
+atomic step where the store does it (`LeaseTakingStore`: memory, LMDB), else by the two
+existing steps one after the other (PostgreSQL, until it gets its own; a Protocol's default
+body would reach only stores that subclass it, which PostgresStore does not). This module
+must not import any store implementation (nor `lmdb`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
+from ..errors import StaleLeaseError
 from ..events.model import Event, Recorded, UnknownEvent
 from ..events.projections import SessionInfo
 from .hashing import Head
-from .leases import Lease, LeaseOwner
+from .leases import Lease, LeaseOwner, LeaseRequest
 from .records import IndexEntry, SessionAppend, StoredValue
 from .subscription import Subscription
 from .verification import VerifyReport
@@ -174,3 +180,74 @@ class AuditStore(EventStore, Protocol):
     def map_size(self) -> int:
         """Bytes the store has reserved for its data (LMDB's map; else its data size)."""
         ...
+
+
+class LeaseTakingStore(Protocol):
+    """A store that takes a lease and appends under it in one atomic step."""
+
+    def append_taking_lease(
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+        request: LeaseRequest,
+    ) -> tuple[Lease, list[Recorded]] | None:
+        """`append_taking_lease` below, in one transaction (one durable commit)."""
+        ...
+
+
+def append_taking_lease(
+    store: EventStore,
+    session_id: str,
+    events: Iterable[Event | UnknownEvent],
+    expected_version: int,
+    request: LeaseRequest,
+) -> tuple[Lease, list[Recorded]] | None:
+    """Take the session's lease as `request` expects (the grant `acquire_lease` would make,
+    under the epoch the caller expects and its events name) and append `events` under it;
+    returns the lease as granted and the records. Nothing is appended unless the lease is
+    taken: None when it is not granted so (a live owner holds it, or its epoch moved since
+    the caller looked). A stale `expected_version` raises ConcurrencyError, nothing appended,
+    and leaves nobody holding the lease: a one-step store never takes it (the version is
+    checked in the transaction that would write it), the two-step default takes it and lets
+    it go again (its epoch stays raised, which only makes a stale holder staler). Call it
+    for a lease the caller does not hold."""
+    batch = list(events)
+    if not batch:
+        raise ValueError("append_taking_lease needs events to append")
+    if request.lease.session_id != session_id:
+        raise ValueError("the lease to take must be the append's own session's")
+    if hasattr(store, "append_taking_lease"):
+        return cast(LeaseTakingStore, store).append_taking_lease(
+            session_id, batch, expected_version, request)
+    return _take_lease_then_append(store, session_id, batch, expected_version, request)
+
+
+def _take_lease_then_append(
+    store: EventStore,
+    session_id: str,
+    events: list[Event | UnknownEvent],
+    expected_version: int,
+    request: LeaseRequest,
+) -> tuple[Lease, list[Recorded]] | None:
+    """The default of `append_taking_lease`: acquire, then append fenced by the grant (two
+    commits, the same outcome); a grant under another epoch, or an append that fails, lets
+    the lease go again."""
+    owner = request.lease.owner
+    if owner is None:
+        return None
+    granted = store.acquire_lease(session_id, owner, request.ttl, take_over=request.take_over)
+    if granted is None:
+        return None
+    if granted.epoch != request.lease.epoch:
+        store.release_lease(granted)
+        return None
+    try:
+        records = store.append(session_id, events, expected_version, lease=granted)
+    except StaleLeaseError:  # taken over between the two steps: it was never ours to use
+        return None
+    except BaseException:
+        with contextlib.suppress(Exception):  # it expires after its ttl; the first error stands
+            store.release_lease(granted)
+        raise
+    return granted, records

@@ -42,8 +42,11 @@ from chatledger.storage import (
     GENESIS,
     AuditStore,
     Head,
+    Lease,
     LeaseOwner,
+    LeaseRequest,
     SessionAppend,
+    append_taking_lease,
     forget_memory_store,
     open_store,
     record_hash,
@@ -476,6 +479,106 @@ def test_an_append_can_let_its_lease_go_in_the_same_step(store: AuditStore) -> N
         store.append("s", [MessageSent(turn=2, text="b")], 2, release_lease=True)
     second = store.acquire_lease("s", OWNER_B, ttl=30)
     assert second is not None and second.epoch == lease.epoch + 1
+
+
+def _request(owner: LeaseOwner, epoch: int, take_over: LeaseOwner | None = None,
+             ttl: float = 30) -> LeaseRequest:
+    return LeaseRequest(lease=Lease(session_id="s", epoch=epoch, owner=owner), ttl=ttl,
+                        take_over=take_over)
+
+
+def test_taking_a_lease_with_an_append_grants_it_and_appends_under_it(
+    store: AuditStore,
+) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    taken = append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                                _request(OWNER_A, 1))
+    assert taken is not None
+    lease, records = taken
+    assert lease.epoch == 1 and lease.owner == OWNER_A and lease.held_at(store.clock())
+    assert store.lease("s") == lease
+    assert [record.version for record in records] == [2]
+    assert [record.event for record in store.read_session("s", 2)] == [records[0].event]
+    store.append("s", [MessageSent(turn=2, text="b")], 2, lease=lease)  # it fences as usual
+    assert store.acquire_lease("s", OWNER_B, ttl=30) is None
+
+
+def test_taking_a_lease_another_owner_holds_appends_nothing(store: AuditStore) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    held = store.acquire_lease("s", OWNER_B, ttl=30)
+    head = store.head()
+    for epoch in (1, 2):
+        assert append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                                   _request(OWNER_A, epoch)) is None
+    assert store.head() == head and store.lease("s") == held
+
+
+def test_taking_a_lease_whose_epoch_moved_appends_nothing_and_takes_nothing(
+    store: AuditStore,
+) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    first = store.acquire_lease("s", OWNER_B, ttl=30)
+    assert first is not None and store.release_lease(first)  # the next grant is epoch 2
+    head = store.head()
+    assert append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                               _request(OWNER_A, 1)) is None
+    assert store.head() == head
+    after = store.lease("s")
+    assert after is not None and not after.held_at(store.clock())
+    taken = append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                                _request(OWNER_A, after.epoch + 1))
+    assert taken is not None and taken[0].epoch == after.epoch + 1
+
+
+def test_taking_a_lease_from_a_holder_known_dead_appends_under_the_next_epoch(
+    store: AuditStore,
+) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    store.acquire_lease("s", OWNER_B, ttl=30)
+    taken = append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                                _request(OWNER_A, 2, take_over=OWNER_B))
+    assert taken is not None and taken[0].owner == OWNER_A and store.version("s") == 2  # type: ignore[attr-defined]
+
+
+def test_taking_a_lease_at_a_stale_version_appends_nothing_and_leaves_it_unheld(
+    store: AuditStore,
+) -> None:
+    """Stale version: ConcurrencyError and no lease held afterwards. A one-step store checks
+    the version in the transaction that would write the lease, so it never takes it; the
+    two-step default takes it and lets it go again (its epoch then one higher)."""
+    store.append("s", [SessionCreated(mode="user")], 0)
+    head = store.head()
+    with pytest.raises(ConcurrencyError):
+        append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 0,
+                            _request(OWNER_A, 1))
+    assert store.head() == head
+    after = store.lease("s")
+    assert after is None or after.owner is None
+    assert store.acquire_lease("s", OWNER_B, ttl=30) is not None
+
+
+def test_a_fenced_holder_cannot_append_after_its_lease_was_taken_with_an_append(
+    store: AuditStore,
+) -> None:
+    store.append("s", [SessionCreated(mode="user")], 0)
+    old = store.acquire_lease("s", OWNER_B, ttl=0.05)
+    assert old is not None and wait_until_expired(store, "s")
+    taken = append_taking_lease(store, "s", [MessageSent(turn=1, text="a")], 1,
+                                _request(OWNER_A, old.epoch + 1))
+    assert taken is not None
+    head = store.head()
+    with pytest.raises(StaleLeaseError):
+        store.append("s", [MessageSent(turn=2, text="stale")], 2, lease=old)
+    assert store.head() == head
+
+
+def test_taking_a_lease_needs_events_of_its_own_session(store: AuditStore) -> None:
+    with pytest.raises(ValueError):
+        append_taking_lease(store, "s", [], 0, _request(OWNER_A, 1))
+    with pytest.raises(ValueError):
+        append_taking_lease(store, "t", [SessionCreated(mode="user")], 0,
+                            _request(OWNER_A, 1))
+    assert store.head().position == 0 and store.lease("s") is None
 
 
 # -- redaction -----------------------------------------------------------------------------

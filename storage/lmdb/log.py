@@ -22,7 +22,15 @@ from ...events.model import Event, Recorded, UnknownEvent
 from ...events.projections import ProjectionError, SessionInfo, evolve
 from ..hashing import HASH_SIZE, Head, record_hash
 from ..ids import validate_session_id
-from ..leases import Lease, LeaseOwner, acquired, encode_lease, released, renewed
+from ..leases import (
+    Lease,
+    LeaseOwner,
+    LeaseRequest,
+    acquired,
+    encode_lease,
+    released,
+    renewed,
+)
 from ..records import (
     EncodedAppend,
     IndexEntry,
@@ -122,6 +130,24 @@ class EventLog:
         payloads = [encode_append(append) for append in appends]
         distinct_sessions([payload.session_id for payload in payloads])
         return self._submit(payloads)
+
+    def append_taking_lease(
+        self,
+        session_id: str,
+        events: Iterable[Event | UnknownEvent],
+        expected_version: int,
+        request: LeaseRequest,
+    ) -> tuple[Lease, list[Recorded]] | None:
+        """Take the session's lease as `request` expects and append `events` under it, in one
+        writer transaction (one durable commit): None (nothing written) if the lease is not
+        granted so; ConcurrencyError (lease not taken) if the version is stale. Blocks the
+        caller for one (group) commit."""
+        if request.lease.session_id != session_id:
+            raise ValueError("the lease to take must be the append's own session's")
+        append = encode_append(SessionAppend(session_id, list(events), expected_version))
+        result: tuple[Lease, list[list[Recorded]]] | None = self.store.submit(
+            AtomicAppends([append], take_lease=request), self.path)
+        return (result[0], result[1][0]) if result is not None else None
 
     def append_verbatim(self, records: Sequence[bytes]) -> Head:
         """Append stored records exactly as they are (an export's bytes): same positions,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import islice
@@ -23,7 +24,15 @@ from ...events.codec import SCHEMA_VERSION
 from ...events.model import Recorded
 from ...events.projections import SessionInfo, evolve
 from ..hashing import GENESIS, Head
-from ..leases import Lease, decode_lease, encode_lease, fences, released
+from ..leases import (
+    Lease,
+    LeaseRequest,
+    decode_lease,
+    encode_lease,
+    fences,
+    granted_as_expected,
+    released,
+)
 from ..records import (
     EncodedAppend,
     IndexEntry,
@@ -40,9 +49,12 @@ from .writer import GroupCommitWriter
 
 
 class AtomicAppends(msgspec.Struct):
-    """Appends to several sessions that commit together or not at all."""
+    """Appends to several sessions that commit together or not at all; with `take_lease`,
+    only once that lease is granted as it asks, in the same transaction (the result is then
+    the lease granted and the records, or None: nothing granted, nothing written)."""
 
     appends: list[EncodedAppend]
+    take_lease: LeaseRequest | None = None
 
 
 class WriterJob(msgspec.Struct):
@@ -162,7 +174,7 @@ class LedgerStore:
                 continue
             self.mark_format(txn)
             result, next_position, log_hash = self._apply_appends(
-                txn, payload.appends, touched, next_position, log_hash
+                txn, payload.appends, touched, next_position, log_hash, payload.take_lease
             )
             results.append(result)
         self._flush(txn, touched, head, next_position, log_hash)
@@ -199,10 +211,20 @@ class LedgerStore:
         touched: dict[str, IndexEntry | None],
         next_position: int,
         log_hash: bytes,
-    ) -> tuple[list[list[Recorded]] | ConcurrencyError | StaleLeaseError, int, bytes]:
+        take_lease: LeaseRequest | None = None,
+    ) -> tuple[Any, int, bytes]:
         """Check every lease and expected version, then write all the appends (or none,
         returning the conflict); returns the result, the next free position and the log
-        hash."""
+        hash. With `take_lease`, that lease is decided first: not granted as it asks, the
+        result is None and nothing is written; granted, it is written with the appends and
+        the result is (the lease, the records)."""
+        granted: Lease | None = None
+        if take_lease is not None:
+            session_id = take_lease.lease.session_id
+            granted = granted_as_expected(self.lease_in(txn, session_id), take_lease,
+                                          time.time())
+            if granted is None:
+                return None, next_position, log_hash
         entries: dict[str, IndexEntry | None] = {}
         for append in appends:
             if append.lease is not None and not fences(
@@ -227,6 +249,10 @@ class LedgerStore:
                 if freed is not None:
                     txn.put(layout.lease_key(append.session_id), encode_lease(freed),
                             db=self.meta_db)
+        if granted is not None:
+            txn.put(layout.lease_key(granted.session_id), encode_lease(granted),
+                    db=self.meta_db)
+            return (granted, written), next_position, log_hash
         return written, next_position, log_hash
 
     def _write_append(
