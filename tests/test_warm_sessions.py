@@ -279,6 +279,9 @@ def test_a_turn_missing_from_the_resumed_transcript_is_reseeded_through_the_prom
         assert ledger.send(session, "the bird is a pelican").ok
         second = "and the fish a trout" + ("" if flushed else " [[unflushed]]")
         assert ledger.send(session, second).ok
+        if flushed:  # the agent writes its transcript just after its result, as claude does
+            assert wait_until(lambda: any("trout" in path.read_text() for path in
+                                          (tmp_path / "home").rglob("*.jsonl")), 10)
         pid = events_of(ledger, session, AgentProcessStarted)[-1].pid
         os.killpg(pid, signal.SIGKILL)
         assert wait_until(lambda: not alive(pid), 10)
