@@ -204,7 +204,9 @@ $function$;
 # with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
 # import's): when the row is taken, the head is not the assumed one, any committed row still
 # waits for the sealer, or a session's last record is not the assumed one, the events are
-# stored unsealed, exactly as append_batch stores them, and the sealer places them.
+# stored unsealed, exactly as append_batch stores them, and the sealer places them. (The writer
+# sends a last hash for every session it appends events to, and seals nothing when it does not
+# know one; a session in the batch only to let its lease go has none.)
 # How it is planned matters (measured with auto_explain and pg_stat_statements):
 # - its lookups are correlated subqueries, one primary-key probe per session, planned with
 #   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
@@ -259,7 +261,8 @@ BEGIN
             AND NOT EXISTS (
                 SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
                     AS a(session_id, base_version, base_hash)
-                WHERE a.base_version > 0 AND a.base_hash IS DISTINCT FROM (
+                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
+                    AND a.base_hash IS DISTINCT FROM (
                     SELECT e.hash FROM chatledger.events e
                     WHERE e.session_id = a.session_id AND e.version = a.base_version));
     END IF;
