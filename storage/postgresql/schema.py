@@ -117,6 +117,26 @@ UPDATE chatledger.leases SET expires_at = 0 WHERE host IS NULL;
 ALTER TABLE chatledger.leases DROP COLUMN owner;
 """
 
+# The end of both batch functions: the index entries, the released leases, the answer.
+_INDEX_LEASES_AND_END = """\
+    INSERT INTO chatledger.sessions (session_id, version, info)
+        SELECT * FROM unnest(index_sessions, index_versions, infos)
+        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
+    IF cardinality(lease_sessions) > 0 THEN
+        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
+                                       expires_at)
+            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
+                                 lease_started_ats, lease_tokens, lease_expiries)
+            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
+                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+                token = excluded.token, expires_at = excluded.expires_at;
+    END IF;
+    assumed := true;
+    txid := pg_current_xact_id_if_assigned()::text;
+END
+$function$;
+"""
+
 # The assumed state is checked after the locks, each statement of a volatile function taking a
 # new snapshot (READ COMMITTED): it sees every append committed before the locks were ours.
 # The transaction gets its id at the first insert, after the locks (see the sealer's order).
@@ -152,23 +172,7 @@ BEGIN
     INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version, event)
         SELECT * FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions,
                              events);
-    INSERT INTO chatledger.sessions (session_id, version, info)
-        SELECT * FROM unnest(index_sessions, index_versions, infos)
-        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
-    IF cardinality(lease_sessions) > 0 THEN
-        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
-                                       expires_at)
-            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
-                                 lease_started_ats, lease_tokens, lease_expiries)
-            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
-                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
-                token = excluded.token, expires_at = excluded.expires_at;
-    END IF;
-    assumed := true;
-    txid := pg_current_xact_id_if_assigned()::text;
-END
-$function$;
-
+{_INDEX_LEASES_AND_END}
 CREATE OR REPLACE FUNCTION chatledger.seal_store(
     expected_position int8, head_position int8, head_hash bytea, below xid8,
     sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
@@ -200,7 +204,9 @@ $function$;
 # with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
 # import's): when the row is taken, the head is not the assumed one, any committed row still
 # waits for the sealer, or a session's last record is not the assumed one, the events are
-# stored unsealed, exactly as append_batch stores them, and the sealer places them.
+# stored unsealed, exactly as append_batch stores them, and the sealer places them. (The writer
+# sends a last hash for every session it appends events to, and seals nothing when it does not
+# know one; a session in the batch only to let its lease go has none.)
 # How it is planned matters (measured with auto_explain and pg_stat_statements):
 # - its lookups are correlated subqueries, one primary-key probe per session, planned with
 #   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
@@ -255,7 +261,8 @@ BEGIN
             AND NOT EXISTS (
                 SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
                     AS a(session_id, base_version, base_hash)
-                WHERE a.base_version > 0 AND a.base_hash IS DISTINCT FROM (
+                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
+                    AND a.base_hash IS DISTINCT FROM (
                     SELECT e.hash FROM chatledger.events e
                     WHERE e.session_id = a.session_id AND e.version = a.base_version));
     END IF;
@@ -279,23 +286,7 @@ BEGIN
                                      number)
             ORDER BY u.number;
     END IF;
-    INSERT INTO chatledger.sessions (session_id, version, info)
-        SELECT * FROM unnest(index_sessions, index_versions, infos)
-        ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
-    IF cardinality(lease_sessions) > 0 THEN
-        INSERT INTO chatledger.leases (session_id, epoch, host, pid, started_at, token,
-                                       expires_at)
-            SELECT * FROM unnest(lease_sessions, lease_epochs, lease_hosts, lease_pids,
-                                 lease_started_ats, lease_tokens, lease_expiries)
-            ON CONFLICT (session_id) DO UPDATE SET epoch = excluded.epoch,
-                host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
-                token = excluded.token, expires_at = excluded.expires_at;
-    END IF;
-    assumed := true;
-    txid := pg_current_xact_id_if_assigned()::text;
-END
-$function$;
-"""
+{_INDEX_LEASES_AND_END}"""
 
 # The sealer's writes were planned the same way (their cached plan joined the batch to a whole
 # scan of the events table): a probe per row, whatever the table's size.

@@ -289,10 +289,13 @@ class AppendWriter:
                 # Woken when a leader's place is free for us, or when our answer is ready.
                 request.sleep(timeout)
                 continue
+            answer: Callable[[], None] | None = None
             try:
-                self._write_batch(batch)
+                answer = self._write_batch(batch)
             finally:
                 self._hand_over()
+            if answer is not None:  # after the hand-over: the next batch is on its way
+                answer()
             self._seal_waiting()
         return request.result(timeout)
 
@@ -326,18 +329,20 @@ class AppendWriter:
             while (self._leaders or self._waiting) and time.monotonic() < deadline:
                 self._idle.wait(0.1)
 
-    def _write_batch(self, batch: list[_Request]) -> None:
+    def _write_batch(self, batch: list[_Request]) -> Callable[[], None] | None:
         try:
-            self._write(batch)
+            return self._write(batch)
         except BaseException as error:  # never leave a caller waiting
             for request in batch:
                 if not request.done():
                     request.set_exception(error)
             raise
 
-    def _write(self, batch: list[_Request]) -> None:
+    def _write(self, batch: list[_Request]) -> Callable[[], None] | None:
         """Write one batch, retrying a lost connection until `reconnect_timeout`; an
-        interrupted commit is resolved by re-reading before anything is tried again."""
+        interrupted commit is resolved by re-reading before anything is tried again. Returns
+        what answers the batch's callers, once the leader's place is handed over (None when
+        they are answered already)."""
         deadline = time.monotonic() + self._reconnect_timeout
         pause = 0.05
         duplicates = 0
@@ -345,8 +350,7 @@ class AppendWriter:
             state: dict[str, Any] = {"sent_commit": False}
             try:
                 txid, outcome = self._transaction(batch, state)
-                self._answer(batch, txid, outcome)
-                return
+                return lambda: self._answer(batch, txid, outcome)
             except pg_errors.UniqueViolation:
                 # Someone wrote without the session locks (the next try sees their rows), or
                 # the session index lags behind the events (it needs a rebuild).
@@ -356,7 +360,7 @@ class AppendWriter:
                 self._fail(batch, LedgerError(
                     "an append's (session, version) is taken although the session index says "
                     "it is free: run `chatledger verify`, then `chatledger rebuild`"))
-                return
+                return None
             except (psycopg.OperationalError, ConnectionLostError) as error:
                 logger.warning("chatledger writer: %s", describe(error))
                 if state["sent_commit"]:
@@ -368,14 +372,14 @@ class AppendWriter:
                         self._fail(batch, AppendOutcomeUnknownError(
                             "lost the connection to PostgreSQL while an append committed: "
                             "read the session's version before appending again"))
-                        return
+                        return None
                     if resolved is not False:
                         self._answer(batch, resolved, state["outcome"])
-                        return
+                        return None
             if time.monotonic() + pause > deadline:
                 self._fail(batch, ConnectionLostError(
                     "cannot reach PostgreSQL to append; nothing was written"))
-                return
+                return None
             time.sleep(pause)  # a bounded back-off between reconnection attempts
             pause = min(pause * 2, 1.0)
 
