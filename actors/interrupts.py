@@ -92,8 +92,9 @@ def wait_for_end(log: EventStore, session_id: str, turn: int, after_version: int
         pause.wait(min(END_POLL_SECONDS, remaining))
 
 
-RunsInFlight = Callable[[], list[tuple[str, int]]]
-"""(session id, turn) of every run in flight in this process."""
+RunsInFlight = Callable[[], list[tuple[str, int, int]]]
+"""(session id, turn, the session's version before the turn started or 0 if not known) of
+every run in flight in this process."""
 
 StopTurn = Callable[[str, int], object]
 """Stops a session's turn in this process (the runtime's interrupt)."""
@@ -129,33 +130,37 @@ class InterruptWatcher:
     def look_once(self) -> int:
         """Look for interrupt requests of the runs in flight now; how many turns it stopped.
         Called on the watcher's thread (tests may call it directly)."""
-        running = set(self.runs())
+        since = {(session_id, turn): version for session_id, turn, version in self.runs()}
         for key in list(self._seen):
-            if key not in running:
+            if key not in since:
                 del self._seen[key]
-        if not running:
+        if not since:
             return 0
         head = self.log.head().position
-        if head == self._head and running <= self._seen.keys():
+        if head == self._head and since.keys() <= self._seen.keys():
             return 0  # nothing was appended anywhere since the last look
         self._head = head
         stopped = 0
-        for session_id, turn in running:
-            if self._asked_to_stop(session_id, turn):
+        for (session_id, turn), started_after in since.items():
+            if self._asked_to_stop(session_id, turn, started_after):
                 logger.info("%s: turn %s was asked to stop from another process",
                             session_id, turn)
                 self.stop(session_id, turn)
                 stopped += 1
         return stopped
 
-    def _asked_to_stop(self, session_id: str, turn: int) -> bool:
-        """Whether an InterruptRequested for the turn was recorded since the last look."""
+    def _asked_to_stop(self, session_id: str, turn: int, started_after: int = 0) -> bool:
+        """Whether an InterruptRequested for the turn was recorded since the last look (the
+        first look reads from `started_after`, the version before the turn started, when it
+        is known: a request names the open turn, so it comes after the turn's start)."""
         key = (session_id, turn)
-        seen = self._seen.get(key)
+        seen = self._seen.get(key, started_after or None)
         if seen == -1:
             return False  # already stopped
         info = self.log.info(session_id)
         if info is None or (seen is not None and info.version <= seen):
+            if seen is not None:
+                self._seen[key] = seen
             return False
         if seen is None:
             records = self.log.latest(session_id, FIRST_LOOK_RECORDS)[1]

@@ -202,3 +202,6 @@ class RunTicket:
     command: SendMessage
     cancel: CancelSwitch = field(default_factory=CancelSwitch)
     trace: TurnTrace = NO_TRACE
+    since_version: int = 0
+    """The session's version before the turn's first `RunStarted` (0: not known): what asks
+    to interrupt this turn is recorded after it."""

@@ -139,7 +139,8 @@ class Runtime:
             self.mcp_files.remove_all()  # what a process that died (SIGKILL) left behind
         self.pool = RunPool(config.max_runs)
         self.interrupts = InterruptWatcher(
-            self.log, lambda: [(t.session_id, t.turn) for t in self.pool.all_in_flight()],
+            self.log, lambda: [(t.session_id, t.turn, t.since_version)
+                               for t in self.pool.all_in_flight()],
             self._interrupt_turn)
         self.pool.on_submit = self.interrupts.run_started
         self.warm = (WarmPool(config, self.dialect, self._record_outside_a_turn)

@@ -112,19 +112,24 @@ class SessionTurns(SessionOwnership):
         emit_all(command.sink, turn_failed(refused.message, "budget_exceeded"))
         return True
 
-    def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None) -> None:
+    def _start_turn(self, command: SendMessage, attempt: int = 1, resume: bool | None = None,
+                    since_version: int = 0) -> None:
         """Record the turn's start (decided on the session as it is, again after a reload;
         fenced by the lease), then hand its run to the pool. A turn left open before it is
         closed first: no RunStarted stays dangling once a later turn has run. With a grant
         in reach (`lease_to_take`), the start is recorded taking the lease (LeaseNotTaken,
-        nothing appended, if that fails)."""
+        nothing appended, if that fails). A retry passes the `since_version` of its first
+        attempt (the session's version before that attempt's start)."""
         lease = self._turn_lease()
+        before = [since_version]
         if attempt == 1 and self.lease is not None:
             self._close_cut_turn()
 
         def decide() -> tuple[list[Event], TurnPlan]:
             self._check_mode_allowed()
             info, lost = self.info, None
+            if not since_version:
+                before[0] = info.version
             resume_id = resume_session_id(info, self.services.config, resume)
             if self.services.warm is not None and resume is None:  # a live turn resumes
                 resume_id = info.agent_session_id or info.fork_agent_session_id
@@ -156,8 +161,8 @@ class SessionTurns(SessionOwnership):
         plan = (self._record(decide, lease) if request is None
                 else self._record_taking_lease(decide, request))
         ticket = RunTicket(
-            session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command
-        )
+            session_id=self.session_id, ticket=command.ticket, turn=plan.turn, command=command,
+            since_version=before[0])
         ticket.trace = start_turn_trace(self.session_id, plan.turn, command.queued_at_ns, attempt)
         self.current = ticket
         stream = TurnStream(stream_deltas=command.stream_deltas)
@@ -259,7 +264,8 @@ class SessionTurns(SessionOwnership):
                 ticket.trace.finished(turn_failed("retried with prompt history",
                                                   "agent_error", turn))
                 self._append([*process_events, decision.lost], lease=self._fence())
-                self._start_turn(command, attempt=2, resume=False)
+                self._start_turn(command, attempt=2, resume=False,
+                                 since_version=ticket.since_version)
                 return
             lease = self._fence()
             last = not self.queue  # then the lease goes with the outcome: one write, not two

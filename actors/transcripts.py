@@ -82,6 +82,7 @@ class TurnTranscript:
         self.project_key = ""
         self.restored: Restored | None = None
         self.recorder: TranscriptRecorder | None = None
+        self.begun = False
         self.report: RecorderReport | None = None
 
     @classmethod
@@ -103,8 +104,9 @@ class TurnTranscript:
     def begin(self, restore: bool = True) -> None:
         """Restore the file to resume from (if the ledger has more than it; `restore` False
         skips it, for a turn given to a live process that already read the file), then
-        start the recorder (if the turn mirrors). BLOCKING (a ledger read, a file write):
-        call it on the run's thread before the agent is spawned."""
+        ready the recorder (if the turn mirrors: its thread starts with the first frame,
+        so that the user line does not wait for a thread start). BLOCKING (a ledger read, a
+        file write): call it on the run's thread before the agent is spawned."""
         projects, self.project_key = agent_places(self.agent_env, self.agent_cwd)
         self.projects = projects
         if self.resume_agent_session_id and restore:
@@ -115,15 +117,17 @@ class TurnTranscript:
             except Exception:  # noqa: BLE001 - claude may still have it; else the fallback
                 logger.exception("could not restore transcript %s of session %s",
                                  self.resume_agent_session_id, self.session_id)
-        if self.mirror:
-            self.recorder = TranscriptRecorder(self.store, projects, turn=self.turn,
-                                               turn_session_id=self.session_id)
+        self.begun = True
 
     def take(self, update: AgentUpdate) -> bool:
-        """Queue a transcript frame for the ledger; whether `update` was one (then it is
-        not for the caller). Never blocks."""
+        """Queue a transcript frame for the ledger (the first one starts the recorder);
+        whether `update` was one (then it is not for the caller). Never blocks on the
+        ledger. Call it on the run's thread."""
         if not isinstance(update, TranscriptFrame):
             return False
+        if self.recorder is None and self.mirror and self.begun:
+            self.recorder = TranscriptRecorder(self.store, self.projects, turn=self.turn,
+                                               turn_session_id=self.session_id)
         if self.recorder is not None:
             self.recorder.feed(MirrorFrame(update.file_path, list(update.entries)))
         return True

@@ -11,11 +11,12 @@ values the actor hands in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +93,9 @@ class WarmTurn:
     live_argv: tuple[str, ...]
     identity: tuple[str, ...]
     cold_argv: tuple[str, ...]
-    reseed: Reseed | None = None
-    """With `live_argv` resuming: the recorded turns its transcript must hold (re-seed)."""
+    reseed: Callable[[], Reseed | None] | None = None
+    """With `live_argv` resuming: what builds the recorded turns its transcript must hold
+    (re-seed), called only if the turn's process was freshly started with `--resume`."""
 
 
 @dataclass(frozen=True)
@@ -205,9 +207,9 @@ def plan_turn(
                               fork)
         except ValueError as error:
             refusal = str(error)
-        if warm is not None and resume_id:
-            warm = dataclasses.replace(warm, reseed=reseed_for(
-                session_id=info.session_id, recent=recent,
+        if warm is not None and resume_id:  # built only if a fresh process needs it
+            warm = dataclasses.replace(warm, reseed=functools.partial(
+                reseed_for, session_id=info.session_id, recent=tuple(recent),
                 last_started=last_started, mode=info.mode, study_id=info.study_id,
                 canvas_state=canvas_state, message=text, turn_id_of=turn_uuid))
     events: list[Event] = []

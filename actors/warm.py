@@ -140,8 +140,10 @@ class WarmPool:
         """The turn's spec, with the recorded turns that the transcript of `resumed` (the
         agent session the process was started with) lacks put back into its prompt
         (recorded as TranscriptReseeded). BLOCKING (reads the file)."""
-        reseed = warm.reseed
-        if reseed is None or not self.dialect.resumes_from_transcript_file:
+        if warm.reseed is None or not self.dialect.resumes_from_transcript_file:
+            return spec
+        reseed = warm.reseed()
+        if reseed is None:
             return spec
         try:
             projects, project_key = agent_places(self.config.agent_env, self.config.agent_cwd)

@@ -131,7 +131,9 @@ def test_a_recorded_interrupt_request_stops_this_process_s_turn_within_a_bound(
         assert took < 5, took
 
 
-def test_the_watcher_stops_only_the_turn_named_and_only_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("since", [0, 1], ids=["start_unknown", "from_the_turns_start"])
+def test_the_watcher_stops_only_the_turn_named_and_only_once(tmp_path: Path,
+                                                             since: int) -> None:
     from chatledger.actors.interrupts import InterruptWatcher
     from chatledger.events import MessageSent, RunStarted, SessionCreated
 
@@ -147,7 +149,9 @@ def test_the_watcher_stops_only_the_turn_named_and_only_once(tmp_path: Path) -> 
             stopped.append((session_id, turn))
             told.set()
 
-        watcher = InterruptWatcher(log, lambda: [("a", 1), ("b", 1)], stop, poll=0.01)
+        # since: the sessions' version before turn 1 started (1), or not known (0)
+        watcher = InterruptWatcher(log, lambda: [("a", 1, since), ("b", 1, since)], stop,
+                                   poll=0.01)
         try:
             assert told.wait(10)
             log.append("b", [InterruptRequested(turn=2, requested_by="t")], 3)  # not turn 1
@@ -155,11 +159,11 @@ def test_the_watcher_stops_only_the_turn_named_and_only_once(tmp_path: Path) -> 
             looks: list[int] = []
             looked_again = threading.Event()
 
-            def runs() -> list[tuple[str, int]]:
+            def runs() -> list[tuple[str, int, int]]:
                 looks.append(1)
                 if len(looks) >= 6:  # three more polls after the appends
                     looked_again.set()
-                return [("a", 1), ("b", 1)]
+                return [("a", 1, since), ("b", 1, since)]
 
             watcher.runs = runs
             assert looked_again.wait(10)

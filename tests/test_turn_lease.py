@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,23 @@ def open_ledger(tmp_path: Path, **settings: Any) -> Ledger:
 def commits(ledger: Ledger) -> int:
     """How many write transactions the ledger's group-commit writer has committed."""
     return int(ledger.log.store.writer.batches_committed)  # type: ignore[attr-defined]
+
+
+def grants_one_epoch_behind() -> Callable[[LeaseKeeper, str], LeaseRequest | None]:
+    """`LeaseKeeper.grant_in_reach` reading the grant a moment too early: one epoch behind
+    the record."""
+    looked = LeaseKeeper.grant_in_reach
+
+    def stale(self: LeaseKeeper, session_id: str) -> LeaseRequest | None:
+        request = looked(self, session_id)
+        if request is None:
+            return None
+        lease = request.lease
+        return LeaseRequest(lease=type(lease)(session_id=lease.session_id,
+                                              epoch=lease.epoch - 1, owner=lease.owner),
+                            ttl=request.ttl, take_over=request.take_over)
+
+    return stale
 
 
 def test_a_turn_takes_its_lease_in_the_commit_that_records_its_start(tmp_path: Path) -> None:
@@ -66,22 +84,10 @@ def test_a_turn_whose_lease_another_process_holds_records_nothing(tmp_path: Path
 def test_a_grant_that_moved_before_the_commit_starts_the_turn_the_long_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    looked = LeaseKeeper.grant_in_reach
-
-    def stale(self: LeaseKeeper, session_id: str) -> LeaseRequest | None:
-        """The grant as read a moment too early: one epoch behind the record."""
-        request = looked(self, session_id)
-        if request is None:
-            return None
-        lease = request.lease
-        return LeaseRequest(lease=type(lease)(session_id=lease.session_id,
-                                              epoch=lease.epoch - 1, owner=lease.owner),
-                            ttl=request.ttl, take_over=request.take_over)
-
     with open_ledger(tmp_path) as ledger:
         session = ledger.create_session().session_id
         assert ledger.send(session, "one").ok
-        monkeypatch.setattr(LeaseKeeper, "grant_in_reach", stale)
+        monkeypatch.setattr(LeaseKeeper, "grant_in_reach", grants_one_epoch_behind())
         answer = ledger.send(session, "two")
         assert answer.ok and answer.text == "echo: two"
         events = [r.event for r in ledger.events(session)]
@@ -143,18 +149,6 @@ def test_a_run_whose_start_was_not_recorded_never_reaches_the_agent(
         assert ledger.send(session, "warm up").ok
         seen = watch_user_lines(tmp_path / "ledger", monkeypatch)
         slow_commits(monkeypatch, 0.1)
-        looked = LeaseKeeper.grant_in_reach
-
-        def moved(self: LeaseKeeper, session_id: str) -> LeaseRequest | None:
-            """The grant as read a moment too early: one epoch behind the record."""
-            request = looked(self, session_id)
-            if request is None:
-                return None
-            lease = request.lease
-            return LeaseRequest(lease=type(lease)(session_id=lease.session_id,
-                                                  epoch=lease.epoch - 1, owner=lease.owner),
-                                ttl=request.ttl, take_over=request.take_over)
-
-        monkeypatch.setattr(LeaseKeeper, "grant_in_reach", moved)
+        monkeypatch.setattr(LeaseKeeper, "grant_in_reach", grants_one_epoch_behind())
         assert ledger.send(session, "gamma").text == "echo: gamma"
         assert [durable for _, durable in seen] == [1]  # once, after the long way's commit

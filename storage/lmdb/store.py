@@ -100,7 +100,7 @@ class LedgerStore:
 
     def mark_format(self, txn: Any) -> None:
         """Mark a format-1 ledger as format 2 before this release writes records into it.
-        Writer thread only."""
+        Write transaction only."""
         if self._stored_format < layout.FORMAT_VERSION:
             txn.put(layout.META_FORMAT, layout.encode_format(), db=self.meta_db)
             self._format_written = True  # kept once the transaction commits (`_notify`)
@@ -142,10 +142,12 @@ class LedgerStore:
         return layout.decode_head(txn.get(layout.META_HEAD, db=self.meta_db))
 
     def submit(self, payload: AtomicAppends | WriterJob, path: str) -> Any:
-        """Hand a request to the writer and wait for its result. Blocks the caller."""
+        """Hand a request to the writer and wait for its result. Blocks the caller. Appends
+        are committed on the caller's thread when the writer is idle; a job always runs on
+        the writer's thread (tests hold the writer inside one)."""
         if self.writer is None:
             raise LedgerError(f"the ledger at {path} is open read-only")
-        return self.writer.submit(payload)
+        return self.writer.submit(payload, here_if_idle=not isinstance(payload, WriterJob))
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ class LedgerStore:
         return layout.key_position(cursor.key()) + 1 if cursor.last() else 1
 
     def _apply_batch(self, txn: Any, batch: list[Any]) -> list[Any]:
-        """Apply a batch of appends and jobs in the writer's transaction. Writer thread only."""
+        """Apply a batch of appends and jobs in the writer's transaction. Write transaction only."""
         cursor = txn.cursor(db=self.log_db)
         next_position = self._next_position(cursor)
         head = self.head_in(txn)
@@ -188,7 +190,7 @@ class LedgerStore:
         next_position: int,
         log_hash: bytes,
     ) -> None:
-        """Write the batch's index entries and head so far. Writer thread only."""
+        """Write the batch's index entries and head so far. Write transaction only."""
         for session_id, entry in touched.items():
             if entry is not None:
                 txn.put(layout.session_key(session_id), layout.encode_index_entry(entry),
@@ -265,7 +267,7 @@ class LedgerStore:
         log_hash: bytes,
     ) -> tuple[list[Recorded], int, bytes]:
         """Write one session's events after its index `entry` (version already checked);
-        returns the records, the next free position and the new log hash. Writer thread only."""
+        returns the records, the next free position and the new log hash. Write transaction only."""
         session_id = payload.session_id
         version = entry.info.version if entry is not None else 0
         info = entry.info if entry is not None else SessionInfo(session_id=session_id)
@@ -307,7 +309,7 @@ class LedgerStore:
         self, txn: Any, records: list[bytes], decoded: list[Recorded]
     ) -> Head | Exception:
         """Write stored records as they are if they continue the log and their sessions;
-        returns the new head, or the error (nothing written). Writer thread only: an error is
+        returns the new head, or the error (nothing written). Write transaction only: an error is
         returned, not raised, so the other requests of the batch still commit."""
         plan = plan_verbatim(
             self.head_in(txn), records, decoded, lambda sid: self.index_entry_in(txn, sid)
@@ -332,7 +334,7 @@ class LedgerStore:
     ) -> list[Recorded] | Exception:
         """Remove the content of a version of a session (None: of all of it) and append its
         Redacted events, in the writer's transaction; returns the Redacted records, or the
-        error (nothing written). Writer thread only: an error is returned, not raised, so the
+        error (nothing written). Write transaction only: an error is returned, not raised, so the
         other requests of the batch still commit."""
         entry = self.index_entry_in(txn, session_id)
         if entry is None:

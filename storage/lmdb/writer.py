@@ -1,9 +1,12 @@
-"""Group commit: one writer thread owns every LMDB write transaction of a ledger in a process.
+"""Group commit: one writer per ledger in a process, through which every LMDB write goes.
 
-Callers hand in requests and wait; the writer takes whatever is waiting, applies it in one
-write transaction (one fsync for many events), commits, and answers each caller with its own
-result or its own error. A write transaction never spans anything slow: requests arrive
-encoded, and callers are woken only after the commit.
+Callers hand in requests and wait; the writer thread takes whatever is waiting, applies it
+in one write transaction (one fsync for many events), commits, and answers each caller with
+its own result or its own error. A caller that finds the writer idle (nothing queued, no
+batch taken, no commit running) commits its own request on its own thread instead, in the
+same way: a lone append (a warm turn's) saves the two thread hand-offs. Write transactions
+run one at a time, in the order their requests arrived. A write transaction never spans
+anything slow: requests arrive encoded, and callers are woken only after the commit.
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ class _Inbox:
         self._lock = threading.Lock()
         self._items: list[WriteRequest | None] = []
         self._wanted = 0  # 0: the writer is not waiting
+        self._taken = False  # the writer took requests and has not committed them yet
         self._bell = threading.Lock()
         self._bell.acquire()
 
@@ -134,6 +138,17 @@ class _Inbox:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def claim_idle(self, token: threading.Lock) -> bool:
+        """Take the commit `token` if nothing waits and the writer took nothing (a caller
+        may then commit its own request); whether it was taken. Never blocks."""
+        with self._lock:
+            return not self._items and not self._taken and token.acquire(blocking=False)
+
+    def committed(self) -> None:
+        """The writer committed (or failed) what it took."""
+        with self._lock:
+            self._taken = False
 
     def take(self, wanted: int, timeout: float | None, limit: int) -> list[WriteRequest | None]:
         """Up to `limit` items once there are `wanted` (or a stop), or whatever there is
@@ -152,6 +167,7 @@ class _Inbox:
                     else:  # rung just after the timeout: the ring is on its way, take it
                         self._bell.acquire()
             items, self._items = self._items[:limit], self._items[limit:]
+            self._taken = self._taken or bool(items)
             return items
 
 
@@ -170,19 +186,29 @@ class GroupCommitWriter:
         self._inbox = _Inbox()
         self._closed = False
         self._lock = threading.Lock()
+        self._token = threading.Lock()
+        """Held by whoever runs a write transaction: the writer thread or an idle caller."""
         self.batches_committed = 0
         self._thread = threading.Thread(
             target=self._run, name=f"chatledger-writer:{shared.path.name}", daemon=True
         )
         self._thread.start()
 
-    def submit(self, payload: Any) -> Any:
-        """Queue a request and block until the writer committed it (or failed it)."""
+    def submit(self, payload: Any, *, here_if_idle: bool = True) -> Any:
+        """Queue a request and block until the writer committed it (or failed it); with the
+        writer idle (and `here_if_idle`), commit it on this thread instead."""
         request = WriteRequest(payload)
         with self._lock:
             if self._closed:
                 raise LedgerClosedError("the ledger is closed")
-            self._inbox.put(request)
+            alone = here_if_idle and self._inbox.claim_idle(self._token)
+            if not alone:
+                self._inbox.put(request)
+        if alone:
+            try:
+                self._commit([request])
+            finally:
+                self._token.release()
         return request.result()
 
     def queued(self) -> int:
@@ -197,6 +223,8 @@ class GroupCommitWriter:
             self._closed = True
             self._inbox.put(None)
         self._thread.join()
+        with self._token:  # a caller's own commit still running
+            pass
 
     def _run(self) -> None:
         """The writer loop. Runs in the writer thread.
@@ -227,8 +255,10 @@ class GroupCommitWriter:
             batch = [item for item in items if item is not None]
             if batch:
                 previous = len(batch)
-                self._commit(batch)
+                with self._token:
+                    self._commit(batch)
                 recent.append(batch)
+            inbox.committed()
             if None in items:
                 while recent:
                     wake_stragglers(recent.popleft())
