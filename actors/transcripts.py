@@ -107,11 +107,10 @@ class TurnTranscript:
         ready the recorder (if the turn mirrors: its thread starts with the first frame,
         so that the user line does not wait for a thread start). BLOCKING (a ledger read, a
         file write): call it on the run's thread before the agent is spawned."""
-        projects, self.project_key = agent_places(self.agent_env, self.agent_cwd)
-        self.projects = projects
         if self.resume_agent_session_id and restore:
+            self._find_places()
             try:
-                self.restored = restore_transcript(self.store, projects, self.project_key,
+                self.restored = restore_transcript(self.store, self.projects, self.project_key,
                                                    self.resume_agent_session_id,
                                                    self.transcripts.complete_files)
             except Exception:  # noqa: BLE001 - claude may still have it; else the fallback
@@ -126,11 +125,19 @@ class TurnTranscript:
         if not isinstance(update, TranscriptFrame):
             return False
         if self.recorder is None and self.mirror and self.begun:
+            self._find_places()
             self.recorder = TranscriptRecorder(self.store, self.projects, turn=self.turn,
                                                turn_session_id=self.session_id)
         if self.recorder is not None:
             self.recorder.feed(MirrorFrame(update.file_path, list(update.entries)))
         return True
+
+    def _find_places(self) -> None:
+        """Where the agent keeps its transcripts, found when first needed: a live turn with
+        nothing to restore and no frame makes no system call for it (each one lets other
+        threads take the GIL before the user line is written)."""
+        if not self.project_key:
+            self.projects, self.project_key = agent_places(self.agent_env, self.agent_cwd)
 
     def finish(self, timeout: float = CLOSE_TIMEOUT) -> RecorderReport | None:
         """Wait (at most `timeout` s) until the run's frames are in the ledger; the report.

@@ -90,6 +90,29 @@ def test_every_caller_of_one_batch_gets_its_own_records(log: EventLog) -> None:
     assert log.verify().ok
 
 
+def test_a_lone_append_commits_on_its_callers_thread_unless_that_is_the_main_one(
+        log: EventLog) -> None:
+    writer = log.store.writer
+    assert writer is not None
+    committed_on: list[threading.Thread] = []
+    apply_batch = writer._apply_batch
+
+    def observed(txn: Any, batch: list[Any]) -> list[Any]:
+        committed_on.append(threading.current_thread())
+        return apply_batch(txn, batch)
+
+    writer._apply_batch = observed  # type: ignore[method-assign]
+    outcomes = Outcomes()
+    caller = outcomes.appender(log, "alone", 0)
+    caller.join(30)
+    log.append("main", [SessionCreated()], 0)
+    assert outcomes.results["alone"][0].version == 1
+    assert committed_on[0] is caller  # the writer was idle: no hand-off
+    assert committed_on[1] is not threading.main_thread()  # the writer's thread
+    assert committed_on[1].name.startswith("chatledger-writer")
+    assert log.verify().ok
+
+
 def test_errors_in_a_batch_reach_only_their_own_callers(log: EventLog) -> None:
     for name in ("b", "d"):
         log.append(name, [SessionCreated()], 0)

@@ -196,3 +196,30 @@ def test_history_export_and_verify_cover_a_mirrored_session(tmp_path: Path) -> N
     assert checked.exit_code == 0 and "2 session(s)" in checked.output, checked.output
     verified = runner.invoke(cli, [*base, "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+def test_a_live_turns_upkeep_finds_places_and_starts_its_recorder_only_at_the_first_frame(
+        tmp_path: Path) -> None:
+    import threading
+
+    from chatledger.actors.transcripts import Transcripts, TurnTranscript
+    from chatledger.storage import open_store
+
+    home = tmp_path / "claude"
+    with open_store(str(tmp_path / "ledger")) as log:
+        upkeep = TurnTranscript(Transcripts(LedgerSessionStore(log)), turn=1, session_id="s",
+                                mirror=True, resume_agent_session_id="agent-1",
+                                agent_env={"CLAUDE_CONFIG_DIR": str(home)},
+                                agent_cwd=str(tmp_path))
+        threads = threading.active_count()
+        upkeep.begin(restore=False)  # a live process holds the conversation already
+        # before the user line: no system call for the places, no recorder thread
+        assert upkeep.project_key == "" and upkeep.recorder is None
+        assert threading.active_count() == threads
+        key = project_key_for_directory(tmp_path)
+        frame = TranscriptFrame(file_path=str(home / "projects" / key / "agent-1.jsonl"),
+                                entries=({"type": "user", "uuid": "u1"},))
+        assert upkeep.take(frame)
+        assert upkeep.project_key == key and upkeep.recorder is not None
+        report = upkeep.finish()
+        assert report is not None and report.finished and report.frames == 1

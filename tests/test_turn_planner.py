@@ -145,6 +145,16 @@ def test_a_resumed_turn_sends_no_history_and_says_what_it_resumed() -> None:
     assert "--resume=abc-123" in planned.argv
 
 
+def test_a_live_resumed_turns_reseed_is_built_when_asked_from_the_tail_as_planned() -> None:
+    tail = recent("q1", "a1", "q2", "a2")
+    planned = plan(info=info(turn_count=2, agent_session_id="abc-123"), recent=tail, live=True)
+    assert planned.warm is not None and planned.warm.reseed is not None
+    tail.append(HistoryMessage(role="user", content="q3", timestamp=WHEN, turn=3, mode="user"))
+    reseed = planned.warm.reseed()  # what the warm pool calls for a freshly resumed process
+    assert reseed is not None and [recorded.turn for recorded in reseed.turns] == [1, 2]
+    assert reseed.message == "hello"
+
+
 # -- while the agent runs -------------------------------------------------------------------
 
 

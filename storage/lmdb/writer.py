@@ -2,11 +2,12 @@
 
 Callers hand in requests and wait; the writer thread takes whatever is waiting, applies it
 in one write transaction (one fsync for many events), commits, and answers each caller with
-its own result or its own error. A caller that finds the writer idle (nothing queued, no
-batch taken, no commit running) commits its own request on its own thread instead, in the
-same way: a lone append (a warm turn's) saves the two thread hand-offs. Write transactions
-run one at a time, in the order their requests arrived. A write transaction never spans
-anything slow: requests arrive encoded, and callers are woken only after the commit.
+its own result or its own error. A caller (other than the main thread) that finds the
+writer idle (nothing queued, no batch taken, no commit running) commits its own request on
+its own thread instead, in the same way: a lone append (a warm turn's) saves the two thread
+hand-offs. Write transactions run one at a time, in the order their requests arrived. A
+write transaction never spans anything slow: requests arrive encoded, and callers are woken
+only after the commit.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class WriteRequest:
             raise self._error
         return self._result
 
+
+_MAIN = threading.main_thread()
 
 _HANDOFF = threading.Lock()
 """Makes waking a caller once-only, whoever does it (the caller before it, or the writer)."""
@@ -201,7 +204,10 @@ class GroupCommitWriter:
         with self._lock:
             if self._closed:
                 raise LedgerClosedError("the ledger is closed")
-            alone = here_if_idle and self._inbox.claim_idle(self._token)
+            # Not on the main thread, where a signal's exception could land between the
+            # commit and its answer: it waits for the writer, as before.
+            alone = here_if_idle and threading.current_thread() is not _MAIN \
+                and self._inbox.claim_idle(self._token)
             if not alone:
                 self._inbox.put(request)
         if alone:
