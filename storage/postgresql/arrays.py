@@ -125,14 +125,13 @@ bytea_array = _variable(ByteaArray, lambda value: value)  # type: ignore[arg-typ
 """bytea[] of a list of bytes (None elements are NULL); None for an empty list."""
 
 
-def timestamptz_array(values: Sequence[object]) -> TimestamptzArray | None:
+_microsecond_array = _fixed(TimestamptzArray, "q", 8)  # 8-byte microseconds since 2000
+
+
+def timestamptz_array(values: Sequence[object]) -> BinaryArray | None:
     """timestamptz[] of a list of aware datetimes; None for an empty list."""
-    encoded = int8_array([None if value is None else _microseconds(value) for value in values])
-    if encoded is None:
-        return None
-    # Same layout as int8[] (8-byte microseconds since 2000-01-01 UTC), another element type.
-    header = _HEADER.pack(1, int(None in values), _ELEMENT_OIDS[TimestamptzArray], len(values), 1)
-    return TimestamptzArray(header + encoded[_HEADER.size:])
+    return _microsecond_array([None if value is None else _microseconds(value)
+                               for value in values])
 
 
 def _register() -> None:

@@ -93,7 +93,7 @@ class SealResult(NamedTuple):
     head: Head
     complete: bool
     """False when the batch limit cut the work short: seal again."""
-    hashes: dict[SealKey, bytes] = {}
+    hashes: dict[SealKey, bytes]
     """(session, version) -> the hash of the record placed there"""
 
 
@@ -117,7 +117,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
     read_head = Head(position, log_hash)
     rows = [row[3:] for row in rows if row[3] is not None]
     if not rows:
-        return SealResult({}, horizon, read_head, True)
+        return SealResult({}, horizon, read_head, True, {})
     complete = len(rows) < limit
     sealed_below = horizon if complete else int(rows[-1][0])
     last_in_batch: dict[str, tuple[int, bytes]] = {}
@@ -152,7 +152,7 @@ def _seal(connection: psycopg.Connection[Any], limit: int) -> SealResult:
     stored = connection.execute(_STORE, [expected, position, log_hash, str(sealed_below),
                                          *columns, SEAL_CHANNEL]).fetchone()
     if stored is None or not stored[0]:
-        return SealResult({}, 0, read_head, False)  # the head moved meanwhile: seal again
+        return SealResult({}, 0, read_head, False, {})  # the head moved: seal again
     return SealResult(placed, sealed_below, Head(position, log_hash), complete, hashes)
 
 

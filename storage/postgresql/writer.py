@@ -531,9 +531,7 @@ class AppendWriter:
             new_head = Head(head.position + len(hashes), hashes[-1])  # type: ignore[union-attr]
             for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
                 last_hashes[session_id] = (version, digest)
-            with self._known_lock:
-                if self._head is None or new_head.position > self._head.position:
-                    self._head = new_head
+            self.learn_seal(new_head, {})  # the hashes go in with the index entries below
             self._sealer.placed_inline(new_head)
         else:
             outcome.placed = {}
