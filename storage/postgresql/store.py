@@ -36,12 +36,13 @@ from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_ap
 from . import leases, redaction
 from .connection import ConnectionLostError, Pool, connect, describe, redact, retrying
 from .listener import SealListener
+from .pipeline import StatementPipeline
 from .records import decode_info, encode_info, row_record
 from .schema import SCHEMA_VERSION, migrate, stored_version
 from .sealer import Sealer
 from .verbatim import UnsealedSessionError, write_verbatim
 from .verify import PostgresVerifyReport, verify_snapshot
-from .writer import AppendOutcomeUnknownError, AppendWriter
+from .writer import APPEND_BATCH, APPEND_BATCH_NAME, AppendOutcomeUnknownError, AppendWriter
 
 READ_CHUNK = 1024
 
@@ -103,6 +104,7 @@ class PostgresStore:
         seal_lag_limit: float = 30.0,
         max_batch: int = 1024,
         writers: int = 1,
+        pipeline_depth: int = 2,
         append_timeout: float = 60.0,
         reconnect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 30.0,
@@ -135,9 +137,14 @@ class PostgresStore:
                              wait_timeout=seal_wait_timeout, on_sealed=self._on_sealed)
         if seal:
             self.sealer.start()
-        self.writer = AppendWriter(self._pool, self.sealer, wait_for_seal=wait_for_seal and seal,
-                                   max_batch=max_batch, reconnect_timeout=reconnect_timeout,
-                                   writers=writers, seal_inline=seal)
+        pipeline = StatementPipeline(
+            lambda: connect(url, connect_timeout=connect_timeout, autocommit=True,
+                            idle_in_transaction_timeout=idle_in_transaction_timeout),
+            APPEND_BATCH_NAME, APPEND_BATCH, depth=pipeline_depth)
+        self.writer = AppendWriter(self._pool, pipeline, self.sealer,
+                                   wait_for_seal=wait_for_seal and seal, max_batch=max_batch,
+                                   reconnect_timeout=reconnect_timeout, writers=writers,
+                                   seal_inline=seal)
         if seal:
             self.writer.learn_seal(self.head(), {})
         self._listener: SealListener | None = None

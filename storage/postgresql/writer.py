@@ -50,6 +50,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -78,12 +79,15 @@ from .arrays import (
     timestamptz_array,
 )
 from .connection import ConnectionLostError, Pool, describe
+from .pipeline import StatementPipeline
 from .records import encode_info, lease_columns, with_seal
 from .schema import SEAL_CHANNEL, SESSION_LOCK_CLASS, session_lock_key
 from .sealer import Sealer, SealKey
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_TIMEOUT = 60.0
+"""How long a batch's call may wait for room in the pipeline, and then for its answer."""
 SEALS_PER_LEADER = 4
 """How many seals in a row a leader makes for others before leaving them to the sealer."""
 KNOWN_SESSIONS = 16384
@@ -153,6 +157,23 @@ class _Request:
         return self._result
 
 
+class _LeaderPlace:
+    """A leader's place, given up once: when its batch's call is sent (the next leader
+    prepares the next batch meanwhile), or when its batch is done."""
+
+    __slots__ = ("_hand_over", "_held")
+
+    def __init__(self, hand_over: Callable[[], None]) -> None:
+        self._hand_over = hand_over
+        self._held = True
+
+    def give_up(self) -> None:
+        """Let the next leader in (once)."""
+        if self._held:
+            self._held = False
+            self._hand_over()
+
+
 _LOCK = "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key"
 _VERSIONS = (
     "SELECT s.session_id, s.version, s.info, e.hash FROM chatledger.sessions s"
@@ -171,16 +192,7 @@ _WRITE = (
 )
 # Binary parameters, encoded by `arrays.py` (psycopg's generic list dumper cost more client CPU
 # than anything else in a batch); an empty array is sent as NULL, which the function reads as
-# empty.
-_APPEND_BATCH = (
-    "SELECT assumed, sealed, txid FROM chatledger.append_batch_sealed(%b::int4[], %b::text[],"
-    " %b::int8[], %b::bytea[],"
-    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[],"
-    " %b::text[], %b::int8[], %b::timestamptz[], %b::int4[], %b::bytea[],"
-    " %b::text[], %b::int8[], %b::bytea[],"
-    " %b::text[], %b::int8[], %b::text[], %b::int8[], %b::float8[], %b::text[], %b::float8[],"
-    " %s, %b, %b::bytea[], %b::bytea[], %s)"
-)
+# empty. The call is a prepared statement of the writer's pipeline (see `pipeline.py`).
 _BATCH_ARRAYS = (
     int4_array, text_array, int8_array, bytea_array,  # locks, sessions, versions, hashes
     text_array, int8_array, text_array, int8_array, float8_array, text_array,  # fenced leases
@@ -189,7 +201,21 @@ _BATCH_ARRAYS = (
     text_array, int8_array, text_array, int8_array, float8_array, text_array,  # released
     float8_array,  # leases
 )
-"""The encoder of each array parameter of `_APPEND_BATCH`, in order."""
+"""The encoder of each array parameter of `APPEND_BATCH`, in order."""
+_BATCH_TYPES = (
+    "int4[]", "text[]", "int8[]", "bytea[]",
+    "text[]", "int8[]", "text[]", "int8[]", "float8[]", "text[]",
+    "text[]", "int8[]", "timestamptz[]", "int4[]", "bytea[]",
+    "text[]", "int8[]", "bytea[]",
+    "text[]", "int8[]", "text[]", "int8[]", "float8[]", "text[]", "float8[]",
+    "int8", "bytea", "bytea[]", "bytea[]", "text",  # the assumed head, the seal, the channel
+)
+APPEND_BATCH_NAME = "chatledger_append_batch"
+APPEND_BATCH = ("SELECT assumed, sealed, txid FROM chatledger.append_batch_sealed("
+                + ", ".join(f"${number}::{kind}" for number, kind in
+                            enumerate(_BATCH_TYPES, start=1)) + ")")
+"""The writer's one call per batch, prepared on its pipeline's connection."""
+_INT8 = struct.Struct("!q")
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -228,9 +254,13 @@ class AppendWriter:
     them in one transaction on its own thread; the others wait for their answer. No hand-off
     to another thread when nobody else is appending. `write` is called from any thread."""
 
-    def __init__(self, pool: Pool, sealer: Sealer, *, wait_for_seal: bool, max_batch: int,
-                 reconnect_timeout: float, writers: int = 1, seal_inline: bool = True) -> None:
+    def __init__(self, pool: Pool, pipeline: StatementPipeline, sealer: Sealer, *,
+                 wait_for_seal: bool, max_batch: int, reconnect_timeout: float,
+                 writers: int = 1, seal_inline: bool = True) -> None:
         self._pool = pool
+        self._pipeline = pipeline
+        """The connection every batch's call goes down, without waiting for the batch before
+        it (`APPEND_BATCH`, prepared there); the pool serves the slow path."""
         self._sealer = sealer
         self._seal_inline = seal_inline
         self._head: Head | None = None
@@ -247,6 +277,11 @@ class AppendWriter:
         """Callers waiting for a leader's place."""
         self._idle = threading.Condition(self._lock)
         """Notified when nothing is being written or waiting (for close)."""
+        self._in_flight = 0
+        """How many batches were sent down the pipeline and are not answered yet."""
+        self._flights: dict[str, threading.Event] = {}
+        """session -> set once the batch in flight that writes it is answered: a later batch
+        for the session waits for it, so that it is decided on what that one wrote."""
         self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
         """Tests only: called with "before_commit" and "after_commit" in the transaction."""
         self._commits = itertools.count(1)
@@ -273,31 +308,42 @@ class AppendWriter:
         with self._lock:
             self._waiting.append(request)
         while True:
-            batch: list[_Request] = []
             with self._lock:
                 if request.taken:
                     break
-                if self._leaders < self._max_leaders:
+                leading = self._leaders < self._max_leaders
+                if leading:
                     self._leaders += 1
-                    while self._waiting and len(batch) < self._max_batch:
-                        taken = self._waiting.popleft()
-                        taken.taken = True
-                        batch.append(taken)
                 else:
                     self._sleeping.append(request)
-            if not batch:
+            if not leading:
                 # Woken when a leader's place is free for us, or when our answer is ready.
                 request.sleep(timeout)
                 continue
             answer: Callable[[], None] | None = None
+            place = _LeaderPlace(self._hand_over)
             try:
-                answer = self._write_batch(batch)
+                # Room in the pipeline first: the batch then takes everyone who came meanwhile.
+                self._pipeline.wait_for_room(PIPELINE_TIMEOUT)
+                batch = self._take_waiting()
+                if batch:
+                    answer = self._write_batch(batch, place)
             finally:
-                self._hand_over()
+                place.give_up()
             if answer is not None:  # after the hand-over: the next batch is on its way
                 answer()
             self._seal_waiting()
         return request.result(timeout)
+
+    def _take_waiting(self) -> list[_Request]:
+        """A leader takes the requests waiting (up to `max_batch`) into its batch."""
+        batch: list[_Request] = []
+        with self._lock:
+            while self._waiting and len(batch) < self._max_batch:
+                taken = self._waiting.popleft()
+                taken.taken = True
+                batch.append(taken)
+        return batch
 
     @property
     def leaders(self) -> int:
@@ -319,26 +365,30 @@ class AppendWriter:
                 if not sleeper.taken:
                     sleeper.wake()
                     break
-            if not self._leaders and not self._waiting:
+            if not self._leaders and not self._waiting and not self._in_flight:
                 self._idle.notify_all()
 
     def close(self, timeout: float = 60.0) -> None:
-        """Wait (up to `timeout` seconds) until no append is being written or waiting."""
+        """Wait (up to `timeout` seconds) until no append is being written or waiting, then
+        close the pipeline's connection."""
         deadline = time.monotonic() + timeout
         with self._idle:
-            while (self._leaders or self._waiting) and time.monotonic() < deadline:
+            while (self._leaders or self._waiting or self._in_flight) and \
+                    time.monotonic() < deadline:
                 self._idle.wait(0.1)
+        self._pipeline.close()
 
-    def _write_batch(self, batch: list[_Request]) -> Callable[[], None] | None:
+    def _write_batch(self, batch: list[_Request], place: _LeaderPlace
+                     ) -> Callable[[], None] | None:
         try:
-            return self._write(batch)
+            return self._write(batch, place)
         except BaseException as error:  # never leave a caller waiting
             for request in batch:
                 if not request.done():
                     request.set_exception(error)
             raise
 
-    def _write(self, batch: list[_Request]) -> Callable[[], None] | None:
+    def _write(self, batch: list[_Request], place: _LeaderPlace) -> Callable[[], None] | None:
         """Write one batch, retrying a lost connection until `reconnect_timeout`; an
         interrupted commit is resolved by re-reading before anything is tried again. Returns
         what answers the batch's callers, once the leader's place is handed over (None when
@@ -349,7 +399,7 @@ class AppendWriter:
         while True:
             state: dict[str, Any] = {"sent_commit": False}
             try:
-                txid, outcome = self._transaction(batch, state)
+                txid, outcome = self._transaction(batch, state, place)
                 return lambda: self._answer(batch, txid, outcome)
             except pg_errors.UniqueViolation:
                 # Someone wrote without the session locks (the next try sees their rows), or
@@ -400,21 +450,30 @@ class AppendWriter:
             if not request.done():
                 request.set_exception(error)
 
-    def _transaction(self, batch: list[_Request], state: dict[str, Any]
+    def _transaction(self, batch: list[_Request], state: dict[str, Any], place: _LeaderPlace
                      ) -> tuple[int | None, _Batch]:
+        self._wait_for_flights(batch)
+        assumed = self._assume(batch)
+        if assumed is not None:
+            done = self._in_one_call(batch, assumed, state, place)
+            if done is not None:
+                return done
+            self.slow_batches += 1
         with self._pool.connection() as connection:
             try:
-                assumed = self._assume(batch)
-                if assumed is not None:
-                    done = self._in_one_call(connection, batch, assumed, state)
-                    if done is not None:
-                        return done
-                    self.slow_batches += 1
                 return self._in_transaction(connection, batch, state)
             except psycopg.Error:
                 if not connection.closed:
                     connection.rollback()
                 raise
+
+    def _wait_for_flights(self, batch: list[_Request]) -> None:
+        """Wait until no batch in flight writes any of this batch's sessions."""
+        with self._known_lock:
+            flights = {self._flights[append.session_id] for request in batch
+                       for append in request.appends if append.session_id in self._flights}
+        for flight in flights:
+            flight.wait(self._reconnect_timeout + PIPELINE_TIMEOUT)
 
     def _assume(self, batch: list[_Request]) -> _Batch | None:
         """The state this batch's sessions are assumed to be in: the last version and info
@@ -477,12 +536,14 @@ class AppendWriter:
             self._keep_hashes({session_id: (version, digest)
                                for (session_id, version), digest in hashes.items()})
 
-    def _in_one_call(self, connection: psycopg.Connection[Any], batch: list[_Request],
-                     outcome: _Batch, state: dict[str, Any]) -> tuple[int | None, _Batch] | None:
+    def _in_one_call(self, batch: list[_Request], outcome: _Batch, state: dict[str, Any],
+                     place: _LeaderPlace) -> tuple[int | None, _Batch] | None:
         """The batch decided on the assumed state and written by one call of
-        `chatledger.append_batch` in autocommit: one round trip, one transaction, which
-        writes only if the assumed state is the stored one. None if it was not (nothing was
-        written)."""
+        `chatledger.append_batch_sealed` down the pipeline: one transaction, which writes
+        only if the assumed state is the stored one. The leader's place is given up once the
+        call is sent, so the next batch is prepared and sent while this one runs, and sealed
+        for the head this one leaves if this one seals. None if the assumed state was not the
+        stored one (nothing was written)."""
         session_ids = sorted(outcome.index.keys() | outcome.assumed_new)
         bases = [outcome.index[session_id][0] if session_id in outcome.index else 0
                  for session_id in session_ids]
@@ -501,43 +562,84 @@ class AppendWriter:
         head, hashes, records = self._seal_columns(outcome)
         state["outcome"] = outcome
         if self.fault is not None:
-            self.fault("before_commit", connection)
+            self.fault("before_commit", self._pipeline.connection())
         arrays: list[Sequence[Any]] = [
             keys, session_ids, bases, base_hashes, *assumed_leases, *outcome.columns,
             *self._index_columns(outcome, touched), *lease_columns(outcome.released)]
+        params = [*(encode(array) for encode, array in zip(_BATCH_ARRAYS, arrays, strict=True)),
+                  _INT8.pack(head.position) if head is not None else None,
+                  head.hash if head is not None else None,
+                  bytea_array(hashes), bytea_array(records), SEAL_CHANNEL.encode()]
         state["sent_commit"] = True
-        connection.autocommit = True
+        call = self._pipeline.send(params, PIPELINE_TIMEOUT)
+        predicted = (Head(head.position + len(hashes), hashes[-1])
+                     if head is not None and hashes else None)
+        flight = self._take_off(session_ids, head, predicted)
+        place.give_up()
         try:
-            row = connection.execute(_APPEND_BATCH, [
-                *(encode(array) for encode, array in zip(_BATCH_ARRAYS, arrays, strict=True)),
-                head.position if head is not None else None,
-                head.hash if head is not None else None,
-                bytea_array(hashes), bytea_array(records), SEAL_CHANNEL,
-            ]).fetchone()
+            row = self._pipeline.wait(call, PIPELINE_TIMEOUT)
+            sealed = row[1] == b"t"
+            if predicted is not None and not sealed:
+                self._forget_head()
+            if row[0] != b"t":
+                state["sent_commit"] = False
+                return None
+            if self.fault is not None:
+                self.fault("after_commit", self._pipeline.connection())
+            if touched or outcome.released:
+                self.commits = next(self._commits)
+            last_hashes: dict[str, tuple[int, bytes]] = {}
+            if sealed:
+                assert predicted is not None
+                self.sealed_batches += 1
+                for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
+                    last_hashes[session_id] = (version, digest)
+                self.learn_seal(predicted, {})  # the hashes go in with the index entries
+                self._sealer.placed_inline(predicted)
+            else:
+                outcome.placed = {}
+            self._remember({session_id: outcome.index[session_id] for session_id in touched},
+                           last_hashes)
+            return (int(row[2]) if row[2] is not None and touched else None), outcome
+        except BaseException:
+            if predicted is not None:
+                self._forget_head()
+            raise
         finally:
-            if not connection.closed:
-                connection.autocommit = False
-        assert row is not None
-        if not row[0]:
-            state["sent_commit"] = False
-            return None
-        if self.fault is not None:
-            self.fault("after_commit", connection)
-        if touched or outcome.released:
-            self.commits = next(self._commits)
-        last_hashes: dict[str, tuple[int, bytes]] = {}
-        if row[1]:
-            self.sealed_batches += 1
-            new_head = Head(head.position + len(hashes), hashes[-1])  # type: ignore[union-attr]
-            for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
-                last_hashes[session_id] = (version, digest)
-            self.learn_seal(new_head, {})  # the hashes go in with the index entries below
-            self._sealer.placed_inline(new_head)
-        else:
-            outcome.placed = {}
-        self._remember({session_id: outcome.index[session_id] for session_id in touched},
-                       last_hashes)
-        return (int(row[2]) if row[2] is not None and touched else None), outcome
+            self._land(session_ids, flight)
+
+    def _take_off(self, session_ids: list[str], head: Head | None, predicted: Head | None
+                  ) -> threading.Event:
+        """A batch was sent: its sessions are in flight, and if it is sealed for `head`, the
+        next batch assumes the head it leaves (`predicted`)."""
+        flight = threading.Event()
+        with self._known_lock:
+            for session_id in session_ids:
+                self._flights[session_id] = flight
+            if predicted is not None and self._head == head:
+                self._head = predicted
+        with self._lock:
+            self._in_flight += 1
+        return flight
+
+    def _land(self, session_ids: list[str], flight: threading.Event) -> None:
+        """A batch in flight was answered (or failed): its sessions are free again."""
+        with self._known_lock:
+            for session_id in session_ids:
+                if self._flights.get(session_id) is flight:
+                    del self._flights[session_id]
+        flight.set()
+        with self._lock:
+            self._in_flight -= 1
+            if not self._leaders and not self._waiting and not self._in_flight:
+                self._idle.notify_all()
+
+    def _forget_head(self) -> None:
+        """A batch sealed for a predicted head was not sealed: the batches after it assumed
+        a head that is not there. Assume none until the sealer says which it is (it will:
+        the batch left rows unsealed, or wrote none and the slow path writes them)."""
+        with self._known_lock:
+            self._head = None
 
     def _seal_columns(self, outcome: _Batch) -> tuple[Head | None, list[bytes], list[bytes]]:
         """The batch's records sealed for the head this writer assumes, to be stored in the
