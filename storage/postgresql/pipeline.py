@@ -86,6 +86,12 @@ class StatementPipeline:
         self._connection: psycopg.Connection[Any] | None = None
         self._encoding = "utf-8"
 
+    @property
+    def unanswered(self) -> int:
+        """How many calls were sent and are not answered yet."""
+        with self._state:
+            return len(self._calls)
+
     def connection(self) -> psycopg.Connection[Any]:
         """The pipeline's connection, connecting if there is none (tests' fault hooks)."""
         with self._state:
@@ -212,11 +218,16 @@ class StatementPipeline:
             connection.execute(f"PREPARE {self._name.decode()} AS {self._statement}")
             self._encoding = connection.info.encoding
             connection.pgconn.enter_pipeline_mode()
-        except (psycopg.Error, LedgerError) as error:  # the server away, or not writable yet
+        except (psycopg.OperationalError, LedgerError) as error:  # away, or not writable yet
             if connection is not None:
                 connection.close()
             raise ConnectionLostError(f"cannot reach PostgreSQL: {describe(error)}",
                                       describe(error)) from None
+        except psycopg.Error as error:
+            if connection is not None:
+                connection.close()
+            raise LedgerError(f"cannot prepare {self._name.decode()} on PostgreSQL: "
+                              f"{describe(error)}") from None
         self._connection = connection
         return connection
 

@@ -1,0 +1,185 @@
+"""The PostgreSQL writer's pipeline (`storage/postgresql/pipeline.py`): calls sent without
+waiting for the ones before them, each its own transaction, answered in order; an error fails
+only its call, a lost connection fails every unanswered one and the next call reconnects.
+And the writer on it: a batch sent while the one before it runs is sealed for the head that
+one leaves, and when that one does not seal, the next falls back too and inline seals come
+back after the sealer."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the extra is not installed
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
+                allow_module_level=True)
+
+from chatledger.events import MessageSent, SessionCreated
+from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
+from chatledger.storage.postgresql.connection import ConnectionLostError
+from chatledger.storage.postgresql.pipeline import StatementPipeline
+from chatledger.storage.postgresql.schema import SESSION_LOCK_CLASS, session_lock_key
+
+# Inserts a row and says its transaction; waits first for a session advisory lock the test
+# may hold, so a call can be kept running on the server while others queue behind it.
+_INSERT = ("WITH locked AS (SELECT pg_advisory_xact_lock(1, $2::int4))"
+           " INSERT INTO pipelined (id) SELECT $1::int4 FROM locked"
+           " RETURNING id, pg_current_xact_id()::text")
+
+
+def int4(value: int) -> bytes:
+    """An int4 parameter in binary."""
+    return struct.pack("!i", value)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll `condition` until it holds (fails the test after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def pipeline(postgres_url: str) -> Iterator[StatementPipeline]:
+    """A pipeline of `_INSERT` calls, three at most unanswered."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE pipelined (id int4 PRIMARY KEY)")
+    calls = StatementPipeline(lambda: psycopg.connect(postgres_url), "insert_row", _INSERT,
+                              depth=3)
+    yield calls
+    calls.close()
+
+
+@pytest.fixture
+def lock_holder(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the test's own, to hold advisory locks."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        yield connection
+
+
+def test_calls_are_answered_in_order_each_in_its_own_transaction(
+        pipeline: StatementPipeline, lock_holder: psycopg.Connection[Any]) -> None:
+    lock_holder.execute("SELECT pg_advisory_lock(1, 7)")
+    first = pipeline.send([int4(1), int4(7)], 5)  # held on the server by the lock
+    rest = [pipeline.send([int4(number), int4(0)], 5) for number in (2, 3)]
+    assert pipeline.unanswered == 3
+    assert not pipeline.wait_for_room(0.05)  # three unanswered: no room for a fourth
+    lock_holder.execute("SELECT pg_advisory_unlock(1, 7)")
+    rows = [pipeline.wait(call, 5) for call in [first, *rest]]
+    assert [row[0] for row in rows] == [b"1", b"2", b"3"]
+    transactions = [int(row[1] or 0) for row in rows]
+    assert transactions == sorted(set(transactions))  # three commits, in the order sent
+    assert pipeline.unanswered == 0 and pipeline.wait_for_room(0.05)
+
+
+def test_an_error_fails_only_its_own_call(pipeline: StatementPipeline,
+                                          postgres_url: str) -> None:
+    calls = [pipeline.send([int4(number), int4(0)], 5) for number in (1, 1, 2)]
+    assert pipeline.wait(calls[0], 5)[0] == b"1"
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        pipeline.wait(calls[1], 5)
+    assert pipeline.wait(calls[2], 5)[0] == b"2"
+    with psycopg.connect(postgres_url) as connection:
+        assert connection.execute("SELECT array_agg(id ORDER BY id) FROM pipelined"
+                                  ).fetchone() == ([1, 2],)
+
+
+def test_a_lost_connection_fails_every_unanswered_call_and_the_next_call_reconnects(
+        pipeline: StatementPipeline, lock_holder: psycopg.Connection[Any]) -> None:
+    lock_holder.execute("SELECT pg_advisory_lock(1, 7)")
+    backend = pipeline.connection().info.backend_pid
+    calls = [pipeline.send([int4(number), int4(7)], 5) for number in (1, 2)]
+    lock_holder.execute("SELECT pg_terminate_backend(%s)", [backend])
+    for call in calls:
+        with pytest.raises(ConnectionLostError):
+            pipeline.wait(call, 5)
+    lock_holder.execute("SELECT pg_advisory_unlock(1, 7)")
+    assert pipeline.wait(pipeline.send([int4(3), int4(0)], 5), 5)[0] == b"3"
+    assert pipeline.connection().info.backend_pid != backend
+
+
+def test_a_server_that_is_gone_is_a_connection_lost_error(postgres_url: str) -> None:
+    def refuse() -> psycopg.Connection[Any]:
+        return psycopg.connect(postgres_url.replace("postgresql://", "postgresql://nobody@"),
+                               connect_timeout=2)
+
+    calls = StatementPipeline(refuse, "never", "SELECT 1", depth=1)
+    with pytest.raises(ConnectionLostError, match="cannot reach PostgreSQL"):
+        calls.send([], 1)
+    calls.close()
+
+
+def hold_session(connection: psycopg.Connection[Any], session_id: str, *, held: bool) -> None:
+    """Take or let go a session's advisory lock, as another node's append would hold it."""
+    function = "pg_advisory_lock" if held else "pg_advisory_unlock"
+    connection.execute(f"SELECT {function}(%s, %s)",
+                       [SESSION_LOCK_CLASS, session_lock_key(session_id)])
+
+
+def append_in_background(store: PostgresStore, session_id: str, version: int
+                         ) -> tuple[threading.Thread, list[int]]:
+    """Append one message in a thread; the positions it is answered with."""
+    positions: list[int] = []
+    thread = threading.Thread(target=lambda: positions.extend(
+        record.position for record in store.append(
+            session_id, [MessageSent(turn=version, text="hi")], version)))
+    thread.start()
+    return thread, positions
+
+
+def test_a_batch_sent_behind_a_running_one_is_sealed_for_the_head_it_leaves(
+        postgres_url: str, lock_holder: psycopg.Connection[Any]) -> None:
+    with open_postgresql_store(postgres_url, seal_interval=3600, pipeline_depth=2) as store:
+        for session_id in ("alpha", "beta"):
+            store.append(session_id, [SessionCreated()], 0)
+        inline = store.writer.sealed_batches
+        hold_session(lock_holder, "alpha", held=True)
+        first, first_positions = append_in_background(store, "alpha", 1)
+        wait_until(lambda: store.writer._pipeline.unanswered == 1)
+        second, second_positions = append_in_background(store, "beta", 1)
+        wait_until(lambda: store.writer._pipeline.unanswered == 2)  # sent behind the first
+        hold_session(lock_holder, "alpha", held=False)
+        for thread in (first, second):
+            thread.join(30)
+        assert (first_positions, second_positions) == ([3], [4])
+        assert store.writer.sealed_batches == inline + 2  # both in their own transaction
+        assert store.verify().ok
+
+
+def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seals_return(
+        postgres_url: str, lock_holder: psycopg.Connection[Any]) -> None:
+    node_a = open_postgresql_store(postgres_url, seal_interval=3600, pipeline_depth=2)
+    node_b = open_postgresql_store(postgres_url, seal_interval=3600)
+    try:
+        for session_id in ("alpha", "beta"):
+            node_a.append(session_id, [SessionCreated()], 0)
+        node_b.append("gamma", [SessionCreated()], 0)  # node a's head is now stale
+        inline = node_a.writer.sealed_batches
+        hold_session(lock_holder, "alpha", held=True)
+        first, first_positions = append_in_background(node_a, "alpha", 1)
+        wait_until(lambda: node_a.writer._pipeline.unanswered == 1)
+        second, second_positions = append_in_background(node_a, "beta", 1)
+        wait_until(lambda: node_a.writer._pipeline.unanswered == 2)
+        hold_session(lock_holder, "alpha", held=False)
+        for thread in (first, second):
+            thread.join(30)
+        assert node_a.writer.sealed_batches == inline  # neither: the sealer placed both
+        assert sorted(first_positions + second_positions) == [4, 5]
+        node_a.append("alpha", [MessageSent(turn=2, text="again")], 2)
+        assert node_a.writer.sealed_batches == inline + 1  # it learned the head again
+        assert node_a.head().position == 6
+        assert node_a.verify().ok
+    finally:
+        node_a.close()
+        node_b.close()
