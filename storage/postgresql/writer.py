@@ -10,12 +10,15 @@ rather than a writer thread: an append nobody else competes with runs on the cal
 with no hand-off; and a leader seals after giving up its place, so the next batch commits
 while the previous one is being sealed. Why one leader by default: measured here, three
 leaders made batches of ~3.5 instead of ~8 at 16 sessions, and cost ~40 % more CPU per append
-on both sides for no more throughput. Why not psycopg's pipeline mode to save round trips:
-measured here, it cost more client CPU than the round trips it saved; a batch takes one
-round trip instead.
+on both sides for no more throughput. Why a pipeline (`pipeline.py`: one connection in libpq's
+pipeline mode, up to `pipeline_depth` calls unanswered): a leader gives its place up as soon
+as its batch's call is sent, so the next leader decides and sends the next batch while this
+one runs; the server starts it the moment this one commits, instead of a round trip and the
+client's work later. (psycopg's own pipeline waits for every answer at each Sync: no overlap,
+and it cost more client CPU than the round trips it saved.)
 
-One batch, one round trip (schema 5's `chatledger.append_batch_sealed`, called in autocommit,
-so the call is the whole transaction and its commit):
+One batch, one call (schema 5's `chatledger.append_batch_sealed`, followed by a Sync, so the
+call is the whole transaction and its commit):
 1. the leader decides every append with the port's rules (`fences`, `released`, the expected
    versions, the fold of the session index) on the state it assumes: each session's last
    (version, info) as this writer last read or wrote it (a version's info never changes) or
@@ -34,7 +37,10 @@ so the call is the whole transaction and its commit):
    head it assumes (its last seal, or the sealer's, taught it the head and each session's
    last hash), when the server finds those assumptions true under the seal row's lock, which
    it takes only if free; else they go in unsealed and the sealer places them (a node that
-   appends alone seals every batch inline: one round trip, one write per event).
+   appends alone seals every batch inline: one call, one write per event). A batch sent while
+   the one before it is unanswered assumes the head that one leaves if it seals; when it does
+   not, the next falls back too, and the writer assumes no head until the sealer says which
+   it is. A batch for a session that a batch in flight writes waits for that one's answer.
 If the assumed state was not the stored one (another node appended, this writer never saw the
 session, the index was rebuilt) nothing was written, and the batch is decided again on the
 state read under the locks in one transaction of a few statements (`_in_transaction`, also
