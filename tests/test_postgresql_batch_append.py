@@ -208,8 +208,8 @@ def test_a_schema_3_database_is_migrated_to_the_current_schema_and_carries_on(
     _schema_3_database(postgres_url)
     assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch')") == [(None,)]
     with open_postgresql_store(postgres_url) as store:
-        assert SCHEMA_VERSION == 5
-        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(5,)]
+        assert SCHEMA_VERSION == 6
+        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(6,)]
         assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch') IS NOT NULL,"
                                  " to_regproc('chatledger.append_batch_sealed') IS NOT NULL,"
                                  " to_regproc('chatledger.seal_store') IS NOT NULL") == [

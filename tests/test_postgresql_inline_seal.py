@@ -1,4 +1,4 @@
-"""Appends sealed in their own transaction (schema 5's `chatledger.append_batch_sealed`): a
+"""Appends sealed in their own transaction (`chatledger.append_batch_sealed`, schemas 5-6): a
 node that knows the head seals its batch where it commits it, in one round trip; whenever it
 cannot know (another node, the sealer or an import moved the head, a row waits for the
 sealer, the seal row is taken) its events go in unsealed and the sealer places them, with the
@@ -24,6 +24,7 @@ from chatledger.events import MessageSent, SessionCreated
 from chatledger.storage import open_store
 from chatledger.storage.hashing import HASH_SIZE
 from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
+from chatledger.storage.postgresql.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def unsealed_rows(url: str) -> int:
@@ -132,3 +133,25 @@ def test_a_session_whose_last_record_waits_for_the_sealer_is_never_sealed_ahead_
     finally:
         unsealing.close()
         node.close()
+
+
+def test_a_schema_5_ledger_is_migrated_to_6_and_goes_on_sealing_inline(postgres_url: str) -> None:
+    """Schema 6 rewrites append_batch_sealed with fewer statements: a ledger that schema 5's
+    function wrote goes on from the same head, sealed inline, and verifies whole."""
+    with open_postgresql_store(postgres_url, seal_interval=3600) as store:
+        store.append("alpha", [SessionCreated()], 0)
+    with psycopg.connect(postgres_url) as connection:  # the ledger as schema 5 left it
+        connection.execute(MIGRATIONS[5].encode())
+        connection.execute("UPDATE chatledger.schema_version SET version = 5")
+    with open_postgresql_store(postgres_url, seal_interval=3600) as store:
+        # Unknown to this new node, alpha's next append is decided under its lock and sealed
+        # by the sealer; what follows is sealed inline by the new function.
+        assert store.append("alpha", message("on schema 5's head"), 1)[0].position == 2
+        assert store.append("beta", [SessionCreated()], 0)[0].position == 3
+        assert store.append("alpha", message("and on"), 2)[0].position == 4
+        assert store.writer.sealed_batches == 2
+        assert unsealed_rows(postgres_url) == 0
+        assert store.verify().ok
+    with psycopg.connect(postgres_url) as connection:
+        assert connection.execute("SELECT version FROM chatledger.schema_version"
+                                  ).fetchone() == (SCHEMA_VERSION,)
