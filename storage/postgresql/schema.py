@@ -45,6 +45,7 @@ advisory lock so that nodes starting together migrate once. This module only run
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -62,6 +63,7 @@ SEAL_CHANNEL = "chatledger_sealed"
 
 
 
+@functools.lru_cache(maxsize=16384)
 def session_lock_key(session_id: str) -> int:
     """The second key of a session's advisory lock (collisions only make two sessions wait)."""
     digest = hashlib.blake2b(session_id.encode(), digest_size=4).digest()

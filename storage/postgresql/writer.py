@@ -282,12 +282,14 @@ class AppendWriter:
         self._sleeping: collections.deque[_Request] = collections.deque()
         """Callers waiting for a leader's place."""
         self._idle = threading.Condition(self._lock)
-        """Notified when nothing is being written or waiting (for close)."""
+        """Notified when nothing is being written or waiting (for close), and when a batch in
+        flight lands while a batch waits for its sessions."""
         self._in_flight = 0
         """How many batches were sent down the pipeline and are not answered yet."""
-        self._flights: dict[str, threading.Event] = {}
-        """session -> set once the batch in flight that writes it is answered: a later batch
-        for the session waits for it, so that it is decided on what that one wrote."""
+        self._flights: dict[str, int] = {}
+        """session -> how many batches in flight write it: a later batch for the session waits
+        until none does, so that it is decided on what they wrote (`_idle` says when)."""
+        self._flight_waiters = 0
         self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
         """Tests only: called with "before_commit" and "after_commit" in the transaction."""
         self._commits = itertools.count(1)
@@ -475,11 +477,15 @@ class AppendWriter:
 
     def _wait_for_flights(self, batch: list[_Request]) -> None:
         """Wait until no batch in flight writes any of this batch's sessions."""
-        with self._known_lock:
-            flights = {self._flights[append.session_id] for request in batch
-                       for append in request.appends if append.session_id in self._flights}
-        for flight in flights:
-            flight.wait(self._reconnect_timeout + PIPELINE_TIMEOUT)
+        sessions = {append.session_id for request in batch for append in request.appends}
+        deadline = time.monotonic() + self._reconnect_timeout + PIPELINE_TIMEOUT
+        with self._lock:
+            while not sessions.isdisjoint(self._flights) and time.monotonic() < deadline:
+                self._flight_waiters += 1
+                try:
+                    self._idle.wait(0.1)
+                finally:
+                    self._flight_waiters -= 1
 
     def _assume(self, batch: list[_Request]) -> _Batch | None:
         """The state this batch's sessions are assumed to be in: the last version and info
@@ -580,7 +586,7 @@ class AppendWriter:
         call = self._pipeline.send(params, PIPELINE_TIMEOUT)
         predicted = (Head(head.position + len(hashes), hashes[-1])
                      if head is not None and hashes else None)
-        flight = self._take_off(session_ids, head, predicted)
+        self._take_off(session_ids, head, predicted)
         place.give_up()
         try:
             row = self._pipeline.wait(call, PIPELINE_TIMEOUT)
@@ -612,32 +618,32 @@ class AppendWriter:
                 self._forget_head()
             raise
         finally:
-            self._land(session_ids, flight)
+            self._land(session_ids)
 
     def _take_off(self, session_ids: list[str], head: Head | None, predicted: Head | None
-                  ) -> threading.Event:
+                  ) -> None:
         """A batch was sent: its sessions are in flight, and if it is sealed for `head`, the
         next batch assumes the head it leaves (`predicted`)."""
-        flight = threading.Event()
-        with self._known_lock:
-            for session_id in session_ids:
-                self._flights[session_id] = flight
-            if predicted is not None and self._head == head:
-                self._head = predicted
+        if predicted is not None:
+            with self._known_lock:
+                if self._head == head:
+                    self._head = predicted
         with self._lock:
+            for session_id in session_ids:
+                self._flights[session_id] = self._flights.get(session_id, 0) + 1
             self._in_flight += 1
-        return flight
 
-    def _land(self, session_ids: list[str], flight: threading.Event) -> None:
+    def _land(self, session_ids: list[str]) -> None:
         """A batch in flight was answered (or failed): its sessions are free again."""
-        with self._known_lock:
-            for session_id in session_ids:
-                if self._flights.get(session_id) is flight:
-                    del self._flights[session_id]
-        flight.set()
         with self._lock:
+            for session_id in session_ids:
+                left = self._flights[session_id] - 1
+                if left:
+                    self._flights[session_id] = left
+                else:
+                    del self._flights[session_id]
             self._in_flight -= 1
-            if not self._leaders and not self._waiting and not self._in_flight:
+            if self._flight_waiters or not (self._leaders or self._waiting or self._in_flight):
                 self._idle.notify_all()
 
     def _forget_head(self) -> None:
