@@ -111,7 +111,8 @@ class _Request:
     (a latch: cheaper than a Future and an Event), released to wake it when its answer is
     set or when a leader's place is free for it."""
 
-    __slots__ = ("appends", "taken", "_latch", "_done", "_result", "_error")
+    __slots__ = ("appends", "taken", "_latch", "_done", "_result", "_error", "_then",
+                 "_abandoned")
 
     def __init__(self, appends: list[EncodedAppend]) -> None:
         self.appends = appends
@@ -122,6 +123,10 @@ class _Request:
         self._done = False
         self._result: list[list[Recorded]] | None = None
         self._error: BaseException | None = None
+        self._then: _Request | None = None
+        """The next caller of a chain of answers (see `answer_in_turn`), woken by this one."""
+        self._abandoned = False
+        """Its caller stopped waiting (timed out): a chain of answers passes it by."""
 
     def wake(self) -> None:
         """Wake the caller (once for any number of calls before it wakes)."""
@@ -149,18 +154,55 @@ class _Request:
             self.wake()
 
     def result(self, timeout: float) -> list[list[Recorded]]:
-        """The answer, waiting up to `timeout` seconds (then concurrent.futures' timeout)."""
+        """The answer, waiting up to `timeout` seconds (then concurrent.futures' timeout);
+        passes a chain of answers on to the next caller first."""
         deadline = time.monotonic() + timeout
         while not self._done:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._latch.acquire(timeout=remaining):
-                if self._done:
-                    break
-                raise FutureTimeoutError()
+                with _CHAINS:
+                    if not self._done:
+                        self._abandoned = True
+                        raise FutureTimeoutError()
+        self._pass_on()
         if self._error is not None:
             raise self._error
         assert self._result is not None
         return self._result
+
+
+    def _pass_on(self) -> None:
+        """Wake the next caller of this one's chain of answers, if any (once)."""
+        if self._then is None:
+            return
+        with _CHAINS:
+            following, self._then = self._then, None
+            while following is not None and following._abandoned:
+                following = following._then
+        if following is not None:
+            following.wake()
+
+    def settle(self, result: list[list[Recorded]]) -> None:
+        """Set the answer without waking the caller (see `answer_in_turn`)."""
+        if not self._done:
+            self._result, self._done = result, True
+
+
+_CHAINS = threading.Lock()
+"""Guards the links of every chain of answers and the callers' giving up on them."""
+
+
+def answer_in_turn(requests: list[_Request]) -> None:
+    """Wake callers whose answers are all set one after the other: each, once running, wakes
+    the next (`_Request.result`), instead of the answering thread waking them all at once.
+    Measured here, a thread's wake costs ~27 µs of CPU on this kind of VM, and callers woken
+    together each wake again to wait for the GIL the others hold."""
+    with _CHAINS:
+        chain = [request for request in requests if not request._abandoned]
+        for current, following in zip(chain, chain[1:], strict=False):
+            current._then = following
+    if chain:
+        chain[0].wake()
 
 
 class _LeaderPlace:
@@ -836,13 +878,16 @@ class AppendWriter:
         """Answer each request, or, with `wait_for_seal`, hand its answer to the sealer to
         complete once sealed (`_seal_waiting` then seals)."""
         if outcome.placed:  # sealed in the append's own transaction
+            answered: list[_Request] = []
             for request, answer in zip(batch, outcome.answers, strict=True):
                 if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
                     request.set_exception(answer)
                 elif answer is not None:
-                    request.set_result([[with_seal(recorded, *outcome.placed[
+                    request.settle([[with_seal(recorded, *outcome.placed[
                         (recorded.session_id, recorded.version)]) for recorded in records]
                         for records in answer])
+                    answered.append(request)
+            answer_in_turn(answered)
             return
         for request, answer in zip(batch, outcome.answers, strict=True):
             if isinstance(answer, (ConcurrencyError, StaleLeaseError)):
