@@ -176,7 +176,8 @@ class _Request:
         if self._then is None:
             return
         with _CHAINS:
-            following, self._then = self._then, None
+            following: _Request | None = self._then
+            self._then = None
             while following is not None and following._abandoned:
                 following = following._then
         if following is not None:
