@@ -3,7 +3,7 @@ waiting for the ones before them, each its own transaction, answered in order; a
 only its call, a lost connection fails every unanswered one and the next call reconnects.
 And the writer on it: a batch sent while the one before it runs is sealed for the head that
 one leaves, and when that one does not seal, the next falls back too and inline seals come
-back after the sealer."""
+back after the sealer; a batch's callers are woken in turn, passing by one that gave up."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
 from chatledger.storage.postgresql.connection import ConnectionLostError
 from chatledger.storage.postgresql.pipeline import StatementPipeline
 from chatledger.storage.postgresql.schema import SESSION_LOCK_CLASS, session_lock_key
+from chatledger.storage.postgresql.writer import _Request, answer_in_turn
 
 # Inserts a row and says its transaction; waits first for a session advisory lock the test
 # may hold, so a call can be kept running on the server while others queue behind it.
@@ -183,3 +185,45 @@ def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seal
     finally:
         node_a.close()
         node_b.close()
+
+
+def waiting_callers(requests: list[_Request], timeout: float) -> tuple[list[threading.Thread],
+                                                                       dict[int, object]]:
+    """A thread per request waiting for its answer; what each got (a result or an error)."""
+    got: dict[int, object] = {}
+
+    def wait(number: int) -> None:
+        try:
+            got[number] = requests[number].result(timeout)
+        except FutureTimeoutError as error:
+            got[number] = error
+
+    threads = [threading.Thread(target=wait, args=(number,)) for number in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    return threads, got
+
+
+def test_callers_answered_in_turn_each_wake_the_next() -> None:
+    requests = [_Request([]) for _ in range(4)]
+    threads, got = waiting_callers(requests, 10)
+    for number, request in enumerate(requests):
+        request.settle([[]] * number)
+    answer_in_turn(requests)
+    for thread in threads:
+        thread.join(10)
+    assert got == {number: [[]] * number for number in range(4)}
+
+
+def test_a_caller_that_gave_up_is_passed_by_in_a_chain_of_answers() -> None:
+    requests = [_Request([]) for _ in range(3)]
+    gave_up, outcome = waiting_callers(requests[1:2], 0.05)
+    gave_up[0].join(10)
+    assert isinstance(outcome[0], FutureTimeoutError)
+    threads, got = waiting_callers([requests[0], requests[2]], 10)
+    for request in requests:
+        request.settle([])
+    answer_in_turn(requests)  # the first caller wakes the third, not the one that left
+    for thread in threads:
+        thread.join(10)
+    assert got == {0: [], 1: []}
