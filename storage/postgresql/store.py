@@ -48,8 +48,12 @@ READ_CHUNK = 1024
 
 T = TypeVar("T")
 
+# A sealed row's record holds everything: its other columns are only sent (and turned into
+# Python objects) for a row the sealer has not placed yet.
 _SESSION_ROWS = (
-    "SELECT session_id, version, recorded_at, schema_version, event, record"
+    "SELECT CASE WHEN record IS NULL THEN session_id END,"
+    " CASE WHEN record IS NULL THEN version END, CASE WHEN record IS NULL THEN recorded_at END,"
+    " CASE WHEN record IS NULL THEN schema_version END, event, record"
     " FROM chatledger.events WHERE session_id = %s AND version >= %s ORDER BY version"
 )
 _LATEST = (
