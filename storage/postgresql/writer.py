@@ -16,9 +16,10 @@ as its batch's call is sent, so the next leader decides and sends the next batch
 one runs; the server starts it the moment this one commits, instead of a round trip and the
 client's work later. (psycopg's own pipeline waits for every answer at each Sync: no overlap,
 and it cost more client CPU than the round trips it saved.) Why a batch's callers are woken in
-turn (`answer_in_turn`): a thread's wake is the dearest thing a batch does on this kind of VM
-(measured: ~27 µs of CPU each), and callers woken all at once wake again to wait for the GIL
-that the others hold; woken one by one, each running caller wakes the next. (Tried and
+turn (`answer_in_turn`, as the LMDB writer does): a thread's wake is the dearest thing a
+batch does on this kind of VM (measured: ~27 µs of CPU each), and callers woken all at once
+wake again to wait for the GIL that the others hold; woken one by one, each running caller
+wakes the next. (Tried and
 dropped, measured in alternated runs: one caller writing for others across several batches,
 sending and landing them all on its thread; it saved a few wakes per batch and was no faster.)
 
