@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -29,6 +29,8 @@ from psycopg import pq
 
 from ...errors import LedgerError
 from .connection import ConnectionLostError, describe
+
+T = TypeVar("T")
 
 READ_SLICE = 0.5
 """A reader waits for the socket this long at most before it looks at its deadline again."""
@@ -125,21 +127,13 @@ class StatementPipeline:
                                           f"came back in {timeout:g} s")
             connection = self._connected()
             call = PipelineCall()
-            with self._io:
-                try:
-                    pgconn = connection.pgconn
-                    pgconn.send_query_prepared(self._name, params,
-                                               param_formats=[1] * len(params))
-                    pgconn.pipeline_sync()
-                    _flush(pgconn, deadline)
-                except (psycopg.Error, OSError) as error:
-                    failure: BaseException | None = error
-                else:
-                    failure = None
-            if failure is not None:
-                self._break(connection, failure)
-                raise ConnectionLostError(f"lost the connection to PostgreSQL while sending: "
-                                          f"{describe(failure)}", describe(failure))
+
+            def send_call(pgconn: pq.abc.PGconn) -> None:
+                pgconn.send_query_prepared(self._name, params, param_formats=[1] * len(params))
+                pgconn.pipeline_sync()
+                _flush(pgconn, deadline)
+
+            self._on_connection(connection, send_call, "while sending")
             self._calls.append(call)
         return call
 
@@ -171,24 +165,20 @@ class StatementPipeline:
               deadline: float) -> None:
         """Read the connection until `call` (the oldest unanswered) completes, the connection
         breaks or the deadline passes."""
+        def take_results(pgconn: pq.abc.PGconn) -> tuple[bool, int]:
+            pgconn.consume_input()
+            complete, nothing = False, 0
+            while not complete and nothing < 2 and not pgconn.is_busy():
+                result = pgconn.get_result()
+                nothing = nothing + 1 if result is None else 0
+                complete = call.take(result, self._encoding)
+            return complete, pgconn.socket
+
         while True:
-            with self._io:
-                try:
-                    pgconn = connection.pgconn
-                    pgconn.consume_input()
-                    complete, nothing = False, 0
-                    while not complete and nothing < 2 and not pgconn.is_busy():
-                        result = pgconn.get_result()
-                        nothing = nothing + 1 if result is None else 0
-                        complete = call.take(result, self._encoding)
-                    socket = pgconn.socket
-                except (psycopg.Error, OSError) as error:
-                    failure: BaseException | None = error
-                else:
-                    failure = None
-            if failure is not None:
-                self._break(connection, failure)
-                return
+            try:
+                complete, socket = self._on_connection(connection, take_results, "")
+            except ConnectionLostError:
+                return  # the call failed with the others
             if complete:
                 with self._state:
                     if self._calls and self._calls[0] is call:
@@ -203,6 +193,19 @@ class StatementPipeline:
             except (OSError, ValueError) as error:  # the connection was closed meanwhile
                 self._break(connection, error)
                 return
+
+    def _on_connection(self, connection: psycopg.Connection[Any],
+                       work: Callable[[pq.abc.PGconn], T], doing: str) -> T:
+        """`work` on the connection's libpq handle, under `_io`. If the connection breaks:
+        it is closed, its unanswered calls fail, and ConnectionLostError is raised."""
+        with self._io:
+            try:
+                return work(connection.pgconn)
+            except (psycopg.Error, OSError) as error:
+                failure = error
+        self._break(connection, failure)
+        raise ConnectionLostError(f"lost the connection to PostgreSQL {doing}".rstrip() +
+                                  f": {describe(failure)}", describe(failure))
 
     def _connected(self) -> psycopg.Connection[Any]:
         """The live connection (under `_state`), made and set up if there is none."""

@@ -208,24 +208,9 @@ END
 $function$;
 """
 
-# Schema 4's append_batch, and the seal in the same transaction when it can be made there: the
-# writer computed each record for the head it assumes (see `writer.py`). The seal row is taken
-# with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
-# import's): when the row is taken, the head is not the assumed one, any committed row still
-# waits for the sealer, or a session's last record is not the assumed one, the events are
-# stored unsealed, exactly as append_batch stores them, and the sealer places them. (The writer
-# sends a last hash for every session it appends events to, and seals nothing when it does not
-# know one; a session in the batch only to let its lease go has none.)
-# How it is planned matters (measured with auto_explain and pg_stat_statements):
-# - its lookups are correlated subqueries, one primary-key probe per session, planned with
-#   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
-#   made while the tables were tiny (a sequential scan, or a merge join over a whole index)
-#   read the whole events table on every call once it had grown;
-# - JIT is off: the penalty that keeps sequential scans out made every plan look worth
-#   compiling (15-30 ms a statement);
-# - plans are generic, made once per connection: left to choose, PostgreSQL planned every
-#   statement afresh on every call (505 us of server time per one-event call, 217 us now).
-_V5 = f"""
+# The start of append_batch_sealed (schemas 5 and 6): its arguments, its settings, and the
+# sessions' locks taken and the assumed state checked under them.
+_SEALED_HEAD = """\
 CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
     lock_keys int4[], sessions text[], base_versions int8[], base_hashes bytea[],
     fenced text[], epochs int8[], hosts text[], pids int8[], started_ats float8[],
@@ -239,10 +224,8 @@ CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
     OUT assumed boolean, OUT sealed boolean, OUT txid text)
 LANGUAGE plpgsql SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
 AS $function$
-DECLARE
-    current_position int8;
-    current_hash bytea;
-BEGIN
+"""
+_LOCKED_AND_ASSUMED = f"""\
     sealed := false;
     PERFORM pg_advisory_xact_lock({SESSION_LOCK_CLASS}, key) FROM unnest(lock_keys) AS key;
     IF EXISTS (
@@ -262,7 +245,30 @@ BEGIN
         assumed := false;
         RETURN;
     END IF;
-    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
+"""
+# Schema 4's append_batch, and the seal in the same transaction when it can be made there: the
+# writer computed each record for the head it assumes (see `writer.py`). The seal row is taken
+# with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
+# import's): when the row is taken, the head is not the assumed one, any committed row still
+# waits for the sealer, or a session's last record is not the assumed one, the events are
+# stored unsealed, exactly as append_batch stores them, and the sealer places them. (The writer
+# sends a last hash for every session it appends events to, and seals nothing when it does not
+# know one; a session in the batch only to let its lease go has none.)
+# How it is planned matters (measured with auto_explain and pg_stat_statements):
+# - its lookups are correlated subqueries, one primary-key probe per session, planned with
+#   sequential scans off: PL/pgSQL keeps a statement's plan for the connection's life, and one
+#   made while the tables were tiny (a sequential scan, or a merge join over a whole index)
+#   read the whole events table on every call once it had grown;
+# - JIT is off: the penalty that keeps sequential scans out made every plan look worth
+#   compiling (15-30 ms a statement);
+# - plans are generic, made once per connection: left to choose, PostgreSQL planned every
+#   statement afresh on every call (505 us of server time per one-event call, 217 us now).
+_V5 = f"""
+{_SEALED_HEAD}DECLARE
+    current_position int8;
+    current_hash bytea;
+BEGIN
+{_LOCKED_AND_ASSUMED}    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
         SELECT position, hash INTO current_position, current_hash
             FROM chatledger.seal FOR UPDATE SKIP LOCKED;
         sealed := FOUND AND current_position = head_position AND current_hash = head_hash
@@ -311,41 +317,8 @@ ALTER FUNCTION chatledger.seal_store(int8, int8, bytea, xid8, text[], int8[], in
 # sessions' locks were ours, which is what the checks need), and each branch's writes in one
 # statement of data-modifying WITH queries. Same arguments, same answers.
 _V6 = f"""
-CREATE OR REPLACE FUNCTION chatledger.append_batch_sealed(
-    lock_keys int4[], sessions text[], base_versions int8[], base_hashes bytea[],
-    fenced text[], epochs int8[], hosts text[], pids int8[], started_ats float8[],
-    tokens text[],
-    event_sessions text[], event_versions int8[], recorded_ats timestamptz[],
-    schema_versions int4[], events bytea[],
-    index_sessions text[], index_versions int8[], infos bytea[],
-    lease_sessions text[], lease_epochs int8[], lease_hosts text[], lease_pids int8[],
-    lease_started_ats float8[], lease_tokens text[], lease_expiries float8[],
-    head_position int8, head_hash bytea, hashes bytea[], records bytea[], channel text,
-    OUT assumed boolean, OUT sealed boolean, OUT txid text)
-LANGUAGE plpgsql SET enable_seqscan = off SET jit = off SET plan_cache_mode = force_generic_plan
-AS $function$
-BEGIN
-    PERFORM pg_advisory_xact_lock({SESSION_LOCK_CLASS}, key) FROM unnest(lock_keys) AS key;
-    IF EXISTS (
-        SELECT 1 FROM unnest(sessions, base_versions) AS a(session_id, base_version)
-        WHERE a.base_version <> coalesce((SELECT s.version FROM chatledger.sessions s
-                                          WHERE s.session_id = a.session_id), 0)
-    ) OR EXISTS (
-        SELECT 1 FROM unnest(fenced, epochs, hosts, pids, started_ats, tokens)
-            AS f(session_id, epoch, host, pid, started_at, token)
-        WHERE NOT EXISTS (
-            SELECT 1 FROM chatledger.leases l WHERE l.session_id = f.session_id
-                AND l.epoch = f.epoch AND l.host IS NOT DISTINCT FROM f.host
-                AND l.pid IS NOT DISTINCT FROM f.pid
-                AND l.started_at IS NOT DISTINCT FROM f.started_at
-                AND l.token IS NOT DISTINCT FROM f.token)
-    ) THEN
-        assumed := false;
-        sealed := false;
-        RETURN;
-    END IF;
-    sealed := false;
-    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
+{_SEALED_HEAD}BEGIN
+{_LOCKED_AND_ASSUMED}    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
         SELECT s.position = head_position AND s.hash = head_hash
             AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
             AND NOT EXISTS (
