@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - the extra is not installed
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
 
+from chatledger.errors import ConcurrencyError
 from chatledger.events import MessageSent, SessionCreated
 from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
 from chatledger.storage.postgresql.connection import ConnectionLostError
@@ -227,3 +228,32 @@ def test_a_caller_that_gave_up_is_passed_by_in_a_chain_of_answers() -> None:
     for thread in threads:
         thread.join(10)
     assert got == {0: [], 1: []}
+
+
+def test_an_append_to_a_session_in_flight_waits_for_that_batch_and_is_decided_on_it(
+        postgres_url: str, lock_holder: psycopg.Connection[Any]) -> None:
+    """Two racing appends at the same expected version, the first held on the server: the
+    second is not sent behind it on a guess, but decided on what the first wrote."""
+    with open_postgresql_store(postgres_url, seal_interval=3600, pipeline_depth=2) as store:
+        store.append("alpha", [SessionCreated()], 0)
+        hold_session(lock_holder, "alpha", held=True)
+        first, first_positions = append_in_background(store, "alpha", 1)
+        wait_until(lambda: store.writer._pipeline.unanswered == 1)
+        errors: list[BaseException] = []
+
+        def second_append() -> None:
+            try:
+                store.append("alpha", [MessageSent(turn=1, text="racing")], 1)
+            except ConcurrencyError as error:
+                errors.append(error)
+
+        second = threading.Thread(target=second_append)
+        second.start()
+        time.sleep(0.2)  # the second append is taken by a leader, and must wait
+        assert store.writer._pipeline.unanswered == 1  # nothing sent behind the held batch
+        hold_session(lock_holder, "alpha", held=False)
+        for thread in (first, second):
+            thread.join(30)
+        assert first_positions == [2] and len(errors) == 1
+        assert [record.version for record in store.read_session("alpha")] == [1, 2]
+        assert store.verify().ok
