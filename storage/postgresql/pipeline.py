@@ -118,8 +118,8 @@ class StatementPipeline:
     def send(self, params: Sequence[bytes | None], timeout: float) -> PipelineCall:
         """Send one call with these binary parameters, first waiting (up to `timeout`
         seconds) while `depth` calls are unanswered. ConnectionLostError if the connection
-        cannot be made or breaks while sending (then nothing of this call reached the
-        server's transaction: a Sync never followed it)."""
+        cannot be made, or breaks while sending (then whether the server got the call is not
+        known: the caller finds out by reading, as for a lost answer)."""
         deadline = time.monotonic() + timeout
         with self._state:
             if not self._room(deadline):

@@ -19,9 +19,9 @@ and it cost more client CPU than the round trips it saved.) Why a batch's caller
 turn (`answer_in_turn`, as the LMDB writer does): a thread's wake is the dearest thing a
 batch does on this kind of VM (measured: ~27 µs of CPU each), and callers woken all at once
 wake again to wait for the GIL that the others hold; woken one by one, each running caller
-wakes the next. (Tried and
-dropped, measured in alternated runs: one caller writing for others across several batches,
-sending and landing them all on its thread; it saved a few wakes per batch and was no faster.)
+wakes the next. (Tried and dropped, measured in alternated runs: one caller writing for others
+across several batches, sending and landing them all on its thread; it saved a few wakes per
+batch and was no faster.)
 
 One batch, one call (`chatledger.append_batch_sealed`, followed by a Sync, so the call is the
 whole transaction and its commit):
@@ -176,7 +176,6 @@ class _Request:
             raise self._error
         assert self._result is not None
         return self._result
-
 
     def _pass_on(self) -> None:
         """Wake the next caller of this one's chain of answers, if any (once)."""
@@ -340,6 +339,7 @@ class AppendWriter:
         """session -> how many batches in flight write it: a later batch for the session waits
         until none does, so that it is decided on what they wrote (`_idle` says when)."""
         self._flight_waiters = 0
+        """How many batches wait for their sessions to land (`_land` notifies them)."""
         self.fault: Callable[[str, psycopg.Connection[Any]], None] | None = None
         """Tests only: called with "before_commit" and "after_commit" in the transaction."""
         self._commits = itertools.count(1)
