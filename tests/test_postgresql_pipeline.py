@@ -190,10 +190,14 @@ def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seal
 
 def waiting_callers(requests: list[_Request], timeout: float) -> tuple[list[threading.Thread],
                                                                        dict[int, object]]:
-    """A thread per request waiting for its answer; what each got (a result or an error)."""
+    """A thread per request, waiting for its answer as the caller that made it (returns once
+    all are waiting); what each got (a result or an error)."""
     got: dict[int, object] = {}
+    ready = threading.Barrier(len(requests) + 1)
 
     def wait(number: int) -> None:
+        requests[number].caller = threading.get_ident()
+        ready.wait()
         try:
             got[number] = requests[number].result(timeout)
         except FutureTimeoutError as error:
@@ -202,18 +206,24 @@ def waiting_callers(requests: list[_Request], timeout: float) -> tuple[list[thre
     threads = [threading.Thread(target=wait, args=(number,)) for number in range(len(requests))]
     for thread in threads:
         thread.start()
+    ready.wait()
+    time.sleep(0.05)  # into their waits
     return threads, got
 
 
 def test_callers_answered_in_turn_each_wake_the_next() -> None:
     requests = [_Request([]) for _ in range(4)]
     threads, got = waiting_callers(requests, 10)
-    for number, request in enumerate(requests):
+    own = _Request([])  # the answering thread's own: in the batch, woken by nobody
+    for number, request in enumerate([*requests, own]):
         request.settle([[]] * number)
-    answer_in_turn(requests)
+    started = time.monotonic()
+    answer_in_turn([own, *requests])
     for thread in threads:
         thread.join(10)
+    assert time.monotonic() - started < 5  # woken, not timed out
     assert got == {number: [[]] * number for number in range(4)}
+    assert own.result(0) == [[]] * 4
 
 
 def test_a_caller_that_gave_up_is_passed_by_in_a_chain_of_answers() -> None:
