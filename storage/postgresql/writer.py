@@ -133,7 +133,7 @@ class _Request:
         self._then: _Request | None = None
         """The next caller of a chain of answers (see `answer_in_turn`), woken by this one."""
         self._abandoned = False
-        """Its caller stopped waiting (timed out): a chain of answers passes it by."""
+        """Its caller stopped waiting (timed out): a chain of answers leaves it out."""
         self.caller = threading.get_ident()
         """The thread that waits for it."""
 
@@ -180,14 +180,9 @@ class _Request:
         return self._result
 
     def _pass_on(self) -> None:
-        """Wake the next caller of this one's chain of answers, if any (once)."""
-        if self._then is None:
-            return
-        with _CHAINS:
-            following: _Request | None = self._then
-            self._then = None
-            while following is not None and following._abandoned:
-                following = following._then
+        """Wake the next caller of this one's chain of answers, if any (once). A chain is
+        made of answered requests only, whose callers can no longer give up."""
+        following, self._then = self._then, None
         if following is not None:
             following.wake()
 
@@ -198,7 +193,8 @@ class _Request:
 
 
 _CHAINS = threading.Lock()
-"""Guards the links of every chain of answers and the callers' giving up on them."""
+"""Orders a caller's giving up (before its answer is set) against the chains of answers
+being made (after)."""
 
 
 def answer_in_turn(requests: list[_Request]) -> None:
