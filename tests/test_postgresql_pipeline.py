@@ -3,7 +3,7 @@ waiting for the ones before them, each its own transaction, answered in order; a
 only its call, a lost connection fails every unanswered one and the next call reconnects.
 And the writer on it: a batch sent while the one before it runs is sealed for the head that
 one leaves, and when that one does not seal, the next falls back too and inline seals come
-back after the sealer; a batch's callers are woken in turn, passing by one that gave up."""
+back after the sealer; a batch's callers are woken in turn, leaving out one that gave up."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
@@ -24,6 +24,8 @@ except ImportError:  # pragma: no cover - the extra is not installed
         raise
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
+
+from testkit import wait_until
 
 from chatledger.errors import ConcurrencyError
 from chatledger.events import MessageSent, SessionCreated
@@ -43,14 +45,6 @@ _INSERT = ("WITH locked AS (SELECT pg_advisory_xact_lock(1, $2::int4))"
 def int4(value: int) -> bytes:
     """An int4 parameter in binary."""
     return struct.pack("!i", value)
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll `condition` until it holds (fails the test after `seconds`)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -149,9 +143,9 @@ def test_a_batch_sent_behind_a_running_one_is_sealed_for_the_head_it_leaves(
         inline = store.writer.sealed_batches
         hold_session(lock_holder, "alpha", held=True)
         first, first_positions = append_in_background(store, "alpha", 1)
-        wait_until(lambda: store.writer._pipeline.unanswered == 1)
+        assert wait_until(lambda: store.writer._pipeline.unanswered == 1)
         second, second_positions = append_in_background(store, "beta", 1)
-        wait_until(lambda: store.writer._pipeline.unanswered == 2)  # sent behind the first
+        assert wait_until(lambda: store.writer._pipeline.unanswered == 2)  # sent behind it
         hold_session(lock_holder, "alpha", held=False)
         for thread in (first, second):
             thread.join(30)
@@ -171,9 +165,9 @@ def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seal
         inline = node_a.writer.sealed_batches
         hold_session(lock_holder, "alpha", held=True)
         first, first_positions = append_in_background(node_a, "alpha", 1)
-        wait_until(lambda: node_a.writer._pipeline.unanswered == 1)
+        assert wait_until(lambda: node_a.writer._pipeline.unanswered == 1)
         second, second_positions = append_in_background(node_a, "beta", 1)
-        wait_until(lambda: node_a.writer._pipeline.unanswered == 2)
+        assert wait_until(lambda: node_a.writer._pipeline.unanswered == 2)
         hold_session(lock_holder, "alpha", held=False)
         for thread in (first, second):
             thread.join(30)
@@ -188,16 +182,33 @@ def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seal
         node_b.close()
 
 
+class _AnnouncingLatch:
+    """A request's latch that says when its caller has begun to wait on it."""
+
+    def __init__(self, request: _Request) -> None:
+        self._lock = request._latch
+        self.waiting = threading.Event()
+        request._latch = self
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """The latch's acquire, announced first."""
+        self.waiting.set()
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        """The latch's release."""
+        self._lock.release()
+
+
 def waiting_callers(requests: list[_Request], timeout: float) -> tuple[list[threading.Thread],
                                                                        dict[int, object]]:
     """A thread per request, waiting for its answer as the caller that made it (returns once
-    all are waiting); what each got (a result or an error)."""
+    each has begun to wait); what each got (a result or an error)."""
     got: dict[int, object] = {}
-    ready = threading.Barrier(len(requests) + 1)
+    latches = [_AnnouncingLatch(request) for request in requests]
 
     def wait(number: int) -> None:
         requests[number].caller = threading.get_ident()
-        ready.wait()
         try:
             got[number] = requests[number].result(timeout)
         except FutureTimeoutError as error:
@@ -206,8 +217,8 @@ def waiting_callers(requests: list[_Request], timeout: float) -> tuple[list[thre
     threads = [threading.Thread(target=wait, args=(number,)) for number in range(len(requests))]
     for thread in threads:
         thread.start()
-    ready.wait()
-    time.sleep(0.05)  # into their waits
+    for latch in latches:
+        assert latch.waiting.wait(10)
     return threads, got
 
 
@@ -226,7 +237,7 @@ def test_callers_answered_in_turn_each_wake_the_next() -> None:
     assert own.result(0) == [[]] * 4
 
 
-def test_a_caller_that_gave_up_is_passed_by_in_a_chain_of_answers() -> None:
+def test_a_caller_that_gave_up_is_left_out_of_a_chain_of_answers() -> None:
     requests = [_Request([]) for _ in range(3)]
     gave_up, outcome = waiting_callers(requests[1:2], 0.05)
     gave_up[0].join(10)
@@ -234,9 +245,11 @@ def test_a_caller_that_gave_up_is_passed_by_in_a_chain_of_answers() -> None:
     threads, got = waiting_callers([requests[0], requests[2]], 10)
     for request in requests:
         request.settle([])
-    answer_in_turn(requests)  # the first caller wakes the third, not the one that left
+    started = time.monotonic()
+    answer_in_turn(requests)  # the chain leaves out the one that left
     for thread in threads:
         thread.join(10)
+    assert time.monotonic() - started < 5  # woken, not timed out
     assert got == {0: [], 1: []}
 
 
@@ -248,7 +261,7 @@ def test_an_append_to_a_session_in_flight_waits_for_that_batch_and_is_decided_on
         store.append("alpha", [SessionCreated()], 0)
         hold_session(lock_holder, "alpha", held=True)
         first, first_positions = append_in_background(store, "alpha", 1)
-        wait_until(lambda: store.writer._pipeline.unanswered == 1)
+        assert wait_until(lambda: store.writer._pipeline.unanswered == 1)
         errors: list[BaseException] = []
 
         def second_append() -> None:
@@ -259,7 +272,7 @@ def test_an_append_to_a_session_in_flight_waits_for_that_batch_and_is_decided_on
 
         second = threading.Thread(target=second_append)
         second.start()
-        time.sleep(0.2)  # the second append is taken by a leader, and must wait
+        assert wait_until(lambda: store.writer._flight_waiters == 1)  # it waits for alpha
         assert store.writer._pipeline.unanswered == 1  # nothing sent behind the held batch
         hold_session(lock_holder, "alpha", held=False)
         for thread in (first, second):
