@@ -208,14 +208,18 @@ def test_a_schema_3_database_is_migrated_to_the_current_schema_and_carries_on(
     _schema_3_database(postgres_url)
     assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch')") == [(None,)]
     with open_postgresql_store(postgres_url) as store:
-        assert SCHEMA_VERSION == 6
-        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(6,)]
-        assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch') IS NOT NULL,"
+        assert SCHEMA_VERSION == 7
+        assert sql(postgres_url, "SELECT version FROM chatledger.schema_version") == [(7,)]
+        # append_batch (schema 4) is gone since schema 7: nothing calls it any more.
+        assert sql(postgres_url, "SELECT to_regproc('chatledger.append_batch') IS NULL,"
                                  " to_regproc('chatledger.append_batch_sealed') IS NOT NULL,"
                                  " to_regproc('chatledger.seal_store') IS NOT NULL") == [
             (True, True, True)]
         store.seal_now()  # the schema-3 node's rows get their positions
         assert store.head().position == 4
+        # ... and the sealer wrote each session's last one into its index entry (schema 7).
+        assert {info.session_id: info.last_position for info in store.sessions()} == {
+            "alpha": 2, "beta": 4}
         lease = store.lease("alpha")
         assert lease is not None and lease.epoch == 5 and lease.owner == NODE_A
         records = store.append("alpha", message("after the upgrade"), 2, lease=lease)

@@ -1,4 +1,4 @@
-"""Appends sealed in their own transaction (`chatledger.append_batch_sealed`, schemas 5-6): a
+"""Appends sealed in their own transaction (`chatledger.append_batch_sealed`, schemas 5-7): a
 node that knows the head seals its batch where it commits it, in one round trip; whenever it
 cannot know (another node, the sealer or an import moved the head, a row waits for the
 sealer, the seal row is taken) its events go in unsealed and the sealer places them, with the
@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover - the extra is not installed
                 allow_module_level=True)
 
 from chatledger.events import MessageSent, SessionCreated
+from chatledger.events.codec import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
+from chatledger.events.codec import encode_event
 from chatledger.storage import open_store
 from chatledger.storage.hashing import HASH_SIZE
 from chatledger.storage.postgresql import PostgresStore, open_postgresql_store
@@ -155,3 +157,51 @@ def test_a_schema_5_ledger_is_migrated_to_6_and_goes_on_sealing_inline(postgres_
     with psycopg.connect(postgres_url) as connection:
         assert connection.execute("SELECT version FROM chatledger.schema_version"
                                   ).fetchone() == (SCHEMA_VERSION,)
+
+
+def _rewind_to_schema_6(url: str) -> None:
+    """Put a current ledger back in schema 6's layout, built by its own DDL: the index without
+    positions, schema 4's functions (append_batch and seal_store without its settings), then
+    schemas 5 and 6 over them."""
+    with psycopg.connect(url) as connection:
+        connection.execute("ALTER TABLE chatledger.sessions DROP COLUMN position")
+        for version in (4, 5, 6):
+            connection.execute(MIGRATIONS[version].encode())
+        connection.execute("UPDATE chatledger.schema_version SET version = 6")
+
+
+def test_schema_7_fills_in_the_index_positions_of_a_schema_6_ledger(postgres_url: str) -> None:
+    """Schema 7 keeps each session's last position in its index entry: a schema-6 ledger gets
+    them from its sealed rows, a row still waiting for the sealer gets its position when the
+    sealer places it, and appends go on writing them."""
+    with open_postgresql_store(postgres_url, seal_interval=3600) as store:
+        store.append("alpha", [SessionCreated()], 0)
+        store.append("alpha", message("sealed on schema 6"), 1)
+        store.append("beta", [SessionCreated()], 0)
+    _rewind_to_schema_6(postgres_url)
+    with psycopg.connect(postgres_url) as connection:  # beta's next event, left to the sealer
+        connection.execute(
+            "INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version,"
+            " event) VALUES ('beta', 2, now(), %s, %s)",
+            [EVENT_SCHEMA_VERSION, encode_event(message("unsealed on schema 6")[0])])
+    with open_postgresql_store(postgres_url, seal_interval=3600) as store:
+        assert positions(postgres_url) == {"alpha": 2, "beta": 3}
+        store.rebuild_index()  # beta's entry at version 2, not sealed yet
+        assert positions(postgres_url) == {"alpha": 2, "beta": None}
+        store.seal_now()
+        assert positions(postgres_url) == {"alpha": 2, "beta": 4}
+        assert store.append("alpha", message("on schema 7"), 2)[0].position == 5
+        assert positions(postgres_url) == {"alpha": 5, "beta": 4}
+        assert {info.session_id: info.last_position for info in store.sessions()} == {
+            "alpha": 5, "beta": 4}
+        assert store.verify().ok
+        with psycopg.connect(postgres_url) as connection:
+            assert connection.execute("SELECT to_regproc('chatledger.append_batch')"
+                                      ).fetchone() == (None,)
+
+
+def positions(url: str) -> dict[str, int | None]:
+    """Each index entry's position, as stored."""
+    with psycopg.connect(url) as connection:
+        return dict(connection.execute(
+            "SELECT session_id, position FROM chatledger.sessions").fetchall())

@@ -391,6 +391,24 @@ def test_rebuild_recomputes_a_lost_session_index(store: PostgresStore) -> None:
     assert store.verify().ok
 
 
+def test_an_index_position_that_is_not_the_logs_is_found_and_rebuilt(
+        store: PostgresStore) -> None:
+    """The index keeps each session's last position (schema 7) for listings: verify checks it
+    against the log like the rest of the entry, and rebuild puts it right."""
+    create(store, "alpha", messages=2)
+    create(store, "beta", messages=1)
+    assert {info.session_id: info.last_position for info in store.sessions()} == {
+        "alpha": 3, "beta": 5}
+    sql(store.url, "UPDATE chatledger.sessions SET position = 1 WHERE session_id = 'beta'")
+    report = store.verify()
+    assert not report.ok and "session index entry of 'beta' differs from the log" in (
+        report.reason or "")
+    store.rebuild_index()
+    assert {info.session_id: info.last_position for info in store.sessions()} == {
+        "alpha": 3, "beta": 5}
+    assert store.verify().ok
+
+
 # -- schema and faults -----------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ Tables (all in the `chatledger` schema):
   stores: a MessagePack envelope holding both hash links) and its `hash`, or, left to the
   sealer, the encoded `event`, which the sealer replaces by `position`, `record` and `hash`.
 - `sessions`: the session index (the folded SessionInfo, its `last_position` filled in on
-  reading), updated in the append's transaction.
+  reading), updated in the append's transaction; since schema 7 with the `position` of the
+  session's last record (NULL until it is sealed), so that a listing reads this table alone.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
   sealed so far; the sealer's lock.
 - `leases` (since schema 2): a session's lease record (`leases.py`): its fencing `epoch`, its
@@ -32,11 +33,13 @@ Tables (all in the `chatledger` schema):
   and the checks for sealing in one, the writes of either branch in one): each statement a
   PL/pgSQL function runs costs an executor start and end, measured here as the largest part
   of a small batch's server time.
-  `append_batch` stays, for nodes of the previous release until they restart.
+  `append_batch` stayed for nodes of the previous release until they restarted; schema 7
+  drops it. Since schema 7 a sealed batch writes its index entries' positions.
 - `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
   `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
   positions, hashes and records, the new head and one NOTIFY; commits asynchronously. Since
-  schema 5 it plans its row updates as one primary-key probe per row.
+  schema 5 it plans its row updates as one primary-key probe per row; since schema 7 it
+  writes the positions of the index entries still at the versions it places.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -54,7 +57,7 @@ import psycopg
 from ...errors import LedgerError
 from ..hashing import GENESIS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The layout this release writes and reads."""
 
 MIGRATION_LOCK = 0x6368_6C67  # "chlg": serialises migrations between nodes
@@ -146,6 +149,36 @@ _INDEX_LEASES_AND_END = """\
         ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
 """ + _LEASES_AND_END
 
+def _seal_store_function(settings: str, index_positions: str) -> str:
+    """seal_store (schemas 4 and 7): the settings it runs with, and what it writes to the
+    session index after the rows (nothing before schema 7)."""
+    return f"""CREATE OR REPLACE FUNCTION chatledger.seal_store(
+    expected_position int8, head_position int8, head_hash bytea, below xid8,
+    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
+    channel text)
+RETURNS boolean LANGUAGE plpgsql {settings}AS $function$
+DECLARE
+    current_position int8;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
+    IF current_position <> expected_position THEN
+        RETURN false;
+    END IF;
+    UPDATE chatledger.events AS e
+        SET position = u.position, hash = u.hash, record = u.record, event = NULL
+        FROM unnest(sessions, versions, positions, hashes, records)
+            AS u(session_id, version, position, hash, record)
+        WHERE e.session_id = u.session_id AND e.version = u.version;
+{index_positions}    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
+        sealed_below = below, sealed_at = now();
+    PERFORM pg_notify(channel, head_position::text);
+    RETURN true;
+END
+$function$;
+"""
+
+
 # The assumed state is checked after the locks, each statement of a volatile function taking a
 # new snapshot (READ COMMITTED): it sees every append committed before the locks were ours.
 # The transaction gets its id at the first insert, after the locks (see the sealer's order).
@@ -182,31 +215,7 @@ BEGIN
         SELECT * FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions,
                              events);
 {_INDEX_LEASES_AND_END}
-CREATE OR REPLACE FUNCTION chatledger.seal_store(
-    expected_position int8, head_position int8, head_hash bytea, below xid8,
-    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
-    channel text)
-RETURNS boolean LANGUAGE plpgsql AS $function$
-DECLARE
-    current_position int8;
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
-    IF current_position <> expected_position THEN
-        RETURN false;
-    END IF;
-    UPDATE chatledger.events AS e
-        SET position = u.position, hash = u.hash, record = u.record, event = NULL
-        FROM unnest(sessions, versions, positions, hashes, records)
-            AS u(session_id, version, position, hash, record)
-        WHERE e.session_id = u.session_id AND e.version = u.version;
-    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
-        sealed_below = below, sealed_at = now();
-    PERFORM pg_notify(channel, head_position::text);
-    RETURN true;
-END
-$function$;
-"""
+{_seal_store_function(settings="", index_positions="")}"""
 
 # The start of append_batch_sealed (schemas 5 and 6): its arguments, its settings, and the
 # sessions' locks taken and the assumed state checked under them.
@@ -316,7 +325,11 @@ ALTER FUNCTION chatledger.seal_store(int8, int8, bytea, xid8, text[], int8[], in
 # the checks for sealing in one statement (its subqueries see every row committed before the
 # sessions' locks were ours, which is what the checks need), and each branch's writes in one
 # statement of data-modifying WITH queries. Same arguments, same answers.
-_V6 = f"""
+def _sealed_batch_function(sealed_index: str, unsealed_index: str) -> str:
+    """append_batch_sealed in four statements (schemas 6 and 7), with each branch's write of
+    the index entries (the last query of the sealed branch's WITH, the unsealed branch's
+    statement after its events)."""
+    return f"""
 {_SEALED_HEAD}BEGIN
 {_LOCKED_AND_ASSUMED}    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
         SELECT s.position = head_position AND s.hash = head_hash
@@ -345,13 +358,7 @@ _V6 = f"""
         ), moved AS (
             UPDATE chatledger.seal SET position = head_position + cardinality(event_sessions),
                 hash = hashes[cardinality(hashes)], sealed_at = now()
-        ), indexed AS (
-            INSERT INTO chatledger.sessions (session_id, version, info)
-                SELECT * FROM unnest(index_sessions, index_versions, infos)
-                ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
-                    info = excluded.info
-        )
-        SELECT true FROM pg_notify(channel, (head_position + cardinality(event_sessions))::text)
+{sealed_index}        SELECT true FROM pg_notify(channel, (head_position + cardinality(event_sessions))::text)
             INTO sealed;
     ELSE
         WITH stored AS (
@@ -363,14 +370,69 @@ _V6 = f"""
                     AS u(session_id, version, recorded_at, schema_version, event, number)
                 ORDER BY u.number
         )
+{unsealed_index}    END IF;
+{_LEASES_AND_END}"""
+
+
+_V6 = _sealed_batch_function(
+    sealed_index="""\
+        ), indexed AS (
+            INSERT INTO chatledger.sessions (session_id, version, info)
+                SELECT * FROM unnest(index_sessions, index_versions, infos)
+                ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
+                    info = excluded.info
+        )
+""",
+    unsealed_index="""\
         INSERT INTO chatledger.sessions (session_id, version, info)
             SELECT * FROM unnest(index_sessions, index_versions, infos)
             ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
                 info = excluded.info;
-    END IF;
-{_LEASES_AND_END}"""
+""")
 
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+# Schema 7: each index entry holds the position of the session's last record, so that listing
+# the sessions reads the index alone (it joined every entry to its event: a whole scan of the
+# events table, as slow as the log is long). NULL while that record waits for the sealer, which
+# fills it in as it places the record, if the entry is still at that version (an append that
+# moved it on meanwhile wrote its own). A batch sealed inline writes each entry's position with
+# it. `append_batch` is gone: no release since schema 5 calls it, and it would leave a stale
+# position behind.
+_V7 = """
+ALTER TABLE chatledger.sessions ADD COLUMN IF NOT EXISTS position bigint;
+UPDATE chatledger.sessions s SET position = e.position FROM chatledger.events e
+    WHERE e.session_id = s.session_id AND e.version = s.version;
+DROP FUNCTION IF EXISTS chatledger.append_batch(
+    int4[], text[], int8[], text[], int8[], text[], int8[], float8[], text[], text[], int8[],
+    timestamptz[], int4[], bytea[], text[], int8[], bytea[], text[], int8[], text[], int8[],
+    float8[], text[], float8[]);
+""" + _sealed_batch_function(
+    sealed_index="""\
+        ), indexed AS (
+            INSERT INTO chatledger.sessions (session_id, version, info, position)
+                SELECT i.session_id, i.version, i.info, head_position + u.number
+                FROM unnest(index_sessions, index_versions, infos) AS i(session_id, version, info)
+                LEFT JOIN unnest(event_sessions, event_versions) WITH ORDINALITY
+                    AS u(session_id, version, number)
+                    ON u.session_id = i.session_id AND u.version = i.version
+                ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
+                    info = excluded.info, position = excluded.position
+        )
+""",
+    unsealed_index="""\
+        INSERT INTO chatledger.sessions (session_id, version, info)
+            SELECT * FROM unnest(index_sessions, index_versions, infos)
+            ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
+                info = excluded.info, position = NULL;
+""") + _seal_store_function(
+    settings="SET enable_seqscan = off SET enable_mergejoin = off SET enable_hashjoin = off\n"
+             "SET jit = off SET plan_cache_mode = force_generic_plan\n",
+    index_positions="""\
+    UPDATE chatledger.sessions AS s SET position = u.position
+        FROM unnest(sessions, versions, positions) AS u(session_id, version, position)
+        WHERE s.session_id = u.session_id AND s.version = u.version;
+""")
+
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 """Target version -> the DDL that brings the previous version to it."""
 
 

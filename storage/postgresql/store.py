@@ -68,10 +68,7 @@ _INFO = (
     "SELECT s.info, e.position, e.hash FROM chatledger.sessions s LEFT JOIN chatledger.events e"
     " ON e.session_id = s.session_id AND e.version = s.version WHERE s.session_id = %s"
 )
-_ALL_INFO = (
-    "SELECT s.info, e.position FROM chatledger.sessions s LEFT JOIN chatledger.events e"
-    " ON e.session_id = s.session_id AND e.version = s.version"
-)
+_ALL_INFO = "SELECT info, position FROM chatledger.sessions"
 _RAW_FROM = (
     "SELECT position, hash, record FROM chatledger.events"
     " WHERE position >= %s AND position <= %s ORDER BY position LIMIT %s"
@@ -492,9 +489,11 @@ class PostgresStore:
                         raise LedgerError(f"cannot rebuild the index: {error}") from None
             connection.execute("DELETE FROM chatledger.sessions")
             with connection.cursor() as cursor, cursor.copy(
-                    "COPY chatledger.sessions (session_id, version, info) FROM STDIN") as copy:
+                    "COPY chatledger.sessions (session_id, version, info, position) FROM STDIN"
+            ) as copy:
                 for session_id, info in infos.items():
-                    copy.write_row((session_id, info.version, encode_info(info)))
+                    copy.write_row((session_id, info.version, encode_info(info),
+                                    info.last_position or None))
             connection.commit()
             return len(infos)
 

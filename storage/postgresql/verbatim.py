@@ -44,9 +44,10 @@ _WRITE = (
     "  (session_id, version, recorded_at, schema_version, position, hash, record)"
     "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[],"
     "   %s::int8[], %s::bytea[], %s::bytea[])),"
-    " sessions AS (INSERT INTO chatledger.sessions (session_id, version, info)"
-    "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::bytea[])"
-    "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info),"
+    " sessions AS (INSERT INTO chatledger.sessions (session_id, version, info, position)"
+    "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::bytea[], %s::int8[])"
+    "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info,"
+    "   position = excluded.position),"
     " head AS (UPDATE chatledger.seal SET position = %s, hash = %s, sealed_at = now())"
     " SELECT pg_notify(%s, %s)"
 )
@@ -106,9 +107,10 @@ def _event_columns(values: list[tuple[Recorded, bytes]]) -> tuple[list[Any], ...
 
 
 def _index_columns(entries: dict[str, IndexEntry]) -> tuple[list[Any], ...]:
-    columns: tuple[list[Any], ...] = ([], [], [])
+    columns: tuple[list[Any], ...] = ([], [], [], [])
     for session_id, entry in entries.items():
         columns[0].append(session_id)
         columns[1].append(entry.info.version)
         columns[2].append(encode_info(entry.info))
+        columns[3].append(entry.info.last_position)  # verbatim records are sealed
     return columns

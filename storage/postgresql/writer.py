@@ -242,7 +242,8 @@ _WRITE = (
     "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[], %s::bytea[])),"
     " sessions AS (INSERT INTO chatledger.sessions (session_id, version, info)"
     "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::bytea[])"
-    "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info)"
+    "  ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info,"
+    "   position = NULL)"
     " SELECT pg_current_xact_id()::text"
 )
 # Binary parameters, encoded by `arrays.py` (psycopg's generic list dumper cost more client CPU
