@@ -431,7 +431,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"  {sessions} sessions (medians of {len(results)} rounds): chatledger "
                       f"{ours:,.0f}/s (commit-only {fast:,.0f}/s), plain {theirs:,.0f}/s, "
                       f"plain+global lock {serial:,.0f}/s; x plain per round "
-                      f"{' '.join(f'{ratio:.2f}' for ratio in ratios[sessions])}", flush=True)
+                      f"{' '.join(f'{ratio:.2f}' for ratio in ratios[sessions])} ("
+                      + ", ".join(f"{result['ours']:,.0f}/{result['theirs']:,.0f}"
+                                  for result in results) + ")", flush=True)
             commit_only.close()
             inline = (f"{store.writer.sealed_batches:,} of {store.writer.commits:,} batches "
                       "sealed in their own transaction")
