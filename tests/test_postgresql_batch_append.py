@@ -217,7 +217,7 @@ def test_a_schema_3_database_is_migrated_to_the_current_schema_and_carries_on(
             (True, True, True)]
         store.seal_now()  # the schema-3 node's rows get their positions
         assert store.head().position == 4
-        # ... and the sealer wrote each session's last one into its index entry (schema 7).
+        # ... which a listing looks up for entries without a position of their own (schema 7).
         assert {info.session_id: info.last_position for info in store.sessions()} == {
             "alpha": 2, "beta": 4}
         lease = store.lease("alpha")

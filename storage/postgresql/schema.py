@@ -10,7 +10,8 @@ Tables (all in the `chatledger` schema):
   sealer, the encoded `event`, which the sealer replaces by `position`, `record` and `hash`.
 - `sessions`: the session index (the folded SessionInfo, its `last_position` filled in on
   reading), updated in the append's transaction; since schema 7 with the `position` of the
-  session's last record (NULL until it is sealed), so that a listing reads this table alone.
+  session's last record when its batch was sealed inline (else NULL, looked up), so that a
+  listing rarely needs the events table.
 - `seal`: one row, the sealed head (last position and its hash) and the transaction horizon
   sealed so far; the sealer's lock.
 - `leases` (since schema 2): a session's lease record (`leases.py`): its fencing `epoch`, its
@@ -38,8 +39,7 @@ Tables (all in the `chatledger` schema):
 - `seal_store(...)` (since schema 4): a seal's writes in one call (see `sealer.py`): under the
   `seal` row's lock, only if the head is still the one the seal was computed from, the rows'
   positions, hashes and records, the new head and one NOTIFY; commits asynchronously. Since
-  schema 5 it plans its row updates as one primary-key probe per row; since schema 7 it
-  writes the positions of the index entries still at the versions it places.
+  schema 5 it plans its row updates as one primary-key probe per row.
 - `schema_version`: one row, the version of this layout.
 
 A database holding a newer layout is refused; older ones are migrated in order, under an
@@ -149,36 +149,6 @@ _INDEX_LEASES_AND_END = """\
         ON CONFLICT (session_id) DO UPDATE SET version = excluded.version, info = excluded.info;
 """ + _LEASES_AND_END
 
-def _seal_store_function(settings: str, index_positions: str) -> str:
-    """seal_store (schemas 4 and 7): the settings it runs with, and what it writes to the
-    session index after the rows (nothing before schema 7)."""
-    return f"""CREATE OR REPLACE FUNCTION chatledger.seal_store(
-    expected_position int8, head_position int8, head_hash bytea, below xid8,
-    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
-    channel text)
-RETURNS boolean LANGUAGE plpgsql {settings}AS $function$
-DECLARE
-    current_position int8;
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
-    IF current_position <> expected_position THEN
-        RETURN false;
-    END IF;
-    UPDATE chatledger.events AS e
-        SET position = u.position, hash = u.hash, record = u.record, event = NULL
-        FROM unnest(sessions, versions, positions, hashes, records)
-            AS u(session_id, version, position, hash, record)
-        WHERE e.session_id = u.session_id AND e.version = u.version;
-{index_positions}    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
-        sealed_below = below, sealed_at = now();
-    PERFORM pg_notify(channel, head_position::text);
-    RETURN true;
-END
-$function$;
-"""
-
-
 # The assumed state is checked after the locks, each statement of a volatile function taking a
 # new snapshot (READ COMMITTED): it sees every append committed before the locks were ours.
 # The transaction gets its id at the first insert, after the locks (see the sealer's order).
@@ -215,7 +185,31 @@ BEGIN
         SELECT * FROM unnest(event_sessions, event_versions, recorded_ats, schema_versions,
                              events);
 {_INDEX_LEASES_AND_END}
-{_seal_store_function(settings="", index_positions="")}"""
+CREATE OR REPLACE FUNCTION chatledger.seal_store(
+    expected_position int8, head_position int8, head_hash bytea, below xid8,
+    sessions text[], versions int8[], positions int8[], hashes bytea[], records bytea[],
+    channel text)
+RETURNS boolean LANGUAGE plpgsql AS $function$
+DECLARE
+    current_position int8;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT position INTO current_position FROM chatledger.seal FOR UPDATE;
+    IF current_position <> expected_position THEN
+        RETURN false;
+    END IF;
+    UPDATE chatledger.events AS e
+        SET position = u.position, hash = u.hash, record = u.record, event = NULL
+        FROM unnest(sessions, versions, positions, hashes, records)
+            AS u(session_id, version, position, hash, record)
+        WHERE e.session_id = u.session_id AND e.version = u.version;
+    UPDATE chatledger.seal SET position = head_position, hash = head_hash,
+        sealed_below = below, sealed_at = now();
+    PERFORM pg_notify(channel, head_position::text);
+    RETURN true;
+END
+$function$;
+"""
 
 # The start of append_batch_sealed (schemas 5 and 6): its arguments, its settings, and the
 # sessions' locks taken and the assumed state checked under them.
@@ -390,13 +384,13 @@ _V6 = _sealed_batch_function(
                 info = excluded.info;
 """)
 
-# Schema 7: each index entry holds the position of the session's last record, so that listing
-# the sessions reads the index alone (it joined every entry to its event: a whole scan of the
-# events table, as slow as the log is long). NULL while that record waits for the sealer, which
-# fills it in as it places the record, if the entry is still at that version (an append that
-# moved it on meanwhile wrote its own). A batch sealed inline writes each entry's position with
-# it. `append_batch` is gone: no release since schema 5 calls it, and it would leave a stale
-# position behind.
+# Schema 7: an index entry written by a batch sealed inline holds the position of the session's
+# last record, so that listing the sessions reads the index and looks up only the entries
+# without one (it joined every entry to its event: a whole scan of the events table, as slow as
+# the log is long). NULL when the record was left to the sealer, which does not write the index
+# (its updates would wait for appenders' row locks and make them wait for its own, measured:
+# sealer-placed appends at a third of the rate). `append_batch` is gone: no release since
+# schema 5 calls it, and it would leave a stale position behind.
 _V7 = """
 ALTER TABLE chatledger.sessions ADD COLUMN IF NOT EXISTS position bigint;
 UPDATE chatledger.sessions s SET position = e.position FROM chatledger.events e
@@ -423,13 +417,6 @@ DROP FUNCTION IF EXISTS chatledger.append_batch(
             SELECT * FROM unnest(index_sessions, index_versions, infos)
             ON CONFLICT (session_id) DO UPDATE SET version = excluded.version,
                 info = excluded.info, position = NULL;
-""") + _seal_store_function(
-    settings="SET enable_seqscan = off SET enable_mergejoin = off SET enable_hashjoin = off\n"
-             "SET jit = off SET plan_cache_mode = force_generic_plan\n",
-    index_positions="""\
-    UPDATE chatledger.sessions AS s SET position = u.position
-        FROM unnest(sessions, versions, positions) AS u(session_id, version, position)
-        WHERE s.session_id = u.session_id AND s.version = u.version;
 """)
 
 MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}

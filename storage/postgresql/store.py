@@ -68,7 +68,14 @@ _INFO = (
     "SELECT s.info, e.position, e.hash FROM chatledger.sessions s LEFT JOIN chatledger.events e"
     " ON e.session_id = s.session_id AND e.version = s.version WHERE s.session_id = %s"
 )
-_ALL_INFO = "SELECT info, position FROM chatledger.sessions"
+# An entry's own position when its batch was sealed inline (schema 7), else a look-up: COALESCE
+# runs the subquery only for entries without one. JIT off: the planner costs that subquery for
+# every row, and compiling the plan took longer than the listing.
+_ALL_INFO = (
+    "SELECT s.info, coalesce(s.position, (SELECT e.position FROM chatledger.events e"
+    " WHERE e.session_id = s.session_id AND e.version = s.version))"
+    " FROM chatledger.sessions s"
+)
 _RAW_FROM = (
     "SELECT position, hash, record FROM chatledger.events"
     " WHERE position >= %s AND position <= %s ORDER BY position LIMIT %s"
@@ -394,8 +401,11 @@ class PostgresStore:
 
     def sessions(self) -> list[SessionInfo]:
         """Every session's info from the index."""
-        rows = self._read(lambda connection: connection.execute(_ALL_INFO, binary=True).fetchall())
-        return [decode_info(bytes(info), position) for info, position in rows]
+        def listing(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            connection.execute("SET LOCAL jit = off")
+            return connection.execute(_ALL_INFO, binary=True).fetchall()
+
+        return [decode_info(bytes(info), position) for info, position in self._read(listing)]
 
     def subscribe(self, from_position: int = 1, poll_interval: float = 0.2) -> Subscription:
         """Catch up, then follow live seals (of every node: LISTEN wakes it, polling backs it)."""

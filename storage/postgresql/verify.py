@@ -159,10 +159,15 @@ def _fold_unsealed(connection: psycopg.Connection[Any], report: PostgresVerifyRe
 
 def _check_session_index(connection: psycopg.Connection[Any], report: PostgresVerifyReport,
                          sessions: dict[str, _Session]) -> None:
-    # The entry's own position (schema 7), checked with the rest against the log.
-    rows = connection.execute("SELECT session_id, info, position FROM chatledger.sessions"
-                              ).fetchall()
-    stored = {session_id: (info, position) for session_id, info, position in rows}
+    rows = connection.execute(
+        "SELECT s.session_id, s.info, e.position, s.position FROM chatledger.sessions s"
+        " LEFT JOIN chatledger.events e ON e.session_id = s.session_id AND e.version = s.version"
+    ).fetchall()
+    stored = {session_id: (info, logged) for session_id, info, logged, _own in rows}
+    for session_id, _info, logged, own in rows:
+        if own is not None and own != logged:  # the entry's own position (schema 7)
+            report.fail(logged, f"session index entry of {session_id!r} holds position {own}, "
+                                f"its last record is at {logged} (run `chatledger rebuild`)")
     for session_id, state in sessions.items():
         entry = stored.pop(session_id, None)
         if entry is None:
