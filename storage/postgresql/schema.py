@@ -319,25 +319,14 @@ ALTER FUNCTION chatledger.seal_store(int8, int8, bytea, xid8, text[], int8[], in
 # the checks for sealing in one statement (its subqueries see every row committed before the
 # sessions' locks were ours, which is what the checks need), and each branch's writes in one
 # statement of data-modifying WITH queries. Same arguments, same answers.
-def _sealed_batch_function(sealed_index: str, unsealed_index: str) -> str:
-    """append_batch_sealed in four statements (schemas 6 and 7), with each branch's write of
-    the index entries (the last query of the sealed branch's WITH, the unsealed branch's
-    statement after its events)."""
+def _sealed_batch_function(seal_check: str, sealed_index: str, unsealed_index: str) -> str:
+    """append_batch_sealed in four statements (schemas 6 and 7): with its statement taking the
+    seal row and deciding `sealed`, and each branch's write of the index entries (the last
+    query of the sealed branch's WITH, the unsealed branch's statement after its events)."""
     return f"""
 {_SEALED_HEAD}BEGIN
 {_LOCKED_AND_ASSUMED}    IF head_position IS NOT NULL AND cardinality(event_sessions) > 0 THEN
-        SELECT s.position = head_position AND s.hash = head_hash
-            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
-            AND NOT EXISTS (
-                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
-                    AS a(session_id, base_version, base_hash)
-                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
-                    AND a.base_hash IS DISTINCT FROM (
-                    SELECT e.hash FROM chatledger.events e
-                    WHERE e.session_id = a.session_id AND e.version = a.base_version))
-            INTO sealed
-            FROM chatledger.seal s FOR UPDATE SKIP LOCKED;
-        sealed := coalesce(sealed, false);
+{seal_check}        sealed := coalesce(sealed, false);
     END IF;
     IF sealed THEN
         WITH stored AS (
@@ -369,6 +358,19 @@ def _sealed_batch_function(sealed_index: str, unsealed_index: str) -> str:
 
 
 _V6 = _sealed_batch_function(
+    seal_check="""\
+        SELECT s.position = head_position AND s.hash = head_hash
+            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
+            AND NOT EXISTS (
+                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
+                    AS a(session_id, base_version, base_hash)
+                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
+                    AND a.base_hash IS DISTINCT FROM (
+                    SELECT e.hash FROM chatledger.events e
+                    WHERE e.session_id = a.session_id AND e.version = a.base_version))
+            INTO sealed
+            FROM chatledger.seal s FOR UPDATE SKIP LOCKED;
+""",
     sealed_index="""\
         ), indexed AS (
             INSERT INTO chatledger.sessions (session_id, version, info)
@@ -389,8 +391,11 @@ _V6 = _sealed_batch_function(
 # without one (it joined every entry to its event: a whole scan of the events table, as slow as
 # the log is long). NULL when the record was left to the sealer, which does not write the index
 # (its updates would wait for appenders' row locks and make them wait for its own, measured:
-# sealer-placed appends at a third of the rate). `append_batch` is gone: no release since
-# schema 5 calls it, and it would leave a stale position behind.
+# sealer-placed appends at a third of the rate). The seal row is taken only when the batch
+# seals (its checks in the WHERE clause: a row that fails them is not locked; the head is
+# checked again on the row's latest version as it is locked): schema 6 took it for every batch
+# and held it to the commit, so with two nodes the sealers waited ~10 ms for it. `append_batch`
+# is gone: no release since schema 5 calls it, and it would leave a stale position behind.
 _V7 = """
 ALTER TABLE chatledger.sessions ADD COLUMN IF NOT EXISTS position bigint;
 UPDATE chatledger.sessions s SET position = e.position FROM chatledger.events e
@@ -400,6 +405,19 @@ DROP FUNCTION IF EXISTS chatledger.append_batch(
     timestamptz[], int4[], bytea[], text[], int8[], bytea[], text[], int8[], text[], int8[],
     float8[], text[], float8[]);
 """ + _sealed_batch_function(
+    seal_check="""\
+        SELECT true INTO sealed FROM chatledger.seal s
+            WHERE s.position = head_position AND s.hash = head_hash
+                AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
+                AND NOT EXISTS (
+                    SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
+                        AS a(session_id, base_version, base_hash)
+                    WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
+                        AND a.base_hash IS DISTINCT FROM (
+                        SELECT e.hash FROM chatledger.events e
+                        WHERE e.session_id = a.session_id AND e.version = a.base_version))
+            FOR UPDATE SKIP LOCKED;
+""",
     sealed_index="""\
         ), indexed AS (
             INSERT INTO chatledger.sessions (session_id, version, info, position)
