@@ -96,17 +96,22 @@ def test_an_append_never_waits_for_a_seal_row_another_transaction_holds(
         store.close()
 
 
-def test_a_node_falls_back_when_another_node_moved_the_head_then_seals_inline_again(
+def test_a_node_whose_head_another_node_moved_seals_under_the_seal_row_then_inline_again(
         postgres_url: str) -> None:
+    """Its call finds the head moved and writes nothing; the writer seals the batch in a
+    transaction that waits for the seal row, for the head it finds there, and learns it."""
     node_a = open_postgresql_store(postgres_url, seal_interval=3600)
     node_b = open_postgresql_store(postgres_url, seal_interval=3600)
     try:
         positions = [node_a.append("alpha", [SessionCreated()], 0)[0].position]
-        inline_b = node_b.writer.sealed_batches
+        inline_b, slow_b = node_b.writer.sealed_batches, node_b.writer.slow_batches
         positions.append(node_b.append("beta", [SessionCreated()], 0)[0].position)
-        assert node_b.writer.sealed_batches == inline_b  # its head was stale: the sealer's
+        assert node_b.writer.sealed_batches == inline_b + 1
+        assert node_b.writer.slow_batches == slow_b + 1  # its head was stale: under the lock
+        assert unsealed_rows(postgres_url) == 0
         positions.append(node_b.append("beta", message("b"), 1)[0].position)
-        assert node_b.writer.sealed_batches == inline_b + 1  # it learned the head
+        assert node_b.writer.sealed_batches == inline_b + 2
+        assert node_b.writer.slow_batches == slow_b + 1  # it learned the head: in its call
         positions.append(node_a.append("alpha", message("a"), 1)[0].position)
         assert positions == [1, 2, 3, 4]
         assert unsealed_rows(postgres_url) == 0
@@ -146,12 +151,12 @@ def test_a_schema_5_ledger_is_migrated_to_6_and_goes_on_sealing_inline(postgres_
         connection.execute(MIGRATIONS[5].encode())
         connection.execute("UPDATE chatledger.schema_version SET version = 5")
     with open_postgresql_store(postgres_url, seal_interval=3600) as store:
-        # Unknown to this new node, alpha's next append is decided under its lock and sealed
-        # by the sealer; what follows is sealed inline by the new function.
+        # Unknown to this new node, alpha's next append is decided and sealed under its locks
+        # and the seal row's; what follows is sealed inline by the new function.
         assert store.append("alpha", message("on schema 5's head"), 1)[0].position == 2
         assert store.append("beta", [SessionCreated()], 0)[0].position == 3
         assert store.append("alpha", message("and on"), 2)[0].position == 4
-        assert store.writer.sealed_batches == 2
+        assert store.writer.sealed_batches == 3
         assert unsealed_rows(postgres_url) == 0
         assert store.verify().ok
     with psycopg.connect(postgres_url) as connection:
@@ -191,10 +196,10 @@ def test_schema_7_fills_in_the_index_positions_of_a_schema_6_ledger(postgres_url
         assert positions(postgres_url) == {"alpha": 2, "beta": None}
         store.seal_now()
         assert positions(postgres_url) == {"alpha": 2, "beta": None}
-        # Unknown to this new node, alpha's next append is decided under its lock and placed
-        # by the sealer; the one after is sealed inline and its entry holds its position.
+        # Unknown to this new node, alpha's next append is decided and sealed under the locks;
+        # the one after is sealed in its call; both entries hold their positions.
         assert store.append("alpha", message("on schema 7"), 2)[0].position == 5
-        assert positions(postgres_url) == {"alpha": None, "beta": None}
+        assert positions(postgres_url) == {"alpha": 5, "beta": None}
         assert store.append("alpha", message("and on"), 3)[0].position == 6
         assert positions(postgres_url) == {"alpha": 6, "beta": None}
         assert {info.session_id: info.last_position for info in store.sessions()} == {

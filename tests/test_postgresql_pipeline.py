@@ -154,8 +154,11 @@ def test_a_batch_sent_behind_a_running_one_is_sealed_for_the_head_it_leaves(
         assert store.verify().ok
 
 
-def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seals_return(
+def test_when_a_batch_cannot_seal_in_its_call_neither_can_the_one_behind_and_both_seal_locked(
         postgres_url: str, lock_holder: psycopg.Connection[Any]) -> None:
+    """The batch ahead assumed a head another node moved: its call writes nothing, and the
+    one sent behind it, sealed for the head it would have left, neither; the writer seals both
+    in transactions that wait for the seal row, and seals in its calls again after."""
     node_a = open_postgresql_store(postgres_url, seal_interval=3600, pipeline_depth=2)
     node_b = open_postgresql_store(postgres_url, seal_interval=3600)
     try:
@@ -171,10 +174,12 @@ def test_when_a_batch_is_not_sealed_the_one_behind_it_falls_back_and_inline_seal
         hold_session(lock_holder, "alpha", held=False)
         for thread in (first, second):
             thread.join(30)
-        assert node_a.writer.sealed_batches == inline  # neither: the sealer placed both
+        assert node_a.writer.sealed_batches == inline + 2  # both, under the seal row's lock
+        assert node_a.writer.slow_batches == 2
         assert sorted(first_positions + second_positions) == [4, 5]
         node_a.append("alpha", [MessageSent(turn=2, text="again")], 2)
-        assert node_a.writer.sealed_batches == inline + 1  # it learned the head again
+        assert node_a.writer.sealed_batches == inline + 3  # it learned the head again
+        assert node_a.writer.slow_batches == 2
         assert node_a.head().position == 6
         assert node_a.verify().ok
     finally:

@@ -394,7 +394,10 @@ _V6 = _sealed_batch_function(
 # sealer-placed appends at a third of the rate). The seal row is taken only when the batch
 # seals (its checks in the WHERE clause: a row that fails them is not locked; the head is
 # checked again on the row's latest version as it is locked): schema 6 took it for every batch
-# and held it to the commit, so with two nodes the sealers waited ~10 ms for it. `append_batch`
+# and held it to the commit, so with two nodes the sealers waited ~10 ms for it. A batch that
+# was to seal and cannot writes nothing and answers "not assumed": the writer then seals it in
+# a transaction that waits for the seal row (`writer.py`), instead of leaving rows to the
+# sealer, which stopped every node's inline seals until it came by. `append_batch`
 # is gone: no release since schema 5 calls it, and it would leave a stale position behind.
 _V7 = """
 ALTER TABLE chatledger.sessions ADD COLUMN IF NOT EXISTS position bigint;
@@ -417,6 +420,10 @@ DROP FUNCTION IF EXISTS chatledger.append_batch(
                         SELECT e.hash FROM chatledger.events e
                         WHERE e.session_id = a.session_id AND e.version = a.base_version))
             FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN  -- the writer seals it under the seal row's lock instead
+            assumed := false;
+            RETURN;
+        END IF;
 """,
     sealed_index="""\
         ), indexed AS (

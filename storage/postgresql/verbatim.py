@@ -39,7 +39,9 @@ _ENTRIES = (
     " LEFT JOIN chatledger.events e ON e.session_id = s.session_id AND e.version = s.version"
     " WHERE s.session_id = ANY(%s)"
 )
-_WRITE = (
+# Sealed rows, their index entries and the new head in one statement (also the writer's, for a
+# batch it seals under the seal row's lock).
+SEALED_WRITE = (
     "WITH events AS (INSERT INTO chatledger.events"
     "  (session_id, version, recorded_at, schema_version, position, hash, record)"
     "  SELECT * FROM unnest(%s::text[], %s::int8[], %s::timestamptz[], %s::int4[],"
@@ -72,7 +74,7 @@ def write_verbatim(connection: psycopg.Connection[Any], records: list[bytes]) ->
                              entries.get)
         if isinstance(plan, Exception):
             raise plan
-        connection.execute(_WRITE, [*_event_columns(plan.values), *_index_columns(plan.entries),
+        connection.execute(SEALED_WRITE, [*_event_columns(plan.values), *_index_columns(plan.entries),
                                     plan.head.position, plan.head.hash, SEAL_CHANNEL,
                                     str(plan.head.position)])
         connection.commit()

@@ -42,15 +42,18 @@ whole transaction and its commit):
 4. the events go in sealed, with the records the leader computed for the positions after the
    head it assumes (its last seal, or the sealer's, taught it the head and each session's
    last hash), when the server finds those assumptions true under the seal row's lock, which
-   it takes only if free; else they go in unsealed and the sealer places them (a node that
-   appends alone seals every batch inline: one call, one write per event). A batch sent while
-   the one before it is unanswered assumes the head that one leaves if it seals; when it does
-   not, the next falls back too, and the writer assumes no head until the sealer says which
-   it is. A batch for a session that a batch in flight writes waits for that one's answer.
-If the assumed state was not the stored one (another node appended, this writer never saw the
-session, the index was rebuilt) nothing was written, and the batch is decided again on the
-state read under the locks in one transaction of a few statements (`_in_transaction`, also
-used directly when a session's info at its expected version is unknown here).
+   it takes only if free and only then (a node that appends alone seals every batch this
+   way: one call, one write per event); else the call writes nothing. A batch sent while the
+   one before it is unanswered assumes the head that one leaves if it seals; when it does
+   not, the next cannot seal either, and the writer assumes no head until it seals again. A
+   batch for a session that a batch in flight writes waits for that one's answer.
+If the assumed state was not the stored one (another node appended or sealed, this writer
+never saw the session, the index was rebuilt) nothing was written, and the batch is decided
+again on the state read under the locks in one transaction of a few statements
+(`_in_transaction`, also used directly when a session's info at its expected version or the
+head is unknown here), and sealed there for the head found under the seal row's lock, which
+it waits for (SEAL_ROW_WAIT at most, then the rows go in unsealed and the sealer places
+them). While another node seals too, batches go there directly (`_contended`).
 
 A lost connection is resolved by re-reading: if the rows are there with our content the
 append committed and is answered as such, if not it is tried again; never twice.
@@ -95,6 +98,7 @@ from .pipeline import StatementPipeline
 from .records import encode_info, lease_columns, with_seal
 from .schema import SEAL_CHANNEL, SESSION_LOCK_CLASS, session_lock_key
 from .sealer import Sealer, SealKey
+from .verbatim import SEALED_WRITE
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +276,12 @@ APPEND_BATCH = ("SELECT assumed, sealed, txid FROM chatledger.append_batch_seale
                             enumerate(_BATCH_TYPES, start=1)) + ")")
 """The writer's one call per batch, prepared on its pipeline's connection."""
 _INT8 = struct.Struct("!q")
+SEAL_ROW_WAIT = 0.1
+"""How long the slow path waits for the seal row before it leaves its batch to the sealer."""
+_SEAL_ROW_TIMEOUT = f"SET LOCAL lock_timeout = '{int(SEAL_ROW_WAIT * 1000)}ms'"
+_LOCK_SEAL = "SELECT position, hash FROM chatledger.seal FOR UPDATE"
+_ANY_UNSEALED = ("SELECT set_config('lock_timeout', '0', true),"
+                 " EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)")
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -359,6 +369,13 @@ class AppendWriter:
         self._known_lock = threading.Lock()
         self._sealing = threading.Lock()
         """Held by the leader sealing for everyone."""
+        self._last_sealed: Head | None = None
+        """The head this writer's last seal left."""
+        self._contended = False
+        """Another node seals too (the head moved since this writer's last seal): batches go
+        straight to a transaction that waits for the seal row, with the leader's place held
+        meanwhile so that the next batch gathers everyone, instead of a call that would find
+        the head moved."""
 
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
@@ -513,7 +530,7 @@ class AppendWriter:
                      ) -> tuple[int | None, _Batch]:
         self._wait_for_flights(batch)
         assumed = self._assume(batch)
-        if assumed is not None:
+        if assumed is not None and not self._contended:
             done = self._in_one_call(batch, assumed, state, place)
             if done is not None:
                 return done
@@ -622,7 +639,11 @@ class AppendWriter:
         ]
         base_hashes = [outcome.base_hashes.get(session_id) for session_id in session_ids]
         touched = self._decide(batch, outcome)
-        head, hashes, records = self._seal_columns(outcome)
+        with self._known_lock:
+            assumed_head = self._head
+        head, hashes, records = self._seal_columns(outcome, assumed_head)
+        if head is None and self._seal_inline and outcome.seals:
+            return None  # the head or a last hash is not known here: seal under the lock
         state["outcome"] = outcome
         if self.fault is not None:
             self.fault("before_commit", self._pipeline.connection())
@@ -646,6 +667,8 @@ class AppendWriter:
                 self._forget_head()
             if row[0] != b"t":
                 state["sent_commit"] = False
+                if head is not None:  # it was to seal: the head moved, or a session did
+                    self._contended = True
                 return None
             if self.fault is not None:
                 self.fault("after_commit", self._pipeline.connection())
@@ -658,6 +681,7 @@ class AppendWriter:
                 for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
                     last_hashes[session_id] = (version, digest)
                 self.learn_seal(predicted, {})  # the hashes go in with the index entries
+                self._last_sealed = predicted
                 self._sealer.placed_inline(predicted)
             else:
                 outcome.placed = {}
@@ -704,13 +728,13 @@ class AppendWriter:
         with self._known_lock:
             self._head = None
 
-    def _seal_columns(self, outcome: _Batch) -> tuple[Head | None, list[bytes], list[bytes]]:
-        """The batch's records sealed for the head this writer assumes, to be stored in the
-        append's own transaction if the assumptions hold there: (that head, each event's hash,
-        each stored record), exactly as the sealer would have made them, or (None, [], [])
-        when they cannot be made here (no head known, or a session's last hash unknown)."""
-        with self._known_lock:
-            head = self._head
+    def _seal_columns(self, outcome: _Batch, head: Head | None
+                      ) -> tuple[Head | None, list[bytes], list[bytes]]:
+        """The batch's records sealed for `head` (the one this writer assumes, or the one
+        under the seal row's lock), to be stored in the append's own transaction: (that head,
+        each event's hash, each stored record), exactly as the sealer would have made them,
+        or (None, [], []) when they cannot be made here (no head known, or a session's last
+        hash unknown)."""
         if not self._seal_inline or head is None or not outcome.seals:
             return None, [], []
         sessions, versions, times, schema_versions, encoded = outcome.columns
@@ -751,10 +775,12 @@ class AppendWriter:
         return upsert
 
     def _in_transaction(self, connection: psycopg.Connection[Any], batch: list[_Request],
-                        state: dict[str, Any]) -> tuple[int | None, _Batch]:
+                        state: dict[str, Any], *, seal: bool = True
+                        ) -> tuple[int | None, _Batch]:
         """The batch decided on the state read under the sessions' locks, in one transaction
-        of a few statements: for sessions this node knows nothing about, or whose state
-        another node changed."""
+        of a few statements, and sealed there under the seal row's lock when it can be (or,
+        with `seal` false, left to the sealer): for sessions this node knows nothing about,
+        whose state another node changed, or a batch that could not seal in its call."""
         session_ids = sorted({append.session_id for request in batch
                               for append in request.appends})
         keys = sorted({session_lock_key(session_id) for session_id in session_ids})
@@ -775,14 +801,23 @@ class AppendWriter:
             if last_hash is not None:
                 last_hashes[session_id] = (int(version), bytes(last_hash))
         self._remember(outcome.index, last_hashes)
+        outcome.base_hashes = {session_id: digest for session_id, (_, digest)
+                               in last_hashes.items()}
         touched = self._decide(batch, outcome)
         if not touched and not outcome.released:
             connection.rollback()
             return None, outcome
         state["outcome"] = outcome
         leases.write(connection, outcome.released)
+        try:
+            sealed = (self._seal_under_lock(connection, outcome, touched)
+                      if touched and seal else None)
+        except pg_errors.LockNotAvailable:  # held past SEAL_ROW_WAIT: leave it to the sealer
+            connection.rollback()
+            return self._in_transaction(connection, batch, state, seal=False)
         txid_cursor = (connection.execute(_WRITE, [
-            *outcome.columns, *self._index_columns(outcome, touched)]) if touched else None)
+            *outcome.columns, *self._index_columns(outcome, touched)])
+            if touched and sealed is None else None)
         if self.fault is not None:
             self.fault("before_commit", connection)
         state["sent_commit"] = True
@@ -790,12 +825,55 @@ class AppendWriter:
         if self.fault is not None:
             self.fault("after_commit", connection)
         self.commits = next(self._commits)
-        self._remember({session_id: outcome.index[session_id] for session_id in touched})
+        self._remember({session_id: outcome.index[session_id] for session_id in touched},
+                       sealed[1] if sealed is not None else None)
+        if sealed is not None:
+            self.sealed_batches += 1
+            self.learn_seal(sealed[0], {})
+            self._sealer.placed_inline(sealed[0])
+            return None, outcome
         if txid_cursor is None:  # only leases were let go: nothing to seal
             return None, outcome
         txid_row = txid_cursor.fetchone()
         assert txid_row is not None
         return int(txid_row[0]), outcome
+
+    def _seal_under_lock(self, connection: psycopg.Connection[Any], outcome: _Batch,
+                         touched: list[str]
+                         ) -> tuple[Head, dict[str, tuple[int, bytes]]] | None:
+        """Seal the batch in the slow path's transaction, waiting for the seal row (another
+        node's batch, the sealer or an import holds it for one commit; LockNotAvailable past
+        SEAL_ROW_WAIT, so that a holder that stopped cannot stop every append): its rows are
+        written sealed for the head found there, with the index entries and the new head.
+        Returns (that new head, each session's last (version, hash)), or None when it cannot
+        seal here (a committed row waits for the sealer, or a session's last hash is
+        unknown): then nothing was written, and the rows go in unsealed."""
+        if not self._seal_inline or not outcome.seals:
+            return None
+        connection.execute(_SEAL_ROW_TIMEOUT)
+        row = connection.execute(_LOCK_SEAL).fetchone()
+        assert row is not None, "the seal row is missing: the schema was damaged"
+        waiting = connection.execute(_ANY_UNSEALED).fetchone()  # and the wait's limit lifted
+        if waiting is not None and waiting[1]:
+            return None  # the sealer places those first
+        found = Head(int(row[0]), bytes(row[1]))
+        self._contended = found != self._last_sealed
+        head, hashes, records = self._seal_columns(outcome, found)
+        if head is None or not hashes:
+            return None
+        sessions, versions, times, schema_versions, _ = outcome.columns
+        positions = [outcome.placed[key][0] for key in zip(sessions, versions, strict=True)]
+        last: dict[str, tuple[int, bytes]] = {}
+        for session_id, version, digest in zip(sessions, versions, hashes, strict=True):
+            last[session_id] = (version, digest)
+        index = self._index_columns(outcome, touched)
+        new_head = self._last_sealed = Head(positions[-1], hashes[-1])
+        connection.execute(SEALED_WRITE, [
+            sessions, versions, times, schema_versions, positions, hashes, records,
+            *index, [outcome.placed[(session_id, last[session_id][0])][0]
+                     for session_id in index[0]],
+            new_head.position, new_head.hash, SEAL_CHANNEL, str(new_head.position)])
+        return new_head, last
 
     @staticmethod
     def _decide(batch: list[_Request], outcome: _Batch) -> list[str]:
