@@ -357,9 +357,9 @@ def _sealed_batch_function(seal_check: str, sealed_index: str, unsealed_index: s
 {_LEASES_AND_END}"""
 
 
-_V6 = _sealed_batch_function(
-    seal_check="""\
-        SELECT s.position = head_position AND s.hash = head_hash
+# What else sealing a batch in its own transaction needs, besides the head it assumed: nothing
+# waits for the sealer, and each session's last record is the one the writer assumed.
+_SEALABLE = """\
             AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
             AND NOT EXISTS (
                 SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
@@ -368,6 +368,12 @@ _V6 = _sealed_batch_function(
                     AND a.base_hash IS DISTINCT FROM (
                     SELECT e.hash FROM chatledger.events e
                     WHERE e.session_id = a.session_id AND e.version = a.base_version))
+"""
+
+_V6 = _sealed_batch_function(
+    seal_check="""\
+        SELECT s.position = head_position AND s.hash = head_hash
+""" + _SEALABLE + """\
             INTO sealed
             FROM chatledger.seal s FOR UPDATE SKIP LOCKED;
 """,
@@ -411,14 +417,7 @@ DROP FUNCTION IF EXISTS chatledger.append_batch(
     seal_check="""\
         SELECT true INTO sealed FROM chatledger.seal s
             WHERE s.position = head_position AND s.hash = head_hash
-                AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
-                AND NOT EXISTS (
-                    SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
-                        AS a(session_id, base_version, base_hash)
-                    WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
-                        AND a.base_hash IS DISTINCT FROM (
-                        SELECT e.hash FROM chatledger.events e
-                        WHERE e.session_id = a.session_id AND e.version = a.base_version))
+""" + _SEALABLE + """\
             FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN  -- the writer seals it under the seal row's lock instead
             assumed := false;

@@ -279,9 +279,14 @@ _INT8 = struct.Struct("!q")
 SEAL_ROW_WAIT = 0.1
 """How long the slow path waits for the seal row before it leaves its batch to the sealer."""
 _SEAL_ROW_TIMEOUT = f"SET LOCAL lock_timeout = '{int(SEAL_ROW_WAIT * 1000)}ms'"
-_LOCK_SEAL = "SELECT position, hash FROM chatledger.seal FOR UPDATE"
-_ANY_UNSEALED = ("SELECT set_config('lock_timeout', '0', true),"
-                 " EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)")
+# The head as locked (the row's latest version, read again once the lock is ours) and whether
+# rows waited for the sealer as the statement began (then the batch is left to it); the seal
+# row is held from here to the commit. The wait's limit stays for the transaction's writes: a
+# wait of theirs (an index rebuild, a redaction) also leaves the batch to the sealer.
+_LOCK_SEAL = (
+    "SELECT position, hash, EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
+    " FROM chatledger.seal FOR UPDATE"
+)
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
@@ -812,7 +817,7 @@ class AppendWriter:
         try:
             sealed = (self._seal_under_lock(connection, outcome, touched)
                       if touched and seal else None)
-        except pg_errors.LockNotAvailable:  # held past SEAL_ROW_WAIT: leave it to the sealer
+        except pg_errors.LockNotAvailable:  # waited past SEAL_ROW_WAIT: leave it to the sealer
             connection.rollback()
             return self._in_transaction(connection, batch, state, seal=False)
         txid_cursor = (connection.execute(_WRITE, [
@@ -853,9 +858,8 @@ class AppendWriter:
         connection.execute(_SEAL_ROW_TIMEOUT)
         row = connection.execute(_LOCK_SEAL).fetchone()
         assert row is not None, "the seal row is missing: the schema was damaged"
-        waiting = connection.execute(_ANY_UNSEALED).fetchone()  # and the wait's limit lifted
-        if waiting is not None and waiting[1]:
-            return None  # the sealer places those first
+        if row[2]:
+            return None  # rows wait for the sealer: it places them first
         found = Head(int(row[0]), bytes(row[1]))
         self._contended = found != self._last_sealed
         head, hashes, records = self._seal_columns(outcome, found)
