@@ -74,9 +74,9 @@ def write_verbatim(connection: psycopg.Connection[Any], records: list[bytes]) ->
                              entries.get)
         if isinstance(plan, Exception):
             raise plan
-        connection.execute(SEALED_WRITE, [*_event_columns(plan.values), *_index_columns(plan.entries),
-                                    plan.head.position, plan.head.hash, SEAL_CHANNEL,
-                                    str(plan.head.position)])
+        connection.execute(SEALED_WRITE, [
+            *_event_columns(plan.values), *_index_columns(plan.entries), plan.head.position,
+            plan.head.hash, SEAL_CHANNEL, str(plan.head.position)])
         connection.commit()
         return plan.head
     except pg_errors.UniqueViolation:

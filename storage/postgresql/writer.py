@@ -380,7 +380,8 @@ class AppendWriter:
         """Another node seals too (the head moved since this writer's last seal): batches go
         straight to a transaction that waits for the seal row, with the leader's place held
         meanwhile so that the next batch gathers everyone, instead of a call that would find
-        the head moved."""
+        the head moved. Read and set without a lock: it only picks the faster way, and either
+        way is correct."""
 
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
@@ -834,6 +835,7 @@ class AppendWriter:
                        sealed[1] if sealed is not None else None)
         if sealed is not None:
             self.sealed_batches += 1
+            self._last_sealed = sealed[0]
             self.learn_seal(sealed[0], {})
             self._sealer.placed_inline(sealed[0])
             return None, outcome
@@ -871,7 +873,7 @@ class AppendWriter:
         for session_id, version, digest in zip(sessions, versions, hashes, strict=True):
             last[session_id] = (version, digest)
         index = self._index_columns(outcome, touched)
-        new_head = self._last_sealed = Head(positions[-1], hashes[-1])
+        new_head = Head(positions[-1], hashes[-1])
         connection.execute(SEALED_WRITE, [
             sessions, versions, times, schema_versions, positions, hashes, records,
             *index, [outcome.placed[(session_id, last[session_id][0])][0]
