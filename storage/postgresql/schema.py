@@ -249,6 +249,20 @@ _LOCKED_AND_ASSUMED = f"""\
         RETURN;
     END IF;
 """
+
+# What else sealing a batch in its own transaction needs (schemas 5-7), besides the head it
+# assumed: nothing waits for the sealer, and each session's last record is the one assumed.
+_SEALABLE = """\
+            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
+            AND NOT EXISTS (
+                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
+                    AS a(session_id, base_version, base_hash)
+                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
+                    AND a.base_hash IS DISTINCT FROM (
+                    SELECT e.hash FROM chatledger.events e
+                    WHERE e.session_id = a.session_id AND e.version = a.base_version))
+"""
+
 # Schema 4's append_batch, and the seal in the same transaction when it can be made there: the
 # writer computed each record for the head it assumes (see `writer.py`). The seal row is taken
 # with SKIP LOCKED, so an append never waits for a seal (another node's, the sealer's or an
@@ -275,14 +289,7 @@ BEGIN
         SELECT position, hash INTO current_position, current_hash
             FROM chatledger.seal FOR UPDATE SKIP LOCKED;
         sealed := FOUND AND current_position = head_position AND current_hash = head_hash
-            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
-            AND NOT EXISTS (
-                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
-                    AS a(session_id, base_version, base_hash)
-                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
-                    AND a.base_hash IS DISTINCT FROM (
-                    SELECT e.hash FROM chatledger.events e
-                    WHERE e.session_id = a.session_id AND e.version = a.base_version));
+{_SEALABLE.rstrip()};
     END IF;
     IF sealed THEN
         INSERT INTO chatledger.events (session_id, version, recorded_at, schema_version,
@@ -357,18 +364,6 @@ def _sealed_batch_function(seal_check: str, sealed_index: str, unsealed_index: s
 {_LEASES_AND_END}"""
 
 
-# What else sealing a batch in its own transaction needs, besides the head it assumed: nothing
-# waits for the sealer, and each session's last record is the one the writer assumed.
-_SEALABLE = """\
-            AND NOT EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)
-            AND NOT EXISTS (
-                SELECT 1 FROM unnest(sessions, base_versions, base_hashes)
-                    AS a(session_id, base_version, base_hash)
-                WHERE a.base_version > 0 AND a.base_hash IS NOT NULL
-                    AND a.base_hash IS DISTINCT FROM (
-                    SELECT e.hash FROM chatledger.events e
-                    WHERE e.session_id = a.session_id AND e.version = a.base_version))
-"""
 
 _V6 = _sealed_batch_function(
     seal_check="""\
