@@ -104,7 +104,9 @@ def test_interrupt_while_streaming_records_the_partial_text_quickly(
     outcome = ledger.send(session, "talk slowly", on_update=on_update, stream_deltas=True)
     recorded_after = time.monotonic() - timings["asked"]
     assert (outcome.ok, outcome.reason) == (False, "cancelled")
-    assert recorded_after < 1.0
+    # The stream had ~7 s to go (25 chunks, 0.3 s apart): cut short, not waited out. (A 1 s
+    # bound failed once in CI on a loaded machine, at 1.18 s.)
+    assert recorded_after < 3.0
     failed = events_of(ledger, session, RunFailed)[-1]
     assert failed.partial_text.startswith("one")
     fake_api.script(text("still here"))
