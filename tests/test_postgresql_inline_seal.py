@@ -122,6 +122,34 @@ def test_a_node_whose_head_another_node_moved_seals_under_the_seal_row_then_inli
         node_b.close()
 
 
+def test_while_another_node_seals_a_node_sends_its_batches_straight_to_the_seal_row(
+        postgres_url: str) -> None:
+    """Once the head has moved since its own last seal, a node seals its next batches under
+    the seal row's lock without trying a call that would find it moved; once a seal finds the
+    head where it left it, its batches are sealed in their calls again."""
+    node_a = open_postgresql_store(postgres_url, seal_interval=3600)
+    node_b = open_postgresql_store(postgres_url, seal_interval=3600)
+    try:
+        node_a.append("alpha", [SessionCreated()], 0)
+        node_b.append("beta", [SessionCreated()], 0)  # a stale head: a call, then the lock
+        node_a.append("alpha", message("a"), 1)  # the same for node a
+        slow_b, locked_b = node_b.writer.slow_batches, node_b.writer.locked_seals
+        node_b.append("beta", message("b"), 1)  # node a sealed meanwhile: straight there
+        assert (node_b.writer.slow_batches, node_b.writer.locked_seals) == (slow_b, locked_b + 1)
+        node_b.append("beta", message("b again"), 2)  # the head was where it left it
+        assert node_b.writer.locked_seals == locked_b + 2
+        sealed_b = node_b.writer.sealed_batches
+        node_b.append("beta", message("b in its call"), 3)
+        assert node_b.writer.sealed_batches == sealed_b + 1
+        assert (node_b.writer.slow_batches, node_b.writer.locked_seals) == (slow_b, locked_b + 2)
+        assert unsealed_rows(postgres_url) == 0
+        assert [record.position for record in node_b.read_all()] == list(range(1, 7))
+        assert node_b.verify().ok
+    finally:
+        node_a.close()
+        node_b.close()
+
+
 def test_a_session_whose_last_record_waits_for_the_sealer_is_never_sealed_ahead_of_it(
         postgres_url: str) -> None:
     unsealing = open_postgresql_store(postgres_url, seal=False)  # a node without a sealer

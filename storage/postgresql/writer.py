@@ -278,20 +278,29 @@ APPEND_BATCH = ("SELECT assumed, sealed, txid FROM chatledger.append_batch_seale
 _INT8 = struct.Struct("!q")
 SEAL_ROW_WAIT = 0.1
 """How long the slow path waits for the seal row before it leaves its batch to the sealer."""
-_SEAL_ROW_TIMEOUT = f"SET LOCAL lock_timeout = '{int(SEAL_ROW_WAIT * 1000)}ms'"
-# The head as locked (the row's latest version, read again once the lock is ours) and whether
-# rows waited for the sealer as the statement began (then the batch is left to it); the seal
-# row is held from here to the commit. The wait's limit stays for the transaction's writes: a
-# wait of theirs (an index rebuild, a redaction) also leaves the batch to the sealer.
-_LOCK_SEAL = (
-    "SELECT position, hash, EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
-    " FROM chatledger.seal FOR UPDATE"
+# Before the seal row is taken: whether rows wait for the sealer (then the batch is left to it,
+# and the row is not taken), and the limit of the wait for the row. The limit stays for the
+# transaction's writes: a wait of theirs (an index rebuild, a redaction) also leaves the batch
+# to the sealer.
+_BEFORE_SEAL_ROW = (
+    f"SELECT set_config('lock_timeout', '{int(SEAL_ROW_WAIT * 1000)}ms', true),"
+    " EXISTS (SELECT 1 FROM chatledger.events WHERE position IS NULL)"
 )
+# The head as locked (the row's latest version, read again once the lock is ours); the seal row
+# is held from here to the commit.
+_LOCK_SEAL = "SELECT position, hash FROM chatledger.seal FOR UPDATE"
 _FIND = (
     "SELECT e.session_id, e.version, e.txid::text, e.recorded_at, e.event, e.record"
     " FROM chatledger.events e JOIN unnest(%s::text[], %s::int8[]) AS k(session_id, version)"
     "  ON e.session_id = k.session_id AND e.version = k.version"
 )
+
+
+def _last_hashes(outcome: _Batch, hashes: list[bytes]) -> dict[str, tuple[int, bytes]]:
+    """Each session's last (version, hash) among a sealed batch's records (`placed` and
+    `hashes` are in the batch's order)."""
+    return {session_id: (version, digest)
+            for (session_id, version), digest in zip(outcome.placed, hashes, strict=True)}
 
 
 class _Batch:
@@ -366,6 +375,9 @@ class AppendWriter:
         state read under the locks."""
         self.sealed_batches = 0
         """How many batches were sealed in their own transaction."""
+        self.locked_seals = 0
+        """How many of those waited for the seal row (`_seal_under_lock`), not sealed in the
+        batch's call."""
         self._known: collections.OrderedDict[str, tuple[int, SessionInfo]] = (
             collections.OrderedDict())
         self._hashes: collections.OrderedDict[str, tuple[int, bytes]] = (
@@ -684,8 +696,7 @@ class AppendWriter:
             if sealed:
                 assert predicted is not None
                 self.sealed_batches += 1
-                for (session_id, version), digest in zip(outcome.placed, hashes, strict=True):
-                    last_hashes[session_id] = (version, digest)
+                last_hashes = _last_hashes(outcome, hashes)
                 self.learn_seal(predicted, {})  # the hashes go in with the index entries
                 self._last_sealed = predicted
                 self._sealer.placed_inline(predicted)
@@ -835,6 +846,7 @@ class AppendWriter:
                        sealed[1] if sealed is not None else None)
         if sealed is not None:
             self.sealed_batches += 1
+            self.locked_seals += 1
             self._last_sealed = sealed[0]
             self.learn_seal(sealed[0], {})
             self._sealer.placed_inline(sealed[0])
@@ -857,11 +869,11 @@ class AppendWriter:
         unknown): then nothing was written, and the rows go in unsealed."""
         if not self._seal_inline or not outcome.seals:
             return None
-        connection.execute(_SEAL_ROW_TIMEOUT)
+        waiting = connection.execute(_BEFORE_SEAL_ROW).fetchone()
+        if waiting is not None and waiting[1]:
+            return None  # rows wait for the sealer: it places them first
         row = connection.execute(_LOCK_SEAL).fetchone()
         assert row is not None, "the seal row is missing: the schema was damaged"
-        if row[2]:
-            return None  # rows wait for the sealer: it places them first
         found = Head(int(row[0]), bytes(row[1]))
         self._contended = found != self._last_sealed
         head, hashes, records = self._seal_columns(outcome, found)
@@ -869,9 +881,7 @@ class AppendWriter:
             return None
         sessions, versions, times, schema_versions, _ = outcome.columns
         positions = [outcome.placed[key][0] for key in zip(sessions, versions, strict=True)]
-        last: dict[str, tuple[int, bytes]] = {}
-        for session_id, version, digest in zip(sessions, versions, hashes, strict=True):
-            last[session_id] = (version, digest)
+        last = _last_hashes(outcome, hashes)
         index = self._index_columns(outcome, touched)
         new_head = Head(positions[-1], hashes[-1])
         connection.execute(SEALED_WRITE, [
