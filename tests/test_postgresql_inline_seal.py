@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -146,6 +148,73 @@ def test_while_another_node_seals_a_node_sends_its_batches_straight_to_the_seal_
         assert [record.position for record in node_b.read_all()] == list(range(1, 7))
         assert node_b.verify().ok
     finally:
+        node_a.close()
+        node_b.close()
+
+
+def test_while_another_node_seals_a_batch_takes_the_callers_the_batch_before_answered(
+        postgres_url: str) -> None:
+    """Each batch is one turn at the seal row, which the nodes take one after the other: the
+    next leader waits for the callers the batch before answered to come back (up to
+    `gather_wait`, and only while they are in `write`) and takes them with the others.
+    Here a and c are written together while b comes; the first of a and c back leads and
+    waits for the other's second append, which the GIL's turns would otherwise leave to a
+    batch of its own."""
+    node_a = open_postgresql_store(postgres_url, seal_interval=3600)
+    node_b = open_postgresql_store(postgres_url, seal_interval=3600)
+    writer = node_b.writer
+    writer.gather_wait = 30.0  # the test waits for the callers, never for this bound
+    batches: list[list[str]] = []
+    write_batch = writer._write_batch
+
+    def recorded(batch: list[Any], place: Any) -> Any:
+        batches.append(sorted(append.session_id for request in batch
+                              for append in request.appends))
+        return write_batch(batch, place)
+
+    def twice(session_id: str) -> None:
+        node_b.append(session_id, message("first"), 1)
+        node_b.append(session_id, message("second"), 2)
+
+    first_two = [threading.Thread(target=twice, args=(session_id,)) for session_id in "ac"]
+    late = threading.Thread(target=lambda: node_b.append("b", message("late"), 1))
+    stages: list[str] = []
+
+    def queued(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while writer.queued() < count and time.monotonic() < deadline:
+            time.sleep(0.002)  # polling a condition with a deadline
+        assert writer.queued() == count
+
+    def choreography(stage: str, connection: object) -> None:
+        stages.append(stage)
+        if stages == ["before_commit"]:  # the holder's batch: a and c wait behind it
+            for thread in first_two:
+                thread.start()
+            queued(2)
+        elif stages == ["before_commit", "after_commit"]:
+            node_a.append("alpha", message("meanwhile"), 2)  # another node seals meanwhile
+        elif stages.count("before_commit") == 2 and stage == "before_commit":
+            late.start()  # a and c are being written: b waits behind them
+            queued(1)
+
+    try:
+        for session_id in ("holder", "a", "b", "c"):
+            node_b.append(session_id, [SessionCreated()], 0)
+        node_a.append("alpha", [SessionCreated()], 0)
+        node_b.append("holder", message("under the lock"), 1)  # node b finds the head moved
+        node_a.append("alpha", message("again"), 1)  # and it moves on
+        assert writer._contended
+        writer._write_batch = recorded  # type: ignore[method-assign]
+        writer.fault = choreography
+        node_b.append("holder", message("holding"), 2)
+        for thread in (*first_two, late):
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in (*first_two, late))
+        assert batches == [["holder"], ["a", "c"], ["a", "b", "c"]]
+        assert node_b.verify().ok
+    finally:
+        writer.fault = None
         node_a.close()
         node_b.close()
 

@@ -285,6 +285,12 @@ _SEALED_WRITE_ARRAYS = (
 _INT8 = struct.Struct("!q")
 SEAL_ROW_WAIT = 0.1
 """How long the slow path waits for the seal row before it leaves its batch to the sealer."""
+GATHER_WAIT = 0.005
+"""While another node seals too, how long a leader waits for the callers the batch before
+answered to come back, so that its batch takes them too (measured, two nodes of eight
+sessions each: batches of ~7 instead of ~4, 6.2-6.6k appends/s together instead of
+3.4-3.7k; 2 ms gathered a little less, and the same waiting made a lone node slower: its
+pipeline keeps two batches going)."""
 # The head as locked (the row's latest version, read again once the lock is ours), held from
 # here to the commit. It is taken only while no committed row waits for the sealer (which
 # places those first): else no row, and no lock. The wait for it is limited (the uncorrelated
@@ -360,6 +366,14 @@ class AppendWriter:
         self._leaders = 0
         self._waiting: collections.deque[_Request] = collections.deque()
         self._lock = threading.Lock()
+        self._callers = 0
+        """How many callers are in `write`."""
+        self._gathering = False
+        self._gathered = threading.Condition(self._lock)
+        """Notified when a request comes to wait, or a caller leaves, while a leader gathers
+        (`_gather`)."""
+        self.gather_wait = GATHER_WAIT
+        """How long a leader gathers at most (tests lengthen it)."""
         self._sleeping: collections.deque[_Request] = collections.deque()
         """Callers waiting for a leader's place."""
         self._idle = threading.Condition(self._lock)
@@ -397,10 +411,12 @@ class AppendWriter:
         """The head this writer's last seal left."""
         self._contended = False
         """Another node seals too (the head moved since this writer's last seal): batches go
-        straight to a transaction that waits for the seal row, with the leader's place held
-        meanwhile so that the next batch gathers everyone, instead of a call that would find
-        the head moved. Read and set without a lock: it only picks the faster way, and either
-        way is correct."""
+        straight to a transaction that waits for the seal row, instead of a call that would
+        find the head moved, with the leader's place held meanwhile, and the next leader
+        gathers the callers the batch answers (`_gather`): each batch is one turn at the seal
+        row, which the nodes take one after the other, so the fewer the turns the better.
+        Read and set without a lock: it only picks the faster way, and either way is
+        correct."""
 
     def write(self, appends: list[EncodedAppend], timeout: float) -> list[list[Recorded]]:
         """Append all or nothing; one list of records per append. Blocks the calling thread
@@ -408,6 +424,19 @@ class AppendWriter:
         request = _Request(appends)
         with self._lock:
             self._waiting.append(request)
+            self._callers += 1
+            if self._gathering:
+                self._gathered.notify()
+        try:
+            return self._written(request, timeout)
+        finally:
+            with self._lock:
+                self._callers -= 1
+                if self._gathering:  # one fewer to gather
+                    self._gathered.notify()
+
+    def _written(self, request: _Request, timeout: float) -> list[list[Recorded]]:
+        """`write` once the request waits: lead or sleep until it is answered."""
         while True:
             with self._lock:
                 if request.taken:
@@ -426,6 +455,8 @@ class AppendWriter:
             try:
                 # Room in the pipeline first: the batch then takes everyone who came meanwhile.
                 self._pipeline.wait_for_room(PIPELINE_TIMEOUT)
+                if self._contended:
+                    self._gather()
                 batch = self._take_waiting()
                 if batch:
                     answer = self._write_batch(batch, place)
@@ -435,6 +466,22 @@ class AppendWriter:
                 answer()
             self._seal_waiting()
         return request.result(timeout)
+
+    def _gather(self) -> None:
+        """While another node seals too: wait, `gather_wait` seconds at most, until every caller in
+        `write` waits to be written (those the batch before answered come back meanwhile),
+        so that this batch takes them all."""
+        deadline = time.monotonic() + self.gather_wait
+        with self._lock:
+            self._gathering = True
+            try:
+                while len(self._waiting) < min(self._callers, self._max_batch):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._gathered.wait(remaining)
+            finally:
+                self._gathering = False
 
     def _take_waiting(self) -> list[_Request]:
         """A leader takes the requests waiting (up to `max_batch`) into its batch."""
