@@ -53,7 +53,9 @@ again on the state read under the locks in one transaction of a few statements
 (`_in_transaction`, also used directly when a session's info at its expected version or the
 head is unknown here), and sealed there for the head found under the seal row's lock, which
 it waits for (SEAL_ROW_WAIT at most, then the rows go in unsealed and the sealer places
-them). While another node seals too, batches go there directly (`_contended`).
+them). While another node seals too, batches go there directly (`_contended`), and each takes
+every caller of this node that is back in time (`_gather`): the nodes take turns at the seal
+row, one batch each.
 
 A lost connection is resolved by re-reading: if the rows are there with our content the
 append committed and is answered as such, if not it is tried again; never twice.
@@ -368,7 +370,8 @@ class AppendWriter:
         self._lock = threading.Lock()
         self._callers = 0
         """How many callers are in `write`."""
-        self._gathering = False
+        self._gathering = 0
+        """How many leaders gather."""
         self._gathered = threading.Condition(self._lock)
         """Notified when a request comes to wait, or a caller leaves, while a leader gathers
         (`_gather`)."""
@@ -426,14 +429,14 @@ class AppendWriter:
             self._waiting.append(request)
             self._callers += 1
             if self._gathering:
-                self._gathered.notify()
+                self._gathered.notify_all()
         try:
             return self._written(request, timeout)
         finally:
             with self._lock:
                 self._callers -= 1
                 if self._gathering:  # one fewer to gather
-                    self._gathered.notify()
+                    self._gathered.notify_all()
 
     def _written(self, request: _Request, timeout: float) -> list[list[Recorded]]:
         """`write` once the request waits: lead or sleep until it is answered."""
@@ -468,12 +471,12 @@ class AppendWriter:
         return request.result(timeout)
 
     def _gather(self) -> None:
-        """While another node seals too: wait, `gather_wait` seconds at most, until every caller in
-        `write` waits to be written (those the batch before answered come back meanwhile),
-        so that this batch takes them all."""
+        """While another node seals too: wait, `gather_wait` seconds at most, until every
+        caller in `write` waits to be written (those the batch before answered come back
+        meanwhile, or leave), so that this batch takes them all."""
         deadline = time.monotonic() + self.gather_wait
         with self._lock:
-            self._gathering = True
+            self._gathering += 1
             try:
                 while len(self._waiting) < min(self._callers, self._max_batch):
                     remaining = deadline - time.monotonic()
@@ -481,7 +484,7 @@ class AppendWriter:
                         break
                     self._gathered.wait(remaining)
             finally:
-                self._gathering = False
+                self._gathering -= 1
 
     def _take_waiting(self) -> list[_Request]:
         """A leader takes the requests waiting (up to `max_batch`) into its batch."""
@@ -928,9 +931,9 @@ class AppendWriter:
         SEAL_ROW_WAIT, so that a holder that stopped cannot stop every append): its rows are
         made sealed for the head found there. Returns (the new head, each session's last
         (version, hash), the parameters of SEALED_WRITE, which writes the rows, the index
-        entries and the new head), or None when it cannot seal here (a committed row waits
-        for the sealer, or a session's last hash is unknown): then the row is not held, and
-        the rows go in unsealed."""
+        entries and the new head), or None when it cannot seal here, and the rows go in
+        unsealed: a committed row waits for the sealer (then the row is not taken), or a
+        session's last hash is unknown."""
         if not self._seal_inline or not outcome.seals:
             return None
         row = connection.execute(_LOCK_SEAL).fetchone()
