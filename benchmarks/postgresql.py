@@ -16,8 +16,9 @@ Every append figure runs in alternated rounds (`--rounds`, default 5: the four c
 one after the other in each round, the plain table right after chatledger) and is reported as
 the median; the 16-session target is judged on the median of the rounds' chatledger / plain
 ratios, each of two figures taken seconds apart, so that load drifting on a shared machine
-weighs on both sides alike (on this 2-core VM one round's ratio moves by 0.5x with it). It prints a table with ratios and the targets of
-issue 15. Nothing here is imported by the package.
+weighs on both sides alike (on this 2-core VM one round's ratio moves by 0.5x with it). It
+prints a table with ratios and the targets of issue 15. Nothing here is imported by the
+package.
 """
 
 from __future__ import annotations
