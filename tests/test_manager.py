@@ -281,7 +281,9 @@ def test_the_event_loop_is_not_blocked_while_four_runs_are_in_flight(
 
     worst = asyncio.run(scenario())
     print(f"worst event-loop lag with 4 runs in flight: {worst * 1000:.1f} ms")
-    assert worst < 0.25, f"event loop stalled for {worst * 1000:.0f} ms"
+    # A run that blocked the loop would stall it for its whole 1.5 s; a loaded machine alone
+    # stalls it for up to ~0.3 s (once 295 ms in CI, 127 ms here with two CPU hogs).
+    assert worst < 0.75, f"event loop stalled for {worst * 1000:.0f} ms"
 
 
 def test_get_session_manager_is_process_wide(monkeypatch: pytest.MonkeyPatch,
