@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
@@ -71,12 +70,9 @@ def one_batch(store: PostgresStore, calls: list[Callable[[], object]]) -> list[o
         if stage != "before_commit" or held:
             return
         held.append(True)
-        deadline = time.monotonic() + 30
         for queued, thread in enumerate(threads, start=1):
             thread.start()  # each one queued before the next starts: the batch keeps the order
-            while store.writer.queued() < queued and time.monotonic() < deadline:
-                time.sleep(0.002)  # polling a condition with a deadline
-            assert store.writer.queued() == queued
+            assert store.writer.wait_queued(queued, 30) and store.writer.queued() == queued
 
     store.append("holder", [SessionCreated()], 0)  # the holder session exists
     store.writer.fault = hold

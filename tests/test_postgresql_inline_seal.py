@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -181,10 +180,7 @@ def test_while_another_node_seals_a_batch_takes_the_callers_the_batch_before_ans
     stages: list[str] = []
 
     def queued(count: int) -> None:
-        deadline = time.monotonic() + 30
-        while writer.queued() < count and time.monotonic() < deadline:
-            time.sleep(0.002)  # polling a condition with a deadline
-        assert writer.queued() == count
+        assert writer.wait_queued(count, 30) and writer.queued() == count
 
     def choreography(stage: str, connection: object) -> None:
         stages.append(stage)

@@ -255,11 +255,14 @@ _WRITE = (
 # Binary parameters, encoded by `arrays.py` (psycopg's generic list dumper cost more client CPU
 # than anything else in a batch); an empty array is sent as NULL, which the function reads as
 # empty. The call is a prepared statement of the writer's pipeline (see `pipeline.py`).
+_EVENT_ARRAYS = (text_array, int8_array, timestamptz_array, int4_array, bytea_array)
+"""Encoders of a batch's event columns: session, version, recorded_at, schema, event."""
+_INDEX_ARRAYS = (text_array, int8_array, bytea_array)
+"""Encoders of its index entries' columns: session, version, info."""
 _BATCH_ARRAYS = (
     int4_array, text_array, int8_array, bytea_array,  # locks, sessions, versions, hashes
     text_array, int8_array, text_array, int8_array, float8_array, text_array,  # fenced leases
-    text_array, int8_array, timestamptz_array, int4_array, bytea_array,  # events
-    text_array, int8_array, bytea_array,  # index entries
+    *_EVENT_ARRAYS, *_INDEX_ARRAYS,
     text_array, int8_array, text_array, int8_array, float8_array, text_array,  # released
     float8_array,  # leases
 )
@@ -277,8 +280,7 @@ APPEND_BATCH = ("SELECT assumed, sealed, txid FROM chatledger.append_batch_seale
                 + ", ".join(f"${number}::{kind}" for number, kind in
                             enumerate(_BATCH_TYPES, start=1)) + ")")
 """The writer's one call per batch, prepared on its pipeline's connection."""
-_WRITE_ARRAYS = (text_array, int8_array, timestamptz_array, int4_array, bytea_array,  # events
-                 text_array, int8_array, bytea_array)  # index entries
+_WRITE_ARRAYS = (*_EVENT_ARRAYS, *_INDEX_ARRAYS)
 """The encoder of each array parameter of `_WRITE`, in order."""
 _SEALED_WRITE_ARRAYS = (
     text_array, int8_array, timestamptz_array, int4_array, int8_array, bytea_array,  # events
@@ -370,11 +372,11 @@ class AppendWriter:
         self._lock = threading.Lock()
         self._callers = 0
         """How many callers are in `write`."""
-        self._gathering = 0
-        """How many leaders gather."""
-        self._gathered = threading.Condition(self._lock)
-        """Notified when a request comes to wait, or a caller leaves, while a leader gathers
-        (`_gather`)."""
+        self._watching = 0
+        """How many threads wait on `_arrivals`."""
+        self._arrivals = threading.Condition(self._lock)
+        """Notified, while someone watches, when a request comes to wait or a caller leaves
+        (`_gather`, `wait_queued`)."""
         self.gather_wait = GATHER_WAIT
         """How long a leader gathers at most (tests lengthen it)."""
         self._sleeping: collections.deque[_Request] = collections.deque()
@@ -428,15 +430,15 @@ class AppendWriter:
         with self._lock:
             self._waiting.append(request)
             self._callers += 1
-            if self._gathering:
-                self._gathered.notify_all()
+            if self._watching:
+                self._arrivals.notify_all()
         try:
             return self._written(request, timeout)
         finally:
             with self._lock:
                 self._callers -= 1
-                if self._gathering:  # one fewer to gather
-                    self._gathered.notify_all()
+                if self._watching:  # one fewer to gather
+                    self._arrivals.notify_all()
 
     def _written(self, request: _Request, timeout: float) -> list[list[Recorded]]:
         """`write` once the request waits: lead or sleep until it is answered."""
@@ -474,17 +476,29 @@ class AppendWriter:
         """While another node seals too: wait, `gather_wait` seconds at most, until every
         caller in `write` waits to be written (those the batch before answered come back
         meanwhile, or leave), so that this batch takes them all."""
-        deadline = time.monotonic() + self.gather_wait
+        self._watch(lambda: len(self._waiting) >= min(self._callers, self._max_batch),
+                    self.gather_wait)
+
+    def wait_queued(self, count: int, timeout: float) -> bool:
+        """Whether `count` requests or more wait to be written within `timeout` seconds (for
+        tests that line callers up behind a batch)."""
+        return self._watch(lambda: len(self._waiting) >= count, timeout)
+
+    def _watch(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait on `_arrivals` until `condition` (checked under the lock) holds or `timeout`
+        seconds have passed; whether it holds."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self._gathering += 1
+            self._watching += 1
             try:
-                while len(self._waiting) < min(self._callers, self._max_batch):
+                while not condition():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        break
-                    self._gathered.wait(remaining)
+                        return False
+                    self._arrivals.wait(remaining)
+                return True
             finally:
-                self._gathering -= 1
+                self._watching -= 1
 
     def _take_waiting(self) -> list[_Request]:
         """A leader takes the requests waiting (up to `max_batch`) into its batch."""
