@@ -66,10 +66,17 @@ def describe(error: BaseException) -> str:
 
 
 def session_settings(idle_in_transaction_timeout: float) -> str:
-    """The SET statements every chatledger connection starts with."""
+    """The SET statements every chatledger connection starts with.
+
+    Bitmap scans are off: every read chatledger makes is a key lookup or a range of a key in
+    its order (a session's stream by version, the log by position), which an index scan
+    returns in that order. With statistics taken before a session grew (after a bulk load,
+    until autovacuum's next ANALYZE) the planner chose a bitmap scan and a sort instead:
+    measured, a 1,000-event session's read took 1.36 ms of server time instead of 0.59."""
     milliseconds = max(int(idle_in_transaction_timeout * 1000), 0)
     return (
         "SET TimeZone = 'UTC'; "
+        "SET enable_bitmapscan = off; "
         f"SET idle_in_transaction_session_timeout = {milliseconds}; "
         f"SET application_name = '{APPLICATION_NAME}'"
     )
