@@ -34,6 +34,7 @@ from ..ids import validate_session_id
 from ..leases import Lease, LeaseOwner
 from ..records import EncodedAppend, SessionAppend, distinct_sessions, encode_append
 from . import leases, redaction
+from .batching import BatchPolicy
 from .connection import ConnectionLostError, Pool, connect, describe, redact, retrying
 from .listener import SealListener
 from .pipeline import StatementPipeline
@@ -113,12 +114,14 @@ class PostgresStore:
         max_batch: int = 1024,
         writers: int = 1,
         pipeline_depth: int = 2,
+        batching: str = "adaptive",
         append_timeout: float = 60.0,
         reconnect_timeout: float = 10.0,
         idle_in_transaction_timeout: float = 30.0,
         create: bool = True,
         readonly: bool = False,
     ) -> None:
+        policy = BatchPolicy(batching)  # a bad mode is refused before anything is opened
         self.url = url
         self._connect_timeout = connect_timeout
         self._reconnect_timeout = reconnect_timeout
@@ -152,7 +155,7 @@ class PostgresStore:
         self.writer = AppendWriter(self._pool, pipeline, self.sealer,
                                    wait_for_seal=wait_for_seal and seal, max_batch=max_batch,
                                    reconnect_timeout=reconnect_timeout, writers=writers,
-                                   seal_inline=seal)
+                                   seal_inline=seal, policy=policy)
         if seal:
             self.writer.learn_seal(self.head(), {})
         self._listener: SealListener | None = None

@@ -55,7 +55,9 @@ head is unknown here), and sealed there for the head found under the seal row's 
 it waits for (SEAL_ROW_WAIT at most, then the rows go in unsealed and the sealer places
 them). While another node seals too, batches go there directly (`_contended`), and each takes
 every caller of this node that is back in time (`_gather`): the nodes take turns at the seal
-row, one batch each.
+row, one batch each. A lone node's leaders gather too when the batching policy says so
+(`batching.py`: measured, gathering is faster when other processes take the CPU, sending
+at once when the machine has CPU to spare).
 
 A lost connection is resolved by re-reading: if the rows are there with our content the
 append committed and is answered as such, if not it is tried again; never twice.
@@ -95,6 +97,7 @@ from .arrays import (
     text_array,
     timestamptz_array,
 )
+from .batching import BatchPolicy
 from .connection import ConnectionLostError, Pool, describe
 from .pipeline import StatementPipeline
 from .records import encode_info, lease_columns, with_seal
@@ -290,11 +293,10 @@ _INT8 = struct.Struct("!q")
 SEAL_ROW_WAIT = 0.1
 """How long the slow path waits for the seal row before it leaves its batch to the sealer."""
 GATHER_WAIT = 0.005
-"""While another node seals too, how long a leader waits for the callers the batch before
-answered to come back, so that its batch takes them too (measured, two nodes of eight
-sessions each: batches of ~7 instead of ~4, 6.2-6.6k appends/s together instead of
-3.4-3.7k; 2 ms gathered a little less, and the same waiting made a lone node slower: its
-pipeline keeps two batches going)."""
+"""How long a gathering leader waits at most for the callers the batch before answered to
+come back, so that its batch takes them too (measured, two nodes of eight sessions each:
+batches of ~7 instead of ~4, 6.2-6.6k appends/s together instead of 3.4-3.7k; 2 ms gathered
+a little less)."""
 # The head as locked (the row's latest version, read again once the lock is ours), held from
 # here to the commit. It is taken only while no committed row waits for the sealer (which
 # places those first): else no row, and no lock. The wait for it is limited (the uncorrelated
@@ -353,7 +355,8 @@ class AppendWriter:
 
     def __init__(self, pool: Pool, pipeline: StatementPipeline, sealer: Sealer, *,
                  wait_for_seal: bool, max_batch: int, reconnect_timeout: float,
-                 writers: int = 1, seal_inline: bool = True) -> None:
+                 writers: int = 1, seal_inline: bool = True,
+                 policy: BatchPolicy | None = None) -> None:
         self._pool = pool
         self._pipeline = pipeline
         """The connection every batch's call goes down, without waiting for the batch before
@@ -377,6 +380,8 @@ class AppendWriter:
         self._arrivals = threading.Condition(self._lock)
         """Notified, while someone watches, when a request comes to wait or a caller leaves
         (`_gather`, `wait_queued`)."""
+        self.policy = policy if policy is not None else BatchPolicy()
+        """Whether a lone node's leaders gather too (`batching.py`)."""
         self.gather_wait = GATHER_WAIT
         """How long a leader gathers at most (tests lengthen it)."""
         self._sleeping: collections.deque[_Request] = collections.deque()
@@ -386,6 +391,8 @@ class AppendWriter:
         flight lands while a batch waits for its sessions."""
         self._in_flight = 0
         """How many batches were sent down the pipeline and are not answered yet."""
+        self._flying = 0
+        """How many requests those batches hold."""
         self._flights: dict[str, int] = {}
         """session -> how many batches in flight write it: a later batch for the session waits
         until none does, so that it is decided on what they wrote (`_idle` says when)."""
@@ -427,6 +434,7 @@ class AppendWriter:
         """Append all or nothing; one list of records per append. Blocks the calling thread
         (which may commit other callers' appends as well) up to `timeout` seconds."""
         request = _Request(appends)
+        entered = time.monotonic()
         with self._lock:
             self._waiting.append(request)
             self._callers += 1
@@ -435,8 +443,10 @@ class AppendWriter:
         try:
             return self._written(request, timeout)
         finally:
+            left = time.monotonic()
             with self._lock:
                 self._callers -= 1
+                self.policy.record(left - entered, left)
                 if self._watching:  # one fewer to gather
                     self._arrivals.notify_all()
 
@@ -460,7 +470,7 @@ class AppendWriter:
             try:
                 # Room in the pipeline first: the batch then takes everyone who came meanwhile.
                 self._pipeline.wait_for_room(PIPELINE_TIMEOUT)
-                if self._contended:
+                if self._contended or self.policy.gathering:
                     self._gather()
                 batch = self._take_waiting()
                 if batch:
@@ -473,11 +483,19 @@ class AppendWriter:
         return request.result(timeout)
 
     def _gather(self) -> None:
-        """While another node seals too: wait, `gather_wait` seconds at most, until every
-        caller in `write` waits to be written (those the batch before answered come back
-        meanwhile, or leave), so that this batch takes them all."""
-        self._watch(lambda: len(self._waiting) >= min(self._callers, self._max_batch),
-                    self.gather_wait)
+        """While another node seals too, or while the policy says so: wait, `gather_wait`
+        seconds at most, until every caller in `write` whose request is not in flight waits
+        to be written (those the batch before answered come back meanwhile, or leave), so
+        that this batch takes them all."""
+        def everyone() -> bool:
+            return len(self._waiting) >= min(self._callers - self._flying, self._max_batch)
+
+        with self._lock:
+            if everyone():
+                return
+            if not self._contended:  # what the policy weighs: gathering of its own
+                self.policy.note_wait()
+        self._watch(everyone, self.gather_wait)
 
     def wait_queued(self, count: int, timeout: float) -> bool:
         """Whether `count` requests or more wait to be written within `timeout` seconds (for
@@ -747,7 +765,7 @@ class AppendWriter:
         call = self._pipeline.send(params, PIPELINE_TIMEOUT)
         predicted = (Head(head.position + len(hashes), hashes[-1])
                      if head is not None and hashes else None)
-        self._take_off(session_ids, head, predicted)
+        self._take_off(session_ids, len(batch), head, predicted)
         place.give_up()
         try:
             row = self._pipeline.wait(call, PIPELINE_TIMEOUT)
@@ -781,10 +799,10 @@ class AppendWriter:
                 self._forget_head()
             raise
         finally:
-            self._land(session_ids)
+            self._land(session_ids, len(batch))
 
-    def _take_off(self, session_ids: list[str], head: Head | None, predicted: Head | None
-                  ) -> None:
+    def _take_off(self, session_ids: list[str], requests: int, head: Head | None,
+                  predicted: Head | None) -> None:
         """A batch was sent: its sessions are in flight, and if it is sealed for `head`, the
         next batch assumes the head it leaves (`predicted`)."""
         if predicted is not None:
@@ -795,8 +813,9 @@ class AppendWriter:
             for session_id in session_ids:
                 self._flights[session_id] = self._flights.get(session_id, 0) + 1
             self._in_flight += 1
+            self._flying += requests
 
-    def _land(self, session_ids: list[str]) -> None:
+    def _land(self, session_ids: list[str], requests: int) -> None:
         """A batch in flight was answered (or failed): its sessions are free again."""
         with self._lock:
             for session_id in session_ids:
@@ -806,6 +825,7 @@ class AppendWriter:
                 else:
                     del self._flights[session_id]
             self._in_flight -= 1
+            self._flying -= requests
             if self._flight_waiters or not (self._leaders or self._waiting or self._in_flight):
                 self._idle.notify_all()
 
