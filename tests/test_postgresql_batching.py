@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 import pytest
 
@@ -18,6 +17,8 @@ except ImportError:  # pragma: no cover - the extra is not installed
         raise
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
+
+from writer_batches import appending_twice, record_batches
 
 from chatledger.events import MessageSent, SessionCreated
 from chatledger.storage.postgresql import open_postgresql_store
@@ -37,19 +38,7 @@ def test_a_gathering_leader_takes_the_callers_the_batch_before_answered(
                                   seal_interval=3600)
     writer = store.writer
     writer.gather_wait = 30.0  # the test waits for the callers, never for this bound
-    batches: list[list[str]] = []
-    write_batch = writer._write_batch
-
-    def recorded(batch: list[Any], place: Any) -> Any:
-        batches.append(sorted(append.session_id for request in batch
-                              for append in request.appends))
-        return write_batch(batch, place)
-
-    def twice(session_id: str) -> None:
-        store.append(session_id, message("first"), 1)
-        store.append(session_id, message("second"), 2)
-
-    first_two = [threading.Thread(target=twice, args=(session_id,)) for session_id in "ac"]
+    first_two = [appending_twice(store, session_id) for session_id in "ac"]
     late = threading.Thread(target=lambda: store.append("b", message("late"), 1))
     befores: list[str] = []
 
@@ -68,7 +57,7 @@ def test_a_gathering_leader_takes_the_callers_the_batch_before_answered(
     try:
         for session_id in ("holder", "a", "b", "c"):
             store.append(session_id, [SessionCreated()], 0)
-        writer._write_batch = recorded  # type: ignore[method-assign]
+        batches = record_batches(writer)
         writer.fault = choreography
         store.append("holder", message("holding"), 1)
         for thread in (*first_two, late):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -20,6 +19,8 @@ except ImportError:  # pragma: no cover - the extra is not installed
         raise
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
+
+from writer_batches import appending_twice, record_batches
 
 from chatledger.events import MessageSent, SessionCreated
 from chatledger.events.codec import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
@@ -163,19 +164,7 @@ def test_while_another_node_seals_a_batch_takes_the_callers_the_batch_before_ans
     node_b = open_postgresql_store(postgres_url, seal_interval=3600)
     writer = node_b.writer
     writer.gather_wait = 30.0  # the test waits for the callers, never for this bound
-    batches: list[list[str]] = []
-    write_batch = writer._write_batch
-
-    def recorded(batch: list[Any], place: Any) -> Any:
-        batches.append(sorted(append.session_id for request in batch
-                              for append in request.appends))
-        return write_batch(batch, place)
-
-    def twice(session_id: str) -> None:
-        node_b.append(session_id, message("first"), 1)
-        node_b.append(session_id, message("second"), 2)
-
-    first_two = [threading.Thread(target=twice, args=(session_id,)) for session_id in "ac"]
+    first_two = [appending_twice(node_b, session_id) for session_id in "ac"]
     late = threading.Thread(target=lambda: node_b.append("b", message("late"), 1))
     stages: list[str] = []
 
@@ -201,7 +190,7 @@ def test_while_another_node_seals_a_batch_takes_the_callers_the_batch_before_ans
         node_b.append("holder", message("under the lock"), 1)  # node b finds the head moved
         node_a.append("alpha", message("again"), 1)  # and it moves on
         assert writer._contended
-        writer._write_batch = recorded  # type: ignore[method-assign]
+        batches = record_batches(writer)
         writer.fault = choreography
         node_b.append("holder", message("holding"), 2)
         for thread in (*first_two, late):

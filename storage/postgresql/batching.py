@@ -31,7 +31,7 @@ the other one (alternating cancels the machine's load drifting during the try)."
 HOLD = 10
 """Windows kept in the chosen mode before the next try; doubled after each try that kept
 the chosen mode, up to LONGEST_HOLD, and back to HOLD after a switch (so a steady machine
-spends about one window in the slower mode every 3 s at most, one every 8 s in the end)."""
+spends three windows in the slower mode every 1.6 s at first, every 8.6 s in the end)."""
 LONGEST_HOLD = 80
 DRIFT = 1.5
 """A try starts at once, whatever the hold, when the chosen mode's mean time in two windows
