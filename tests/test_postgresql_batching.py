@@ -18,10 +18,12 @@ except ImportError:  # pragma: no cover - the extra is not installed
     pytest.skip("psycopg is not installed: pip install -e '.[postgresql]'",
                 allow_module_level=True)
 
+from testkit import wait_until
 from writer_batches import appending_twice, record_batches
 
 from chatledger.events import MessageSent, SessionCreated
 from chatledger.storage.postgresql import open_postgresql_store
+from chatledger.storage.postgresql.batching import BatchPolicy
 
 
 def message(text: str) -> list[MessageSent]:
@@ -69,6 +71,47 @@ def test_a_gathering_leader_takes_the_callers_the_batch_before_answered(
         assert store.verify().ok
     finally:
         writer.fault = None
+        store.close()
+
+
+def test_an_adaptive_writer_measures_its_appends_and_gathers_when_its_policy_says(
+        postgres_url: str) -> None:
+    """The writer feeds the policy each append's time in `write` (so it makes tries) and
+    gathers while a try says so (so the policy hears of leaders that waited); a policy with
+    short windows makes several tries in a few seconds."""
+    store = open_postgresql_store(postgres_url, seal_interval=3600)
+    policy = BatchPolicy(window=0.02, hold=1, pairs=1, min_samples=4)
+    store.writer.policy = policy
+    waits: list[None] = []
+    note_wait = policy.note_wait
+
+    def counted() -> None:
+        waits.append(None)
+        note_wait()
+
+    policy.note_wait = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def appender(session_id: str) -> None:
+        store.append(session_id, [SessionCreated()], 0)
+        version = 1
+        while not stop.is_set():
+            store.append(session_id, message(f"turn {version}"), version)
+            version += 1
+
+    threads = [threading.Thread(target=appender, args=(f"s{number}",)) for number in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: policy.tries >= 3 and len(waits) > 0, timeout=30)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    try:
+        assert not any(thread.is_alive() for thread in threads)
+        assert store.verify().ok
+    finally:
         store.close()
 
 

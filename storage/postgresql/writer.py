@@ -487,26 +487,27 @@ class AppendWriter:
         seconds at most, until every caller in `write` whose request is not in flight waits
         to be written (those the batch before answered come back meanwhile, or leave), so
         that this batch takes them all."""
-        def everyone() -> bool:
-            return len(self._waiting) >= min(self._callers - self._flying, self._max_batch)
-
-        with self._lock:
-            if everyone():
-                return
-            if not self._contended:  # what the policy weighs: gathering of its own
-                self.policy.note_wait()
-        self._watch(everyone, self.gather_wait)
+        self._watch(lambda: len(self._waiting) >= min(self._callers - self._flying,
+                                                      self._max_batch), self.gather_wait,
+                    # what the policy weighs: a lone node's gathering, not the nodes' turns
+                    waiting=None if self._contended else self.policy.note_wait)
 
     def wait_queued(self, count: int, timeout: float) -> bool:
         """Whether `count` requests or more wait to be written within `timeout` seconds (for
         tests that line callers up behind a batch)."""
         return self._watch(lambda: len(self._waiting) >= count, timeout)
 
-    def _watch(self, condition: Callable[[], bool], timeout: float) -> bool:
+    def _watch(self, condition: Callable[[], bool], timeout: float,
+               waiting: Callable[[], None] | None = None) -> bool:
         """Wait on `_arrivals` until `condition` (checked under the lock) holds or `timeout`
-        seconds have passed; whether it holds."""
+        seconds have passed; whether it holds. `waiting` is called (under the lock) if it
+        does not hold at first."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            if condition():
+                return True
+            if waiting is not None:
+                waiting()
             self._watching += 1
             try:
                 while not condition():
